@@ -1,0 +1,88 @@
+# ESP32 AWS IoT Jobs agent: device code (lib/, boot.py, main.py) and host tools (tools/).
+# `make help` lists the targets. Everything is built into build/ and .venv/, once.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+BUILD := build
+MICROPYTHON := $(BUILD)/micropython
+UMQTT := $(BUILD)/upylib/umqtt/simple.py
+STATE ?= .local
+DEVICES ?= 5
+PORT ?=
+FIRMWARE ?=
+# apt packages the project needs; installed only when missing.
+APT_PKGS := mosquitto libffi-dev libmbedtls-dev pkg-config curl xz-utils patch build-essential
+
+.PHONY: help setup apt venv micropython umqtt test check lint typecheck unit demo serve bench \
+        reliability deploy flash firmware clean distclean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: apt venv micropython umqtt ## install and build everything the project needs
+
+apt: $(BUILD)/.apt ## install the Debian packages (when missing)
+$(BUILD)/.apt:
+	@mkdir -p $(BUILD)
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+venv: $(BIN)/jobsctl ## create .venv with the pinned host dependencies and jobsctl
+$(BIN)/jobsctl: requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install -q -r requirements.txt
+	@$(BIN)/pip install -q --no-deps -e .
+	@touch $@
+
+micropython: $(MICROPYTHON) ## build the MicroPython 1.25.0 Unix port into build/
+$(MICROPYTHON): firmware/unix-port.sh | $(BUILD)/.apt
+	@bash firmware/unix-port.sh $(BUILD)
+
+umqtt: $(UMQTT) ## fetch umqtt.simple 1.3.4 (pinned) for the Unix port
+$(UMQTT): firmware/fetch-umqtt.sh | $(BIN)/jobsctl
+	@PIP=$(BIN)/pip bash firmware/fetch-umqtt.sh $(BUILD)
+
+check: lint typecheck ## lint, type-check and mpy-cross compile all code
+lint: setup
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+typecheck: setup
+	@$(BIN)/mypy
+	@$(BIN)/python -m jobsctl.devcheck
+
+test: setup check ## the full quick suite (what CI runs)
+	@$(BIN)/pytest -q -n 2 -m "not slow"
+
+demo: setup ## run the main job (a signed OTA rollout) on simulated devices against a local stack
+	@$(BIN)/jobsctl demo --devices $(DEVICES)
+
+serve: setup ## run the local AWS IoT Jobs stack in the foreground (state in .local/)
+	@$(BIN)/jobsctl serve --state-dir $(STATE)
+
+bench: setup ## run the benchmarks; writes bench/results.md
+	@$(BIN)/python -m jobsctl.bench
+
+reliability: setup ## the full fault-injection, fuzzing and security suite
+	@$(BIN)/pytest -q -m reliability --reliability-full -p no:randomly
+
+deploy: setup ## compile lib/ and copy it to a board: make deploy PORT=/dev/ttyUSB0
+	@$(BIN)/jobsctl deploy --port "$(PORT)" $(if $(BUNDLE),--bundle "$(BUNDLE)")
+
+flash: setup ## write MicroPython firmware: make flash PORT=/dev/ttyUSB0 FIRMWARE=x.bin [DRY_RUN=1]
+	@$(BIN)/jobsctl flash --port "$(PORT)" --firmware "$(FIRMWARE)" $(if $(DRY_RUN),--dry-run)
+
+firmware: ## build a custom ESP32 firmware with the agent frozen in (needs ESP-IDF)
+	@bash firmware/build.sh
+
+clean: ## remove test and bench leftovers (keeps build/ and .venv/)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache bench/out
+distclean: clean ## remove everything that was built
+	rm -rf $(BUILD) $(VENV) .local

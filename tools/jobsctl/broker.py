@@ -1,0 +1,137 @@
+"""A mosquitto broker that behaves like AWS IoT Core's for the Jobs topics.
+
+Mutual TLS only: every client presents a certificate from the local CA, its CN becomes the
+MQTT username (``use_identity_as_username``), and the ACL lets a thing use only
+``$aws/things/<its name>/...``. The Jobs service connects as the privileged user
+``SERVICE_IDENTITY``. A plaintext listener exists only when asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import JobsctlError
+from .netutil import LogPump, free_port
+from .pki import CertificateAuthority, Credentials
+
+SERVICE_IDENTITY = "jobs-service"
+
+_ACL = """\
+# Written by jobsctl. The Jobs service may use every thing's topics; a thing only its own.
+user {service}
+topic readwrite $aws/#
+
+# %u is the client certificate's CN, i.e. the thing name.
+pattern readwrite $aws/things/%u/#
+"""
+
+
+def mosquitto_binary() -> str:
+    path = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None
+    )
+    if not path:
+        raise JobsctlError("mosquitto is not installed (run `make setup`)")
+    return path
+
+
+@dataclass
+class Broker:
+    """A running mosquitto; ``stop()`` ends it."""
+
+    host: str
+    port: int
+    ca_file: Path
+    folder: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log: LogPump | None = None
+    plaintext_port: int | None = None
+    _server: Credentials | None = field(default=None, repr=False)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def write_config(
+    folder: Path, ca: CertificateAuthority, port: int, plaintext_port: int | None = None
+) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    server = ca.issue_server(folder)
+    acl = folder / "acl"
+    acl.write_text(_ACL.format(service=SERVICE_IDENTITY))
+    lines = [
+        "# Written by jobsctl; regenerated on every start.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        "persistence false",
+        "log_dest stderr",
+        "log_type error",
+        "log_type warning",
+        "log_type notice",
+        "connection_messages false",
+        # Started as root, mosquitto drops to the `mosquitto` user, which could not read
+        # the keys in a private folder; stay the user that started it instead.
+        "user root" if os.geteuid() == 0 else "",
+        f"acl_file {acl}",
+        # AWS IoT caps an MQTT message at 128 KB.
+        "message_size_limit 131072",
+        f"listener {port} 127.0.0.1",
+        f"cafile {ca.cert_path}",
+        f"certfile {server.cert}",
+        f"keyfile {server.key}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+    ]
+    if plaintext_port:
+        lines += [f"listener {plaintext_port} 127.0.0.1", "allow_anonymous true"]
+    conf = folder / "mosquitto.conf"
+    conf.write_text("\n".join(line for line in lines if line) + "\n")
+    return conf
+
+
+def start_broker(
+    folder: Path,
+    ca: CertificateAuthority,
+    port: int = 0,
+    plaintext_port: int | None = None,
+    attempts: int = 5,
+) -> Broker:
+    """Start mosquitto on ``port`` (a free one when 0) and return once it listens."""
+    binary = mosquitto_binary()
+    last = ""
+    for _ in range(attempts):
+        use_port = port or free_port()
+        conf = write_config(Path(folder), ca, use_port, plaintext_port)
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        log = LogPump(proc)
+        if log.wait_for(" running", timeout=15) and proc.poll() is None:
+            return Broker("127.0.0.1", use_port, ca.cert_path, Path(folder), proc, log,
+                          plaintext_port)
+        last = log.tail()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if port:
+            break
+    raise JobsctlError(f"mosquitto did not start: {last.strip().splitlines()[-1:] or last}")
