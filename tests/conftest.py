@@ -15,6 +15,9 @@ import upy  # noqa: E402
 from jobsctl.broker import Broker, start_broker  # noqa: E402
 from jobsctl.pki import CertificateAuthority, Credentials  # noqa: E402
 
+# Each area keeps its fixtures in tests/plugin_<area>.py; all of them are loaded.
+pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("plugin_*.py"))
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
