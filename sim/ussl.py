@@ -3,8 +3,8 @@
 # `ussl`, so this gives both names the firmware's wrap_socket signature and defaults.
 # Like the firmware, cert_reqs defaults to CERT_NONE: device code must ask for
 # CERT_REQUIRED itself, and the tests prove it does.
-from tls import *  # noqa: F403
 import tls
+from tls import *  # noqa: F403
 
 
 def wrap_socket(

@@ -10,10 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import upy  # noqa: E402
-
-from jobsctl.broker import Broker, start_broker  # noqa: E402
-from jobsctl.pki import CertificateAuthority, Credentials  # noqa: E402
+import upy
+from jobsctl.broker import Broker, start_broker
+from jobsctl.pki import CertificateAuthority, Credentials
 
 # Each area keeps its fixtures in tests/plugin_<area>.py; all of them are loaded.
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("plugin_*.py"))

@@ -26,7 +26,9 @@ class Result:
         return self.out + self.err
 
     def check(self) -> Result:
-        assert self.rc == 0, f"micropython exited {self.rc}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+        assert self.rc == 0, (
+            f"micropython exited {self.rc}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+        )
         return self
 
 

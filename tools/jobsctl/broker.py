@@ -86,13 +86,14 @@ def write_config(
         "log_type error",
         "log_type warning",
         "log_type notice",
+        "log_type information",  # carries the "running" line that start_broker waits for
         "connection_messages false",
         # Started as root, mosquitto drops to the `mosquitto` user, which could not read
         # the keys in a private folder; stay the user that started it instead.
         "user root" if os.geteuid() == 0 else "",
         f"acl_file {acl}",
-        # AWS IoT caps an MQTT message at 128 KB.
-        "message_size_limit 131072",
+        # AWS IoT caps an MQTT message at 128 KB of payload; allow for topic and header.
+        "max_packet_size 132096",
         f"listener {port} 127.0.0.1",
         f"cafile {ca.cert_path}",
         f"certfile {server.cert}",
@@ -126,8 +127,9 @@ def start_broker(
         )
         log = LogPump(proc)
         if log.wait_for(" running", timeout=15) and proc.poll() is None:
-            return Broker("127.0.0.1", use_port, ca.cert_path, Path(folder), proc, log,
-                          plaintext_port)
+            return Broker(
+                "127.0.0.1", use_port, ca.cert_path, Path(folder), proc, log, plaintext_port
+            )
         last = log.tail()
         if proc.poll() is None:
             proc.kill()

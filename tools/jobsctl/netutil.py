@@ -31,10 +31,14 @@ def wait_for_port(host: str, port: int, timeout: float, alive: Callable[[], bool
 
 
 class LogPump:
-    """Reads a child's stream on a thread, keeps the last lines, and lets callers wait for a line."""
+    """Reads a child's stream on a thread, keeps recent lines, and lets callers wait for one."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], stream_name: str = "stderr",
-                 echo: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        stream_name: str = "stderr",
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._echo = echo

@@ -1,0 +1,248 @@
+# MQTT over mutual TLS on top of umqtt.simple, and the connectivity layer around it.
+#
+# Transport is the protocol layer: it raises on any failure and never retries.
+# Link is the connectivity layer: it reconnects with exponential backoff and full jitter and
+# lets its owner resubscribe after every new connection.
+#
+# umqtt.simple is used as shipped (PyPI 1.3.4 on the Unix port, the copy frozen into official
+# ESP32 firmware on a board), so everything here goes through what every version has:
+# MQTTClient(..., ssl=True, ssl_params=...), connect(), subscribe(), publish(qos=0),
+# wait_msg(), ping(), and the `sock` attribute.
+import time
+
+from micropython import const
+
+_ETIMEDOUT = const(110)
+_ENOTCONN = const(107)
+_POLLIN = const(1)
+_POLL_BAD = const(0x18)  # POLLHUP | POLLERR
+
+
+class _Guard:
+    # Stands in for the TLS socket inside umqtt.simple so that no read blocks forever.
+    # Why: umqtt.simple's wait_msg() calls sock.setblocking(True) after every read, which on
+    # ESP32 also clears any socket timeout, and the native TLS socket has no settimeout().
+    # So the guard polls before each read, and remembers when bytes last arrived (the
+    # keepalive check needs that, since umqtt.simple swallows PINGRESP).
+    def __init__(self, sock, timeout_ms):
+        import select
+
+        self._s = sock
+        self._t = timeout_ms
+        self._blocking = True
+        self._poll = select.poll()
+        self._poll.register(sock, _POLLIN)
+        self.rx_ticks = time.ticks_ms()
+
+    def ready(self, timeout_ms):
+        for _, ev in self._poll.poll(timeout_ms):
+            if ev & _POLL_BAD and not ev & _POLLIN:
+                raise OSError(_ENOTCONN)
+            return True
+        return False
+
+    def setblocking(self, flag):
+        self._blocking = flag
+
+    def read(self, n):
+        if not self._blocking and not self.ready(0):
+            return None
+        parts = None
+        got = 0
+        while True:
+            if not self.ready(self._t):
+                raise OSError(_ETIMEDOUT)
+            # recv() is one underlying read: it returns what is there, at least one byte once
+            # poll said so, where read() would block until all n bytes came.
+            data = self._s.recv(n - got)
+            if not data:
+                if got:
+                    raise OSError(_ENOTCONN)  # closed in the middle of a packet
+                return b""  # orderly close: umqtt.simple turns b"" into OSError(-1)
+            self.rx_ticks = time.ticks_ms()
+            if not got and len(data) == n:
+                return data
+            if parts is None:
+                parts = []
+            parts.append(data)
+            got += len(data)
+            if got == n:
+                return b"".join(parts)
+
+    def write(self, buf, n=None):
+        if n is not None:
+            buf = memoryview(buf)[:n]
+        return self._s.write(buf)
+
+    def close(self):
+        try:
+            self._poll.unregister(self._s)
+        except Exception:
+            pass
+        self._s.close()
+
+
+class Transport:
+    def __init__(self, client_id, host, port, ssl_params, keepalive_s=60, timeout_ms=10000):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self._ssl_params = ssl_params
+        self._keepalive_ms = keepalive_s * 1000
+        self._timeout_ms = timeout_ms
+        self._cb = None
+        self._c = None
+        self._sock = None
+        self._tx_ticks = 0
+        self._ping_ticks = None
+
+    def set_callback(self, fn):
+        self._cb = fn
+        if self._c:
+            self._c.set_callback(fn)
+
+    def connect(self):
+        from umqtt.simple import MQTTClient
+
+        c = MQTTClient(
+            self.client_id,
+            self.host,
+            self.port,
+            keepalive=self._keepalive_ms // 1000,
+            ssl=True,
+            ssl_params=self._ssl_params,
+        )
+        c.set_callback(self._cb or _drop)
+        try:
+            # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
+            # take no timeout and are bounded by the watchdog on a board.
+            c.connect(True, self._timeout_ms // 1000)
+        except TypeError:
+            c.connect(True)
+        except Exception:
+            _close(c.sock)
+            raise
+        self._sock = _Guard(c.sock, self._timeout_ms)
+        c.sock = self._sock
+        self._c = c
+        self._tx_ticks = time.ticks_ms()
+        self._ping_ticks = None
+
+    def subscribe(self, topic):
+        self._need().subscribe(topic)
+        self._tx_ticks = time.ticks_ms()
+
+    def publish(self, topic, payload):
+        self._need().publish(topic, payload)
+        self._tx_ticks = time.ticks_ms()
+
+    def poll(self, timeout_ms):
+        # Waits up to timeout_ms for one message and dispatches it; keeps the link alive.
+        c = self._need()
+        self._keepalive()
+        if not self._sock.ready(timeout_ms):
+            self._keepalive()
+            return False
+        c.wait_msg()
+        self._ping_ticks = None
+        return True
+
+    def _keepalive(self):
+        now = time.ticks_ms()
+        if self._ping_ticks is not None:
+            # A ping is out: no byte at all since then for too long means a dead link.
+            if time.ticks_diff(self._sock.rx_ticks, self._ping_ticks) >= 0:
+                self._ping_ticks = None
+            elif time.ticks_diff(now, self._ping_ticks) > self._timeout_ms:
+                raise OSError(_ETIMEDOUT)
+            return
+        if time.ticks_diff(now, self._tx_ticks) >= self._keepalive_ms // 2:
+            self._c.ping()
+            self._tx_ticks = now
+            self._ping_ticks = now
+
+    def _need(self):
+        if self._c is None:
+            raise OSError(_ENOTCONN)
+        return self._c
+
+    def close(self):
+        c, self._c = self._c, None
+        if c is not None:
+            try:
+                c.disconnect()
+            except Exception:
+                _close(c.sock)
+
+
+class Link:
+    def __init__(
+        self,
+        factory,
+        on_connect,
+        board=None,
+        backoff_min_ms=1000,
+        backoff_max_ms=640000,
+        log=None,
+    ):
+        self._factory = factory
+        self._on_connect = on_connect
+        self._board = board
+        self._min = backoff_min_ms
+        self._max = backoff_max_ms
+        self._log = log
+        self.t = None
+        self.attempts = 0
+        self.connects = 0
+
+    def ensure(self):
+        # Returns a connected Transport, trying until it gets one.
+        backoff = self._min
+        while self.t is None:
+            t = self._factory()
+            try:
+                self.attempts += 1
+                t.connect()
+                self._on_connect(t)
+                self.t = t
+                self.connects += 1
+            except Exception as e:  # OSError, MQTTException, TLS errors: all mean "try again"
+                t.close()
+                wait = backoff // 2 + self._rand(backoff // 2 + 1)
+                if self._log:
+                    self._log("link: connect failed (%r), retry in %d ms" % (e, wait))
+                self._sleep(wait)
+                backoff = min(backoff * 2, self._max)
+        return self.t
+
+    def drop(self, why=None):
+        if self.t is not None:
+            if self._log:
+                self._log("link: dropped (%r)" % (why,))
+            self.t.close()
+            self.t = None
+
+    def _rand(self, n):
+        if self._board is not None:
+            return self._board.rand(n)
+        import random
+
+        return random.getrandbits(30) % n
+
+    def _sleep(self, ms):
+        if self._board is not None:
+            self._board.sleep_ms(ms)
+        else:
+            time.sleep_ms(ms)
+
+
+def _drop(topic, msg):
+    pass
+
+
+def _close(sock):
+    try:
+        if sock is not None:
+            sock.close()
+    except Exception:
+        pass

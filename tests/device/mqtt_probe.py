@@ -1,0 +1,68 @@
+# Device-side probe for the transport tests: connects like the agent does and prints one
+# result line per step. argv: mode creds_dir|- thing port ca_file server_hostname
+import sys
+import time
+
+from iotjobs.transport import Transport
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+mode, creds, thing, port, ca_file, host = sys.argv[1:7]
+import ussl
+
+params = {"cadata": _read(ca_file), "cert_reqs": ussl.CERT_REQUIRED, "server_hostname": host}
+if creds != "-":
+    params["key"] = _read(creds + "/device.key")
+    params["cert"] = _read(creds + "/device.pem")
+t = Transport(thing, "localhost", int(port), params, keepalive_s=2, timeout_ms=3000)
+got = []
+t.set_callback(lambda topic, msg: got.append((topic, msg)))
+try:
+    t.connect()
+except Exception as e:
+    print("CONNECT-FAILED", repr(e))
+    sys.exit(0)
+print("CONNECTED")
+if mode == "roundtrip":
+    topic = "$aws/things/%s/jobs/probe" % thing
+    t.subscribe(topic)
+    t.publish(topic, b"hello")
+    deadline = time.ticks_add(time.ticks_ms(), 5000)
+    while not got and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        t.poll(500)
+    print("RECEIVED", got[0][0].decode(), got[0][1].decode())
+elif mode == "foreign-subscribe":
+    # mosquitto may grant the SUBSCRIBE and then withhold every message (AWS IoT would drop
+    # the connection instead); either way nothing of another thing's may arrive. The test
+    # publishes on the foreign topic, then on our own as a sentinel.
+    try:
+        t.subscribe("$aws/things/someone-else/jobs/notify-next")
+    except Exception as e:
+        print("SUBSCRIBE-REFUSED", repr(e))
+    t.subscribe("$aws/things/%s/jobs/notify-next" % thing)
+    print("READY")
+    deadline = time.ticks_add(time.ticks_ms(), 10000)
+    while not got and time.ticks_diff(deadline, time.ticks_ms()) > 0:
+        t.poll(500)
+    for topic, msg in got:
+        print("RECEIVED", topic.decode(), msg.decode())
+elif mode == "keepalive":
+    # Idle for three keepalive periods: pings must keep the link up.
+    start = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), start) < 6000:
+        t.poll(500)
+    print("ALIVE", t._ping_ticks is None or "ping-out")
+elif mode == "stall":
+    # The test freezes the broker after CONNECTED; a poll must give up, not hang.
+    sys.stdin.readline()
+    start = time.ticks_ms()
+    try:
+        while True:
+            t.poll(500)
+    except OSError as e:
+        print("DEAD-LINK-DETECTED", e.errno, time.ticks_diff(time.ticks_ms(), start))
+t.close()
