@@ -9,6 +9,7 @@ BIN := $(VENV)/bin
 BUILD := build
 MICROPYTHON := $(BUILD)/micropython
 UMQTT := $(BUILD)/upylib/umqtt/simple.py
+STUBS := $(BUILD)/stubs/esp32.pyi
 STATE ?= .local
 DEVICES ?= 5
 PORT ?=
@@ -16,13 +17,13 @@ FIRMWARE ?=
 # apt packages the project needs; installed only when missing.
 APT_PKGS := mosquitto libffi-dev libmbedtls-dev pkg-config curl xz-utils patch build-essential
 
-.PHONY: help setup apt venv micropython umqtt test check lint typecheck unit demo serve bench \
+.PHONY: help setup apt venv micropython umqtt stubs test check lint typecheck unit demo serve bench \
         reliability deploy flash firmware clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: apt venv micropython umqtt ## install and build everything the project needs
+setup: apt venv micropython umqtt stubs ## install and build everything the project needs
 
 apt: $(BUILD)/.apt ## install the Debian packages (when missing)
 $(BUILD)/.apt:
@@ -49,6 +50,12 @@ $(MICROPYTHON): firmware/unix-port.sh | $(BUILD)/.apt
 umqtt: $(UMQTT) ## fetch umqtt.simple 1.3.4 (pinned) for the Unix port
 $(UMQTT): firmware/fetch-umqtt.sh | $(BIN)/jobsctl
 	@PIP=$(BIN)/pip bash firmware/fetch-umqtt.sh $(BUILD)
+
+stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25) for checking device code
+$(STUBS): | $(BIN)/jobsctl
+	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs \
+	  micropython-esp32-stubs==1.25.0.post5 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
+	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
 
 check: lint typecheck ## lint, type-check and mpy-cross compile all code
 lint: setup

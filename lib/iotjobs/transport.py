@@ -139,25 +139,28 @@ class Transport:
     def poll(self, timeout_ms):
         # Waits up to timeout_ms for one message and dispatches it; keeps the link alive.
         c = self._need()
-        self._keepalive()
-        if not self._sock.ready(timeout_ms):
-            self._keepalive()
+        s = self._sock
+        if s is None:
+            raise OSError(_ENOTCONN)
+        self._keepalive(c, s)
+        if not s.ready(timeout_ms):
+            self._keepalive(c, s)
             return False
         c.wait_msg()
         self._ping_ticks = None
         return True
 
-    def _keepalive(self):
+    def _keepalive(self, c, s):
         now = time.ticks_ms()
         if self._ping_ticks is not None:
             # A ping is out: no byte at all since then for too long means a dead link.
-            if time.ticks_diff(self._sock.rx_ticks, self._ping_ticks) >= 0:
+            if time.ticks_diff(s.rx_ticks, self._ping_ticks) >= 0:
                 self._ping_ticks = None
             elif time.ticks_diff(now, self._ping_ticks) > self._timeout_ms:
                 raise OSError(_ETIMEDOUT)
             return
         if time.ticks_diff(now, self._tx_ticks) >= self._keepalive_ms // 2:
-            self._c.ping()
+            c.ping()
             self._tx_ticks = now
             self._ping_ticks = now
 
