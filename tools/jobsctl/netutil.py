@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -46,7 +47,7 @@ class LogPump:
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
         self._thread.start()
 
-    def _run(self, stream) -> None:  # type: ignore[no-untyped-def]
+    def _run(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
             line = raw.decode(errors="replace").rstrip("\n")
             if self._echo:
