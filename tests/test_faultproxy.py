@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -27,10 +28,8 @@ def source() -> Iterator[int]:
                 return
             with conn:
                 conn.recv(100)
-                try:
+                with contextlib.suppress(OSError):
                     conn.sendall(PAYLOAD)
-                except OSError:
-                    pass
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
+
 import upy
 from jobsctl.broker import SERVICE_IDENTITY, Broker
 from jobsctl.pki import Credentials

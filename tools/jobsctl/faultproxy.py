@@ -12,6 +12,7 @@ Faults are planned per connection: the n-th connection accepted takes the n-th p
 
 from __future__ import annotations
 
+import contextlib
 import selectors
 import socket
 import threading
@@ -177,8 +178,6 @@ class FaultProxy:
 
 
 def _close(s: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     s.close()
