@@ -1,0 +1,40 @@
+"""The toolchain the project builds for itself: the Unix port, umqtt.simple, the stubs."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import upy
+
+UMQTT_SHA256 = "8555d2f654deb8eb0d724f79b0811a78cc94029d070f3d96bbd74288653d63a5"
+
+
+def test_unix_port_is_micropython_1_25_0_with_native_tls(micropython):
+    r = micropython(
+        "import sys, tls, deflate, hashlib\n"
+        "print(sys.implementation.version[:3], tls.PROTOCOL_TLS_CLIENT, hasattr(hashlib, 'sha256'))"
+    ).check()
+    assert r.out.split()[:3] == ["(1,", "25,", "0)"]
+    assert r.out.strip().endswith("True")
+
+
+def test_unix_port_has_no_ssl_module_of_its_own():
+    # Debian strips micropython-lib: `ssl` must come from sim/, never from the build.
+    proc = subprocess.run(
+        [str(upy.MICROPYTHON), "-c", "import ssl"], capture_output=True, text=True, timeout=10
+    )
+    assert proc.returncode != 0 and "ImportError" in proc.stdout + proc.stderr
+
+
+def test_umqtt_simple_is_the_pinned_unmodified_release():
+    module = upy.ROOT / "build" / "upylib" / "umqtt" / "simple.py"
+    assert hashlib.sha256(module.read_bytes()).hexdigest() == UMQTT_SHA256
+
+
+def test_make_considers_the_toolchain_up_to_date():
+    # `make -q` exits 0 only when nothing would be rebuilt: a second `make test` must not
+    # build MicroPython, fetch umqtt or recreate the venv again.
+    targets = ["build/micropython", "build/upylib/umqtt/simple.py", ".venv/bin/jobsctl"]
+    proc = subprocess.run(["make", "-q", *targets], cwd=upy.ROOT, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
