@@ -1,0 +1,106 @@
+"""One running Jobs service: model + control plane + data plane + the timer thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .controlplane import ControlPlane
+from .dataplane import DataPlane, Presigner
+from .model import Model
+from .store import Store
+
+log = logging.getLogger("jobsctl.service")
+
+
+@dataclass
+class ServiceConfig:
+    db_path: Path
+    access_key: str
+    secret_key: str
+    region: str
+    mqtt_port: int
+    ca_file: Path
+    service_cert: Path
+    service_key: Path
+    server_cert: Path
+    server_key: Path
+    control_port: int = 0
+    plaintext: bool = False
+    throttle_per_second: float | None = None
+
+
+class Service:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        presign: Presigner | None = None,
+        fetch_object: object = None,
+    ) -> None:
+        self.config = config
+        self.store = Store(config.db_path)
+        self.model = Model(self.store, fetch_object=fetch_object)  # type: ignore[arg-type]
+        self.control = ControlPlane(
+            self.model,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
+            region=config.region,
+        )
+        self.data = DataPlane(
+            self.model,
+            host="localhost",
+            port=config.mqtt_port,
+            ca_file=config.ca_file,
+            cert_file=config.service_cert,
+            key_file=config.service_key,
+            presign=presign,
+            throttle_per_second=config.throttle_per_second,
+        )
+        self.model.on_change = self._changed
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._run_timers, name="jobs-timers", daemon=True)
+
+    def _changed(self, things: set[str]) -> None:
+        self.data.on_change(things)
+        self._wake.set()
+
+    def start(self) -> int:
+        """Start both planes; returns the control-plane port."""
+        self.data.start()
+        port = self.control.start(
+            self.config.control_port,
+            self.config.server_cert,
+            self.config.server_key,
+            plaintext=self.config.plaintext,
+        )
+        self._timer.start()
+        return port
+
+    def tick(self) -> None:
+        self.model.tick()
+
+    def _run_timers(self) -> None:
+        while not self._stop.is_set():
+            try:
+                nxt = self.model.tick()
+            except Exception:
+                log.exception("timer tick failed")
+                nxt = None
+            wait = 1.0 if nxt is None else min(1.0, max(0.01, nxt - time.time()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._timer.is_alive():
+            self._timer.join(timeout=10)
+        self.control.stop()
+        self.data.stop()
+        with self.model.lock:
+            self.store.close()
