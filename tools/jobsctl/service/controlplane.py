@@ -41,6 +41,7 @@ OPERATIONS = (
     "DescribeThing",
     "ListThings",
     "CreateThingGroup",
+    "DescribeThingGroup",
     "AddThingToThingGroup",
 )
 
@@ -120,6 +121,7 @@ class ControlPlane:
                 p["thingGroupName"],
                 (p.get("thingGroupProperties") or {}).get("thingGroupDescription"),
             ),
+            "DescribeThingGroup": lambda p: model.describe_group(p["thingGroupName"]),
             "AddThingToThingGroup": self._add_to_group,
         }
         self._server: BaseWSGIServer | None = None

@@ -252,6 +252,23 @@ class Model:
                 )
         return {"thingGroupName": name, "thingGroupArn": group_arn(name), "thingGroupId": group_id}
 
+    def describe_group(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            row = self.db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise not_found(f"Thing group {name} cannot be found.")
+        return _drop_none(
+            {
+                "thingGroupName": name,
+                "thingGroupId": row["group_id"],
+                "thingGroupArn": group_arn(name),
+                "version": 1,
+                "thingGroupProperties": _drop_none({"thingGroupDescription": row["description"]}),
+                "thingGroupMetadata": {"creationDate": row["created_at"]},
+                "status": "ACTIVE",
+            }
+        )
+
     def add_thing_to_group(self, group: str, thing: str) -> None:
         with self._op() as db:
             if db.execute("SELECT 1 FROM groups WHERE name = ?", (group,)).fetchone() is None:

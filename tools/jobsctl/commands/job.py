@@ -1,0 +1,194 @@
+"""``jobsctl job ...``: operator commands over boto3's ``iot`` client.
+
+With ``--state-dir DIR`` they talk to the local stack (endpoint, credentials and CA from
+DIR/endpoints.json); without it to real AWS IoT with boto3's defaults (profile, region).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import ClientError
+
+from ..errors import JobsctlError
+from ..stack import iot_client
+from . import load_endpoints, print_json
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("job", help="create and follow jobs (local stack or real AWS)")
+    jsub = p.add_subparsers(dest="job_command", metavar="ACTION")
+    jsub.required = True
+
+    def add(name: str, helptext: str) -> argparse.ArgumentParser:
+        q: argparse.ArgumentParser = jsub.add_parser(name, help=helptext)
+        q.add_argument("--state-dir", type=Path, help="local stack (default: real AWS)")
+        q.add_argument("--region", help="AWS region (real AWS only)")
+        q.add_argument("--profile", help="AWS profile (real AWS only)")
+        return q
+
+    c = add("create", "create a job")
+    c.add_argument("job_id")
+    c.add_argument(
+        "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
+    )
+    doc = c.add_mutually_exclusive_group(required=True)
+    doc.add_argument("--document", type=Path, help="job document file (JSON)")
+    doc.add_argument("--document-json", help="job document as a JSON string")
+    doc.add_argument("--document-source", help="https://s3.amazonaws.com/BUCKET/KEY")
+    c.add_argument("--description")
+    c.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
+    c.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
+    c.add_argument("--presigned-role-arn", help="role for pre-signed URLs (real AWS)")
+    c.add_argument("--presigned-expires", type=int, help="pre-signed URL lifetime, 60-3600 s")
+    c.set_defaults(func=create)
+
+    d = add("describe", "describe a job")
+    d.add_argument("job_id")
+    d.set_defaults(func=describe)
+
+    ls = add("list", "list jobs")
+    ls.add_argument(
+        "--status", choices=["IN_PROGRESS", "CANCELED", "COMPLETED", "DELETION_IN_PROGRESS"]
+    )
+    ls.set_defaults(func=list_jobs)
+
+    x = add("cancel", "cancel a job")
+    x.add_argument("job_id")
+    x.add_argument("--force", action="store_true", help="also cancel IN_PROGRESS executions")
+    x.add_argument("--comment")
+    x.add_argument("--reason-code")
+    x.set_defaults(func=cancel)
+
+    rm = add("delete", "delete a job")
+    rm.add_argument("job_id")
+    rm.add_argument("--force", action="store_true", help="delete even when IN_PROGRESS")
+    rm.set_defaults(func=delete)
+
+    e = add("executions", "list the executions of a job (or of a thing with --thing)")
+    e.add_argument("job_id", nargs="?")
+    e.add_argument("--thing", help="list this thing's executions instead")
+    e.add_argument("--status")
+    e.set_defaults(func=executions)
+
+
+def client(args: argparse.Namespace) -> Any:
+    if args.state_dir is not None:
+        return iot_client(load_endpoints(args.state_dir))
+    session = boto3.Session(profile_name=args.profile, region_name=args.region)
+    return session.client("iot")
+
+
+def _is_not_found(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException"
+
+
+def resolve_target(iot: Any, target: str) -> str:
+    """An ARN as is; a name as the ARN of the thing, or else of the thing group, so named."""
+    if target.startswith("arn:"):
+        return target
+    try:
+        return str(iot.describe_thing(thingName=target)["thingArn"])
+    except ClientError as exc:
+        if not _is_not_found(exc):
+            raise
+    try:
+        return str(iot.describe_thing_group(thingGroupName=target)["thingGroupArn"])
+    except ClientError as exc:
+        if not _is_not_found(exc):
+            raise
+    raise JobsctlError(f"no thing or thing group is named {target!r}")
+
+
+def _document(args: argparse.Namespace) -> dict[str, str]:
+    if args.document_source:
+        return {"documentSource": args.document_source}
+    if args.document is not None:
+        try:
+            text = args.document.read_text()
+        except OSError as exc:
+            raise JobsctlError(f"cannot read {args.document}: {exc.strerror}") from None
+    else:
+        text = args.document_json
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise JobsctlError(f"the job document is not valid JSON: {exc}") from None
+    return {"document": text}
+
+
+def create(args: argparse.Namespace) -> int:
+    iot = client(args)
+    params: dict[str, Any] = {
+        "jobId": args.job_id,
+        "targets": [resolve_target(iot, t) for t in args.targets],
+        **_document(args),
+    }
+    if args.description is not None:
+        params["description"] = args.description
+    if args.target_selection:
+        params["targetSelection"] = args.target_selection
+    if args.max_per_minute is not None:
+        params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": args.max_per_minute}
+    if args.presigned_role_arn or args.presigned_expires is not None:
+        presigned: dict[str, Any] = {}
+        if args.presigned_role_arn:
+            presigned["roleArn"] = args.presigned_role_arn
+        if args.presigned_expires is not None:
+            presigned["expiresInSec"] = args.presigned_expires
+        params["presignedUrlConfig"] = presigned
+    print_json(iot.create_job(**params))
+    return 0
+
+
+def describe(args: argparse.Namespace) -> int:
+    print_json(client(args).describe_job(jobId=args.job_id))
+    return 0
+
+
+def list_jobs(args: argparse.Namespace) -> int:
+    iot = client(args)
+    kwargs = {"status": args.status} if args.status else {}
+    jobs: list[Any] = []
+    for page in iot.get_paginator("list_jobs").paginate(**kwargs):
+        jobs += page.get("jobs", [])
+    print_json({"jobs": jobs})
+    return 0
+
+
+def cancel(args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {"jobId": args.job_id, "force": args.force}
+    if args.comment:
+        kwargs["comment"] = args.comment
+    if args.reason_code:
+        kwargs["reasonCode"] = args.reason_code
+    print_json(client(args).cancel_job(**kwargs))
+    return 0
+
+
+def delete(args: argparse.Namespace) -> int:
+    client(args).delete_job(jobId=args.job_id, force=args.force)
+    print_json({"jobId": args.job_id, "deleted": True})
+    return 0
+
+
+def executions(args: argparse.Namespace) -> int:
+    iot = client(args)
+    kwargs: dict[str, Any] = {"status": args.status} if args.status else {}
+    if args.thing:
+        if args.job_id:
+            kwargs["jobId"] = args.job_id
+        name, kwargs["thingName"] = "list_job_executions_for_thing", args.thing
+    elif args.job_id:
+        name, kwargs["jobId"] = "list_job_executions_for_job", args.job_id
+    else:
+        raise JobsctlError("give a JOB_ID or --thing NAME")
+    summaries: list[Any] = []
+    for page in iot.get_paginator(name).paginate(**kwargs):
+        summaries += page.get("executionSummaries", [])
+    print_json({"executionSummaries": summaries})
+    return 0
