@@ -24,7 +24,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import sigv4
 from .model import ApiError, Model, invalid
-from .validate import message, validate
+from .validate import document_parameter_errors, message, validate
 
 OPERATIONS = (
     "CreateJob",
@@ -218,7 +218,11 @@ class ControlPlane:
                 params[name] = _coerce(member.type_name, query[wire], wire)
             elif loc in ("uri", "querystring", "header"):
                 params.pop(name, None)
+        seeded = params.pop("documentParameters", None) if op.name == "CreateJob" else None
         errors = validate(shape, params)
+        if seeded is not None:
+            errors += document_parameter_errors(seeded)
+            params["documentParameters"] = seeded
         if errors:
             raise invalid(message(errors))
         return {k: v for k, v in params.items() if k in shape.members}

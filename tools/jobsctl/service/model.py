@@ -44,7 +44,7 @@ MAX_DOCUMENT = 32768
 _NAME = re.compile(r"[a-zA-Z0-9:_-]+")
 _JOB_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _ARN = re.compile(r"arn:aws:iot:([a-z0-9-]+):(\d{12}):(thing|thinggroup)/([a-zA-Z0-9:_-]+)")
-_PARAM = re.compile(r"\$\{aws:iot:parameter:([a-zA-Z0-9_-]+)\}")
+_PARAM = re.compile(r"\$\{aws:iot:parameter:([a-zA-Z0-9:_-]+)\}")
 _S3_URL = re.compile(r"https://s3(?:[.-]([a-z0-9-]+))?\.amazonaws\.com/([^/]+)/(.+)")
 
 

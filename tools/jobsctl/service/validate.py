@@ -120,3 +120,43 @@ def _check(shape: Shape, value: Any, path: str, errors: list[str]) -> None:
 def message(errors: list[str]) -> str:
     n = len(errors)
     return f"{n} validation error{'s' if n > 1 else ''} detected: " + "; ".join(errors)
+
+
+_PARAM_KEY = re.compile(r"[a-zA-Z0-9:_-]+")
+
+
+def document_parameter_errors(params: Any) -> list[str]:
+    """CreateJob's documentParameters as the CreateJob API reference states them (keys 1-128
+    of ``[a-zA-Z0-9:_-]``, values 1-1024 without control characters); botocore's model is
+    looser on values (30720) and stricter on keys (no ':')."""
+    path = "documentParameters"
+    if not isinstance(params, dict):
+        return [f"Value at '{path}' failed to satisfy constraint: Member must be a map"]
+    errors: list[str] = []
+
+    def fail(value: Any, where: str, constraint: str) -> None:
+        errors.append(
+            f"Value '{_show(value)}' at '{where}' failed to satisfy constraint: {constraint}"
+        )
+
+    for key, value in params.items():
+        if not 1 <= len(key) <= 128:
+            fail(key, f"{path}.key", "Member must have length between 1 and 128")
+        elif not _PARAM_KEY.fullmatch(key):
+            fail(
+                key,
+                f"{path}.key",
+                "Member must satisfy regular expression pattern: [a-zA-Z0-9:_-]+",
+            )
+        if not isinstance(value, str):
+            fail(value, f"{path}.value", "Member must be a string")
+        elif not 1 <= len(value) <= 1024:
+            fail(value, f"{path}.value", "Member must have length between 1 and 1024")
+        elif has_control_chars(value):
+            fail(
+                value,
+                f"{path}.value",
+                r"Member must satisfy regular expression pattern: "
+                r"[^\p{C}]+",
+            )
+    return errors
