@@ -402,3 +402,41 @@ def test_rollout_maximum_per_minute_holds_back_executions_until_their_minute(
     assert queued() == 2
     stack_session.advance_clock(61)
     assert queued() == 3
+
+
+def test_unsupported_job_features_are_refused_clearly(iot: Any, thing: str) -> None:
+    msg = _invalid(
+        lambda: _create(
+            iot,
+            thing,
+            abortConfig={
+                "criteriaList": [
+                    {
+                        "failureType": "FAILED",
+                        "action": "CANCEL",
+                        "thresholdPercentage": 50,
+                        "minNumberOfExecutedThings": 1,
+                    }
+                ]
+            },
+        )
+    )
+    assert "abortConfig is not supported" in msg
+
+
+def test_in_progress_timeout_of_the_job_times_executions_out(
+    stack_session: Stack, iot: Any, jobs_device: Callable[..., JobsDevice]
+) -> None:
+    dev = jobs_device(stack_session)
+    job = _create(iot, dev.name, timeoutConfig={"inProgressTimeoutInMinutes": 5})
+    assert iot.describe_job(jobId=job["jobId"])["job"]["timeoutConfig"] == {
+        "inProgressTimeoutInMinutes": 5
+    }
+    dev.request("start-next")
+    ex = iot.describe_job_execution(jobId=job["jobId"], thingName=dev.name)["execution"]
+    assert 0 < ex["approximateSecondsBeforeTimedOut"] <= 300
+    # a step timer does not extend the job's own timeout
+    dev.request(f"{job['jobId']}/update", {"status": "IN_PROGRESS", "stepTimeoutInMinutes": 60})
+    stack_session.advance_clock(301)
+    ex = iot.describe_job_execution(jobId=job["jobId"], thingName=dev.name)["execution"]
+    assert ex["status"] == "TIMED_OUT"

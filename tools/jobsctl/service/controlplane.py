@@ -9,9 +9,11 @@ exception.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import ssl
 import threading
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from werkzeug.wrappers import Request, Response
 from . import sigv4
 from .model import ApiError, Model, invalid
 from .validate import document_parameter_errors, message, validate
+
+log = logging.getLogger("jobsctl.controlplane")
 
 OPERATIONS = (
     "CreateJob",
@@ -162,7 +166,9 @@ class ControlPlane:
         except ApiError as exc:
             response = _error(exc.status, exc.name, exc.message)
         except Exception as exc:  # a bug must not take the server down; AWS answers 500
+            log.exception("control plane failed on %s %s", request.method, request.path)
             response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
+        response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
         return response(environ, start_response)
 
     def _handle(self, request: Request, environ: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,10 @@ _UPDATE_KEYS = {
 
 Presigner = Callable[[str, str, int], str]
 
+# Requests per second per thing (token bucket, burst = rate) beyond which the data plane
+# answers RequestThrottled; 0 turns throttling off.
+DEFAULT_THROTTLE_PER_SECOND = 20.0
+
 
 @dataclass
 class _Bucket:
@@ -134,7 +138,9 @@ class DataPlane:
 
     def _throttled(self, thing: str) -> bool:
         rate = self.throttle_per_second
-        if not rate:
+        if rate is None:
+            rate = DEFAULT_THROTTLE_PER_SECOND
+        if rate <= 0:
             return False
         now = time.monotonic()
         burst = max(1.0, rate)

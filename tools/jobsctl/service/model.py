@@ -41,6 +41,14 @@ EXECUTION_STATUSES = (
 )
 
 MAX_DOCUMENT = 32768
+UNSUPPORTED_CREATE_JOB = (
+    "abortConfig",
+    "jobExecutionsRetryConfig",
+    "schedulingConfig",
+    "jobTemplateArn",
+    "namespaceId",
+    "destinationPackageVersions",
+)
 _NAME = re.compile(r"[a-zA-Z0-9:_-]+")
 _JOB_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _ARN = re.compile(r"arn:aws:iot:([a-z0-9-]+):(\d{12}):(thing|thinggroup)/([a-zA-Z0-9:_-]+)")
@@ -349,6 +357,10 @@ class Model:
         rollout = req.get("jobExecutionsRolloutConfig")
         if rollout and "exponentialRate" in rollout:
             raise invalid("exponentialRate rollouts are not supported by the local service.")
+        for unsupported in UNSUPPORTED_CREATE_JOB:
+            if req.get(unsupported) is not None:
+                raise invalid(f"{unsupported} is not supported by the local service.")
+        timeout = req.get("timeoutConfig") or None
         now = self.now()
         with self._op() as db:
             if db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
@@ -359,7 +371,8 @@ class Model:
             db.execute(
                 "INSERT INTO jobs (job_id, document, document_source, description, targets,"
                 " target_selection, status, presigned, rollout, document_parameters,"
-                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?)",
+                " timeout_config, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     document,
@@ -370,6 +383,7 @@ class Model:
                     json.dumps(req["presignedUrlConfig"]) if "presignedUrlConfig" in req else None,
                     json.dumps(rollout) if rollout else None,
                     json.dumps(params) if params else None,
+                    json.dumps(timeout) if timeout else None,
                     now,
                     now,
                 ),
@@ -482,6 +496,7 @@ class Model:
                     **self._process_details(job_id),
                 },
                 "documentParameters": _opt_json(row["document_parameters"]),
+                "timeoutConfig": _opt_json(row["timeout_config"]),
                 "isConcurrent": False,
             }
         )
@@ -620,8 +635,9 @@ class Model:
 
     def _exec_control(self, ex: sqlite3.Row) -> dict[str, Any]:
         left = None
-        if ex["step_deadline"] is not None and ex["status"] == "IN_PROGRESS":
-            left = max(0, int(ex["step_deadline"] - self.now()))
+        deadlines = [d for d in (ex["step_deadline"], ex["job_deadline"]) if d is not None]
+        if deadlines and ex["status"] == "IN_PROGRESS":
+            left = max(0, int(min(deadlines) - self.now()))
         return _drop_none(
             {
                 "jobId": ex["job_id"],
@@ -745,8 +761,14 @@ class Model:
         step_deadline: float | None = None,
     ) -> None:
         started = ex["started_at"]
+        job_deadline = ex["job_deadline"]
         if status == "IN_PROGRESS" and started is None:
             started = now
+            timeout = _opt_json(self._job(ex["job_id"])["timeout_config"]) or {}
+            if timeout.get("inProgressTimeoutInMinutes"):
+                job_deadline = now + 60.0 * int(timeout["inProgressTimeoutInMinutes"])
+        if status != "IN_PROGRESS":
+            job_deadline = None
         deadline = ex["step_deadline"]
         if status != "IN_PROGRESS":
             deadline = None
@@ -754,7 +776,7 @@ class Model:
             deadline = step_deadline
         self.db.execute(
             "UPDATE executions SET status = ?, version = version + 1, started_at = ?,"
-            " updated_at = ?, status_details = ?, step_deadline = ?,"
+            " updated_at = ?, status_details = ?, step_deadline = ?, job_deadline = ?,"
             " force_canceled = MAX(force_canceled, ?) WHERE seq = ?",
             (
                 status,
@@ -762,6 +784,7 @@ class Model:
                 now,
                 json.dumps(details) if details is not None else ex["status_details"],
                 deadline,
+                job_deadline,
                 int(force_canceled),
                 ex["seq"],
             ),
@@ -912,8 +935,8 @@ class Model:
             now = self.now()
             for ex in db.execute(
                 "SELECT * FROM executions WHERE status = 'IN_PROGRESS'"
-                " AND step_deadline IS NOT NULL AND step_deadline <= ?",
-                (now,),
+                " AND (step_deadline <= ? OR job_deadline <= ?)",
+                (now, now),
             ).fetchall():
                 self._set_status(ex, "TIMED_OUT", now)
                 self._maybe_complete(ex["job_id"])
@@ -934,6 +957,7 @@ class Model:
                 db.execute("DELETE FROM jobs WHERE job_id = ?", (job["job_id"],))
             nxt = db.execute(
                 "SELECT MIN(t) FROM (SELECT MIN(step_deadline) AS t FROM executions"
+                " WHERE status = 'IN_PROGRESS' UNION ALL SELECT MIN(job_deadline) FROM executions"
                 " WHERE status = 'IN_PROGRESS' UNION ALL SELECT MIN(release_at) FROM"
                 " pending_targets)"
             ).fetchone()[0]

@@ -27,14 +27,14 @@ CREATE TABLE IF NOT EXISTS jobs (
   job_id TEXT PRIMARY KEY, document TEXT NOT NULL, document_source TEXT,
   description TEXT, targets TEXT NOT NULL, target_selection TEXT NOT NULL,
   status TEXT NOT NULL, force_canceled INTEGER NOT NULL DEFAULT 0, reason_code TEXT,
-  comment TEXT, presigned TEXT, rollout TEXT, document_parameters TEXT,
+  comment TEXT, presigned TEXT, rollout TEXT, document_parameters TEXT, timeout_config TEXT,
   created_at REAL NOT NULL, updated_at REAL NOT NULL, completed_at REAL);
 CREATE TABLE IF NOT EXISTS executions (
   seq INTEGER PRIMARY KEY AUTOINCREMENT,
   job_id TEXT NOT NULL, thing TEXT NOT NULL, execution_number INTEGER NOT NULL,
   status TEXT NOT NULL, version INTEGER NOT NULL, status_details TEXT NOT NULL,
   queued_at REAL NOT NULL, started_at REAL, updated_at REAL NOT NULL,
-  step_deadline REAL, force_canceled INTEGER NOT NULL DEFAULT 0,
+  step_deadline REAL, job_deadline REAL, force_canceled INTEGER NOT NULL DEFAULT 0,
   UNIQUE (job_id, thing));
 CREATE INDEX IF NOT EXISTS executions_thing ON executions (thing, status);
 CREATE TABLE IF NOT EXISTS pending_targets (
