@@ -17,6 +17,7 @@ import pytest
 from plugin_stack import JobsDevice, unique
 
 from jobsctl.cli import main
+from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
 ARN = "arn:aws:iot:us-east-1:123456789012"
@@ -223,3 +224,11 @@ def test_serve_writes_endpoints_and_stops_everything_on_sigterm(tmp_path: Path) 
     for port in (endpoints["mqtt_port"], int(endpoints["s3_url"].rsplit(":", 1)[1])):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
             pass
+
+
+def test_a_second_stack_on_the_same_state_dir_is_refused(stack: Stack) -> None:
+    with pytest.raises(JobsctlError, match="already running"):
+        Stack(stack.state_dir).start()
+    # the refused one did not disturb the running stack
+    assert (stack.state_dir / "endpoints.json").exists()
+    assert stack.iot_client().list_things()["things"] == []

@@ -13,13 +13,14 @@ on the same folder continues where the last one stopped.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import shutil
 import string
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import boto3
 
@@ -97,6 +98,7 @@ class Stack:
         self.service: Service | None = None
         self.ca: CertificateAuthority | None = None
         self._iot: Any = None
+        self._lock_file: IO[str] | None = None
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -104,8 +106,24 @@ class Stack:
     def endpoints_file(self) -> Path:
         return self.state_dir / "endpoints.json"
 
+    def _lock(self) -> None:
+        """One running stack per state dir: two would share one SQLite store and broker dir."""
+        self._lock_file = open(self.state_dir / ".stack.lock", "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise JobsctlError(f"another stack is already running on {self.state_dir}") from None
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
     def start(self) -> dict[str, Any]:
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         self.endpoints_file.unlink(missing_ok=True)
         self.ca = CertificateAuthority(self.state_dir / "ca")
         store = Store(self.state_dir / "jobs.sqlite3")
@@ -181,6 +199,8 @@ class Stack:
             raise
 
     def stop(self) -> None:
+        if self._lock_file is None:
+            return  # not started (or already stopped): nothing of ours to stop
         self.endpoints_file.unlink(missing_ok=True)
         if self.service is not None:
             self.service.stop()
@@ -192,6 +212,7 @@ class Stack:
             self.broker.stop()
             self.broker = None
         self._iot = None
+        self._unlock()
 
     def __enter__(self) -> Stack:
         self.start()

@@ -95,6 +95,7 @@ class DataPlane:
         client.max_inflight_messages_set(0)  # unlimited: replies must never wait on acks
         client.reconnect_delay_set(min_delay=1, max_delay=4)
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         self.client = client
@@ -120,7 +121,14 @@ class DataPlane:
             log.warning("data plane connect refused: %s", reason)
             return
         client.subscribe("$aws/things/+/jobs/#", options=SubscribeOptions(qos=1, noLocal=True))
-        self.connected.set()
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any
+    ) -> None:
+        if all(not c.is_failure for c in codes):
+            self.connected.set()  # connected *and* subscribed: requests are heard from now on
+        else:
+            log.error("the broker refused the data plane's subscription: %s", codes)
 
     def _on_disconnect(self, *args: Any) -> None:
         self.connected.clear()
