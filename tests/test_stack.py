@@ -232,3 +232,34 @@ def test_a_second_stack_on_the_same_state_dir_is_refused(stack: Stack) -> None:
     # the refused one did not disturb the running stack
     assert (stack.state_dir / "endpoints.json").exists()
     assert stack.iot_client().list_things()["things"] == []
+
+
+def test_cli_job_create_resolves_thing_and_group_names_and_reads_a_document_file(
+    stack_session: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    group, name, other = unique("cli-g"), unique("cli-t"), unique("cli-o")
+    stack_session.create_thing(name, group=group)
+    stack_session.create_thing(other)
+    doc = tmp_path / "job.json"
+    doc.write_text('{"operation": "reboot"}')
+    state = str(stack_session.state_dir)
+    job = unique("cli-job")
+    argv = ["job", "create", "--state-dir", state, job, "--targets", group, other]
+    argv += ["--document", str(doc), "--max-per-minute", "10", "--presigned-expires", "600"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["jobId"] == job
+    assert main(["job", "describe", "--state-dir", state, job]) == 0
+    described = json.loads(capsys.readouterr().out)["job"]
+    assert described["targets"] == [f"{ARN}:thinggroup/{group}", f"{ARN}:thing/{other}"]
+    assert described["presignedUrlConfig"] == {"expiresInSec": 600}
+    assert described["jobExecutionsRolloutConfig"] == {"maximumPerMinute": 10}
+    assert main(["job", "executions", "--state-dir", state, job]) == 0
+    arns = {s["thingArn"] for s in json.loads(capsys.readouterr().out)["executionSummaries"]}
+    assert arns == {f"{ARN}:thing/{name}", f"{ARN}:thing/{other}"}
+    assert main(["job", "cancel", "--state-dir", state, job, "--comment", "enough"]) == 0
+    capsys.readouterr()
+    assert main(["job", "list", "--state-dir", state, "--status", "CANCELED"]) == 0
+    assert job in [j["jobId"] for j in json.loads(capsys.readouterr().out)["jobs"]]
+    bad = ["job", "create", "--state-dir", state, unique("j"), "--targets", name]
+    assert main([*bad, "--document-json", "{oops"]) == 1
+    assert "not valid JSON" in capsys.readouterr().err

@@ -633,11 +633,14 @@ class Model:
             return None
         return row
 
-    def _exec_control(self, ex: sqlite3.Row) -> dict[str, Any]:
-        left = None
+    def _seconds_left(self, ex: sqlite3.Row) -> int | None:
         deadlines = [d for d in (ex["step_deadline"], ex["job_deadline"]) if d is not None]
-        if deadlines and ex["status"] == "IN_PROGRESS":
-            left = max(0, int(min(deadlines) - self.now()))
+        if not deadlines or ex["status"] != "IN_PROGRESS":
+            return None
+        return max(0, int(min(deadlines) - self.now()))
+
+    def _exec_control(self, ex: sqlite3.Row) -> dict[str, Any]:
+        left = self._seconds_left(ex)
         return _drop_none(
             {
                 "jobId": ex["job_id"],
@@ -849,6 +852,7 @@ class Model:
                 "lastUpdatedAt": int(ex["updated_at"]),
                 "versionNumber": ex["version"],
                 "executionNumber": ex["execution_number"],
+                "approximateSecondsBeforeTimedOut": self._seconds_left(ex),
             }
         )
         if include_document:
