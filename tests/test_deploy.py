@@ -285,3 +285,15 @@ def test_jobsctl_deploy_of_the_repository_lands_verified_and_the_agent_starts(
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_deploy_no_lib_for_frozen_firmware_copies_only_entry_points_and_clears_lib(
+    sim_board: RawReplBridge, project: Path
+) -> None:
+    board = sim_board.board_dir
+    (board / "lib" / "iotjobs").mkdir(parents=True)
+    (board / "lib" / "iotjobs" / "greet.mpy").write_bytes(b"M\x06 shadowed by frozen code")
+    result = deploy(sim_board.port, None, root=project, reset=False, lib=False)
+    assert sorted(result["files"]) == ["boot.py", "main.py"]
+    assert result["removed"] == ["/lib/iotjobs/greet.mpy"]
+    assert (board / "main.py").read_bytes() == (project / "main.py").read_bytes()
