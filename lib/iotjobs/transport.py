@@ -198,6 +198,9 @@ class Link:
         self.attempts = 0
         self.connects = 0
 
+    def set_on_connect(self, fn):
+        self._on_connect = fn
+
     def ensure(self):
         # Returns a connected Transport, trying until it gets one.
         backoff = self._min

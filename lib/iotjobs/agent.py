@@ -1,0 +1,446 @@
+# The jobs agent: takes executions from AWS IoT Jobs one at a time, runs their handlers and
+# reports the outcome, across network failures, service errors and resets.
+#
+# States (one job at a time, handlers run synchronously):
+#   IDLE     connected, nothing to do: wait for notify-next with an execution -> ASK
+#   ASK      start-next sent: an execution -> RUN; none -> IDLE
+#   RUN      execution marked IN_PROGRESS (expectedVersion), handler running; it talks to the
+#            service only through its Context (progress, check, refresh, reboot)
+#   FINISH   final status persisted, then reported until the service has it -> ASK
+#   RESUME   after a (re)start with persisted state: describe the job, then FINISH (report
+#            already decided) or RUN again with ctx.resumed (or FAIL if the handler cannot
+#            resume)
+# Error replies follow protocol.REACTIONS: RETRY inside _request (bounded, backoff + jitter),
+# REFRESH = one describe then decide again, DROP = stop working on the job, BUG = log, report
+# FAILED once, go on. A network error anywhere drops the link; the Link reconnects with backoff
+# and on_connect re-subscribes and re-syncs from the persisted state.
+import json
+
+from iotjobs import protocol, store
+from micropython import const
+
+STATE_FILE = "jobstate.json"
+_RETRIES = const(5)
+_ETIMEDOUT = const(110)
+_EAGAIN = const(11)
+_CHECK_EVERY_MS = const(200)
+_LEVELS = {"debug": 0, "info": 1, "warning": 2, "error": 3}
+
+
+class Rejected(Exception):
+    # The document cannot be run (malformed, unsupported, too big): REJECTED with the reason.
+    pass
+
+
+class Failed(Exception):
+    # The work was tried and did not succeed: FAILED with the reason.
+    pass
+
+
+class Canceled(Exception):
+    # The execution was canceled, removed or finished elsewhere: stop, report nothing.
+    pass
+
+
+# op -> (fn or "module:function", resumable)
+_handlers = {}  # type: dict
+
+
+def register(op, fn, resumable=True):
+    # fn(ctx, document) -> statusDetails dict for SUCCEEDED (or None); raises Rejected, Failed.
+    # A handler that is not resumable is failed with a reason if a reset interrupts it, instead
+    # of running twice. fn may be "module:function", imported only when a job needs it.
+    _handlers[op] = (fn, resumable)
+
+
+def unregister(op):
+    _handlers.pop(op, None)
+
+
+def _resolve(op):
+    entry = _handlers.get(op)
+    if entry is None:
+        return None, False
+    fn, resumable = entry
+    if isinstance(fn, str):
+        mod, _, name = fn.partition(":")
+        fn = getattr(__import__(mod, None, None, [name]), name)
+        _handlers[op] = (fn, resumable)
+    return fn, resumable
+
+
+class Context:
+    # What a handler gets: identity, settings, persisted state, and the service.
+    def __init__(self, agent, job_id, op, state, resumed):
+        self._a = agent
+        self.job_id = job_id
+        self.op = op
+        self.thing_name = agent.thing
+        self.board = agent.board
+        self.config = agent.cfg
+        self.state = state  # the handler's own dict, persisted by save()
+        self.resumed = resumed
+        self._last_progress = None
+        self._last_check = agent.board.ticks_ms()
+
+    def log(self, msg, level="info"):
+        self._a.log(level, "%s: %s" % (self.job_id, msg))
+
+    def save(self):
+        # Persists ctx.state atomically: after a reset the handler runs again with it.
+        self._a._persist()
+
+    def progress(self, details, force=False):
+        # An IN_PROGRESS report with statusDetails, at most one per progress_interval_ms
+        # (unless force). Raises Canceled when the service says the job is over.
+        b = self.board
+        now = b.ticks_ms()
+        if not force and self._last_progress is not None:
+            if _diff(now, self._last_progress) < self.config["progress_interval_ms"]:
+                return False
+        self._last_progress = now
+        self._a._report(protocol.IN_PROGRESS, details)
+        return True
+
+    def check(self):
+        # Call often from long work: feeds the watchdog, reads MQTT, raises Canceled when the
+        # job was canceled (notify-next stopped naming it, or it is terminal after a describe).
+        a = self._a
+        a.board.feed()
+        now = a.board.ticks_ms()
+        if _diff(now, self._last_check) < _CHECK_EVERY_MS and not a._stale:
+            return
+        self._last_check = now
+        a._pump(0)
+        if a._stale:
+            try:
+                ex = a._describe(self.job_id, False)
+            except OSError as e:  # ask again on the next check; the work itself goes on
+                a.link.drop(e)
+                return
+            a._stale = False
+            if ex is None or ex.terminal():
+                raise Canceled()
+
+    def refresh(self):
+        # A fresh copy of the job document (pre-signed URLs are signed anew on every hand-out).
+        while True:
+            try:
+                ex = self._a._describe(self.job_id, True)
+                break
+            except OSError as e:  # no way on without a new URL: wait for the network
+                self._a.link.drop(e)
+        if ex is None or ex.terminal():
+            raise Canceled()
+        if ex.document is None:
+            raise Failed("job document is no longer readable")
+        return ex.document
+
+    def reboot(self, details=None):
+        # Persist, report, reset. Never returns: the handler runs again after the boot with
+        # ctx.resumed and its saved ctx.state.
+        self.save()
+        if details:
+            self._a._report(protocol.IN_PROGRESS, details)
+        self.log("resetting")
+        self.board.reset()
+        raise SystemExit  # only reached with a fake board
+
+
+def _diff(a, b):
+    import time
+
+    return time.ticks_diff(a, b)
+
+
+class _Drop(Exception):
+    # The execution is gone, terminal or unusable: stop working on it (internal).
+    pass
+
+
+class Agent:
+    def __init__(self, cfg, board, link, log_level="info"):
+        self.cfg = cfg
+        self.thing = cfg["thing_name"]
+        self.board = board
+        self.link = link
+        self._level = _LEVELS.get(log_level, 1)
+        self._tag = "%05x" % board.rand(0xFFFFF)
+        self._n = 0
+        self._await = None  # clientToken of the request in flight
+        self._reply = None  # (accepted, body) for it
+        self._want_next = False
+        self._stale = False  # the running job may have been canceled: describe it
+        self._sync = False  # (re)connected: resubscribed, must resynchronise
+        self._job = {}  # the persisted state of the running job; empty when there is none
+        self.jobs_done = 0
+        link.set_on_connect(self._on_connect)
+
+    def log(self, level, msg):
+        if _LEVELS.get(level, 1) >= self._level:
+            print("%s %s" % (level[0].upper(), msg))
+
+    # ---- MQTT plumbing
+
+    def _on_connect(self, t):
+        t.set_callback(self._on_msg)
+        for topic in protocol.subscriptions(self.thing):
+            t.subscribe(topic)
+        self._sync = True
+        self._stale = bool(self._job)
+        self.log("info", "connected, subscribed")
+
+    def _on_msg(self, topic, msg):
+        try:
+            topic = topic.decode()
+            kind = protocol.parse_topic(self.thing, topic)
+            if kind is None:
+                return
+            body = json.loads(msg)
+        except (ValueError, UnicodeError):
+            self.log("warning", "unparsable message on %s" % topic)
+            return
+        if kind[0] == protocol.NOTIFY_NEXT:
+            ex = protocol.reply_execution(body)
+            if not self._job:
+                if ex is not None:
+                    self._want_next = True
+            elif ex is None or ex.job_id != self._job["job"]:
+                self._stale = True
+        elif kind[2] is not None and isinstance(body, dict):
+            if self._await is not None and body.get("clientToken") == self._await:
+                self._reply = (kind[2], body)
+
+    def _pump(self, timeout_ms):
+        try:
+            self.link.ensure().poll(timeout_ms)
+        except Exception as e:
+            self.link.drop(e)
+
+    def _request(self, topic, build):
+        # Publishes build(token) and waits for the reply with that token: (accepted, body).
+        # RETRY codes are retried here with backoff and jitter; after _RETRIES, or when no
+        # reply comes in time, raises OSError (the link is then dropped and re-synced).
+        backoff = self.cfg["backoff_min_ms"]
+        attempt = 0
+        while True:
+            self._n += 1
+            token = "%s-%d" % (self._tag, self._n)
+            self._await = token
+            self._reply = None
+            t = self.link.ensure()
+            t.publish(topic, build(token))
+            b = self.board
+            t0 = b.ticks_ms()
+            limit = self.cfg["timeout_ms"]
+            while self._reply is None:
+                b.feed()
+                left = limit - _diff(b.ticks_ms(), t0)
+                if left <= 0:
+                    self._await = None
+                    raise OSError(_ETIMEDOUT)
+                t.poll(left if left < 1000 else 1000)
+            self._await = None
+            ok, body = self._reply
+            self._reply = None
+            if ok:
+                return True, body
+            code, msg = protocol.reply_error(body)
+            if protocol.reaction(code) != protocol.RETRY:
+                return False, body
+            attempt += 1
+            if attempt > _RETRIES:
+                self.log("warning", "%s: still %s after %d tries" % (topic, code, _RETRIES))
+                raise OSError(_EAGAIN)
+            wait = backoff // 2 + b.rand(backoff // 2 + 1)
+            self.log("info", "%s: %s, retry in %d ms" % (topic, code, wait))
+            b.sleep_ms(wait)
+            backoff = min(backoff * 2, self.cfg["backoff_max_ms"])
+
+    def _describe(self, job_id, with_doc):
+        # -> Execution, or None when the service no longer has it for us (ResourceNotFound,
+        # TerminalStateReached). Other rejections are our bugs: logged, treated as gone.
+        topic = protocol.topic_describe(self.thing, job_id)
+        ok, body = self._request(topic, lambda tok: protocol.describe(tok, None, with_doc))
+        if ok:
+            return protocol.reply_execution(body)
+        code, msg = protocol.reply_error(body)
+        if protocol.reaction(code) != protocol.DROP:
+            self.log("error", "describe %s: %s %s" % (job_id, code, msg))
+        return None
+
+    def _update(self, status, details, refresh=True):
+        j = self._job
+        topic = protocol.topic_update(self.thing, j["job"])
+        ok, body = self._request(
+            topic,
+            lambda tok: protocol.update(tok, status, details, j.get("version")),
+        )
+        if ok:
+            v = protocol.reply_state(body)[1]
+            if v is not None:
+                j["version"] = v
+            return
+        code, msg = protocol.reply_error(body)
+        r = protocol.reaction(code)
+        if r == protocol.REFRESH and refresh:
+            ex = self._describe(j["job"], False)
+            if ex is None or ex.terminal():
+                raise _Drop("%s, and the job is %s" % (code, ex.status if ex else "gone"))
+            self.log("info", "%s: version %s -> %s" % (code, j.get("version"), ex.version))
+            j["version"] = ex.version
+            return self._update(status, details, False)
+        if r == protocol.BUG and status != protocol.FAILED:
+            self.log("error", "update refused: %s %s" % (code, msg))
+            reason = protocol.clean_details({"reason": "agent error: %s: %s" % (code, msg)})
+            self._update(protocol.FAILED, reason, False)
+            raise _Drop("failed after the service refused an update: %s" % code)
+        raise _Drop("update refused: %s %s" % (code, msg))
+
+    def _report(self, status, details):
+        # IN_PROGRESS reports from a running handler: best effort on the network (a lost
+        # progress report is harmless), but the service saying "over" stops the handler.
+        try:
+            self._update(status, protocol.clean_details(details or {}))
+        except _Drop as e:
+            self.log("info", str(e))
+            raise Canceled()
+        except OSError as e:
+            self.link.drop(e)
+
+    # ---- persisted state
+
+    def _persist(self):
+        store.save(STATE_FILE, self._job)
+
+    def _clear(self):
+        self._job = {}
+        store.remove(STATE_FILE)
+
+    # ---- the state machine
+
+    def run(self, cycles=-1):
+        # The main loop; cycles < 0 runs forever (a board), else that many turns (tests).
+        self.board.start_watchdog()
+        j = store.load(STATE_FILE)
+        if j is not None and not (
+            isinstance(j, dict)
+            and protocol.valid_job_id(j.get("job"))
+            and isinstance(j.get("data"), dict)
+        ):
+            self.log("warning", "ignoring a malformed %s" % STATE_FILE)
+            j = None
+        self._job = j or {}
+        while cycles != 0:
+            cycles -= 1
+            try:
+                self.turn()
+            except OSError as e:
+                self.link.drop(e)
+
+    def turn(self):
+        self.link.ensure()
+        if self._sync:
+            self._sync = False
+            self._stale = False
+            if self._job:
+                self._resume()
+            self._want_next = True
+        if self._want_next:
+            self._want_next = False
+            self._start_next()
+        else:
+            self._pump(1000)
+        self.board.feed()
+
+    def _start_next(self):
+        topic = protocol.topic_start_next(self.thing)
+        ok, body = self._request(topic, lambda tok: protocol.start_next(tok))
+        if not ok:
+            code, msg = protocol.reply_error(body)
+            self.log("error", "start-next refused: %s %s" % (code, msg))
+            return
+        ex = protocol.reply_execution(body)
+        if ex is None:
+            if isinstance(body.get("execution"), dict):
+                self.log("error", "start-next: unusable execution %r" % body["execution"])
+            else:
+                self.log("info", "no pending job")
+            return
+        self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
+        self._run(ex, False)
+
+    def _resume(self):
+        j = self._job
+        ex = self._describe(j["job"], True)
+        if ex is None or ex.terminal():
+            self.log("info", "%s: %s while we were away" % (j["job"], ex.status if ex else "gone"))
+            self._clear()
+            return
+        j["version"] = ex.version
+        if "final" in j:
+            self._finish(j["final"][0], j["final"][1])
+            return
+        self.log("info", "%s: resuming after a restart" % j["job"])
+        self._run(ex, True)
+
+    def _run(self, ex, resumed):
+        j = self._job
+        op = protocol.operation(ex.document)
+        if ex.document is None:
+            return self._finish(protocol.REJECTED, {"reason": "job document is not a JSON object"})
+        if op is None:
+            return self._finish(protocol.REJECTED, {"reason": "job document has no operation"})
+        fn, resumable = _resolve(op)
+        if fn is None:
+            return self._finish(protocol.REJECTED, {"reason": "unsupported operation %r" % op})
+        if resumed and not resumable:
+            reason = "interrupted by a reset (%s is not resumable)" % op
+            return self._finish(protocol.FAILED, {"reason": reason})
+        j["op"] = op
+        self._persist()
+        self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
+        ctx = Context(self, ex.job_id, op, j["data"], resumed)
+        try:
+            if not resumed:
+                self._report(protocol.IN_PROGRESS, {"step": "started"})
+            result = fn(ctx, ex.document)
+        except Rejected as e:
+            return self._finish(protocol.REJECTED, {"reason": _reason(e)})
+        except Failed as e:
+            return self._finish(protocol.FAILED, {"reason": _reason(e)})
+        except Canceled:
+            self.log("info", "%s: canceled, handler stopped" % ex.job_id)
+            self._clear()
+            return
+        except Exception as e:  # a handler bug must not take the agent down
+            self.log("error", "%s: handler raised %r" % (ex.job_id, e))
+            return self._finish(protocol.FAILED, {"reason": "handler error: %r" % (e,)})
+        details = result if isinstance(result, dict) else {}
+        self._finish(protocol.SUCCEEDED, details)
+
+    def _finish(self, status, details):
+        # The final report is persisted before it is sent, so that a reset or a dead link
+        # between the decision and the service's acceptance re-sends it instead of losing it.
+        j = self._job
+        details = protocol.clean_details(details)
+        if j.get("final") != [status, details]:
+            j["final"] = [status, details]
+            self._persist()
+        while True:
+            try:
+                self._update(status, details)
+                self.log("info", "%s: %s %s" % (j["job"], status, details.get("reason", "")))
+                break
+            except _Drop as e:
+                self.log("info", "%s: %s" % (j["job"], e))
+                break
+            except OSError as e:
+                self.link.drop(e)
+        self.jobs_done += 1
+        self._clear()
+        self._want_next = True
+
+
+def _reason(e):
+    return str(e.args[0]) if e.args else type(e).__name__

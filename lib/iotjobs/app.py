@@ -1,0 +1,76 @@
+# Builds the agent from config.json and runs it: what main.py calls on a board.
+from micropython import const
+
+_CRASH_WAIT_MS = const(10000)
+
+
+def build(cfg, board=None):
+    from iotjobs import agent, config, transport
+    from iotjobs.board import Board
+
+    if board is None:
+        board = Board(cfg["wdt_timeout_ms"])
+    log = agent.Agent.log
+
+    try:
+        import ssl
+    except ImportError:  # the Unix port before sim/ is on the path
+        import ussl as ssl  # type: ignore[no-redef]
+
+    params = {
+        "key": config.read(cfg["key_file"]),
+        "cert": config.read(cfg["cert_file"]),
+        "cadata": config.read(cfg["ca_file"]),
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": cfg.get("server_hostname", cfg["endpoint"]),
+    }
+
+    def factory():
+        return transport.Transport(
+            cfg["client_id"],
+            cfg["endpoint"],
+            cfg["port"],
+            params,
+            cfg["keepalive_s"],
+            cfg["timeout_ms"],
+        )
+
+    link = transport.Link(factory, None, board, cfg["backoff_min_ms"], cfg["backoff_max_ms"])
+    a = agent.Agent(cfg, board, link, cfg["log_level"])
+    link._log = lambda msg: log(a, "warning", msg)
+    agent.register("reboot", "iotjobs.handlers:reboot")
+    agent.register("config", "iotjobs.handlers:config")
+    agent.register("ota", "iotjobs.ota:handle")
+    agent.register("afr_ota", "iotjobs.ota:handle_afr")
+    agent.register("bundle", "iotjobs.ota:handle_bundle")
+    return a
+
+
+def run(path="config.json"):
+    from iotjobs import config
+
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        # Nothing to connect with: say so on the console and stay up for a REPL/deploy.
+        print("E config: %s" % e)
+        return
+    a = build(cfg)
+    try:
+        import selftest  # type: ignore[import-not-found]  # the application's self-test hook, if it ships one
+
+        a.board.self_test = selftest.run
+    except ImportError:
+        pass
+    try:
+        a.board.start_watchdog()
+        a.board.connect_network(cfg.get("wifi_ssid"), cfg.get("wifi_password"))
+        a.run()
+    except Exception as e:
+        # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
+        # state makes the restart pick up where this one stopped.
+        import sys
+
+        sys.print_exception(e)
+        a.board.sleep_ms(_CRASH_WAIT_MS)
+        a.board.reset()

@@ -1,0 +1,37 @@
+# The simulated board's power-on: what the ROM and the bootloader do before MicroPython runs
+# boot.py and main.py. Run as `micropython sim/boardrun.py` with the board folder as the current
+# directory (the board's filesystem root). The bootloader picks the slot to boot (and rolls back
+# an unconfirmed image); then boot.py and main.py from the board folder, like the firmware.
+import sys
+
+
+def _run(name):
+    try:
+        f = open(name)
+    except OSError:
+        return
+    with f:
+        code = f.read()
+    exec(code, {"__name__": "__main__", "__file__": name})
+
+
+def _main():
+    import os
+
+    if "" in sys.path:
+        sys.path.remove("")
+    sys.path.insert(0, "")  # the board's root, as on a board
+    try:
+        import esp32
+
+        esp32._power_on()
+    except ImportError:
+        pass
+    # argv[1]: where boot.py and main.py are (default: the board folder itself).
+    root = sys.argv[1] if len(sys.argv) > 1 else "."
+    _run(root + "/boot.py")
+    if not os.getenv("SIM_NO_MAIN"):
+        _run(root + "/main.py")
+
+
+_main()

@@ -1,0 +1,58 @@
+"""``jobsctl device run``: a simulated ESP32 board running the real device code."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..device import DeviceProcess, setup_board
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("device", help="simulated ESP32 boards (the device code, Unix port)")
+    dsub = p.add_subparsers(dest="device_command", metavar="ACTION")
+    dsub.required = True
+    r = dsub.add_parser(
+        "run",
+        help="power on DIR/devices/NAME and stream its console until Ctrl-C",
+        description=(
+            "Run boot.py, main.py and lib/ under the MicroPython Unix port for thing NAME "
+            "(made with `jobsctl thing create`), in its own folder DIR/devices/NAME/. A reset "
+            "of the device code restarts it; an unfed watchdog resets it."
+        ),
+    )
+    r.add_argument("--state-dir", type=Path, required=True)
+    r.add_argument("name")
+    r.add_argument("--version", default="1.0.0", help="firmware version of a new board's ota_0")
+    r.add_argument("--heapsize", help="MicroPython heap, e.g. 64k (default: the port's)")
+    r.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    board = setup_board(args.state_dir, args.name, version=args.version)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    prefix = f"[{args.name}] "
+    dev = DeviceProcess(
+        board, heapsize=args.heapsize, on_line=lambda line: print(prefix + line, flush=True)
+    )
+    try:
+        dev.start()
+        while not stop.wait(0.5) and (dev.running or not dev.exits or dev.exits[-1] == 3):
+            pass
+    finally:
+        dev.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if not stop.is_set():
+        print(f"jobsctl: {args.name} stopped (status {dev.exits[-1]})", file=sys.stderr)
+        return 1
+    return 0
