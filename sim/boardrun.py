@@ -22,6 +22,12 @@ def _main():
         sys.path.remove("")
     sys.path.insert(0, "")  # the board's root, as on a board
     try:
+        import ussl
+
+        ussl.reserve()  # see ussl.py: a Unix-only cost, taken before the heap fragments
+    except ImportError:
+        pass
+    try:
         import esp32
 
         esp32._power_on()

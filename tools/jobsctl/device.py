@@ -139,8 +139,12 @@ class DeviceProcess:
         on_line: Callable[[str], None] | None = None,
         restart: bool = True,
         env: dict[str, str] | None = None,
+        root: Path | None = None,
     ) -> None:
         self.board = Path(board)
+        # Where boot.py and main.py come from: the project's (default), or e.g. the board's own
+        # folder for an application that registers its handlers before calling app.run().
+        self.root = Path(root) if root is not None else ROOT
         self.heapsize = heapsize
         self.on_line = on_line
         self.restart = restart
@@ -169,7 +173,7 @@ class DeviceProcess:
         cmd = [str(MICROPYTHON)]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
-        cmd += [str(ROOT / "sim" / "boardrun.py"), str(ROOT)]
+        cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
         path = compile_device_code()
         env = dict(os.environ, MICROPYPATH=os.pathsep.join(path), **self.env)
         for stale in ("wdt", "wdt.fed"):

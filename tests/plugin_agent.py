@@ -1,0 +1,91 @@
+"""Fixtures for end-to-end agent tests: simulated boards running the real device code.
+
+``boards(stack, name=None, group=None, app=False)`` provisions a thing on the stack, makes its
+board folder and powers it on (a :class:`jobsctl.device.DeviceProcess`); every board is
+powered off after the test. With ``app=True`` the board runs the test application below
+(its own main.py registering extra handlers, as a product would) instead of the plain main.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jobsctl.device import ROOT, DeviceProcess, setup_board
+from jobsctl.stack import Stack
+
+# The e2e heap. 64 KB of agent budget plus this build's TLS artifact: each tls.SSLContext is
+# ~40 KB of MicroPython heap with Debian's mbedTLS (HAVEGE tables, see sim/ussl.py), ~1.5 KB
+# on an ESP32. tests/test_heap.py measures what the agent itself uses.
+HEAP = "128k"
+
+# A product's main.py: its own handlers, then the agent. `wait` runs until the file named by
+# the document exists on the board (the test creates it), checking for cancellation; it counts
+# its runs in its persisted state so that a resumed run is visible.
+TEST_APP = """\
+from iotjobs import agent, app
+
+
+def wait(ctx, doc):
+    ctx.state["runs"] = ctx.state.get("runs", 0) + 1
+    ctx.save()
+    ctx.log("waiting for %s (run %d)" % (doc["until"], ctx.state["runs"]))
+    while True:
+        try:
+            open(doc["until"]).close()
+            break
+        except OSError:
+            pass
+        ctx.check()
+        ctx.board.sleep_ms(20)
+    return {"reason": "done", "runs": str(ctx.state["runs"])}
+
+
+agent.register("wait", wait)
+agent.register("wait-once", wait, resumable=False)
+app.run()
+"""
+
+
+def arn(stack: Stack, thing: str) -> str:
+    return f"arn:aws:iot:{stack.endpoints['region']}:{stack.endpoints['account_id']}:thing/{thing}"
+
+
+@pytest.fixture()
+def boards() -> Iterator[Callable[..., DeviceProcess]]:
+    started: list[DeviceProcess] = []
+
+    def make(
+        stack: Stack,
+        name: str,
+        group: str | None = None,
+        app: bool = False,
+        heapsize: str = HEAP,
+        start: bool = True,
+        **extra: Any,
+    ) -> DeviceProcess:
+        stack.create_thing(name, group=group)
+        board = setup_board(stack.state_dir, name, extra=extra or None)
+        root = None
+        if app:
+            root = board / "approot"
+            root.mkdir(exist_ok=True)
+            shutil.copy(ROOT / "boot.py", root / "boot.py")
+            (root / "main.py").write_text(TEST_APP)
+        dev = DeviceProcess(board, heapsize=heapsize, root=root)
+        started.append(dev)
+        if start:
+            dev.start()
+        return dev
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+def board_path(dev: DeviceProcess, name: str) -> Path:
+    return dev.board / name
