@@ -1,0 +1,115 @@
+"""``jobsctl demo``: the fleet demo (see jobsctl.demo)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from ..demo import COLOURS, Demo, Result, ota_available
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="a local stack, N simulated boards, one job for the fleet, live",
+        description=(
+            "Start the local stack in DIR (wiped first), provision N simulated ESP32 boards "
+            "running the real device code, create one job for their group and follow it live. "
+            "Exits 0 only if every device ends SUCCEEDED (and, for OTA, runs the new version). "
+            "Writes DIR/rollout.png, a timeline of every device."
+        ),
+    )
+    p.add_argument("--devices", type=int, default=5, help="number of devices (default 5)")
+    p.add_argument(
+        "--job",
+        choices=("ota", "config"),
+        default=None,
+        help="job type (default: ota when available, else config)",
+    )
+    p.add_argument("--state-dir", type=Path, default=Path("build/demo"), help="(wiped first)")
+    p.add_argument("--max-per-minute", type=int, default=None, help="rollout rate")
+    p.add_argument("--timeout", type=float, default=300, help="seconds before giving up")
+    p.add_argument("--heapsize", default=None, help="MicroPython heap per device, e.g. 256k")
+    p.set_defaults(func=run)
+
+
+def _table(demo: Demo) -> Group:
+    t = Table(box=None, pad_edge=False)
+    for col in ("device", "status", "step", "progress", "version", "reason"):
+        t.add_column(col)
+    for b in demo.boards:
+        colour = COLOURS.get(b.status, "white")
+        bar: Any = ProgressBar(total=1.0, completed=b.progress or 0.0, width=20)
+        if b.progress is None:
+            bar = Text("")
+        t.add_row(
+            b.name,
+            Text(b.status, style=colour),
+            b.step,
+            bar,
+            b.version,
+            Text(b.reason[:60], overflow="ellipsis"),
+        )
+    head = Text(f"{demo.phase}  ({demo.elapsed:.1f} s)", style="bold")
+    return Group(head, t)
+
+
+def run(args: argparse.Namespace) -> int:
+    console = Console()
+    kind = args.job or ("ota" if ota_available() else "config")
+    live: Live | None = None
+    seen: dict[str, str] = {}
+
+    def on_update(demo: Demo) -> None:
+        if live is not None:
+            live.update(_table(demo))
+            return
+        # Not a terminal (CI, a pipe): one line per change instead of a redrawn table.
+        for b in demo.boards:
+            now = f"{b.status} {b.step} {b.version}".strip()
+            if seen.get(b.name) != now:
+                seen[b.name] = now
+                print(f"{demo.elapsed:6.1f}s {b.name}: {now}", flush=True)
+
+    demo = Demo(
+        args.state_dir,
+        devices=args.devices,
+        kind=kind,
+        max_per_minute=args.max_per_minute,
+        timeout=args.timeout,
+        heapsize=args.heapsize,
+        on_update=on_update,
+    )
+    print(f"jobsctl demo: {args.devices} devices, {kind} job, state in {args.state_dir}")
+    if console.is_terminal:
+        with Live(_table(demo), console=console, refresh_per_second=8) as live:
+            result = demo.run()
+    else:
+        result = demo.run()
+    _summary(console, result)
+    return 0 if result.ok else 1
+
+
+def _summary(console: Console, r: Result) -> None:
+    counts: dict[str, int] = {}
+    for b in r.boards:
+        counts[b.status] = counts.get(b.status, 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"\n{r.job_id}: {parts} in {r.seconds:.1f} s")
+    for b in r.boards:
+        if b.status != "SUCCEEDED":
+            console.print(f"  {b.name}: {b.status} {b.reason}")
+    if r.png:
+        console.print(f"timeline: {r.png}")
+    if r.ok:
+        console.print("[green]demo: every device succeeded[/green]")
+    else:
+        print("jobsctl demo: not every device succeeded", file=sys.stderr)

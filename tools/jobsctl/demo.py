@@ -1,0 +1,280 @@
+"""The fleet demo: a local stack, N simulated ESP32 boards running the real device code, one job
+for their group, a live view, a summary and a timeline picture.
+
+Everything runs on loopback and is stopped at the end. The job is an OTA update to a new,
+signed firmware image when the OTA pieces are present (``--job ota``, the default), or a
+``config`` job (``--job config``). Success means: every execution SUCCEEDED and, for OTA,
+every board now runs the new version.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .device import DeviceProcess, setup_board
+from .errors import JobsctlError
+from .stack import Stack
+
+GROUP = "demo-fleet"
+OLD_VERSION = "1.0.0"
+NEW_VERSION = "1.1.0"
+TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
+# Colours of the timeline (and the live view) per state.
+COLOURS = {
+    "QUEUED": "#b0b0b0",
+    "IN_PROGRESS": "#4a90d9",
+    "rebooting": "#f5a623",
+    "SUCCEEDED": "#2e9e44",
+    "FAILED": "#d0021b",
+    "REJECTED": "#9013fe",
+    "CANCELED": "#7f7f7f",
+    "TIMED_OUT": "#8b572a",
+    "REMOVED": "#7f7f7f",
+}
+
+
+@dataclass
+class Board:
+    """What the demo knows of one device: from the service and from the board's console."""
+
+    name: str
+    process: DeviceProcess
+    status: str = "-"
+    step: str = ""
+    progress: float | None = None
+    version: str = OLD_VERSION
+    reason: str = ""
+    # (seconds since the job was created, state) each time the state changes.
+    timeline: list[tuple[float, str]] = field(default_factory=list)
+
+    def mark(self, t: float, state: str) -> None:
+        if not self.timeline or self.timeline[-1][1] != state:
+            self.timeline.append((t, state))
+
+
+@dataclass
+class Result:
+    job_id: str
+    boards: list[Board]
+    seconds: float
+    png: Path | None
+    kind_ota: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(
+            b.status == "SUCCEEDED" and (b.version == NEW_VERSION or not self.kind_ota)
+            for b in self.boards
+        )
+
+
+def ota_available() -> bool:
+    root = Path(__file__).resolve().parents[2]
+    try:
+        from . import image, otajob  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
+    except ImportError:
+        return False
+    return (root / "lib" / "iotjobs" / "ota.py").exists()
+
+
+class Demo:
+    def __init__(
+        self,
+        state_dir: Path,
+        devices: int = 5,
+        kind: str = "ota",
+        max_per_minute: int | None = None,
+        timeout: float = 300,
+        heapsize: str | None = None,
+        image_size: int = 256 * 1024,
+        on_update: Callable[[Demo], None] | None = None,
+    ) -> None:
+        if devices < 1 or devices > 200:
+            raise JobsctlError("--devices must be 1-200")
+        if kind == "ota" and not ota_available():
+            raise JobsctlError("the OTA job needs lib/iotjobs/ota.py and jobsctl.image")
+        self.state_dir = Path(state_dir)
+        self.count = devices
+        self.kind = kind
+        self.max_per_minute = max_per_minute
+        self.timeout = timeout
+        self.heapsize = heapsize
+        self.image_size = image_size
+        self.on_update = on_update
+        self.boards: list[Board] = []
+        self.stack: Stack | None = None
+        self.job_id = ""
+        self.t0 = time.monotonic()
+        self.phase = "starting"
+        self._lock = threading.Lock()
+
+    # ---------------------------------------------------------------- running
+
+    def run(self) -> Result:
+        if self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+        self.stack = Stack(self.state_dir)
+        try:
+            self.stack.start()
+            self._power_on_fleet()
+            document, extra = self._prepare_job()
+            self._create_job(document, extra)
+            self._follow()
+            png = self._draw()
+            result = Result(self.job_id, self.boards, self.elapsed, png, self.kind == "ota")
+            return result
+        finally:
+            for b in self.boards:
+                b.process.stop()
+            self.stack.stop()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def _power_on_fleet(self) -> None:
+        assert self.stack is not None
+        self.phase = f"provisioning {self.count} devices"
+        width = max(2, len(str(self.count)))
+        for i in range(1, self.count + 1):
+            name = f"demo-{i:0{width}d}"
+            self.stack.create_thing(name, group=GROUP)
+            path = setup_board(self.state_dir, name, version=OLD_VERSION)
+            log = (path / "console.log").open("a", buffering=1)
+            proc = DeviceProcess(path, heapsize=self.heapsize, on_line=self._console(name, log))
+            self.boards.append(Board(name, proc))
+        self.phase = "powering on"
+        for b in self.boards:
+            b.process.start()
+        for b in self.boards:
+            b.process.wait_for("no pending job", timeout=60)
+        self._changed()
+
+    def _console(self, name: str, log: Any) -> Callable[[str], None]:
+        def on_line(line: str) -> None:
+            log.write(line + "\n")
+            if not self.job_id:
+                return
+            board = next((b for b in self.boards if b.name == name), None)
+            if board is None:
+                return
+            with self._lock:
+                if "machine.reset()" in line:
+                    board.mark(self.elapsed, "rebooting")
+                elif line.startswith("-- power on") and board.timeline:
+                    board.mark(self.elapsed, "IN_PROGRESS")
+
+        return on_line
+
+    def _prepare_job(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self.kind == "config":
+            self.phase = "config job"
+            doc = {"operation": "config", "set": {"settings": {"sample_period_s": 30}}}
+            return doc, {}
+        return self._prepare_ota()
+
+    def _prepare_ota(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from . import image, otajob  # type: ignore[attr-defined,unused-ignore]
+
+        assert self.stack is not None
+        self.phase = f"building and signing firmware {NEW_VERSION}"
+        data = image.build_app_image(NEW_VERSION, size=self.image_size)
+        return otajob.prepare(self.stack, data, key_dir=self.state_dir / "signing")
+
+    def _create_job(self, document: dict[str, Any], extra: dict[str, Any]) -> None:
+        assert self.stack is not None
+        iot = self.stack.iot_client()
+        group_arn = iot.describe_thing_group(thingGroupName=GROUP)["thingGroupArn"]
+        self.job_id = f"demo-{self.kind}-{int(time.time())}"
+        params: dict[str, Any] = {
+            "jobId": self.job_id,
+            "targets": [group_arn],
+            "document": json.dumps(document),
+            "description": f"jobsctl demo: {self.kind}",
+            **extra,
+        }
+        if self.max_per_minute:
+            params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": self.max_per_minute}
+        self.t0 = time.monotonic()
+        iot.create_job(**params)
+        self.phase = f"job {self.job_id}"
+        for b in self.boards:
+            b.mark(0.0, "QUEUED")
+
+    def _follow(self) -> None:
+        assert self.stack is not None
+        iot = self.stack.iot_client()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            for b in self.boards:
+                ex = iot.describe_job_execution(jobId=self.job_id, thingName=b.name)["execution"]
+                self._update(b, ex)
+            self._changed()
+            if all(b.status in TERMINAL for b in self.boards):
+                break
+            if time.monotonic() > deadline:
+                self.phase = f"timed out after {self.timeout:.0f} s"
+                break
+            time.sleep(0.25)  # refresh rate of the live view, not synchronisation
+        self.phase = "done"
+        self._changed()
+
+    def _update(self, b: Board, ex: dict[str, Any]) -> None:
+        details = ex.get("statusDetails", {}).get("detailsMap", {})
+        with self._lock:
+            b.status = ex["status"]
+            b.step = details.get("step", b.step if b.status == "IN_PROGRESS" else "")
+            b.reason = details.get("reason", "")
+            done, total = details.get("bytes"), details.get("total")
+            if done and total and total.isdigit() and int(total):
+                b.progress = min(1.0, int(done) / int(total))
+            if details.get("firmware"):
+                b.version = details["firmware"]
+            if b.status == "IN_PROGRESS" and b.timeline and b.timeline[-1][1] == "rebooting":
+                pass  # the board says when it is back (power on)
+            else:
+                b.mark(self.elapsed, b.status)
+
+    def _changed(self) -> None:
+        if self.on_update is not None:
+            self.on_update(self)
+
+    # ---------------------------------------------------------------- picture
+
+    def _draw(self) -> Path | None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
+
+        end = self.elapsed
+        fig, ax = plt.subplots(figsize=(10, 1.2 + 0.4 * len(self.boards)))
+        for row, b in enumerate(reversed(self.boards)):
+            points = [*b.timeline, (end, "")]
+            for (t, state), (t_next, _) in itertools.pairwise(points):
+                ax.barh(row, max(t_next - t, 0.01), left=t, color=COLOURS.get(state, "#cccccc"))
+        ax.set_yticks(range(len(self.boards)), [b.name for b in reversed(self.boards)])
+        ax.set_xlabel("seconds since the job was created")
+        ax.set_title(f"{self.job_id}: {self.count} devices")
+        used = {s for b in self.boards for _, s in b.timeline}
+        ax.legend(
+            handles=[Patch(color=c, label=s) for s, c in COLOURS.items() if s in used],
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.5 / (1 + len(self.boards) / 4)),
+            ncol=6,
+            frameon=False,
+        )
+        fig.tight_layout()
+        out = self.state_dir / "rollout.png"
+        fig.savefig(out, dpi=100)
+        plt.close(fig)
+        return out
