@@ -214,6 +214,6 @@ def test_reboot_job_reports_succeeded_after_the_board_is_back(
     dev.wait_for("no pending job")
     job = create_job(stack_session, thing, {"operation": "reboot"})
     ex = final(stack_session, thing, job)
-    assert ex["status"] == "SUCCEEDED"
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
     assert details(ex)["reason"] == "rebooted"
     assert dev.boots == 2 and dev.exits[0] == 3

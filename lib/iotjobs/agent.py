@@ -63,8 +63,13 @@ def _resolve(op):
         return None, False
     fn, resumable = entry
     if isinstance(fn, str):
+        # "module:function", imported on first use so that unused handlers cost no RAM. A
+        # module missing from this build means the operation is not supported here.
         mod, _, name = fn.partition(":")
-        fn = getattr(__import__(mod, None, None, [name]), name)
+        try:
+            fn = getattr(__import__(mod, None, None, [name]), name)
+        except (ImportError, AttributeError):
+            return None, False
         _handlers[op] = (fn, resumable)
     return fn, resumable
 

@@ -101,13 +101,13 @@ class Board:
 
 
 def app_version(part):
-    buf = bytearray(4096)
-    part.readblocks(0, buf)
-    mv = memoryview(buf)
-    magic = mv[_DESC_OFFSET] | mv[_DESC_OFFSET + 1] << 8
-    magic |= mv[_DESC_OFFSET + 2] << 16 | mv[_DESC_OFFSET + 3] << 24
+    # Reads the header and the descriptor's version only (80 bytes, not a whole block).
+    buf = bytearray(_DESC_OFFSET + 48)
+    part.readblocks(0, buf, 0)
+    magic = buf[_DESC_OFFSET] | buf[_DESC_OFFSET + 1] << 8
+    magic |= buf[_DESC_OFFSET + 2] << 16 | buf[_DESC_OFFSET + 3] << 24
     if buf[0] != 0xE9 or magic != _DESC_MAGIC:
         return "unknown"
-    raw = bytes(mv[_DESC_OFFSET + 16 : _DESC_OFFSET + 48])
+    raw = bytes(buf[_DESC_OFFSET + 16 :])
     end = raw.find(b"\0")
     return (raw if end < 0 else raw[:end]).decode()

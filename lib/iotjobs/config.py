@@ -43,8 +43,8 @@ _OPTIONAL = {
     "wifi_ssid": str,
     "wifi_password": str,
     "ota_key_file": str,  # PEM public key: when set, every OTA image must be signed with it
+    "ota_ca_file": str,  # CA of the download server (default: ca_file)
     "ota_allow_http": bool,  # plain-http downloads; off unless provisioning says so
-    "ota_chunk": int,
     "app_dir": str,
 }
 
@@ -92,7 +92,7 @@ def check(raw, base=""):
     cfg.setdefault("client_id", cfg["thing_name"])
     cfg.setdefault("port", 8883)
     cfg.setdefault("app_dir", "app")
-    for k in ("ca_file", "cert_file", "key_file", "ota_key_file"):
+    for k in ("ca_file", "cert_file", "key_file", "ota_key_file", "ota_ca_file"):
         if k in cfg and not cfg[k].startswith("/"):
             cfg[k] = base + cfg[k]
     merged = merge_settings(cfg, raw, strict=False)

@@ -1,0 +1,226 @@
+# Streaming HTTP(S) GET for OTA payloads (pre-signed S3 URLs): Range to resume, redirects,
+# Content-Length/Content-Range checks, timeouts on every step, TLS with CA and hostname checks.
+#
+# r = http.open(url, start, cadata)      # Response: status, start, length, total
+# n = r.readinto(buf)                    # fills buf (or buf[:nbytes]) completely, or up to the
+#                                        # end of the body; 0 at the end
+# r.close()
+#
+# Why readinto fills whole buffers: a stream's readinto(buf, nbytes) always writes at buf[0],
+# so a short read could only be continued through a memoryview slice, which allocates. A
+# blocking read with a socket timeout returns short only at a stall or a close; both are errors
+# here (OSError), and the caller resumes with a Range request.
+from micropython import const
+
+_LINE_MAX = const(1024)
+_HEADERS_MAX = const(64)
+_ETIMEDOUT = const(110)
+_EAGAIN = const(11)
+_EIO = const(5)
+
+_ctx = None  # one TLS client context per CA, reused across connections
+_ctx_ca = None
+
+
+class HTTPError(Exception):
+    def __init__(self, status, reason=""):
+        super().__init__(status, reason)
+        self.status = status
+
+
+def parse_url(url):
+    # -> (scheme, host, port, path); ValueError for anything but http(s)://host[:port]/path.
+    if not isinstance(url, str):
+        raise ValueError("URL must be a string")
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError("only http:// and https:// URLs are supported")
+    host, slash, path = rest.partition("/")
+    path = slash + path if slash else "/"
+    if "@" in host:
+        raise ValueError("credentials in URLs are not supported")
+    port = 443 if scheme == "https" else 80
+    if host.startswith("["):
+        raise ValueError("IPv6 literals are not supported")
+    if ":" in host:
+        host, _, p = host.partition(":")
+        try:
+            port = int(p)
+        except ValueError:
+            raise ValueError("bad port in URL")
+        if not 0 < port < 65536:
+            raise ValueError("bad port in URL")
+    if not host or " " in url or "\r" in url or "\n" in url:
+        raise ValueError("bad URL")
+    return scheme, host, port, path
+
+
+def _context(cadata):
+    global _ctx, _ctx_ca
+    if _ctx is None or _ctx_ca != cadata:
+        import tls
+
+        _ctx = None
+        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stub lags firmware
+        ctx.load_verify_locations(cadata)
+        _ctx, _ctx_ca = ctx, cadata
+    return _ctx
+
+
+class Response:
+    def __init__(self, sock, status, start, length, total):
+        self._s = sock
+        self.status = status
+        self.start = start
+        self.length = length
+        self.total = total
+        self._left = length
+
+    def readinto(self, buf, nbytes=0):
+        want = nbytes or len(buf)
+        if want > self._left:
+            want = self._left
+        if not want:
+            return 0
+        try:
+            n = self._s.readinto(buf, want)
+        except OSError as e:
+            if e.args[0] == _EAGAIN:  # SO_RCVTIMEO expired: nothing came for timeout_ms
+                raise OSError(_ETIMEDOUT)
+            raise
+        if n is None or n < want:
+            # Short: the server closed the connection, or stalled part-way (timeout).
+            raise OSError(_EIO if n else _ETIMEDOUT)
+        self._left -= n
+        return n
+
+    def close(self):
+        s, self._s = self._s, None
+        if s is not None:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False, max_redirects=4):
+    for _ in range(max_redirects + 1):
+        scheme, host, port, path = parse_url(url)
+        if scheme == "http" and not allow_http:
+            raise ValueError("plain http refused (set ota_allow_http to allow it)")
+        if scheme == "https" and not cadata:
+            raise ValueError("https needs the server's CA (cadata); never unverified")
+        s = _connect(scheme, host, port, cadata, timeout_ms)
+        try:
+            status, hdr = _request(s, host, port, scheme, path, start)
+            if status in (301, 302, 303, 307, 308) and "location" in hdr:
+                loc = hdr["location"]
+                if loc.startswith("/"):
+                    loc = "%s://%s:%d%s" % (scheme, host, port, loc)
+                url = loc
+                s.close()
+                continue
+            if status not in (200, 206):
+                raise HTTPError(status, hdr.get(":reason", ""))
+            if "chunked" in hdr.get("transfer-encoding", ""):
+                raise HTTPError(status, "chunked transfer encoding is not supported")
+            try:
+                length = int(hdr["content-length"])
+            except (KeyError, ValueError):
+                raise HTTPError(status, "no Content-Length")
+            if status == 206:
+                first, total = _content_range(hdr.get("content-range", ""))
+                if first != start:
+                    raise HTTPError(status, "Content-Range starts at %d, asked %d" % (first, start))
+                return Response(s, status, first, length, total)
+            # 200: the server ignored the Range header; the body is the whole object.
+            _skip(s, start, length)
+            return Response(s, status, start, length - start, length)
+        except BaseException:
+            s.close()
+            raise
+    raise HTTPError(310, "too many redirects")
+
+
+def _skip(s, n, length):
+    # A server without Range support: read and drop the first n bytes (bounded buffer).
+    if n > length:
+        raise HTTPError(416, "offset beyond the object")
+    if not n:
+        return
+    buf = bytearray(512)
+    while n:
+        k = s.readinto(buf, min(n, 512))
+        if not k:
+            raise OSError(_EIO)
+        n -= k
+
+
+def _content_range(v):
+    # "bytes 100-199/1000" -> (100, 1000)
+    try:
+        unit, _, rng = v.partition(" ")
+        span, _, total = rng.partition("/")
+        first = int(span.partition("-")[0])
+        if unit != "bytes":
+            raise ValueError
+        return first, int(total)
+    except ValueError:
+        raise HTTPError(206, "bad Content-Range %r" % v)
+
+
+def _connect(scheme, host, port, cadata, timeout_ms):
+    import socket
+
+    ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
+    s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    try:
+        # A timeout on the socket bounds connect, the TLS handshake and every read: no call
+        # here can block forever.
+        s.settimeout(timeout_ms / 1000)
+        s.connect(ai[-1])
+        if scheme == "https":
+            s = _context(cadata).wrap_socket(s, server_hostname=host)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def _request(s, host, port, scheme, path, start):
+    default = 443 if scheme == "https" else 80
+    h = host if port == default else "%s:%d" % (host, port)
+    req = "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: iotjobs\r\nConnection: close\r\n" % (path, h)
+    if start:
+        req += "Range: bytes=%d-\r\n" % start
+    s.write(req.encode() + b"\r\n")
+    line = _line(s)
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise OSError(_EIO)
+    try:
+        status = int(parts[1])
+    except ValueError:
+        raise OSError(_EIO)
+    hdr = {":reason": parts[2].decode().strip() if len(parts) > 2 else ""}
+    for _ in range(_HEADERS_MAX):
+        line = _line(s)
+        if line in (b"\r\n", b"\n"):
+            return status, hdr
+        k, sep, v = line.partition(b":")
+        if sep:
+            hdr[k.strip().lower().decode()] = v.strip().decode()
+    raise HTTPError(status, "too many headers")
+
+
+def _line(s):
+    try:
+        line = s.readline(_LINE_MAX)
+    except OSError as e:
+        raise OSError(_ETIMEDOUT) if e.args[0] == _EAGAIN else e
+    if not line:
+        raise OSError(_EIO)  # closed before the headers ended
+    if not line.endswith(b"\n"):
+        raise HTTPError(0, "header line longer than %d bytes" % _LINE_MAX)
+    return line

@@ -1,0 +1,345 @@
+# OTA firmware update: stream the image from a pre-signed URL into the next OTA slot, verify it
+# (size, SHA-256, ECDSA P-256 signature), boot it, self-test, confirm or roll back, and report
+# the result after the reboot.
+#
+# Native job document (see the README):
+#   {"operation": "ota", "url": "${aws:iot:s3-presigned-url:https://...}", "size": 1048576,
+#    "sha256": "<64 hex>", "signature": "<base64 DER ECDSA over SHA-256 of the image>",
+#    "version": "1.1.0"}
+# AWS's FreeRTOS OTA document (`aws iot create-ota-update`, HTTP protocol) is understood too:
+#   {"afr_ota": {"protocols": ["HTTP"], "files": [{"filesize": N, "update_data_url": "...",
+#    "sig-sha256-ecdsa": "<base64 DER>", ...}]}}
+#
+# The handler is a table of steps; the current step and the download offset are persisted
+# (ctx.save) so that a reset at any point continues from there, and the boot slot is only
+# switched (set_boot) after the whole image has been verified.
+from iotjobs.agent import Canceled, Failed, Rejected
+from micropython import const
+
+_BLOCK = const(4096)
+_SAVE_EVERY = const(16)  # blocks between persisted offsets (64 KB of re-download at most)
+_NET_RETRIES = const(6)  # failed connections in a row before the job fails
+_URL_REFRESHES = const(3)  # 403/404 in a row (expired URL) before the job fails
+_DOC_MAX_URL = const(4096)
+
+
+# ---------------------------------------------------------------- the job document
+
+
+def _hex(s, n):
+    if not isinstance(s, str) or len(s) != n:
+        return None
+    try:
+        return bytes.fromhex(s)
+    except ValueError:
+        return None
+
+
+def parse(doc, slot_size, keyed):
+    # -> {"url", "size", "sha256" (bytes or None), "sig" (str or None), "version" (or None)}.
+    # Raises Rejected with the reason: nothing is written for a document that fails here.
+    afr = doc.get("afr_ota")
+    if afr is not None:
+        files = afr.get("files") if isinstance(afr, dict) else None
+        if not isinstance(files, list) or len(files) != 1 or not isinstance(files[0], dict):
+            raise Rejected("afr_ota: exactly one file is supported")
+        protos = afr.get("protocols", ["HTTP"])
+        if not isinstance(protos, list) or "HTTP" not in protos:
+            raise Rejected("afr_ota: only the HTTP protocol is supported")
+        f = files[0]
+        doc = {
+            "url": f.get("update_data_url"),
+            "size": f.get("filesize"),
+            "signature": f.get("sig-sha256-ecdsa"),
+        }
+    url = doc.get("url")
+    if not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
+        raise Rejected("'url' must be a URL string")
+    if url.startswith("${"):
+        raise Rejected("the URL placeholder was not replaced by the service")
+    size = doc.get("size")
+    if not isinstance(size, int) or size <= 0:
+        raise Rejected("'size' must be a positive integer")
+    if size > slot_size:
+        raise Rejected("image of %d bytes does not fit the %d-byte OTA slot" % (size, slot_size))
+    digest = None
+    if "sha256" in doc:
+        digest = _hex(doc["sha256"], 64)
+        if digest is None:
+            raise Rejected("'sha256' must be 64 hex digits")
+    sig = doc.get("signature")
+    if sig is not None and (not isinstance(sig, str) or not sig):
+        raise Rejected("'signature' must be a base64 string")
+    if keyed and sig is None:
+        raise Rejected("unsigned image refused: this device requires signed firmware")
+    if digest is None and not keyed:
+        raise Rejected("no 'sha256' and no signing key: the image could not be verified")
+    version = doc.get("version")
+    if version is not None and not isinstance(version, str):
+        raise Rejected("'version' must be a string")
+    return {"url": url, "size": size, "sha256": digest, "sig": sig, "version": version}
+
+
+# ---------------------------------------------------------------- the handler
+
+
+def handle(ctx, doc):
+    return _run(ctx, doc)
+
+
+def handle_afr(ctx, doc):
+    return _run(ctx, doc)
+
+
+def _run(ctx, doc):
+    st = ctx.state
+    if "step" not in st:
+        slot = ctx.board.next_partition()
+        parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+        st["step"] = "download"
+        st["slot"] = slot.info()[4]
+        st["off"] = 0
+        st["old"] = ctx.board.firmware_version()
+        ctx.save()
+    while True:
+        step = st["step"]
+        result = _STEPS[step](ctx, doc)
+        if isinstance(result, dict):
+            return result
+        st["step"] = result
+        ctx.save()
+
+
+def _slot(ctx):
+    import esp32
+
+    return esp32.Partition(ctx.state["slot"])
+
+
+def _download(ctx, doc):
+    import hashlib
+
+    from iotjobs import http
+
+    st = ctx.state
+    b = ctx.board
+    slot = _slot(ctx)
+    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+    size = job["size"]
+    buf = bytearray(_BLOCK)
+    mv = memoryview(buf)
+    h = hashlib.sha256()
+    off = st["off"]
+    # Resuming: hash what is already in flash instead of downloading it again.
+    for blk in range(off // _BLOCK):
+        slot.readblocks(blk, buf)
+        h.update(buf)
+    cadata = _read(ctx.config.get("ota_ca_file") or ctx.config["ca_file"])
+    fails = refreshes = 0
+    if off:
+        ctx.log("resuming download at %d of %d" % (off, size))
+    while off < size:
+        ctx.check()
+        try:
+            r = http.open(
+                job["url"],
+                off,
+                cadata,
+                ctx.config["timeout_ms"],
+                bool(ctx.config.get("ota_allow_http")),
+            )
+        except http.HTTPError as e:
+            if e.status in (403, 404) and refreshes < _URL_REFRESHES:
+                # An expired pre-signed URL: the service signs a new one on every describe.
+                refreshes += 1
+                ctx.log("download refused (%d), asking for a new URL" % e.status)
+                doc = ctx.refresh()
+                job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+                continue
+            raise Failed("download refused: HTTP %d" % e.status)
+        except OSError as e:
+            fails = _net_fail(ctx, fails, e)
+            continue
+        try:
+            if r.total != size:
+                raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
+            refreshes = 0
+            off = _stream(ctx, r, slot, h, buf, mv, off, size)
+            fails = 0
+        except OSError as e:
+            off = st["off"]  # from the last persisted block; the hash is rebuilt
+            h = hashlib.sha256()
+            for blk in range(off // _BLOCK):
+                slot.readblocks(blk, buf)
+                h.update(buf)
+            fails = _net_fail(ctx, fails, e)
+        finally:
+            r.close()
+    st["off"] = size
+    digest = h.digest()
+    st["sha256"] = _tohex(digest)
+    ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
+    del buf, mv
+    b.feed()
+    return "verify"
+
+
+def _stream(ctx, r, slot, h, buf, mv, off, size):
+    # The hot loop: one block at a time from the response into the hash and the flash. Only
+    # whole blocks are written (writeblocks erases first); the last one is padded with 0xFF.
+    st = ctx.state
+    n_since_save = 0
+    while off < size:
+        want = min(_BLOCK, size - off)
+        if r.readinto(buf, want) != want:  # fills want bytes or raises (iotjobs.http)
+            raise OSError(5)  # EIO: the body ended early
+        if want < _BLOCK:
+            for i in range(want, _BLOCK):
+                buf[i] = 0xFF
+            h.update(mv[:want])
+        else:
+            h.update(buf)
+        slot.writeblocks(off // _BLOCK, buf)
+        off += want
+        n_since_save += 1
+        if n_since_save >= _SAVE_EVERY and off < size:
+            n_since_save = 0
+            st["off"] = off
+            ctx.save()
+        ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)})
+        ctx.check()
+    return off
+
+
+def _net_fail(ctx, fails, e):
+    fails += 1
+    if fails > _NET_RETRIES:
+        raise Failed("download failed %d times in a row: %r" % (fails, e))
+    ms = min(1000 << fails, 30000)
+    ctx.log("download: %r, retry %d in %d ms" % (e, fails, ms), "warning")
+    ctx.board.sleep_ms(ms // 2 + ctx.board.rand(ms // 2))
+    return fails
+
+
+def _verify(ctx, doc):
+    import time
+
+    st = ctx.state
+    slot = _slot(ctx)
+    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+    digest = bytes.fromhex(st["sha256"])
+    if job["sha256"] is not None and job["sha256"] != digest:
+        return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
+    key_file = ctx.config.get("ota_key_file")
+    details = {}
+    if key_file:
+        import binascii
+
+        from iotjobs import ecdsa
+
+        try:
+            sig = binascii.a2b_base64(job["sig"])
+        except ValueError:
+            return _fail_before_boot(ctx, "signature is not base64")
+        t0 = time.ticks_ms()
+        ok = ecdsa.verify(ecdsa.load_pubkey(_read(key_file)), digest, sig)
+        details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
+        if not ok:
+            return _fail_before_boot(ctx, "bad signature")
+    from iotjobs.board import app_version
+
+    new = app_version(slot)
+    if job["version"] is not None and new != job["version"]:
+        return _fail_before_boot(
+            ctx, "image is version %s, the job says %s" % (new, job["version"])
+        )
+    st["new"] = new
+    st["verified"] = details
+    return "activate"
+
+
+def _fail_before_boot(ctx, reason):
+    # Nothing was switched: erase the first block so that a half-good image can never be
+    # booted by accident, and fail the job. The running firmware is untouched.
+    try:
+        _slot(ctx).ioctl(6, 0)
+    except OSError:
+        pass
+    raise Failed(reason)
+
+
+def _activate(ctx, doc):
+    # set_boot validates the image the way the bootloader will (ESP-IDF refuses a bad header,
+    # checksum or appended hash) and makes the slot boot next, once, pending verification.
+    st = ctx.state
+    try:
+        _slot(ctx).set_boot()
+    except OSError as e:
+        return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
+    st["step"] = "booting"
+    ctx.save()
+    ctx.reboot({"step": "rebooting", "progress": "%d/%d" % (st["off"], st["off"])})
+    return "booting"  # not reached on a board
+
+
+def _booting(ctx, doc):
+    # After the reset. The bootloader either started the new image (pending verification) or
+    # rolled back by itself because the image did not come up.
+    st = ctx.state
+    b = ctx.board
+    running = b.running_partition().info()[4]
+    if running != st["slot"]:
+        raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
+    import time
+
+    reason = None
+    t0 = time.ticks_ms()
+    hook = getattr(b, "self_test", None)
+    try:
+        ctx.check()  # the broker answered a describe to get here; this pumps it once more
+        if hook is not None and hook(ctx) is False:
+            reason = "self-test failed"
+    except (Canceled, Failed):
+        raise
+    except Exception as e:
+        reason = "self-test raised %r" % (e,)
+    if reason is None and time.ticks_diff(time.ticks_ms(), t0) > ctx.config["self_test_timeout_ms"]:
+        reason = "self-test took too long"
+    if reason is None:
+        b.confirm_image()
+        details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
+        details["previous"] = st["old"]
+        details.update(st.get("verified", {}))
+        return details
+    # Roll back: boot the old slot again and report from there.
+    st["reason"] = reason
+    st["step"] = "rolledback"
+    ctx.save()
+    b.running_partition().get_next_update().set_boot()
+    ctx.reboot({"step": "rolling back", "reason": reason})
+    return "rolledback"  # not reached on a board
+
+
+def _rolledback(ctx, doc):
+    st = ctx.state
+    raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))
+
+
+_STEPS = {
+    "download": _download,
+    "verify": _verify,
+    "activate": _activate,
+    "booting": _booting,
+    "rolledback": _rolledback,
+}
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _tohex(b):
+    import binascii
+
+    return binascii.hexlify(b).decode()
