@@ -16,6 +16,8 @@ from jobsctl.pki import CertificateAuthority, Credentials
 
 # Each area keeps its fixtures in tests/plugin_<area>.py; all of them are loaded.
 pytest_plugins = sorted(p.stem for p in Path(__file__).parent.glob("plugin_*.py"))
+# Plugins import each other's helpers; rewrite their asserts whichever is imported first.
+pytest.register_assert_rewrite(*pytest_plugins)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

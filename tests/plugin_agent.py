@@ -8,12 +8,14 @@ powered off after the test. With ``app=True`` the board runs the test applicatio
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from plugin_stack import unique, wait_until
 
 from jobsctl.device import ROOT, DeviceProcess, setup_board
 from jobsctl.stack import Stack
@@ -89,3 +91,31 @@ def boards() -> Iterator[Callable[..., DeviceProcess]]:
 
 def board_path(dev: DeviceProcess, name: str) -> Path:
     return dev.board / name
+
+
+def create_job(stack: Stack, thing: str, document: dict[str, Any] | str, job_id: str = "") -> str:
+    job_id = job_id or unique("job")
+    doc = document if isinstance(document, str) else json.dumps(document)
+    stack.iot_client().create_job(jobId=job_id, targets=[arn(stack, thing)], document=doc)
+    return job_id
+
+
+def execution(stack: Stack, thing: str, job_id: str) -> dict[str, Any]:
+    out = stack.iot_client().describe_job_execution(jobId=job_id, thingName=thing)
+    return dict(out["execution"])
+
+
+def final(stack: Stack, thing: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The execution once it is terminal (polls the service's record)."""
+    terminal = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
+    return dict(
+        wait_until(
+            lambda: (ex := execution(stack, thing, job_id))["status"] in terminal and ex,
+            timeout=timeout,
+            what=f"{job_id} to end",
+        )
+    )
+
+
+def details(ex: dict[str, Any]) -> dict[str, str]:
+    return dict(ex.get("statusDetails", {}).get("detailsMap", {}))

@@ -42,7 +42,6 @@ def build(cfg, board=None):
     agent.register("config", "iotjobs.handlers:config")
     agent.register("ota", "iotjobs.ota:handle")
     agent.register("afr_ota", "iotjobs.ota:handle_afr")
-    agent.register("bundle", "iotjobs.ota:handle_bundle")
     return a
 
 

@@ -19,7 +19,7 @@ class Board:
         self._wdt_timeout = wdt_timeout_ms
         self._wdt = None
         self._log = log
-        self.self_test = None  # the application's hook: fn() -> None or a reason string
+        self.self_test = None  # the application's hook: fn(ctx) -> None/True, or False/a reason
 
     # ---- watchdog and time
 

@@ -90,8 +90,9 @@ class Response:
                 raise OSError(_ETIMEDOUT)
             raise
         if n is None or n < want:
-            # Short: the server closed the connection, or stalled part-way (timeout).
-            raise OSError(_EIO if n else _ETIMEDOUT)
+            # None: the timeout expired (EAGAIN, possibly after part of the bytes); 0 or a
+            # short count: end of stream.
+            raise OSError(_ETIMEDOUT if n is None else _EIO)
         self._left -= n
         return n
 

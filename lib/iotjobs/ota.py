@@ -103,7 +103,12 @@ def _run(ctx, doc):
         ctx.save()
     while True:
         step = st["step"]
-        result = _STEPS[step](ctx, doc)
+        try:
+            result = _STEPS[step](ctx, doc)
+        except Canceled:
+            if step in ("download", "verify"):
+                _erase_head(ctx)  # leave no partial image behind
+            raise
         if isinstance(result, dict):
             return result
         st["step"] = result
@@ -136,10 +141,10 @@ def _download(ctx, doc):
         h.update(buf)
     cadata = _read(ctx.config.get("ota_ca_file") or ctx.config["ca_file"])
     fails = refreshes = 0
-    if off:
-        ctx.log("resuming download at %d of %d" % (off, size))
     while off < size:
         ctx.check()
+        if off:
+            ctx.log("resuming download at %d of %d" % (off, size))
         try:
             r = http.open(
                 job["url"],
@@ -153,6 +158,7 @@ def _download(ctx, doc):
                 # An expired pre-signed URL: the service signs a new one on every describe.
                 refreshes += 1
                 ctx.log("download refused (%d), asking for a new URL" % e.status)
+                ctx.board.sleep_ms(1000 * refreshes)
                 doc = ctx.refresh()
                 job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
                 continue
@@ -261,11 +267,15 @@ def _verify(ctx, doc):
 def _fail_before_boot(ctx, reason):
     # Nothing was switched: erase the first block so that a half-good image can never be
     # booted by accident, and fail the job. The running firmware is untouched.
+    _erase_head(ctx)
+    raise Failed(reason)
+
+
+def _erase_head(ctx):
     try:
         _slot(ctx).ioctl(6, 0)
     except OSError:
         pass
-    raise Failed(reason)
 
 
 def _activate(ctx, doc):
@@ -297,8 +307,9 @@ def _booting(ctx, doc):
     hook = getattr(b, "self_test", None)
     try:
         ctx.check()  # the broker answered a describe to get here; this pumps it once more
-        if hook is not None and hook(ctx) is False:
-            reason = "self-test failed"
+        r = hook(ctx) if hook is not None else None
+        if r is False or isinstance(r, str):
+            reason = "self-test failed" + (": " + r if r else "")
     except (Canceled, Failed):
         raise
     except Exception as e:

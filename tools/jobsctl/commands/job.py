@@ -47,6 +47,19 @@ def register(sub: Any) -> None:
     c.add_argument("--presigned-expires", type=int, help="pre-signed URL lifetime, 60-3600 s")
     c.set_defaults(func=create)
 
+    o = add("ota", "sign and upload a firmware image, then create an OTA job for it")
+    o.add_argument("job_id")
+    o.add_argument(
+        "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
+    )
+    o.add_argument("--file", type=Path, required=True, help="ESP32 app image (.bin, .app-bin)")
+    o.add_argument("--key", type=Path, help="ECDSA P-256 private key (PEM): sign the image")
+    o.add_argument("--bucket", help="S3 bucket for the image (default: the local stack's)")
+    o.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
+    o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
+    o.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
+    o.set_defaults(func=create_ota)
+
     d = add("describe", "describe a job")
     d.add_argument("job_id")
     d.set_defaults(func=describe)
@@ -142,6 +155,49 @@ def create(args: argparse.Namespace) -> int:
             presigned["expiresInSec"] = args.presigned_expires
         params["presignedUrlConfig"] = presigned
     print_json(iot.create_job(**params))
+    return 0
+
+
+def create_ota(args: argparse.Namespace) -> int:
+    from botocore.config import Config
+
+    from .. import image, otajob
+
+    data = otajob.read_image(args.file)
+    signature = image.sign(data, args.key) if args.key else None
+    if args.state_dir is not None:
+        ep = load_endpoints(args.state_dir)
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=ep["s3_url"],
+            region_name=ep["region"],
+            aws_access_key_id=ep["aws_access_key_id"],
+            aws_secret_access_key=ep["aws_secret_access_key"],
+            verify=ep["ca_file"],
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        bucket, account, role = args.bucket or ep["bucket"], str(ep["account_id"]), args.role_arn
+    else:
+        if not (args.bucket and args.role_arn):
+            raise JobsctlError("real AWS needs --bucket and --role-arn (S3 read access)")
+        session = boto3.Session(profile_name=args.profile, region_name=args.region)
+        s3, bucket, account, role = session.client("s3"), args.bucket, "", args.role_arn
+    iot = client(args)
+    targets = [resolve_target(iot, t) for t in args.targets]
+    url = otajob.upload(s3, bucket, data)
+    doc = otajob.document(data, otajob.placeholder(url), signature)
+    params: dict[str, Any] = {
+        "jobId": args.job_id,
+        "targets": targets,
+        "document": json.dumps(doc),
+        "description": f"OTA to {doc['version']}",
+        "presignedUrlConfig": otajob.presigned_config(account, role),
+    }
+    if args.target_selection:
+        params["targetSelection"] = args.target_selection
+    if args.max_per_minute is not None:
+        params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": args.max_per_minute}
+    print_json({**iot.create_job(**params), "document": doc})
     return 0
 
 

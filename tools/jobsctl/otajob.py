@@ -1,0 +1,93 @@
+"""OTA jobs: sign a firmware image, upload it, and create the job the device's ``ota`` handler runs.
+
+The job document (native schema, see the README) names the image by a pre-signed URL
+placeholder, ``${aws:iot:s3-presigned-url:https://s3.amazonaws.com/BUCKET/KEY}``: AWS IoT
+(and the local service) replaces it with a freshly signed URL each time it hands the document
+to a device, which is why the job also needs a ``presignedUrlConfig``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from . import image
+from .errors import JobsctlError
+
+URL_LIFETIME_S = 3600  # the most AWS allows; a device asks for a new URL when one expires
+
+
+def s3_url(bucket: str, key: str) -> str:
+    return f"https://s3.amazonaws.com/{bucket}/{key}"
+
+
+def placeholder(url: str) -> str:
+    return "${aws:iot:s3-presigned-url:" + url + "}"
+
+
+def object_key(data: bytes) -> str:
+    """Content-addressed: the same image uploaded twice is one object."""
+    return f"ota/{image.read_app_version(data)}-{hashlib.sha256(data).hexdigest()[:16]}.bin"
+
+
+def document(data: bytes, url: str, signature: str | None) -> dict[str, Any]:
+    """The native OTA job document for ``data`` served at ``url`` (an S3 URL or placeholder)."""
+    doc: dict[str, Any] = {
+        "operation": "ota",
+        "url": url,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "version": image.read_app_version(data),
+    }
+    if signature is not None:
+        doc["signature"] = signature
+    return doc
+
+
+def signing_key(key_dir: Path) -> Path:
+    """``key_dir/signing.pem``, made on first use (its public half is ``signing.pub.pem``)."""
+    key = Path(key_dir) / "signing.pem"
+    if not key.exists():
+        image.keygen(key)
+    return key
+
+
+def read_image(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise JobsctlError(f"cannot read {path}: {exc.strerror}") from None
+    image.check_app_image(data)  # a bad image never becomes a job (real .app-bin files pass)
+    return data
+
+
+def presigned_config(account_id: str, role_arn: str | None = None) -> dict[str, Any]:
+    role = role_arn or f"arn:aws:iam::{account_id}:role/jobsctl-ota-download"
+    return {"roleArn": role, "expiresInSec": URL_LIFETIME_S}
+
+
+def upload(s3: Any, bucket: str, data: bytes) -> str:
+    """Put ``data`` into ``bucket`` (content-addressed key); the object's S3 URL."""
+    key = object_key(data)
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    return s3_url(bucket, key)
+
+
+def prepare(
+    stack: Any,
+    data: bytes,
+    *,
+    key_dir: Path | None = None,
+    key: Path | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """For a running local :class:`~jobsctl.stack.Stack`: upload, sign, and return
+    ``(document, create_job extra parameters)``. With neither ``key`` nor ``key_dir`` the
+    image is unsigned (devices without ``ota_key_file`` accept it on its SHA-256)."""
+    image.check_app_image(data)
+    if key is None and key_dir is not None:
+        key = signing_key(key_dir)
+    signature = image.sign(data, key) if key is not None else None
+    url = stack.upload(object_key(data), data)
+    doc = document(data, placeholder(url), signature)
+    return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
