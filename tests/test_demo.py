@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+from jobsctl import image
 from jobsctl.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +33,24 @@ def test_demo_config_job_succeeds_on_every_device_and_draws_the_timeline(tmp_pat
     # Everything it started is stopped: the state dir's lock is free again.
     with Stack(state):
         pass
+
+
+def test_demo_ota_rollout_leaves_every_device_on_the_new_signed_firmware(tmp_path: Path) -> None:
+    state = tmp_path / "demo"
+    r = subprocess.run(
+        [str(JOBSCTL), "demo", "--devices", "2", "--image-size", "300k", "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ota job" in r.stdout and "2 SUCCEEDED" in r.stdout
+    for name in ("demo-01", "demo-02"):
+        board = state / "devices" / name
+        running = json.loads((board / "flash" / "otadata.json").read_text())["running"]
+        assert image.read_app_version(image.slot_image(board, running)) == "1.1.0"
+        assert json.loads((board / "config.json").read_text())["ota_key_file"] == "ota_key.pem"
 
 
 def test_demo_refuses_a_fleet_size_it_cannot_run(tmp_path: Path) -> None:

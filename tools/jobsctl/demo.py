@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import image
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
 from .stack import Stack
@@ -31,7 +32,10 @@ TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED
 COLOURS = {
     "QUEUED": "#b0b0b0",
     "IN_PROGRESS": "#4a90d9",
+    "download": "#7fb3e6",
+    "verify": "#1f5fa8",
     "rebooting": "#f5a623",
+    "self-test": "#f8d36b",
     "SUCCEEDED": "#2e9e44",
     "FAILED": "#d0021b",
     "REJECTED": "#9013fe",
@@ -79,7 +83,7 @@ class Result:
 def ota_available() -> bool:
     root = Path(__file__).resolve().parents[2]
     try:
-        from . import image, otajob  # type: ignore[attr-defined,unused-ignore]  # noqa: F401
+        from . import image, otajob  # noqa: F401
     except ImportError:
         return False
     return (root / "lib" / "iotjobs" / "ota.py").exists()
@@ -147,7 +151,12 @@ class Demo:
         for i in range(1, self.count + 1):
             name = f"demo-{i:0{width}d}"
             self.stack.create_thing(name, group=GROUP)
-            path = setup_board(self.state_dir, name, version=OLD_VERSION)
+            extra = None
+            if self.kind == "ota":  # boards trust the fleet's signing key, nothing else
+                extra = {"ota_key_file": "ota_key.pem"}
+            path = setup_board(self.state_dir, name, version=OLD_VERSION, extra=extra)
+            if self.kind == "ota":
+                shutil.copy(image.public_key_path(self._signing_key()), path / "ota_key.pem")
             log = (path / "console.log").open("a", buffering=1)
             proc = DeviceProcess(path, heapsize=self.heapsize, on_line=self._console(name, log))
             self.boards.append(Board(name, proc))
@@ -170,7 +179,7 @@ class Demo:
                 if "machine.reset()" in line:
                     board.mark(self.elapsed, "rebooting")
                 elif line.startswith("-- power on") and board.timeline:
-                    board.mark(self.elapsed, "IN_PROGRESS")
+                    board.mark(self.elapsed, "self-test" if self.kind == "ota" else "IN_PROGRESS")
 
         return on_line
 
@@ -182,12 +191,17 @@ class Demo:
         return self._prepare_ota()
 
     def _prepare_ota(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        from . import image, otajob  # type: ignore[attr-defined,unused-ignore]
+        from . import otajob
 
         assert self.stack is not None
         self.phase = f"building and signing firmware {NEW_VERSION}"
         data = image.build_app_image(NEW_VERSION, size=self.image_size)
-        return otajob.prepare(self.stack, data, key_dir=self.state_dir / "signing")
+        return otajob.prepare(self.stack, data, key=self._signing_key())
+
+    def _signing_key(self) -> Path:
+        from . import otajob
+
+        return otajob.signing_key(self.state_dir / "signing")
 
     def _create_job(self, document: dict[str, Any], extra: dict[str, Any]) -> None:
         assert self.stack is not None
@@ -233,13 +247,15 @@ class Demo:
             b.status = ex["status"]
             b.step = details.get("step", b.step if b.status == "IN_PROGRESS" else "")
             b.reason = details.get("reason", "")
-            done, total = details.get("bytes"), details.get("total")
-            if done and total and total.isdigit() and int(total):
+            done, _, total = details.get("progress", "").partition("/")
+            if done.isdigit() and total.isdigit() and int(total):
                 b.progress = min(1.0, int(done) / int(total))
             if details.get("firmware"):
                 b.version = details["firmware"]
             if b.status == "IN_PROGRESS" and b.timeline and b.timeline[-1][1] == "rebooting":
                 pass  # the board says when it is back (power on)
+            elif b.status == "IN_PROGRESS" and b.step in COLOURS:
+                b.mark(self.elapsed, b.step)  # the OTA steps, each its own colour
             else:
                 b.mark(self.elapsed, b.status)
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..demo import COLOURS, Demo, Result, ota_available
+from .image import parse_size
 
 
 def register(sub: Any) -> None:
@@ -35,7 +36,15 @@ def register(sub: Any) -> None:
         help="job type (default: ota when available, else config)",
     )
     p.add_argument("--state-dir", type=Path, default=Path("build/demo"), help="(wiped first)")
-    p.add_argument("--max-per-minute", type=int, default=None, help="rollout rate")
+    p.add_argument(
+        "--max-per-minute",
+        type=int,
+        default=60,
+        help="rollout rate: executions started per minute (default 60; 0 for no limit)",
+    )
+    p.add_argument(
+        "--image-size", type=parse_size, default=1 << 20, help="OTA image size (default 1M)"
+    )
     p.add_argument("--timeout", type=float, default=300, help="seconds before giving up")
     p.add_argument("--heapsize", default=None, help="MicroPython heap per device, e.g. 256k")
     p.set_defaults(func=run)
@@ -83,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
         args.state_dir,
         devices=args.devices,
         kind=kind,
-        max_per_minute=args.max_per_minute,
+        max_per_minute=args.max_per_minute or None,
         timeout=args.timeout,
+        image_size=args.image_size,
         heapsize=args.heapsize,
         on_update=on_update,
     )

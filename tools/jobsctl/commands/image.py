@@ -13,7 +13,7 @@ from .. import image
 from ..errors import JobsctlError
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+)\s*([kKmM]?)(i?B)?", text.strip())
     if not m:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 65536, 64k, 8M)")
@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
         ),
     )
     b.add_argument("--version", required=True)
-    b.add_argument("--size", type=_size, help="approximate image size, e.g. 1M (default: small)")
+    b.add_argument(
+        "--size", type=parse_size, help="approximate image size, e.g. 1M (default: small)"
+    )
     b.add_argument("--project", default="iotjobs-sim")
     b.add_argument("-o", "--output", type=Path, required=True)
     b.set_defaults(func=build)
@@ -54,7 +56,7 @@ def register(sub: Any) -> None:
 
     i = isub.add_parser("info", help="check an app image (or .app-bin) and print what it holds")
     i.add_argument("file", type=Path)
-    i.add_argument("--slot-size", type=_size, help="also check that it fits an OTA slot")
+    i.add_argument("--slot-size", type=parse_size, help="also check that it fits an OTA slot")
     i.set_defaults(func=info)
 
 
