@@ -308,3 +308,54 @@ def test_object_that_never_appears_fails_after_bounded_refreshes(
     assert ex["status"] == "FAILED" and details(ex)["reason"] == "download refused: HTTP 404"
     assert sum("asking for a new URL" in line for line in dev.lines) == 3
     assert_old_firmware_boots(dev)
+
+
+def test_afr_ota_document_from_create_ota_update_is_understood(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    # The shape `aws iot create-ota-update` (HTTP protocol, custom code signing) puts in the job.
+    dev = ota_board(stack_session, boards, signing)
+    data = image.build_app_image("3.0.0", size=200_000)
+    url = stack_session.upload(otajob.object_key(data), data)
+    doc = {
+        "afr_ota": {
+            "protocols": ["HTTP"],
+            "streamname": "",
+            "files": [
+                {
+                    "filepath": "/",
+                    "filesize": len(data),
+                    "fileid": 0,
+                    "certfile": "ota-signer",
+                    "fileType": 0,
+                    "update_data_url": otajob.placeholder(url),
+                    "auth_scheme": "aws.s3.presigned",
+                    "sig-sha256-ecdsa": image.sign(data, signing),
+                }
+            ],
+        }
+    }
+    job = unique("afr")
+    stack_session.iot_client().create_job(
+        jobId=job,
+        targets=[arn(stack_session, thing_of(dev))],
+        document=json.dumps(doc),
+        presignedUrlConfig=otajob.presigned_config(stack_session.endpoints["account_id"]),
+    )
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert details(ex)["firmware"] == "3.0.0" and running_version(dev) == "3.0.0"
+
+
+def test_afr_ota_over_mqtt_streams_only_is_rejected(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    dev = ota_board(stack_session, boards, signing)
+    doc = {"afr_ota": {"protocols": ["MQTT"], "files": [{"filesize": 10, "fileid": 0}]}}
+    job = unique("afr")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc)
+    )
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] == "REJECTED"
+    assert details(ex)["reason"] == "afr_ota: only the HTTP protocol is supported"

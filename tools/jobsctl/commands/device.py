@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import sys
 import threading
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..device import DeviceProcess, setup_board
+from ..errors import JobsctlError
 
 
 def register(sub: Any) -> None:
@@ -29,11 +31,23 @@ def register(sub: Any) -> None:
     r.add_argument("name")
     r.add_argument("--version", default="1.0.0", help="firmware version of a new board's ota_0")
     r.add_argument("--heapsize", help="MicroPython heap, e.g. 64k (default: the port's)")
+    r.add_argument(
+        "--ota-key",
+        type=Path,
+        help="PEM public key (from `jobsctl image keygen`): the board accepts only OTA images "
+        "signed with its private half",
+    )
     r.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    board = setup_board(args.state_dir, args.name, version=args.version)
+    extra = {"ota_key_file": "ota_key.pem"} if args.ota_key else None
+    board = setup_board(args.state_dir, args.name, version=args.version, extra=extra)
+    if args.ota_key:
+        try:
+            shutil.copyfile(args.ota_key, board / "ota_key.pem")
+        except OSError as exc:
+            raise JobsctlError(f"cannot read {args.ota_key}: {exc.strerror}") from None
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
