@@ -29,6 +29,12 @@ _VALIDATE_FAILED = const(-5379)  # ESP_ERR_OTA_VALIDATE_FAILED (0x1503)
 _DESC_MAGIC = const(0xABCD5432)
 
 _running = None  # the label the bootloader started in this process
+# One open file per slot for the life of the process, and a slot's first write noted once: a
+# block write then allocates nothing, like esp_partition_write, so the device's download loop
+# can be checked under micropython.heap_lock() with the flash in it. The Unix port's files are
+# unbuffered (write() system calls), so a kill -9 loses nothing that a write returned for.
+_files = {}
+_touched_labels = set()
 
 
 def _path(label):
@@ -108,12 +114,18 @@ class Partition:
         if start < 0 or start + n > self._size:
             raise OSError(22)  # EINVAL, like esp_partition_* beyond the partition
 
+    def _file(self):
+        f = _files.get(self._label)
+        if f is None:
+            f = _files[self._label] = open(_path(self._label), "r+b")
+        return f
+
     def readblocks(self, block, buf, offset=0):
         start = block * _BLOCK + offset
         self._check(start, len(buf))
-        with open(_path(self._label), "rb") as f:
-            f.seek(start)
-            f.readinto(buf)
+        f = self._file()
+        f.seek(start)
+        f.readinto(buf)
 
     def writeblocks(self, block, buf, offset=None):
         n = len(buf)
@@ -122,22 +134,22 @@ class Partition:
             start = block * _BLOCK
             self._check(start, n)
             span = (n + _BLOCK - 1) // _BLOCK * _BLOCK
-            with open(_path(self._label), "r+b") as f:
-                f.seek(start)
-                f.write(buf)
-                if span > n:
-                    f.write(b"\xff" * (span - n))
+            f = self._file()
+            f.seek(start)
+            f.write(buf)
+            if span > n:
+                f.write(b"\xff" * (span - n))
         else:
             start = block * _BLOCK + offset
             self._check(start, n)
             old = bytearray(n)
-            with open(_path(self._label), "r+b") as f:
-                f.seek(start)
-                f.readinto(old)
-                for i in range(n):
-                    old[i] &= buf[i]
-                f.seek(start)
-                f.write(old)
+            f = self._file()
+            f.seek(start)
+            f.readinto(old)
+            for i in range(n):
+                old[i] &= buf[i]
+            f.seek(start)
+            f.write(old)
         self._touched()
 
     def ioctl(self, op, arg=0):
@@ -149,15 +161,19 @@ class Partition:
             return _BLOCK
         if op == 6:  # erase one block
             self._check(arg * _BLOCK, _BLOCK)
-            with open(_path(self._label), "r+b") as f:
-                f.seek(arg * _BLOCK)
-                f.write(b"\xff" * _BLOCK)
+            f = self._file()
+            f.seek(arg * _BLOCK)
+            f.write(b"\xff" * _BLOCK)
+            _touched_labels.discard(self._label)  # an erase always updates otadata
             self._touched()
             return 0
         return None
 
     def _touched(self):
         # Writing into a slot makes whatever image it held unbootable until set_boot again.
+        if self._label in _touched_labels:
+            return
+        _touched_labels.add(self._label)
         d = _load()
         if d["state"].get(self._label, "EMPTY") != "EMPTY" and self._label != d.get("running"):
             d["state"][self._label] = "EMPTY"
@@ -166,6 +182,7 @@ class Partition:
             _save(d)
 
     def set_boot(self):
+        _touched_labels.discard(self._label)  # a write after this must mark it EMPTY again
         if not _valid(self._label):
             raise OSError(_VALIDATE_FAILED, "ESP_ERR_OTA_VALIDATE_FAILED")
         d = _load()

@@ -63,6 +63,11 @@ def compile_device_code() -> list[str]:
     return DEVICE_PATH
 
 
+def device_env() -> dict[str, str]:
+    """The environment of a simulated board's process: MICROPYPATH as on a board (.mpy)."""
+    return dict(os.environ, MICROPYPATH=os.pathsep.join(compile_device_code()))
+
+
 def board_dir(state_dir: Path, name: str) -> Path:
     return Path(state_dir) / "devices" / name
 
@@ -174,8 +179,7 @@ class DeviceProcess:
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
         cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
-        path = compile_device_code()
-        env = dict(os.environ, MICROPYPATH=os.pathsep.join(path), **self.env)
+        env = dict(device_env(), **self.env)
         for stale in ("wdt", "wdt.fed"):
             (self.board / stale).unlink(missing_ok=True)
         with self._cond:
