@@ -1,0 +1,185 @@
+"""Reliability: OTA under network faults, power loss and server restarts, with counted trials.
+
+`make test` runs a quick slice (a trial or two per fault class); `make reliability` runs the
+full counts (tests/plugin_reliability.py) and prints a table of trials and failures. Every trial
+asserts the end state: the execution is terminal with a reason, the board boots a valid image,
+and after a success the slot holds exactly the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from plugin_agent import arn, details, final
+from plugin_stack import unique
+
+from jobsctl import image, otajob
+from jobsctl.device import DeviceProcess
+from jobsctl.faultproxy import Fault, FaultProxy
+from jobsctl.stack import Stack
+
+pytestmark = pytest.mark.reliability
+
+OTA_HEAP = "256k"
+SIZE = 400_000
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return otajob.signing_key(tmp_path_factory.mktemp("signing"))
+
+
+@pytest.fixture(scope="module")
+def firmware() -> bytes:
+    return image.build_app_image("2.0.0", size=SIZE)
+
+
+def board(stack: Stack, boards: Callable[..., DeviceProcess], signing: Path) -> DeviceProcess:
+    # timeout_ms 3 s: a stalled download is given up (and resumed) sooner than the default 10 s
+    dev = boards(
+        stack, unique("rel"), heapsize=OTA_HEAP, start=False, ota_key_file="k.pem", timeout_ms=3000
+    )
+    shutil.copy(image.public_key_path(signing), dev.board / "k.pem")
+    dev.start()
+    dev.wait_for("no pending job")
+    return dev
+
+
+def create(stack: Stack, thing: str, doc: dict[str, object], extra: dict[str, object]) -> str:
+    job = unique("rel")
+    stack.iot_client().create_job(
+        jobId=job, targets=[arn(stack, thing)], document=json.dumps(doc), **extra
+    )
+    return job
+
+
+def flash(dev: DeviceProcess) -> dict[str, object]:
+    return dict(json.loads((dev.board / "flash" / "otadata.json").read_text()))
+
+
+def end_state_problem(dev: DeviceProcess, status: str, d: dict[str, str], data: bytes) -> str:
+    """'' when the board is consistent after a trial, else what is wrong."""
+    st = flash(dev)
+    running = str(st["running"])
+    version = image.read_app_version(image.slot_image(dev.board, running))
+    if status == "SUCCEEDED":
+        slot = image.slot_image(dev.board, running)[: len(data)]
+        if hashlib.sha256(slot).digest() != hashlib.sha256(data).digest():
+            return "slot content differs from the image"
+        if version != "2.0.0" or st["state"].get(running) != "VALID":  # type: ignore[union-attr]
+            return f"succeeded but running {version} ({st})"
+    elif status in ("FAILED", "REJECTED"):
+        if not d.get("reason"):
+            return f"{status} without a reason"
+        if version not in ("1.0.0", "2.0.0"):
+            return f"running {version}"
+    else:
+        return f"ended {status}"
+    if (dev.board / "jobstate.json").exists():
+        return "job state left behind"
+    return ""
+
+
+def test_network_faults_every_ota_resumes_and_the_image_matches(
+    stack_session: Stack,
+    boards: Callable[..., DeviceProcess],
+    signing: Path,
+    firmware: bytes,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    assert stack_session.objects is not None
+    rng = random.Random(8)
+    n = trials("network", 1)
+    failures = []
+    with FaultProxy("127.0.0.1", stack_session.objects.port) as proxy:
+        for i in range(n):
+            dev = board(stack_session, boards, signing)
+            at = rng.randrange(20_000, SIZE - 20_000)
+            fault = Fault.cut(at) if i % 2 == 0 else Fault.stall(at, seconds=30)
+            proxy.plan(fault)
+            doc, _ = otajob.prepare(stack_session, firmware, key=signing)
+            url = stack_session.objects.presign(
+                stack_session.objects.bucket, otajob.object_key(firmware), 3600
+            )
+            doc["url"] = url.replace(
+                f"localhost:{stack_session.objects.port}", f"localhost:{proxy.port}"
+            )
+            job = create(stack_session, dev.board.name, doc, {})
+            ex = final(stack_session, dev.board.name, job, timeout=90)
+            why = end_state_problem(dev, ex["status"], details(ex), firmware)
+            if ex["status"] != "SUCCEEDED":
+                why = why or f"{ex['status']}: {details(ex).get('reason')}"
+            record("network", not why, f"{fault.kind}@{at}: {why}" if why else "")
+            if why:
+                failures.append(why)
+            dev.stop()
+    assert not failures
+
+
+def test_power_loss_at_random_moments_never_leaves_a_job_stuck(
+    stack_session: Stack,
+    boards: Callable[..., DeviceProcess],
+    signing: Path,
+    firmware: bytes,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    rng = random.Random(9)
+    n = trials("power", 1)
+    failures = []
+    for _ in range(n):
+        dev = board(stack_session, boards, signing)
+        doc, extra = otajob.prepare(stack_session, firmware, key=signing)
+        job = create(stack_session, dev.board.name, doc, extra)
+        # The fault itself: cut the power at a random moment of the job (download, verify,
+        # set_boot, state writes, reboot, self-test all fall in this window).
+        delay = rng.uniform(0.0, 2.5)
+        time.sleep(delay)
+        dev.kill()
+        dev.start()
+        ex = final(stack_session, dev.board.name, job, timeout=90)
+        why = end_state_problem(dev, ex["status"], details(ex), firmware)
+        record("power", not why, f"cut at {delay:.2f}s: {why}" if why else "")
+        if why:
+            failures.append(why)
+        dev.stop()
+    assert not failures
+
+
+def test_broker_and_service_restarts_during_an_ota_lose_nothing(
+    stack: Stack,
+    boards: Callable[..., DeviceProcess],
+    signing: Path,
+    firmware: bytes,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    rng = random.Random(10)
+    n = trials("server", 1)
+    failures = []
+    for i in range(n):
+        dev = board(stack, boards, signing)
+        doc, extra = otajob.prepare(stack, firmware, key=signing)
+        job = create(stack, dev.board.name, doc, extra)
+        time.sleep(rng.uniform(0.0, 1.5))  # the fault's moment, not synchronisation
+        if i % 2 == 0:
+            stack.restart_broker()
+        else:
+            stack.restart_service()
+        ex = final(stack, dev.board.name, job, timeout=120)
+        why = end_state_problem(dev, ex["status"], details(ex), firmware)
+        if ex["status"] != "SUCCEEDED":
+            why = why or f"{ex['status']}: {details(ex).get('reason')}"
+        record("server", not why, why)
+        if why:
+            failures.append(why)
+        dev.stop()
+    assert not failures
