@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from plugin_agent import arn, details, final
-from plugin_stack import unique
+from plugin_stack import unique, wait_until
 
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
@@ -82,7 +82,12 @@ def end_state_problem(dev: DeviceProcess, status: str, d: dict[str, str], data: 
             return f"running {version}"
     else:
         return f"ended {status}"
-    if (dev.board / "jobstate.json").exists():
+    # The service records the final status before the device hears the reply; after a lost
+    # reply the device re-sends it (TerminalStateReached) after reconnecting. Either way it
+    # must end with no job state on the board.
+    try:
+        wait_until(lambda: not (dev.board / "jobstate.json").exists(), 60, "state cleared")
+    except AssertionError:
         return "job state left behind"
     return ""
 

@@ -42,6 +42,7 @@ def build(cfg, board=None):
     agent.register("config", "iotjobs.handlers:config")
     agent.register("ota", "iotjobs.ota:handle")
     agent.register("afr_ota", "iotjobs.ota:handle_afr")
+    agent.register("bundle", "iotjobs.bundle:handle")
     return a
 
 
@@ -55,6 +56,10 @@ def run(path="config.json"):
         print("E config: %s" % e)
         return
     a = build(cfg)
+    import sys
+
+    if cfg["app_dir"] not in sys.path:
+        sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)
     try:
         import selftest  # type: ignore[import-not-found]  # the application's self-test hook, if it ships one
 

@@ -35,7 +35,7 @@ def _hex(s, n):
         return None
 
 
-def parse(doc, slot_size, keyed):
+def parse(doc, slot_size, keyed, what="OTA slot"):
     # -> {"url", "size", "sha256" (bytes or None), "sig" (str or None), "version" (or None)}.
     # Raises Rejected with the reason: nothing is written for a document that fails here.
     afr = doc.get("afr_ota")
@@ -61,7 +61,7 @@ def parse(doc, slot_size, keyed):
     if not isinstance(size, int) or size <= 0:
         raise Rejected("'size' must be a positive integer")
     if size > slot_size:
-        raise Rejected("image of %d bytes does not fit the %d-byte OTA slot" % (size, slot_size))
+        raise Rejected("image of %d bytes does not fit the %d-byte %s" % (size, slot_size, what))
     digest = None
     if "sha256" in doc:
         digest = _hex(doc["sha256"], 64)
@@ -228,30 +228,16 @@ def _net_fail(ctx, fails, e):
 
 
 def _verify(ctx, doc):
-    import time
-
     st = ctx.state
     slot = _slot(ctx)
     job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
     digest = bytes.fromhex(st["sha256"])
     if job["sha256"] is not None and job["sha256"] != digest:
         return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
-    key_file = ctx.config.get("ota_key_file")
-    details = {}
-    if key_file:
-        import binascii
-
-        from iotjobs import ecdsa
-
-        try:
-            sig = binascii.a2b_base64(job["sig"])
-        except ValueError:
-            return _fail_before_boot(ctx, "signature is not base64")
-        t0 = time.ticks_ms()
-        ok = ecdsa.verify(ecdsa.load_pubkey(_read(key_file)), digest, sig)
-        details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
-        if not ok:
-            return _fail_before_boot(ctx, "bad signature")
+    details: dict = {}
+    why = check_signature(ctx, job["sig"], digest, details)
+    if why:
+        return _fail_before_boot(ctx, why)
     from iotjobs.board import app_version
 
     new = app_version(slot)
@@ -262,6 +248,48 @@ def _verify(ctx, doc):
     st["new"] = new
     st["verified"] = details
     return "activate"
+
+
+def check_signature(ctx, sig, digest, details):
+    # None when the device has no key or the signature is good; else why not. Adds verify_ms.
+    key_file = ctx.config.get("ota_key_file")
+    if not key_file:
+        return None
+    import binascii
+    import time
+
+    from iotjobs import ecdsa
+
+    try:
+        raw = binascii.a2b_base64(sig)
+    except ValueError:
+        return "signature is not base64"
+    t0 = time.ticks_ms()
+    ok = ecdsa.verify(ecdsa.load_pubkey(_read(key_file)), digest, raw)
+    details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
+    return None if ok else "bad signature"
+
+
+def self_test(ctx):
+    # None when the new code passed: the broker answered (ctx.check) and the application's
+    # hook (board.self_test, from its selftest.py) returned None/True in time; else why not.
+    import time
+
+    b = ctx.board
+    t0 = time.ticks_ms()
+    hook = getattr(b, "self_test", None)
+    try:
+        ctx.check()
+        r = hook(ctx) if hook is not None else None
+        if r is False or isinstance(r, str):
+            return "self-test failed" + (": " + r if r else "")
+    except (Canceled, Failed):
+        raise
+    except Exception as e:
+        return "self-test raised %r" % (e,)
+    if time.ticks_diff(time.ticks_ms(), t0) > ctx.config["self_test_timeout_ms"]:
+        return "self-test took too long"
+    return None
 
 
 def _fail_before_boot(ctx, reason):
@@ -300,22 +328,7 @@ def _booting(ctx, doc):
     running = b.running_partition().info()[4]
     if running != st["slot"]:
         raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
-    import time
-
-    reason = None
-    t0 = time.ticks_ms()
-    hook = getattr(b, "self_test", None)
-    try:
-        ctx.check()  # the broker answered a describe to get here; this pumps it once more
-        r = hook(ctx) if hook is not None else None
-        if r is False or isinstance(r, str):
-            reason = "self-test failed" + (": " + r if r else "")
-    except (Canceled, Failed):
-        raise
-    except Exception as e:
-        reason = "self-test raised %r" % (e,)
-    if reason is None and time.ticks_diff(time.ticks_ms(), t0) > ctx.config["self_test_timeout_ms"]:
-        reason = "self-test took too long"
+    reason = self_test(ctx)
     if reason is None:
         b.confirm_image()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}

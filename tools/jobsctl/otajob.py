@@ -91,3 +91,59 @@ def prepare(
     url = stack.upload(object_key(data), data)
     doc = document(data, placeholder(url), signature)
     return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
+
+
+# ---------------------------------------------------------------- application-file bundles
+
+
+def build_bundle(files: dict[str, bytes]) -> bytes:
+    """A ustar archive of ``{relative name: content}`` (what the device's bundle handler reads)."""
+    import io
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def bundle_from_dir(folder: Path) -> dict[str, bytes]:
+    """Every ``.py``/``.mpy`` file under ``folder``, by its path relative to it."""
+    folder = Path(folder)
+    files = {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.suffix in (".py", ".mpy")
+    }
+    if not files:
+        raise JobsctlError(f"{folder} has no .py or .mpy files")
+    return files
+
+
+def bundle_document(
+    tar: bytes, url: str, version: str, signature: str | None = None
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "operation": "bundle",
+        "url": url,
+        "size": len(tar),
+        "sha256": hashlib.sha256(tar).hexdigest(),
+        "version": version,
+    }
+    if signature is not None:
+        doc["signature"] = signature
+    return doc
+
+
+def prepare_bundle(
+    stack: Any, tar: bytes, version: str, *, key: Path | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Like :func:`prepare`, for a bundle: upload, sign, ``(document, extra)``."""
+    signature = image.sign(tar, key) if key is not None else None
+    url = stack.upload(f"bundles/{version}-{hashlib.sha256(tar).hexdigest()[:16]}.tar", tar)
+    doc = bundle_document(tar, placeholder(url), version, signature)
+    return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
