@@ -185,3 +185,37 @@ def test_boot_recovery_finishes_or_undoes_an_interrupted_swap(
     assert out[1] == expect
     left = ast.literal_eval(out[0])  # the listing printed by the board
     assert "app.new" not in left and "app.bad" not in left
+
+
+def test_jobsctl_job_bundle_ships_a_folder(
+    stack_session: Stack, boards: Boards, signing: Path, tmp_path: Path, capsys: Any
+) -> None:
+    from jobsctl import cli
+
+    dev = app_board(stack_session, boards, signing)
+    src = tmp_path / "myapp"
+    (src / "lib").mkdir(parents=True)
+    (src / "sensor.py").write_text("VERSION = 5\n")
+    (src / "lib" / "util.py").write_text("X = 1\n")
+    (src / "README.txt").write_text("not shipped\n")
+    job = unique("cli")
+    argv = [
+        "job",
+        "bundle",
+        job,
+        "--state-dir",
+        str(stack_session.state_dir),
+        "--targets",
+        dev.board.name,
+        "--dir",
+        str(src),
+        "--version",
+        "app-5",
+        "--key",
+        str(signing),
+    ]
+    assert cli.main(argv) == 0
+    capsys.readouterr()
+    ex = final(stack_session, dev.board.name, job)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert app_files(dev) == {"sensor.py": b"VERSION = 5\n", "lib/util.py": b"X = 1\n"}

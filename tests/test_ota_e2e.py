@@ -359,3 +359,55 @@ def test_afr_ota_over_mqtt_streams_only_is_rejected(
     ex = final(stack_session, thing_of(dev), job)
     assert ex["status"] == "REJECTED"
     assert details(ex)["reason"] == "afr_ota: only the HTTP protocol is supported"
+
+
+def test_jobsctl_job_ota_signs_uploads_and_creates_a_job_the_device_runs(
+    stack_session: Stack, boards: Boards, signing: Path, tmp_path: Path, capsys: Any
+) -> None:
+    from jobsctl import cli
+
+    dev = ota_board(stack_session, boards, signing)
+    f = tmp_path / "app.bin"
+    f.write_bytes(image.build_app_image("4.0.0", size=150_000))
+    job = unique("cli")
+    argv = [
+        "job",
+        "ota",
+        job,
+        "--state-dir",
+        str(stack_session.state_dir),
+        "--targets",
+        thing_of(dev),
+        "--file",
+        str(f),
+        "--key",
+        str(signing),
+    ]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["document"]["url"].startswith("${aws:iot:s3-presigned-url:https://s3.amazonaws")
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] == "SUCCEEDED" and running_version(dev) == "4.0.0"
+
+
+def test_jobsctl_job_ota_refuses_a_file_that_is_not_an_app_image(
+    stack_session: Stack, tmp_path: Path, capsys: Any
+) -> None:
+    from jobsctl import cli
+
+    f = tmp_path / "notes.txt"
+    f.write_text("hello")
+    argv = [
+        "job",
+        "ota",
+        "x",
+        "--state-dir",
+        str(stack_session.state_dir),
+        "--targets",
+        "t",
+        "--file",
+        str(f),
+    ]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "jobsctl: invalid app image: not an ESP32 app image (no 0xE9 header)\n"

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from plugin_agent import arn, details, final
@@ -60,7 +61,7 @@ def create(stack: Stack, thing: str, doc: dict[str, object], extra: dict[str, ob
     return job
 
 
-def flash(dev: DeviceProcess) -> dict[str, object]:
+def flash(dev: DeviceProcess) -> dict[str, Any]:
     return dict(json.loads((dev.board / "flash" / "otadata.json").read_text()))
 
 
@@ -73,7 +74,7 @@ def end_state_problem(dev: DeviceProcess, status: str, d: dict[str, str], data: 
         slot = image.slot_image(dev.board, running)[: len(data)]
         if hashlib.sha256(slot).digest() != hashlib.sha256(data).digest():
             return "slot content differs from the image"
-        if version != "2.0.0" or st["state"].get(running) != "VALID":  # type: ignore[union-attr]
+        if version != "2.0.0" or st["state"].get(running) != "VALID":
             return f"succeeded but running {version} ({st})"
     elif status in ("FAILED", "REJECTED"):
         if not d.get("reason"):

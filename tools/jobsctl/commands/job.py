@@ -7,6 +7,7 @@ DIR/endpoints.json); without it to real AWS IoT with boto3's defaults (profile, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,18 @@ def register(sub: Any) -> None:
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
     o.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
     o.set_defaults(func=create_ota)
+
+    b = add("bundle", "pack a folder of .py/.mpy files, sign, upload, create a bundle job")
+    b.add_argument("job_id")
+    b.add_argument(
+        "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
+    )
+    b.add_argument("--dir", type=Path, required=True, help="the application folder to ship")
+    b.add_argument("--version", required=True, help="the application's version (reported)")
+    b.add_argument("--key", type=Path, help="ECDSA P-256 private key (PEM): sign the bundle")
+    b.add_argument("--bucket", help="S3 bucket (default: the local stack's)")
+    b.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
+    b.set_defaults(func=create_bundle)
 
     d = add("describe", "describe a job")
     d.add_argument("job_id")
@@ -158,13 +171,10 @@ def create(args: argparse.Namespace) -> int:
     return 0
 
 
-def create_ota(args: argparse.Namespace) -> int:
+def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
+    """(s3 client, bucket, account id, role ARN) for the local stack or real AWS."""
     from botocore.config import Config
 
-    from .. import image, otajob
-
-    data = otajob.read_image(args.file)
-    signature = image.sign(data, args.key) if args.key else None
     if args.state_dir is not None:
         ep = load_endpoints(args.state_dir)
         s3 = boto3.client(
@@ -182,6 +192,38 @@ def create_ota(args: argparse.Namespace) -> int:
             raise JobsctlError("real AWS needs --bucket and --role-arn (S3 read access)")
         session = boto3.Session(profile_name=args.profile, region_name=args.region)
         s3, bucket, account, role = session.client("s3"), args.bucket, "", args.role_arn
+    return s3, bucket, account, role
+
+
+def create_bundle(args: argparse.Namespace) -> int:
+    from .. import image, otajob
+
+    tar = otajob.build_bundle(otajob.bundle_from_dir(args.dir))
+    signature = image.sign(tar, args.key) if args.key else None
+    s3, bucket, account, role = _storage(args)
+    iot = client(args)
+    targets = [resolve_target(iot, t) for t in args.targets]
+    key = f"bundles/{args.version}-{hashlib.sha256(tar).hexdigest()[:16]}.tar"
+    s3.put_object(Bucket=bucket, Key=key, Body=tar)
+    url = otajob.placeholder(otajob.s3_url(bucket, key))
+    doc = otajob.bundle_document(tar, url, args.version, signature)
+    out = iot.create_job(
+        jobId=args.job_id,
+        targets=targets,
+        document=json.dumps(doc),
+        description=f"app files {args.version}",
+        presignedUrlConfig=otajob.presigned_config(account, role),
+    )
+    print_json({**out, "document": doc})
+    return 0
+
+
+def create_ota(args: argparse.Namespace) -> int:
+    from .. import image, otajob
+
+    data = otajob.read_image(args.file)
+    signature = image.sign(data, args.key) if args.key else None
+    s3, bucket, account, role = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     url = otajob.upload(s3, bucket, data)
