@@ -386,6 +386,7 @@ def test_jobsctl_job_ota_signs_uploads_and_creates_a_job_the_device_runs(
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["document"]["url"].startswith("${aws:iot:s3-presigned-url:https://s3.amazonaws")
+    assert out["document"]["compression"] == "gzip" and out["document"]["window_bits"] == 12
     ex = final(stack_session, thing_of(dev), job)
     assert ex["status"] == "SUCCEEDED" and running_version(dev) == "4.0.0"
 
@@ -411,3 +412,49 @@ def test_jobsctl_job_ota_refuses_a_file_that_is_not_an_app_image(
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err == "jobsctl: invalid app image: not an ESP32 app image (no 0xE9 header)\n"
+
+
+@pytest.mark.parametrize("window_bits", [9, 13])
+def test_gzip_image_is_decompressed_while_streaming_into_flash(
+    stack_session: Stack, boards: Boards, signing: Path, window_bits: int
+) -> None:
+    dev = ota_board(stack_session, boards, signing)
+    data = image.build_app_image("5.0.0", size=300_000)
+    job = unique("gz")
+    doc, extra = otajob.prepare(stack_session, data, key=signing, window_bits=window_bits)
+    assert doc["compression"] == "gzip" and doc["size"] == len(data)
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc), **extra
+    )
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "5.0.0"
+    slot = image.slot_image(dev.board, flash_state(dev)["running"])
+    assert slot[: len(data)] == data
+
+
+@pytest.mark.parametrize(
+    ("override", "reason"),
+    [
+        ({"window_bits": 15}, "gzip needs 'window_bits' 9-13"),
+        ({"window_bits": None}, "gzip needs 'window_bits' 9-13"),
+        ({"compression": "zstd"}, "'compression' must be \"gzip\""),
+        ({"size": 200_000}, "the gzip payload is longer than 'size'"),
+        ({"size": 400_000}, "the gzip payload is shorter than 'size'"),
+    ],
+)
+def test_gzip_documents_that_do_not_add_up_end_without_touching_the_boot_slot(
+    stack_session: Stack, boards: Boards, override: dict[str, Any], reason: str
+) -> None:
+    dev = ota_board(stack_session, boards, None)
+    data = image.build_app_image("5.0.1", size=300_000)
+    doc, extra = otajob.prepare(stack_session, data, window_bits=12)
+    doc.update(override)
+    doc = {k: v for k, v in doc.items() if v is not None}
+    job = unique("gz")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc), **extra
+    )
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] in ("REJECTED", "FAILED") and reason in details(ex)["reason"]
+    assert_old_firmware_boots(dev)

@@ -10,6 +10,8 @@
 # so a short read could only be continued through a memoryview slice, which allocates. A
 # blocking read with a socket timeout returns short only at a stall or a close; both are errors
 # here (OSError), and the caller resumes with a Range request.
+import io
+
 from micropython import const
 
 _LINE_MAX = const(1024)
@@ -68,7 +70,8 @@ def _context(cadata):
     return _ctx
 
 
-class Response:
+class Response(io.IOBase):
+    # An io.IOBase so that firmware streams (deflate.DeflateIO) can read from it.
     def __init__(self, sock, status, start, length, total):
         self._s = sock
         self.status = status

@@ -21,6 +21,7 @@ _SAVE_EVERY = const(16)  # blocks between persisted offsets (64 KB of re-downloa
 _NET_RETRIES = const(6)  # failed connections in a row before the job fails
 _URL_REFRESHES = const(3)  # 403/404 in a row (expired URL) before the job fails
 _DOC_MAX_URL = const(4096)
+_MAX_WBITS = const(13)  # an 8 KB window at most: a 32 KB one rarely fits a busy heap
 
 
 # ---------------------------------------------------------------- the job document
@@ -77,7 +78,17 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
     version = doc.get("version")
     if version is not None and not isinstance(version, str):
         raise Rejected("'version' must be a string")
-    return {"url": url, "size": size, "sha256": digest, "sig": sig, "version": version}
+    gz = None
+    comp = doc.get("compression")
+    if comp is not None:
+        if comp != "gzip":
+            raise Rejected("'compression' must be \"gzip\"")
+        gz = doc.get("window_bits")
+        if not isinstance(gz, int) or not 9 <= gz <= _MAX_WBITS:
+            # The decompressor keeps a window of 2**window_bits bytes: the document states it
+            # so that the device can refuse what it cannot afford before downloading.
+            raise Rejected("gzip needs 'window_bits' 9-%d" % _MAX_WBITS)
+    return {"url": url, "size": size, "sha256": digest, "sig": sig, "version": version, "gz": gz}
 
 
 # ---------------------------------------------------------------- the handler
@@ -105,7 +116,7 @@ def _run(ctx, doc):
         step = st["step"]
         try:
             result = _STEPS[step](ctx, doc)
-        except Canceled:
+        except (Canceled, Failed):
             if step in ("download", "verify"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
@@ -134,7 +145,8 @@ def _download(ctx, doc):
     buf = bytearray(_BLOCK)
     mv = memoryview(buf)
     h = hashlib.sha256()
-    off = st["off"]
+    # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
+    off = 0 if job["gz"] else st["off"]
     # Resuming: hash what is already in flash instead of downloading it again.
     for blk in range(off // _BLOCK):
         slot.readblocks(blk, buf)
@@ -167,13 +179,20 @@ def _download(ctx, doc):
             fails = _net_fail(ctx, fails, e)
             continue
         try:
-            if r.total != size:
+            src = r
+            if job["gz"]:
+                import deflate
+
+                src = deflate.DeflateIO(r, deflate.GZIP, job["gz"])
+            elif r.total != size:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
             refreshes = 0
-            off = _stream(ctx, r, slot, h, buf, mv, off, size)
+            off = _stream(ctx, src, slot, h, buf, mv, off, size, job["gz"])
+            if job["gz"] and src.readinto(buf, 1):
+                raise Failed("the gzip payload is longer than 'size'")
             fails = 0
         except OSError as e:
-            off = st["off"]  # from the last persisted block; the hash is rebuilt
+            off = 0 if job["gz"] else st["off"]  # the last persisted block; hash rebuilt
             h = hashlib.sha256()
             for blk in range(off // _BLOCK):
                 slot.readblocks(blk, buf)
@@ -190,7 +209,7 @@ def _download(ctx, doc):
     return "verify"
 
 
-def _stream(ctx, r, slot, h, buf, mv, off, size):
+def _stream(ctx, r, slot, h, buf, mv, off, size, gz=None):
     # The hot loop: one block at a time from the response into the hash and the flash. Only
     # whole blocks are written (writeblocks erases first); the last one is padded with 0xFF.
     st = ctx.state
@@ -198,6 +217,8 @@ def _stream(ctx, r, slot, h, buf, mv, off, size):
     while off < size:
         want = min(_BLOCK, size - off)
         if r.readinto(buf, want) != want:  # fills want bytes or raises (iotjobs.http)
+            if gz:
+                raise Failed("the gzip payload is shorter than 'size'")
             raise OSError(5)  # EIO: the body ended early
         if want < _BLOCK:
             for i in range(want, _BLOCK):

@@ -80,16 +80,24 @@ def prepare(
     *,
     key_dir: Path | None = None,
     key: Path | None = None,
+    window_bits: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """For a running local :class:`~jobsctl.stack.Stack`: upload, sign, and return
     ``(document, create_job extra parameters)``. With neither ``key`` nor ``key_dir`` the
-    image is unsigned (devices without ``ota_key_file`` accept it on its SHA-256)."""
+    image is unsigned (devices without ``ota_key_file`` accept it on its SHA-256). With
+    ``window_bits`` the upload is gzip-compressed with that window; size, hash and signature
+    stay those of the image itself."""
     image.check_app_image(data)
     if key is None and key_dir is not None:
         key = signing_key(key_dir)
     signature = image.sign(data, key) if key is not None else None
-    url = stack.upload(object_key(data), data)
+    if window_bits is None:
+        url = stack.upload(object_key(data), data)
+    else:
+        url = stack.upload(object_key(data) + ".gz", gzip_payload(data, window_bits))
     doc = document(data, placeholder(url), signature)
+    if window_bits is not None:
+        doc.update(compression="gzip", window_bits=window_bits)
     return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
 
 
@@ -147,3 +155,13 @@ def prepare_bundle(
     url = stack.upload(f"bundles/{version}-{hashlib.sha256(tar).hexdigest()[:16]}.tar", tar)
     doc = bundle_document(tar, placeholder(url), version, signature)
     return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
+
+
+def gzip_payload(data: bytes, window_bits: int = 12) -> bytes:
+    """gzip with a bounded window (2**window_bits bytes), as the document states it."""
+    import zlib
+
+    if not 9 <= window_bits <= 13:  # the device refuses larger windows (lib/iotjobs/ota.py)
+        raise JobsctlError("the gzip window must be 9-13 bits")
+    c = zlib.compressobj(9, zlib.DEFLATED, 16 + window_bits)
+    return c.compress(data) + c.flush()

@@ -55,6 +55,12 @@ def register(sub: Any) -> None:
     )
     o.add_argument("--file", type=Path, required=True, help="ESP32 app image (.bin, .app-bin)")
     o.add_argument("--key", type=Path, help="ECDSA P-256 private key (PEM): sign the image")
+    o.add_argument(
+        "--gzip-window",
+        type=int,
+        metavar="BITS",
+        help="upload gzip-compressed with a 2**BITS-byte window (9-13); the device inflates it",
+    )
     o.add_argument("--bucket", help="S3 bucket for the image (default: the local stack's)")
     o.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
@@ -226,8 +232,15 @@ def create_ota(args: argparse.Namespace) -> int:
     s3, bucket, account, role = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
-    url = otajob.upload(s3, bucket, data)
+    if args.gzip_window is None:
+        url = otajob.upload(s3, bucket, data)
+    else:
+        key = otajob.object_key(data) + ".gz"
+        s3.put_object(Bucket=bucket, Key=key, Body=otajob.gzip_payload(data, args.gzip_window))
+        url = otajob.s3_url(bucket, key)
     doc = otajob.document(data, otajob.placeholder(url), signature)
+    if args.gzip_window is not None:
+        doc.update(compression="gzip", window_bits=args.gzip_window)
     params: dict[str, Any] = {
         "jobId": args.job_id,
         "targets": targets,
