@@ -5,14 +5,13 @@
 # prints: OK <bytes> <ms> <sha256> <heap_before_open> <heap_after_open> <heap_end>
 # The whole-block loop runs under micropython.heap_lock(): a MemoryError there means the loop
 # allocated. gc.mem_alloc() after a collect gives the live heap at each point.
-import sys
 import gc
+import hashlib
+import sys
 import time
 
-import hashlib
-import micropython
-
 import esp32
+import micropython
 from iotjobs import http
 
 
@@ -51,8 +50,7 @@ def main(url, ca):
     r.close()
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
-    return "OK %d %d %s %d %d %d" % (
-        r.length, ms, h.digest().hex(), before, opened, gc.mem_alloc())
+    return "OK %d %d %s %d %d %d" % (r.length, ms, h.digest().hex(), before, opened, gc.mem_alloc())
 
 
 try:

@@ -380,6 +380,8 @@ def test_jobsctl_job_ota_signs_uploads_and_creates_a_job_the_device_runs(
         thing_of(dev),
         "--file",
         str(f),
+        "--gzip-window",
+        "12",
         "--key",
         str(signing),
     ]
