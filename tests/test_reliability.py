@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from plugin_agent import arn, details, final
 from plugin_stack import unique, wait_until
 
@@ -189,3 +191,105 @@ def test_broker_and_service_restarts_during_an_ota_lose_nothing(
             failures.append(why)
         dev.stop()
     assert not failures
+
+
+# ---------------------------------------------------------------- fuzzing job documents
+
+JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**63),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=40),
+)
+JSON_ANY = st.recursive(
+    JSON_LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+# URLs that never reach a server that answers (a refused host would make each case a minute
+# of retries): wrong types, garbage, unsupported schemes, plain http (refused by default).
+BAD_URL = st.one_of(
+    JSON_ANY,
+    st.sampled_from(
+        [
+            "",
+            "ftp://x/y",
+            "https://",
+            "https://user@h/x",
+            "https://h:0/x",
+            "http://localhost:1/fw.bin",
+            "https://[::1]/x",
+            "${aws:iot:nope}",
+        ]
+    ),
+    st.text(max_size=60).map(lambda s: "https://" + s if "/" not in s else "http://x/" + s),
+)
+OTA_KEYS = {
+    "url": BAD_URL,
+    "size": st.one_of(JSON_ANY, st.integers(min_value=-5, max_value=2**40)),
+    "sha256": st.one_of(JSON_ANY, st.text(alphabet="0123456789abcdefg", min_size=63, max_size=65)),
+    "signature": st.one_of(JSON_ANY, st.text(max_size=100)),
+    "version": JSON_ANY,
+    "compression": st.one_of(JSON_ANY, st.just("gzip")),
+    "window_bits": st.one_of(JSON_ANY, st.integers(min_value=0, max_value=40)),
+}
+DOCS = st.one_of(
+    st.fixed_dictionaries(
+        {"operation": st.sampled_from(["ota", "bundle"])},
+        optional=OTA_KEYS,
+    ),
+    st.fixed_dictionaries({"operation": st.just("config"), "set": JSON_ANY}),
+    st.fixed_dictionaries({"afr_ota": JSON_ANY}),
+    st.dictionaries(st.text(max_size=12), JSON_ANY, max_size=5),
+    st.fixed_dictionaries({"operation": JSON_ANY}),
+)
+
+
+def test_fuzzed_job_documents_never_crash_the_agent_and_each_ends_with_a_reason(
+    stack_session: Stack,
+    boards: Callable[..., DeviceProcess],
+    signing: Path,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    dev = board(stack_session, boards, signing)
+    n = trials("fuzz", 25)
+    seen: list[str] = []
+
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(doc=DOCS)
+    def one(doc: dict[str, object]) -> None:
+        text = json.dumps(doc)
+        if len(text.encode()) > 32 * 1024:
+            return
+        job = unique("fz")
+        try:
+            stack_session.iot_client().create_job(
+                jobId=job, targets=[arn(stack_session, dev.board.name)], document=text
+            )
+        except stack_session.iot_client().exceptions.InvalidRequestException:
+            record("fuzz", True, "")  # the service refused it up front, as AWS does
+            return
+        ex = final(stack_session, dev.board.name, job, timeout=60)
+        reason = details(ex).get("reason", "")
+        ok = ex["status"] in ("REJECTED", "FAILED", "SUCCEEDED") and (
+            ex["status"] == "SUCCEEDED" or bool(reason)
+        )
+        why = "" if ok else f"{ex['status']} without a reason: {text[:80]}"
+        record("fuzz", ok, why)
+        seen.append(ex["status"])
+        assert ok, why
+
+    one()
+    # The agent never crashed or reset while taking all of them.
+    assert dev.boots == 1 and not any("Traceback" in line for line in dev.lines)
+    assert "REJECTED" in seen
