@@ -293,3 +293,48 @@ def test_fuzzed_job_documents_never_crash_the_agent_and_each_ends_with_a_reason(
     # The agent never crashed or reset while taking all of them.
     assert dev.boots == 1 and not any("Traceback" in line for line in dev.lines)
     assert "REJECTED" in seen
+
+
+def test_broker_connection_cut_mid_ota_is_survived(
+    stack_session: Stack,
+    boards: Callable[..., DeviceProcess],
+    signing: Path,
+    firmware: bytes,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    # The proxy sits in front of the broker: the device's MQTT connection is cut at a random
+    # byte while the job runs (progress reports, the final update, the describe after reboot).
+    rng = random.Random(11)
+    n = trials("mqtt", 1)
+    failures = []
+    with FaultProxy("127.0.0.1", stack_session.mqtt_port) as proxy:
+        for _ in range(n):
+            at = rng.randrange(300, 4_000)
+            proxy.plan(Fault.none(), Fault.cut(at))  # the first connection is the idle one
+            dev = boards(
+                stack_session,
+                unique("rel"),
+                heapsize=OTA_HEAP,
+                start=False,
+                ota_key_file="k.pem",
+                timeout_ms=3000,
+                port=proxy.port,
+            )
+            shutil.copy(image.public_key_path(signing), dev.board / "k.pem")
+            dev.start()
+            dev.wait_for("no pending job")
+            proxy.cut_all()  # the job starts on a fresh connection, the planned one
+            doc, extra = otajob.prepare(stack_session, firmware, key=signing)
+            job = create(stack_session, dev.board.name, doc, extra)
+            ex = final(stack_session, dev.board.name, job, timeout=120)
+            why = end_state_problem(dev, ex["status"], details(ex), firmware)
+            if ex["status"] != "SUCCEEDED":
+                why = why or f"{ex['status']}: {details(ex).get('reason')}"
+            record("mqtt", not why, f"cut@{at}: {why}" if why else "")
+            if why:
+                failures.append(why)
+            dev.stop()
+    assert not failures
+    # idle connection + the job's connection + at least one reconnect after a planned cut
+    assert proxy.stats.connections >= 3 * n, proxy.stats
