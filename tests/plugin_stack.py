@@ -90,6 +90,20 @@ class JobsDevice:
         assert found, f"{self.name}: nothing on {topic} within {timeout} s"
         return found[0]
 
+    def wait_for_any(self, topics: set[str], since: int = 0, timeout: float = 10) -> str:
+        """The first topic of ``topics`` with a message from index ``since``."""
+
+        def find() -> Any:
+            for t, _ in self.messages[since:]:
+                if t in topics:
+                    return (t,)
+            return None
+
+        with self._cond:
+            found = self._cond.wait_for(find, timeout)
+        assert found, f"{self.name}: nothing on {sorted(topics)} within {timeout} s"
+        return str(found[0])
+
     def publish(self, suffix: str, payload: bytes | str, qos: int = 1) -> None:
         self.client.publish(self.prefix + suffix, payload, qos=qos).wait_for_publish(10)
 

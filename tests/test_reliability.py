@@ -338,3 +338,89 @@ def test_broker_connection_cut_mid_ota_is_survived(
     assert not failures
     # idle connection + the job's connection + at least one reconnect after a planned cut
     assert proxy.stats.connections >= 3 * n, proxy.stats
+
+
+SEED_CODES = {
+    "InvalidTopic",
+    "InvalidJson",
+    "InvalidRequest",
+    "InvalidStateTransition",
+    "ResourceNotFound",
+    "VersionMismatch",
+    "InternalError",
+    "RequestThrottled",
+    "TerminalStateReached",
+}
+PAYLOADS = st.one_of(
+    st.binary(max_size=200),
+    JSON_ANY.map(lambda v: json.dumps(v).encode()),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "clientToken",
+                "status",
+                "statusDetails",
+                "expectedVersion",
+                "executionNumber",
+                "includeJobDocument",
+                "stepTimeoutInMinutes",
+                "includeJobExecutionState",
+                "jobId",
+                "thingName",
+            ]
+        ),
+        JSON_ANY,
+        max_size=6,
+    ).map(lambda d: json.dumps(d).encode()),
+)
+TOPICS = st.sampled_from(
+    [
+        "get",
+        "start-next",
+        "$next/get",
+        "$next/update",
+        "job-1/get",
+        "job-1/update",
+        "bogus/x",
+        "job-1/update/accepted",
+        "notify",
+    ]
+)
+
+
+def test_malformed_data_plane_payloads_get_seed_error_codes_and_the_service_stays_up(
+    stack_session: Stack,
+    jobs_device: Callable[..., Any],
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    dev = jobs_device(stack_session)
+    n = trials("dataplane", 40)
+
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(suffix=TOPICS, payload=PAYLOADS)
+    def one(suffix: str, payload: bytes) -> None:
+        since = dev.mark()
+        dev.publish(suffix, payload)
+        ok, why = True, ""
+        if not (suffix.endswith("/accepted") or suffix == "notify"):
+            # A request topic: an answer must come, and a rejection carries a seed code.
+            # (Reply and notification topics are not requests; the service must just stay up.)
+            base = dev.prefix + suffix
+            topic = dev.wait_for_any({base + "/accepted", base + "/rejected"}, since=since)
+            if topic.endswith("/rejected"):
+                code = dev.wait_for(suffix + "/rejected", since=since).get("code")
+                ok = code in SEED_CODES
+                why = "" if ok else f"{suffix}: {code!r} for {payload[:60]!r}"
+        record("dataplane", ok, why)
+        assert ok, why
+
+    one()
+    # ...and it still answers a well-formed request.
+    assert dev.request("get", {})[0] == "accepted"
