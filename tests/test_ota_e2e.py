@@ -50,9 +50,18 @@ def ota_board(
     return dev
 
 
-def ota_job(stack: Stack, thing: str, data: bytes, signing: Path | None, **override: Any) -> str:
+def ota_job(
+    stack: Stack,
+    thing: str,
+    data: bytes,
+    signing: Path | None,
+    window_bits: int | None = None,
+    **override: Any,
+) -> str:
+    """An OTA job for ``data`` (uploaded, signed, gzip'ed with ``window_bits``); document
+    fields in ``override`` replace the real ones (None drops a field)."""
     job_id = unique("ota")
-    doc, extra = otajob.prepare(stack, data, key=signing)
+    doc, extra = otajob.prepare(stack, data, key=signing, window_bits=window_bits)
     doc.update(override)
     doc = {k: v for k, v in doc.items() if v is not None}
     stack.iot_client().create_job(
@@ -422,12 +431,7 @@ def test_gzip_image_is_decompressed_while_streaming_into_flash(
 ) -> None:
     dev = ota_board(stack_session, boards, signing)
     data = image.build_app_image("5.0.0", size=300_000)
-    job = unique("gz")
-    doc, extra = otajob.prepare(stack_session, data, key=signing, window_bits=window_bits)
-    assert doc["compression"] == "gzip" and doc["size"] == len(data)
-    stack_session.iot_client().create_job(
-        jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc), **extra
-    )
+    job = ota_job(stack_session, thing_of(dev), data, signing, window_bits)
     ex = final(stack_session, thing_of(dev), job)
     assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
     assert running_version(dev) == "5.0.0"
@@ -450,13 +454,7 @@ def test_gzip_documents_that_do_not_add_up_end_without_touching_the_boot_slot(
 ) -> None:
     dev = ota_board(stack_session, boards, None)
     data = image.build_app_image("5.0.1", size=300_000)
-    doc, extra = otajob.prepare(stack_session, data, window_bits=12)
-    doc.update(override)
-    doc = {k: v for k, v in doc.items() if v is not None}
-    job = unique("gz")
-    stack_session.iot_client().create_job(
-        jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc), **extra
-    )
+    job = ota_job(stack_session, thing_of(dev), data, None, 12, **override)
     ex = final(stack_session, thing_of(dev), job)
     assert ex["status"] in ("REJECTED", "FAILED") and reason in details(ex)["reason"]
     assert_old_firmware_boots(dev)

@@ -95,6 +95,18 @@ def end_state_problem(dev: DeviceProcess, status: str, d: dict[str, str], data: 
     return ""
 
 
+def conclude(
+    stack: Stack, dev: DeviceProcess, job: str, data: bytes, must_succeed: bool, timeout: float
+) -> str:
+    """Wait for the execution to end; '' if it ended as it must and the board is consistent."""
+    ex = final(stack, dev.board.name, job, timeout=timeout)
+    why = end_state_problem(dev, ex["status"], details(ex), data)
+    if must_succeed and ex["status"] != "SUCCEEDED":
+        why = why or f"{ex['status']}: {details(ex).get('reason')}"
+    dev.stop()
+    return why
+
+
 def test_network_faults_every_ota_resumes_and_the_image_matches(
     stack_session: Stack,
     boards: Callable[..., DeviceProcess],
@@ -121,14 +133,9 @@ def test_network_faults_every_ota_resumes_and_the_image_matches(
                 f"localhost:{stack_session.objects.port}", f"localhost:{proxy.port}"
             )
             job = create(stack_session, dev.board.name, doc, {})
-            ex = final(stack_session, dev.board.name, job, timeout=90)
-            why = end_state_problem(dev, ex["status"], details(ex), firmware)
-            if ex["status"] != "SUCCEEDED":
-                why = why or f"{ex['status']}: {details(ex).get('reason')}"
+            why = conclude(stack_session, dev, job, firmware, True, 90)
             record("network", not why, f"{fault.kind}@{at}: {why}" if why else "")
-            if why:
-                failures.append(why)
-            dev.stop()
+            failures += [why] if why else []
     assert not failures
 
 
@@ -153,12 +160,9 @@ def test_power_loss_at_random_moments_never_leaves_a_job_stuck(
         time.sleep(delay)
         dev.kill()
         dev.start()
-        ex = final(stack_session, dev.board.name, job, timeout=90)
-        why = end_state_problem(dev, ex["status"], details(ex), firmware)
+        why = conclude(stack_session, dev, job, firmware, False, 90)
         record("power", not why, f"cut at {delay:.2f}s: {why}" if why else "")
-        if why:
-            failures.append(why)
-        dev.stop()
+        failures += [why] if why else []
     assert not failures
 
 
@@ -182,14 +186,9 @@ def test_broker_and_service_restarts_during_an_ota_lose_nothing(
             stack.restart_broker()
         else:
             stack.restart_service()
-        ex = final(stack, dev.board.name, job, timeout=120)
-        why = end_state_problem(dev, ex["status"], details(ex), firmware)
-        if ex["status"] != "SUCCEEDED":
-            why = why or f"{ex['status']}: {details(ex).get('reason')}"
+        why = conclude(stack, dev, job, firmware, True, 120)
         record("server", not why, why)
-        if why:
-            failures.append(why)
-        dev.stop()
+        failures += [why] if why else []
     assert not failures
 
 
@@ -327,14 +326,9 @@ def test_broker_connection_cut_mid_ota_is_survived(
             proxy.cut_all()  # the job starts on a fresh connection, the planned one
             doc, extra = otajob.prepare(stack_session, firmware, key=signing)
             job = create(stack_session, dev.board.name, doc, extra)
-            ex = final(stack_session, dev.board.name, job, timeout=120)
-            why = end_state_problem(dev, ex["status"], details(ex), firmware)
-            if ex["status"] != "SUCCEEDED":
-                why = why or f"{ex['status']}: {details(ex).get('reason')}"
+            why = conclude(stack_session, dev, job, firmware, True, 120)
             record("mqtt", not why, f"cut@{at}: {why}" if why else "")
-            if why:
-                failures.append(why)
-            dev.stop()
+            failures += [why] if why else []
     assert not failures
     # idle connection + the job's connection + at least one reconnect after a planned cut
     assert proxy.stats.connections >= 3 * n, proxy.stats
