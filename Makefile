@@ -78,7 +78,7 @@ bench: setup ## run the benchmarks; writes bench/results.md
 	@$(BIN)/python -m jobsctl.bench
 
 reliability: setup ## the full fault-injection, fuzzing and security suite
-	@$(BIN)/pytest -q -m reliability --reliability-full
+	@$(BIN)/pytest -q -m reliability --reliability-full --timeout 7200
 
 deploy: setup ## compile lib/ and copy it to a board: make deploy PORT=/dev/ttyUSB0
 	@$(BIN)/jobsctl deploy --port "$(PORT)" $(if $(BUNDLE),--bundle "$(BUNDLE)")

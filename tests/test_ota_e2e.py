@@ -55,13 +55,13 @@ def ota_job(
     thing: str,
     data: bytes,
     signing: Path | None,
-    window_bits: int | None = None,
+    gzip_window: int | None = None,
     **override: Any,
 ) -> str:
     """An OTA job for ``data`` (uploaded, signed, gzip'ed with ``window_bits``); document
     fields in ``override`` replace the real ones (None drops a field)."""
     job_id = unique("ota")
-    doc, extra = otajob.prepare(stack, data, key=signing, window_bits=window_bits)
+    doc, extra = otajob.prepare(stack, data, key=signing, window_bits=gzip_window)
     doc.update(override)
     doc = {k: v for k, v in doc.items() if v is not None}
     stack.iot_client().create_job(

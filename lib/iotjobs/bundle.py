@@ -10,11 +10,10 @@
 # its earlier headers).
 from iotjobs import appswap
 from iotjobs.agent import Failed
-from iotjobs.ota import _net_fail, check_signature, parse, self_test
+from iotjobs.ota import _net_fail, check_signature, open_url, parse, self_test
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
-_URL_REFRESHES = const(3)
 _EXTS = (".py", ".mpy")
 
 
@@ -37,33 +36,15 @@ def handle(ctx, doc):
 def _download(ctx, doc, app):
     import hashlib
 
-    from iotjobs import http
-
-    job = parse(doc, _MAX, bool(ctx.config.get("ota_key_file")), "bundle limit")
-    cadata = _read(ctx.config.get("ota_ca_file") or ctx.config["ca_file"])
+    keyed = bool(ctx.config.get("ota_key_file"))
+    job = parse(doc, _MAX, keyed, "bundle limit")
     buf = bytearray(4096)
-    fails = refreshes = 0
+    tries = [0, 0]
     while True:
         ctx.check()
         stage = appswap.stage_begin(app)
-        try:
-            r = http.open(
-                job["url"],
-                0,
-                cadata,
-                ctx.config["timeout_ms"],
-                bool(ctx.config.get("ota_allow_http")),
-            )
-        except http.HTTPError as e:
-            if e.status in (403, 404) and refreshes < _URL_REFRESHES:
-                refreshes += 1
-                ctx.log("download refused (%d), asking for a new URL" % e.status)
-                ctx.board.sleep_ms(1000 * refreshes)
-                job = parse(ctx.refresh(), _MAX, bool(ctx.config.get("ota_key_file")), "bundle")
-                continue
-            raise Failed("download refused: HTTP %d" % e.status)
-        except OSError as e:
-            fails = _net_fail(ctx, fails, e)
+        r = open_url(ctx, job, 0, tries, lambda d: parse(d, _MAX, keyed, "bundle limit"))
+        if r is None:
             continue
         try:
             if r.total != job["size"]:
@@ -72,7 +53,7 @@ def _download(ctx, doc, app):
             files = _extract(ctx, r, h, buf, stage, job["size"])
             break
         except OSError as e:
-            fails = _net_fail(ctx, fails, e)
+            tries[0] = _net_fail(ctx, tries[0], e)
         except Failed:
             appswap.rmtree(stage)
             raise
@@ -217,8 +198,3 @@ _STEPS = {
     "booting": _booting,
     "rolledback": _rolledback,
 }
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()

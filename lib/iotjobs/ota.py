@@ -133,50 +133,24 @@ def _slot(ctx):
 
 
 def _download(ctx, doc):
-    import hashlib
-
-    from iotjobs import http
-
     st = ctx.state
     b = ctx.board
     slot = _slot(ctx)
-    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+    limit, keyed = slot.info()[3], bool(ctx.config.get("ota_key_file"))
+    job = parse(doc, limit, keyed)
     size = job["size"]
     buf = bytearray(_BLOCK)
     mv = memoryview(buf)
-    h = hashlib.sha256()
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
-    # Resuming: hash what is already in flash instead of downloading it again.
-    for blk in range(off // _BLOCK):
-        slot.readblocks(blk, buf)
-        h.update(buf)
-    cadata = _read(ctx.config.get("ota_ca_file") or ctx.config["ca_file"])
-    fails = refreshes = 0
+    h = _rehash(slot, buf, off)
+    tries = [0, 0]
     while off < size:
         ctx.check()
         if off:
             ctx.log("resuming download at %d of %d" % (off, size))
-        try:
-            r = http.open(
-                job["url"],
-                off,
-                cadata,
-                ctx.config["timeout_ms"],
-                bool(ctx.config.get("ota_allow_http")),
-            )
-        except http.HTTPError as e:
-            if e.status in (403, 404) and refreshes < _URL_REFRESHES:
-                # An expired pre-signed URL: the service signs a new one on every describe.
-                refreshes += 1
-                ctx.log("download refused (%d), asking for a new URL" % e.status)
-                ctx.board.sleep_ms(1000 * refreshes)
-                doc = ctx.refresh()
-                job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
-                continue
-            raise Failed("download refused: HTTP %d" % e.status)
-        except OSError as e:
-            fails = _net_fail(ctx, fails, e)
+        r = open_url(ctx, job, off, tries, lambda d: parse(d, limit, keyed))
+        if r is None:
             continue
         try:
             src = r
@@ -186,18 +160,14 @@ def _download(ctx, doc):
                 src = deflate.DeflateIO(r, deflate.GZIP, job["gz"])
             elif r.total != size:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
-            refreshes = 0
             off = _stream(ctx, src, slot, h, buf, mv, off, size, job["gz"])
             if job["gz"] and src.readinto(buf, 1):
                 raise Failed("the gzip payload is longer than 'size'")
-            fails = 0
+            tries[0] = 0
         except OSError as e:
-            off = 0 if job["gz"] else st["off"]  # the last persisted block; hash rebuilt
-            h = hashlib.sha256()
-            for blk in range(off // _BLOCK):
-                slot.readblocks(blk, buf)
-                h.update(buf)
-            fails = _net_fail(ctx, fails, e)
+            off = 0 if job["gz"] else st["off"]  # the last persisted block
+            h = _rehash(slot, buf, off)
+            tries[0] = _net_fail(ctx, tries[0], e)
         finally:
             r.close()
     st["off"] = size
@@ -207,6 +177,48 @@ def _download(ctx, doc):
     del buf, mv
     b.feed()
     return "verify"
+
+
+def _rehash(slot, buf, off):
+    # Resuming: hash what is already in flash instead of downloading it again.
+    import hashlib
+
+    h = hashlib.sha256()
+    for blk in range(off // _BLOCK):
+        slot.readblocks(blk, buf)
+        h.update(buf)
+    return h
+
+
+def open_url(ctx, job, off, tries, reparse):
+    # One attempt at GET job["url"] from byte off: the response, or None to try again, after a
+    # backoff (network error) or with job["url"] renewed by a describe (403/404: an expired
+    # pre-signed URL; the service signs a new one on every hand-out). tries = [network
+    # failures, URL refreshes] in a row, shared across attempts; Failed when they run out.
+    from iotjobs import http
+
+    cfg = ctx.config
+    try:
+        r = http.open(
+            job["url"],
+            off,
+            _read(cfg.get("ota_ca_file") or cfg["ca_file"]),
+            cfg["timeout_ms"],
+            bool(cfg.get("ota_allow_http")),
+        )
+    except http.HTTPError as e:
+        if e.status in (403, 404) and tries[1] < _URL_REFRESHES:
+            tries[1] += 1
+            ctx.log("download refused (%d), asking for a new URL" % e.status)
+            ctx.board.sleep_ms(1000 * tries[1])
+            job.update(reparse(ctx.refresh()))
+            return None
+        raise Failed("download refused: HTTP %d" % e.status)
+    except OSError as e:
+        tries[0] = _net_fail(ctx, tries[0], e)
+        return None
+    tries[1] = 0
+    return r
 
 
 def _stream(ctx, r, slot, h, buf, mv, off, size, gz=None):
