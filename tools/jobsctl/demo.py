@@ -29,6 +29,7 @@ OLD_VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 # Colours of the timeline (and the live view) per state.
+REBOOT_PHASES = ("rebooting", "self-test")
 COLOURS = {
     "QUEUED": "#b0b0b0",
     "IN_PROGRESS": "#4a90d9",
@@ -252,8 +253,10 @@ class Demo:
                 b.progress = min(1.0, int(done) / int(total))
             if details.get("firmware"):
                 b.version = details["firmware"]
-            if b.status == "IN_PROGRESS" and b.timeline and b.timeline[-1][1] == "rebooting":
-                pass  # the board says when it is back (power on)
+            if b.status == "IN_PROGRESS" and b.timeline and b.timeline[-1][1] in REBOOT_PHASES:
+                # The console is ahead of the service's record here: it saw the reset and the
+                # power-on; a late "rebooting" step from the service must not go back in time.
+                pass
             elif b.status == "IN_PROGRESS" and b.step in COLOURS:
                 b.mark(self.elapsed, b.step)  # the OTA steps, each its own colour
             else:
