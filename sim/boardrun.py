@@ -27,6 +27,12 @@ def _main():
         ussl.reserve()  # see ussl.py: a Unix-only cost, taken before the heap fragments
     except ImportError:
         pass
+    # The firmware's built-in modules exist before any application code runs and cost it no heap
+    # when used; load the stand-in of the one whose use must never fail (machine.reset()) now.
+    try:
+        import machine  # noqa: F401
+    except ImportError:
+        pass
     try:
         import esp32
 

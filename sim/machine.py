@@ -20,13 +20,20 @@ DEEPSLEEP_RESET = const(4)
 SOFT_RESET = const(5)
 
 
-def _exit_now(status):
-    try:
-        import ffi
+# libc's _exit, resolved once when the module is loaded: a reset must not allocate, because on a
+# board machine.reset() is firmware and works with a full heap (boardrun.py loads this module at
+# power-on, before the application fills the heap).
+try:
+    import ffi
 
-        ffi.open("libc.so.6").func("v", "_exit", "i")(status)
-    except (ImportError, OSError):
-        pass
+    _exit = ffi.open("libc.so.6").func("v", "_exit", "i")
+except (ImportError, OSError):
+    _exit = None
+
+
+def _exit_now(status):
+    if _exit is not None:
+        _exit(status)
     sys.exit(status)
 
 

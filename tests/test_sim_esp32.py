@@ -125,3 +125,20 @@ def test_writing_into_a_slot_makes_its_old_image_unbootable(power_on, board):
     assert otadata(board)["state"]["ota_1"] == "EMPTY"
     assert otadata(board)["boot"] == "ota_0"
     assert power_on("print(esp32.Partition(esp32.Partition.RUNNING).info()[4])").strip() == "ota_0"
+
+
+def test_machine_reset_ends_the_process_even_with_the_heap_locked(micropython, board):
+    # On a board machine.reset() is firmware: it works however full the heap is. The stand-in is
+    # loaded at power-on (sim/boardrun.py) and must then reset without allocating.
+    code = (
+        "import machine, micropython\n"
+        "from iotjobs.board import Board\n"
+        "b = Board()\n"
+        "micropython.heap_lock()\n"
+        "b.reset()\n"
+        "print('still running')\n"
+    )
+    res = micropython(code, cwd=board)
+    assert res.rc == 3, res.err
+    assert "still running" not in res.out
+    assert "machine.reset()" in res.out
