@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-FULL = {"network": 50, "mqtt": 20, "power": 50, "server": 10, "fuzz": 10_000, "dataplane": 2_000}
+FULL = {
+    "network": 50,
+    "mqtt": 20,
+    "power": 50,
+    "server": 10,
+    "fuzz": 10_000,
+    "dataplane": 2_000,
+    "controlplane": 2_000,
+}
 _results: dict[str, list[tuple[bool, str]]] = {}
 
 

@@ -418,3 +418,125 @@ def test_malformed_data_plane_payloads_get_seed_error_codes_and_the_service_stay
     one()
     # ...and it still answers a well-formed request.
     assert dev.request("get", {})[0] == "accepted"
+
+
+# ---------------------------------------------------------------- fuzzing the control plane
+
+# CreateJob's errors in the seed (../shared/seeds/), by HTTP status. Anything else (a 500, a
+# hang, a body that is not JSON) is a failure.
+CREATE_JOB_ERRORS = {
+    400: "InvalidRequestException",
+    404: "ResourceNotFoundException",
+    409: "ResourceAlreadyExistsException",
+    410: "LimitExceededException",
+    429: "ThrottlingException",
+    503: "ServiceUnavailableException",
+}
+LONG = st.integers(min_value=0, max_value=40_000).map(lambda n: "a" * n)
+ARNS = st.sampled_from(
+    [
+        "arn:aws:iot:us-east-1:123456789012:thing/{thing}",  # the test's thing
+        "arn:aws:iot:us-east-1:123456789012:thing/nobody",
+        "arn:aws:iot:us-east-1:123456789012:thinggroup/none",
+        "arn:aws:s3:::bucket",
+        "",
+    ]
+)
+CREATE_JOB_BODY = st.fixed_dictionaries(
+    {},
+    optional={
+        "targets": st.one_of(JSON_ANY, st.lists(ARNS, max_size=3)),
+        "document": st.one_of(JSON_ANY, LONG, JSON_ANY.map(json.dumps)),
+        "documentSource": st.one_of(JSON_ANY, LONG, st.just("https://s3.amazonaws.com/b/k")),
+        "description": st.one_of(JSON_ANY, LONG),
+        "targetSelection": st.one_of(JSON_ANY, st.sampled_from(["SNAPSHOT", "CONTINUOUS", "x"])),
+        "jobExecutionsRolloutConfig": st.one_of(
+            JSON_ANY, st.fixed_dictionaries({"maximumPerMinute": JSON_ANY})
+        ),
+        "presignedUrlConfig": st.one_of(
+            JSON_ANY,
+            st.fixed_dictionaries({"roleArn": st.one_of(JSON_ANY, LONG), "expiresInSec": JSON_ANY}),
+        ),
+        "documentParameters": st.one_of(
+            JSON_ANY, st.dictionaries(st.one_of(st.text(max_size=3), LONG), JSON_ANY, max_size=3)
+        ),
+    },
+)
+# Never empty: PUT /jobs/ is not CreateJob (no operation is addressed, 404 UnknownOperation).
+JOB_IDS = st.one_of(
+    st.from_regex(r"[a-zA-Z0-9_-]{1,64}", fullmatch=True),
+    st.text(min_size=1, max_size=70),
+    LONG.filter(bool),
+)
+
+
+def test_malformed_control_plane_requests_get_the_seed_errors_and_the_service_stays_up(
+    stack: Stack,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    from urllib.parse import quote
+
+    import urllib3
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    e = stack.endpoints
+    thing = unique("cpz")
+    stack.create_thing(thing)
+    signer = SigV4Auth(
+        Credentials(e["aws_access_key_id"], e["aws_secret_access_key"]), "iot", e["region"]
+    )
+    http = urllib3.PoolManager(ca_certs=e["ca_file"], retries=False, timeout=30)
+    n = trials("controlplane", 40)
+    statuses: set[int] = set()
+
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(job_id=JOB_IDS, body=st.one_of(CREATE_JOB_BODY, st.binary(max_size=200)))
+    def one(job_id: str, body: dict[str, Any] | bytes) -> None:
+        if isinstance(body, dict):
+            if isinstance(body.get("targets"), list):
+                body["targets"] = [
+                    t.replace("{thing}", thing) if isinstance(t, str) else t
+                    for t in body["targets"]
+                ]
+            data = json.dumps(body).encode()
+        else:
+            data = body
+        # Dots encoded too, as botocore does: urllib3 would drop a "." or ".." path segment
+        # after the request was signed.
+        label = quote(job_id, safe="").replace(".", "%2E")
+        url = f"{e['control_plane_url']}/jobs/{label}"
+        request = AWSRequest(
+            method="PUT", url=url, data=data, headers={"Content-Type": "application/json"}
+        )
+        signer.add_auth(request)
+        r = http.request("PUT", url, body=data, headers=dict(request.headers.items()))
+        statuses.add(r.status)
+        why = ""
+        if r.status != 200:
+            name = r.headers.get("x-amzn-ErrorType", "")
+            try:
+                message = json.loads(r.data)["message"]
+            except (ValueError, KeyError, TypeError):
+                message = ""
+            if CREATE_JOB_ERRORS.get(r.status) != name or not message:
+                why = f"{r.status} {name!r} {r.data[:80]!r} for {data[:60]!r}"
+        record("controlplane", not why, why)
+        assert not why, why
+
+    one()
+    # Most of them are refused as invalid, and the service still takes a well-formed request.
+    assert 400 in statuses
+    job = unique("cpz")
+    stack.iot_client().create_job(
+        jobId=job, targets=[arn(stack, thing)], document=json.dumps({"operation": "reboot"})
+    )
+    assert stack.iot_client().describe_job(jobId=job)["job"]["status"] == "IN_PROGRESS"
