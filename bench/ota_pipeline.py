@@ -1,10 +1,18 @@
 # The device's OTA pipeline without the job around it: HTTPS GET -> SHA-256 -> flash (the
-# simulated esp32.Partition), block by block, as iotjobs.ota does it. Run by jobsctl.bench under
-# the Unix port with a simulated board folder as the current directory.
-#   micropython ota_pipeline.py URL CA_FILE
+# simulated esp32.Partition), run by the OTA handler's own loop (iotjobs.ota._stream) with the
+# agent's own Context. Used by jobsctl.bench (figures) and tests/test_ota_stream.py (pins that a
+# block allocates nothing). Run under the Unix port with a simulated board folder as the
+# current directory:
+#   micropython ota_pipeline.py URL CA_FILE [PROGRESS_INTERVAL_MS [unlocked]]
 # prints: OK <bytes> <ms> <sha256> <heap_before_open> <heap_after_open> <heap_end>
-# The whole-block loop runs under micropython.heap_lock(): a MemoryError there means the loop
-# allocated. gc.mem_alloc() after a collect gives the live heap at each point.
+#            <checkpoints> <reports> <mqtt_reads> <offset_persisted_last>
+#     or: ERR <exception name> <args>
+# The loop runs under micropython.heap_lock() (unless `unlocked`): a MemoryError there means a
+# block allocated. What the loop does only now and then (the offset checkpoint, a due progress
+# report, ctx.check()'s MQTT read) reaches the stand-in agent below, which unlocks the heap for
+# it and counts it. The default progress interval (an hour) keeps reports, which build their
+# details and so allocate, out of a locked run. gc.mem_alloc() after a collect gives the live
+# heap at each point.
 import gc
 import hashlib
 import sys
@@ -12,48 +20,88 @@ import time
 
 import esp32
 import micropython
-from iotjobs import http
+from iotjobs import http, ota
+from iotjobs.agent import Context
+from iotjobs.board import Board
 
 
-def main(url, ca):
+class _Agent:
+    # The agent's side of a running job's Context; each call is one of the loop's periodic,
+    # allowed allocations and runs with the heap unlocked.
+    def __init__(self, interval_ms, locked):
+        self.thing = "bench"
+        self.board = Board()
+        self.cfg = {"progress_interval_ms": interval_ms}
+        self._stale = False
+        self.calls = [0, 0, 0]  # persist, report, pump
+        self.locked = locked
+
+    def _count(self, i):
+        if self.locked:
+            micropython.heap_unlock()
+        self.calls[i] += 1
+        if self.locked:
+            micropython.heap_lock()
+
+    def _persist(self):
+        self._count(0)
+
+    def _report(self, status, details):
+        self._count(1)
+
+    def _pump(self, ms):
+        self._count(2)
+
+    def log(self, level, msg):
+        pass
+
+
+def main(url, ca, interval_ms, locked):
     esp32._power_on()
     slot = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
     with open(ca, "rb") as f:
         cadata = f.read()
+    agent = _Agent(interval_ms, locked)
+    state = {"off": 0}
+    ctx = Context(agent, "bench-job", "ota", state, False)
+    ctx.progress({"step": "download", "progress": "0"}, True)  # as when the job started
     buf = bytearray(4096)
     h = hashlib.sha256()
     gc.collect()
     before = gc.mem_alloc()
     t0 = time.ticks_ms()
     r = http.open(url, 0, cadata, 15000, False)
-    slot.writeblocks(0, buf)  # the first write opens the slot (the sim's only allocation)
+    tail = memoryview(buf)[: r.total % 4096]
+    slot.writeblocks(0, buf)  # the simulated slot opens its file on the first write (Unix only)
     gc.collect()
     opened = gc.mem_alloc()
-    left = r.length
-    blk = 0
-    micropython.heap_lock()
+    if locked:
+        micropython.heap_lock()
     try:
-        while left >= 4096:
-            r.readinto(buf)
-            h.update(buf)
-            slot.writeblocks(blk, buf)
-            blk += 1
-            left -= 4096
+        off = ota._stream(ctx, r, slot, h, buf, tail, 0, r.total)
     finally:
-        micropython.heap_unlock()
-    if left:
-        r.readinto(buf, left)
-        h.update(memoryview(buf)[:left])
-        for i in range(left, 4096):
-            buf[i] = 0xFF
-        slot.writeblocks(blk, buf)
-    r.close()
+        if locked:
+            micropython.heap_unlock()
+        r.close()
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
-    return "OK %d %d %s %d %d %d" % (r.length, ms, h.digest().hex(), before, opened, gc.mem_alloc())
+    c = agent.calls
+    return "OK %d %d %s %d %d %d %d %d %d %d" % (
+        off,
+        ms,
+        h.digest().hex(),
+        before,
+        opened,
+        gc.mem_alloc(),
+        c[0],
+        c[1],
+        c[2],
+        state["off"],
+    )
 
 
 try:
-    print(main(sys.argv[1], sys.argv[2]))
+    a = sys.argv
+    print(main(a[1], a[2], int(a[3]) if len(a) > 3 else 3600000, len(a) < 5))
 except Exception as e:
     print("ERR", type(e).__name__, e.args)

@@ -95,15 +95,20 @@ class Context:
         # Persists ctx.state atomically: after a reset the handler runs again with it.
         self._a._persist()
 
+    def progress_due(self):
+        # Whether progress() would report now. Allocates nothing, so that a hot loop builds
+        # its details (which allocates) only when they will be sent.
+        last = self._last_progress
+        if last is None:
+            return True
+        return _diff(self.board.ticks_ms(), last) >= self.config["progress_interval_ms"]
+
     def progress(self, details, force=False):
         # An IN_PROGRESS report with statusDetails, at most one per progress_interval_ms
         # (unless force). Raises Canceled when the service says the job is over.
-        b = self.board
-        now = b.ticks_ms()
-        if not force and self._last_progress is not None:
-            if _diff(now, self._last_progress) < self.config["progress_interval_ms"]:
-                return False
-        self._last_progress = now
+        if not force and not self.progress_due():
+            return False
+        self._last_progress = self.board.ticks_ms()
         self._a._report(protocol.IN_PROGRESS, details)
         return True
 

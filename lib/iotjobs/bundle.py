@@ -109,7 +109,8 @@ def _extract(ctx, r, h, buf, stage, size):
                 got += k
                 ctx.check()
         files += 1
-        ctx.progress({"step": "download", "progress": "%d/%d" % (got, size)})
+        if ctx.progress_due():
+            ctx.progress({"step": "download", "progress": "%d/%d" % (got, size)}, True)
     if not ended:
         raise Failed("bundle: archive has no end marker")
     return files

@@ -140,7 +140,7 @@ def _download(ctx, doc):
     job = parse(doc, limit, keyed)
     size = job["size"]
     buf = bytearray(_BLOCK)
-    mv = memoryview(buf)
+    tail = memoryview(buf)[: size % _BLOCK]  # the last, partial block's bytes (if any)
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
     h = _rehash(slot, buf, off)
@@ -160,7 +160,7 @@ def _download(ctx, doc):
                 src = deflate.DeflateIO(r, deflate.GZIP, job["gz"])
             elif r.total != size:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
-            off = _stream(ctx, src, slot, h, buf, mv, off, size, job["gz"])
+            off = _stream(ctx, src, slot, h, buf, tail, off, size, job["gz"])
             if job["gz"] and src.readinto(buf, 1):
                 raise Failed("the gzip payload is longer than 'size'")
             tries[0] = 0
@@ -174,7 +174,7 @@ def _download(ctx, doc):
     digest = h.digest()
     st["sha256"] = _tohex(digest)
     ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
-    del buf, mv
+    del buf, tail
     b.feed()
     return "verify"
 
@@ -221,9 +221,12 @@ def open_url(ctx, job, off, tries, reparse):
     return r
 
 
-def _stream(ctx, r, slot, h, buf, mv, off, size, gz=None):
+def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
     # The hot loop: one block at a time from the response into the hash and the flash. Only
     # whole blocks are written (writeblocks erases first); the last one is padded with 0xFF.
+    # A block allocates nothing (tests/test_ota_stream.py runs this under heap_lock); only the
+    # offset checkpoint every _SAVE_EVERY blocks, a due progress report and ctx.check()'s
+    # periodic MQTT read do.
     st = ctx.state
     n_since_save = 0
     while off < size:
@@ -235,7 +238,7 @@ def _stream(ctx, r, slot, h, buf, mv, off, size, gz=None):
         if want < _BLOCK:
             for i in range(want, _BLOCK):
                 buf[i] = 0xFF
-            h.update(mv[:want])
+            h.update(tail)
         else:
             h.update(buf)
         slot.writeblocks(off // _BLOCK, buf)
@@ -245,7 +248,8 @@ def _stream(ctx, r, slot, h, buf, mv, off, size, gz=None):
             n_since_save = 0
             st["off"] = off
             ctx.save()
-        ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)})
+        if ctx.progress_due():
+            ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
         ctx.check()
     return off
 
