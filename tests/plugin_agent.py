@@ -22,7 +22,7 @@ from jobsctl.stack import Stack
 
 # The e2e heap. 64 KB of agent budget plus this build's TLS artifact: each tls.SSLContext is
 # ~40 KB of MicroPython heap with Debian's mbedTLS (HAVEGE tables, see sim/ussl.py), ~1.5 KB
-# on an ESP32. tests/test_heap.py measures what the agent itself uses.
+# on an ESP32. `make bench` finds the smallest heap the agent and an OTA job run in.
 HEAP = "128k"
 
 # A product's main.py: its own handlers, then the agent. `wait` runs until the file named by
