@@ -8,6 +8,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 BUILD := build
 MICROPYTHON := $(BUILD)/micropython
+MICROPYTHON_FROZEN := $(BUILD)/micropython-frozen
+# What build/micropython-frozen freezes: rebuilt (quickly) whenever any of it changes.
+FROZEN_SOURCES := $(shell find lib sim -name '*.py' 2>/dev/null) firmware/unix-frozen-manifest.py
 UMQTT := $(BUILD)/upylib/umqtt/simple.py
 STUBS := $(BUILD)/stubs/esp32.pyi
 STATE ?= .local
@@ -15,15 +18,15 @@ DEVICES ?= 5
 PORT ?=
 FIRMWARE ?=
 # apt packages the project needs; installed only when missing.
-APT_PKGS := mosquitto libffi-dev libmbedtls-dev pkg-config curl xz-utils patch build-essential
+APT_PKGS := mosquitto libffi-dev pkg-config curl xz-utils patch build-essential
 
-.PHONY: help setup apt venv micropython umqtt stubs test check lint typecheck unit demo serve bench \
+.PHONY: help setup apt venv micropython micropython-frozen umqtt stubs test check lint typecheck unit demo serve bench \
         reliability deploy flash firmware clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: apt venv micropython umqtt stubs ## install and build everything the project needs
+setup: apt venv micropython umqtt stubs micropython-frozen ## install and build everything the project needs
 
 apt: $(BUILD)/.apt ## install the Debian packages (when missing)
 $(BUILD)/.apt:
@@ -46,6 +49,10 @@ $(BIN)/jobsctl: requirements.txt pyproject.toml
 micropython: $(MICROPYTHON) ## build the MicroPython 1.25.0 Unix port into build/
 $(MICROPYTHON): firmware/unix-port.sh | $(BUILD)/.apt
 	@bash firmware/unix-port.sh $(BUILD)
+
+micropython-frozen: $(MICROPYTHON_FROZEN) ## the Unix port with the device code frozen in (heap tests)
+$(MICROPYTHON_FROZEN): $(FROZEN_SOURCES) $(MICROPYTHON) $(UMQTT)
+	@bash firmware/unix-port.sh $(BUILD) frozen
 
 umqtt: $(UMQTT) ## fetch umqtt.simple 1.3.4 (pinned) for the Unix port
 $(UMQTT): firmware/fetch-umqtt.sh | $(BIN)/jobsctl

@@ -21,12 +21,6 @@ def _main():
     if "" in sys.path:
         sys.path.remove("")
     sys.path.insert(0, "")  # the board's root, as on a board
-    try:
-        import ussl
-
-        ussl.reserve()  # see ussl.py: a Unix-only cost, taken before the heap fragments
-    except ImportError:
-        pass
     # The firmware's built-in modules exist before any application code runs and cost it no heap
     # when used; load the stand-in of the one whose use must never fail (machine.reset()) now.
     try:

@@ -4,12 +4,16 @@
 board folder and powers it on (a :class:`jobsctl.device.DeviceProcess`); every board is
 powered off after the test. With ``app=True`` the board runs the test application below
 (its own main.py registering extra handlers, as a product would) instead of the plain main.py.
+With ``frozen=True`` it runs ``build/micropython-frozen`` (the device code frozen in, as
+firmware/manifest.py freezes it for a board), rebuilt first if lib/ or sim/ changed.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +24,27 @@ from plugin_stack import unique, wait_until
 from jobsctl.device import ROOT, DeviceProcess, setup_board
 from jobsctl.stack import Stack
 
-# The e2e heap. 64 KB of agent budget plus this build's TLS artifact: each tls.SSLContext is
-# ~40 KB of MicroPython heap with Debian's mbedTLS (HAVEGE tables, see sim/ussl.py), ~1.5 KB
-# on an ESP32. `make bench` finds the smallest heap the agent and an OTA job run in.
-HEAP = "128k"
+# The e2e heaps. HEAP: the device code as `make deploy` puts it on a stock firmware, .mpy
+# files whose bytecode and strings are loaded into the heap (~75 KB with every module loaded).
+# FROZEN_HEAP: the same code frozen into the firmware, where the heap holds only live objects
+# (the modules' dicts and functions, ~21 KB, and what the agent allocates). One tls.SSLContext
+# is ~3 KB of heap here, as on a board. `make bench` finds the smallest heap the agent and an
+# OTA job run in, both ways.
+HEAP = "96k"
+FROZEN_HEAP = "64k"
+
+
+@pytest.fixture(scope="session")
+def frozen_port() -> Path:
+    """build/micropython-frozen, up to date with lib/ and sim/ (make decides, one at a time)."""
+    with open(ROOT / "build" / ".frozen.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(
+            ["make", "-s", "micropython-frozen"], cwd=ROOT, capture_output=True, text=True
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return ROOT / "build" / "micropython-frozen"
+
 
 # A product's main.py: its own handlers, then the agent. `wait` runs until the file named by
 # the document exists on the board (the test creates it), checking for cancellation; it counts
@@ -58,7 +79,7 @@ def arn(stack: Stack, thing: str) -> str:
 
 
 @pytest.fixture()
-def boards() -> Iterator[Callable[..., DeviceProcess]]:
+def boards(request: pytest.FixtureRequest) -> Iterator[Callable[..., DeviceProcess]]:
     started: list[DeviceProcess] = []
 
     def make(
@@ -66,10 +87,13 @@ def boards() -> Iterator[Callable[..., DeviceProcess]]:
         name: str,
         group: str | None = None,
         app: bool = False,
-        heapsize: str = HEAP,
+        heapsize: str | None = None,
         start: bool = True,
+        frozen: bool = False,
         **extra: Any,
     ) -> DeviceProcess:
+        if frozen:
+            request.getfixturevalue("frozen_port")
         stack.create_thing(name, group=group)
         board = setup_board(stack.state_dir, name, extra=extra or None)
         root = None
@@ -78,7 +102,8 @@ def boards() -> Iterator[Callable[..., DeviceProcess]]:
             root.mkdir(exist_ok=True)
             shutil.copy(ROOT / "boot.py", root / "boot.py")
             (root / "main.py").write_text(TEST_APP)
-        dev = DeviceProcess(board, heapsize=heapsize, root=root)
+        heapsize = heapsize or (FROZEN_HEAP if frozen else HEAP)
+        dev = DeviceProcess(board, heapsize=heapsize, root=root, frozen=frozen)
         started.append(dev)
         if start:
             dev.start()

@@ -2,13 +2,17 @@
 service on a real mosquitto with mutual TLS, jobs created with boto3.
 
 Each test waits on what the board prints or what the service records, never on time.
+The boards run the device code frozen into the port, as a custom firmware carries it, in
+64 KB of heap (plugin_agent.FROZEN_HEAP).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 
+import pytest
 from plugin_agent import create_job, details, execution, final
 from plugin_stack import unique, wait_until
 
@@ -16,6 +20,11 @@ from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]
+
+
+@pytest.fixture()
+def boards(boards: Boards) -> Boards:
+    return functools.partial(boards, frozen=True)
 
 
 def test_config_job_created_with_boto3_ends_succeeded_and_changes_the_config(

@@ -25,7 +25,7 @@ from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]
-HEAP = "256k"
+HEAP = "192k"  # as test_ota_e2e.OTA_HEAP
 
 V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
 

@@ -30,7 +30,7 @@ from jobsctl.stack import Stack
 
 pytestmark = pytest.mark.reliability
 
-OTA_HEAP = "256k"
+OTA_HEAP = "192k"  # as test_ota_e2e.OTA_HEAP
 SIZE = 400_000
 
 

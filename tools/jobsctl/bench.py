@@ -12,7 +12,10 @@ are noisy and ratios travel better than absolute numbers:
   ``curl -o /dev/null`` alone);
 - heap: live heap during that loop for a 1 MiB and an 8 MiB image (the loop runs under
   ``heap_lock``, so this is its high-water), the smallest ``-X heapsize`` for the pipeline, and
-  the smallest for a whole OTA job (MQTT + TLS + HTTPS + verify + reboot) on the local stack;
+  the smallest for the agent and for a whole OTA job (MQTT + TLS + HTTPS + verify + reboot) on
+  the local stack; each with the device code as .mpy files (``make deploy`` on a stock
+  firmware: bytecode in the heap) and frozen into the port (``build/micropython-frozen``, as a
+  custom firmware built from firmware/manifest.py carries it);
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
   the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
 - service: 1,000 simulated devices doing start-next + two updates (jobsctl.bench_service);
@@ -41,7 +44,14 @@ from pathlib import Path
 from typing import Any
 
 from . import bench_service, image, otajob
-from .device import MICROPYTHON, ROOT, DeviceProcess, device_env, setup_board
+from .device import (
+    MICROPYTHON,
+    MICROPYTHON_FROZEN,
+    ROOT,
+    DeviceProcess,
+    device_env,
+    setup_board,
+)
 from .errors import JobsctlError
 from .pki import CertificateAuthority
 from .stack import Stack
@@ -79,8 +89,17 @@ def https_files(ca: CertificateAuthority, folder: Path) -> Iterator[str]:
         srv.server_close()
 
 
-def upy(args: list[str], cwd: Path, heapsize: str | None = None, timeout: float = 300) -> str:
-    cmd = [str(MICROPYTHON)] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + args
+def upy(
+    args: list[str],
+    cwd: Path,
+    heapsize: str | None = None,
+    timeout: float = 300,
+    frozen: bool = False,
+) -> str:
+    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON
+    if not port.exists():
+        raise JobsctlError(f"{port} is missing: run `make setup`")
+    cmd = [str(port)] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + args
     r = subprocess.run(
         cmd, cwd=cwd, env=device_env(), capture_output=True, text=True, timeout=timeout
     )
@@ -112,6 +131,10 @@ def kb(n: float) -> str:
     return f"{n / 1024:.1f} KB"
 
 
+def _kb_or(k: int | None) -> str:
+    return f"{k} KB" if k else "> 512 KB"
+
+
 # ---------------------------------------------------------------- OTA pipeline
 
 
@@ -125,27 +148,36 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
     slot = 9 * MiB
     with https_files(ca, files) as base:
 
-        def pipeline(size: int, heapsize: str | None = None) -> list[str]:
+        def pipeline(size: int, heapsize: str | None = None, frozen: bool = False) -> list[str]:
             board = fresh_board(tmp / "board", slot)
             url = f"{base}/{size // MiB}m.bin"
-            out = upy([str(PIPELINE), url, str(ca.cert_path)], board, heapsize).split()
+            out = upy(
+                [str(PIPELINE), url, str(ca.cert_path)], board, heapsize, frozen=frozen
+            ).split()
             if out[:1] == ["OK"] and out[3] != hashlib.sha256(images[size]).hexdigest():
                 raise JobsctlError("the pipeline's SHA-256 does not match the image")
             return out
 
+        def pipeline_ok(k: int, frozen: bool) -> bool:
+            return pipeline(1 * MiB, f"{k}k", frozen)[:1] == ["OK"]
+
         device_ms, heaps = [], {}
-        for size in (1 * MiB, 8 * MiB):
-            out = pipeline(size)
-            if out[:1] != ["OK"]:
-                raise JobsctlError(f"pipeline failed: {' '.join(out)}")
-            heaps[size] = (int(out[4]), int(out[5]), int(out[6]))
+        for frozen in (False, True):
+            for size in (1 * MiB, 8 * MiB):
+                out = pipeline(size, frozen=frozen)
+                if out[:1] != ["OK"]:
+                    raise JobsctlError(f"pipeline failed: {' '.join(out)}")
+                heaps[size, frozen] = (int(out[4]), int(out[5]), int(out[6]))
         for _ in range(runs):
             device_ms.append(int(pipeline(8 * MiB)[2]))
         url = f"{base}/8m.bin"
         curl = f"curl -s --cacert {ca.cert_path} {url}"
         tee_s = _timed(f"{curl} | tee {tmp / 'slot.bin'} | sha256sum >/dev/null", runs)
         null_s = _timed(f"{curl} -o /dev/null", runs)
-        min_heap = smallest(lambda k: pipeline(1 * MiB, f"{k}k")[:1] == ["OK"], 32, 512, 8)
+        min_heap = {
+            frozen: smallest(partial(pipeline_ok, frozen=frozen), 8, 512, 4)
+            for frozen in (False, True)
+        }
     dev_s = statistics.median(device_ms) / 1000
     mbps = 8 / dev_s
     rows.append(
@@ -157,25 +189,25 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
         )
     )
     for size in (1 * MiB, 8 * MiB):
-        before, during, end = heaps[size]
+        before, during, end = heaps[size, True]
+        mpy = heaps[size, False]
         rows.append(
             (
                 f"heap during the download loop, {size // MiB} MiB image",
-                kb(during),
-                f"live heap after a collect; the handler's loop ran under heap_lock (0 allocations "
-                f"per block, checkpoints and reports excepted); "
-                f"{kb(during - before)} of it is the HTTPS connection (TLS context ~40 KB on "
-                f"this build); before it: {kb(before)}, mostly the loaded modules (iotjobs "
-                f"agent, ota, http, protocol, board as .mpy, the simulated esp32), which take "
-                f"almost no heap when frozen into the firmware; after: {kb(end)}",
+                f"{kb(during)} frozen, {kb(mpy[1])} .mpy",
+                f"live heap after a collect; the handler's loop ran under heap_lock (0 "
+                f"allocations per block, checkpoints and reports excepted); frozen: "
+                f"{kb(during - before)} of it is the HTTPS connection (TLS context and socket), "
+                f"{kb(before)} was live before it (the modules' objects, the block buffer), "
+                f"{kb(end)} after; .mpy: {kb(mpy[0])} before it, mostly the modules' bytecode",
             )
         )
     rows.append(
         (
             "smallest -X heapsize for the pipeline (HTTPS, 1 MiB)",
-            f"{min_heap} KB" if min_heap else "> 512 KB",
-            "search in 8 KB steps; includes one TLS context (~40 KB here, ~1.5 KB on ESP32) "
-            "and the loaded modules",
+            f"{_kb_or(min_heap[True])} frozen, {_kb_or(min_heap[False])} .mpy",
+            "search in 4 KB steps; includes one TLS context (~3 KB of heap here and on a board; "
+            "mbedTLS's own buffers are outside the heap on both)",
         )
     )
 
@@ -197,13 +229,13 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
         signing = otajob.signing_key(tmp / "signing")
         data = image.build_app_image("2.0.0", size=1 * MiB)
 
-        def job_ok(k: int, ota: bool) -> bool:
+        def job_ok(k: int, ota: bool, frozen: bool) -> bool:
             # One fresh board at -X heapsize=k KB: does it take the job to SUCCEEDED?
-            name = f"heap-{'ota' if ota else 'reboot'}-{k}"
+            name = f"heap-{'ota' if ota else 'reboot'}-{'frozen' if frozen else 'mpy'}-{k}"
             stack.create_thing(name)
             board = setup_board(stack.state_dir, name, extra={"ota_key_file": "ota_key.pem"})
             shutil.copy(image.public_key_path(signing), board / "ota_key.pem")
-            with DeviceProcess(board, heapsize=f"{k}k") as dev:
+            with DeviceProcess(board, heapsize=f"{k}k", frozen=frozen) as dev:
                 try:
                     dev.wait_for("no pending job", timeout=20)
                 except JobsctlError:
@@ -218,23 +250,25 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 status = _final(stack, name, name, timeout=60 if ota else 30)
             return status == "SUCCEEDED"
 
-        agent_heap = smallest(lambda k: job_ok(k, False), 48, 512, 8)
+        agent = {
+            f: smallest(partial(job_ok, ota=False, frozen=f), 16, 512, 4) for f in (False, True)
+        }
         rows.append(
             (
                 "smallest -X heapsize for the agent (a reboot job: MQTT over TLS, persisted "
                 "state, reset, report after the boot)",
-                f"{agent_heap} KB" if agent_heap else "> 512 KB",
-                "the agent's high-water; one TLS context (~40 KB on this build, ~1.5 KB on "
-                "ESP32) is part of it; search in 8 KB steps",
+                f"{_kb_or(agent[True])} frozen, {_kb_or(agent[False])} .mpy",
+                "the agent's high-water, the modules' objects (frozen) or bytecode (.mpy) "
+                "included; search in 4 KB steps",
             )
         )
-        min_heap = smallest(lambda k: job_ok(k, True), 96, 512, 16)
+        ota = {f: smallest(partial(job_ok, ota=True, frozen=f), 16, 512, 4) for f in (False, True)}
         rows.append(
             (
                 "smallest -X heapsize for a whole OTA job (1 MiB, signed)",
-                f"{min_heap} KB" if min_heap else "> 512 KB",
-                "MQTT + HTTPS (two TLS contexts, ~80 KB of it on this build) + ECDSA + reboot; "
-                "search in 16 KB steps",
+                f"{_kb_or(ota[True])} frozen, {_kb_or(ota[False])} .mpy",
+                "MQTT + HTTPS (two TLS contexts) + ECDSA + reboot and self-test; "
+                "search in 4 KB steps",
             )
         )
         ours = _latency_agent(stack, jobs)

@@ -25,6 +25,9 @@ from .errors import JobsctlError
 
 ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = ROOT / "build" / "micropython"
+# The same port with the device library, umqtt.simple and the hardware stand-ins frozen in, as
+# firmware/manifest.py freezes them into a custom ESP32 firmware (`make micropython-frozen`).
+MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
 RESET_STATUS = 3
 MPY_DIR = ROOT / "build" / "mpy"
 # What a board has on its path: the device library (deployed as .mpy on a board), the simulated
@@ -145,8 +148,10 @@ class DeviceProcess:
         restart: bool = True,
         env: dict[str, str] | None = None,
         root: Path | None = None,
+        frozen: bool = False,
     ) -> None:
         self.board = Path(board)
+        self.micropython = MICROPYTHON_FROZEN if frozen else MICROPYTHON
         # Where boot.py and main.py come from: the project's (default), or e.g. the board's own
         # folder for an application that registers its handlers before calling app.run().
         self.root = Path(root) if root is not None else ROOT
@@ -166,8 +171,9 @@ class DeviceProcess:
     # ---- power
 
     def start(self) -> DeviceProcess:
-        if not MICROPYTHON.exists():
-            raise JobsctlError(f"{MICROPYTHON} is missing: run `make setup`")
+        if not self.micropython.exists():
+            target = "micropython-frozen" if self.micropython == MICROPYTHON_FROZEN else "setup"
+            raise JobsctlError(f"{self.micropython} is missing: run `make {target}`")
         self._stopping = False
         self._power_on()
         self._thread = threading.Thread(target=self._supervise, daemon=True)
@@ -175,7 +181,7 @@ class DeviceProcess:
         return self
 
     def _power_on(self) -> None:
-        cmd = [str(MICROPYTHON)]
+        cmd = [str(self.micropython)]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
         cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
