@@ -35,7 +35,12 @@ def test_umqtt_simple_is_the_pinned_unmodified_release():
 def test_make_considers_the_toolchain_up_to_date():
     # `make -q` exits 0 only when nothing would be rebuilt: a second `make test` must not
     # build MicroPython, fetch umqtt or recreate the venv again.
-    targets = ["build/micropython", "build/upylib/umqtt/simple.py", ".venv/bin/jobsctl"]
+    targets = [
+        "build/micropython",
+        "build/micropython-frozen",
+        "build/upylib/umqtt/simple.py",
+        ".venv/bin/jobsctl",
+    ]
     proc = subprocess.run(["make", "-q", *targets], cwd=upy.ROOT, capture_output=True, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
