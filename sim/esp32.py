@@ -35,6 +35,12 @@ _running = None  # the label the bootloader started in this process
 # unbuffered (write() system calls), so a kill -9 loses nothing that a write returned for.
 _files = {}
 _touched_labels = set()
+# Scratch for the image checks and erases, made at import (power-on): on a board these run in
+# ESP-IDF's C code and memory, never in the MicroPython heap, so the stand-in must not need a
+# large block of the application's heap either (a fragmented heap would fail where a board works).
+_SCRATCH = const(512)
+_buf = bytearray(_SCRATCH)
+_ff = b"\xff" * _SCRATCH
 
 
 def _path(label):
@@ -137,8 +143,11 @@ class Partition:
             f = self._file()
             f.seek(start)
             f.write(buf)
-            if span > n:
-                f.write(b"\xff" * (span - n))
+            pad = span - n
+            while pad:
+                k = min(pad, _SCRATCH)
+                f.write(memoryview(_ff)[:k])
+                pad -= k
         else:
             start = block * _BLOCK + offset
             self._check(start, n)
@@ -163,7 +172,8 @@ class Partition:
             self._check(arg * _BLOCK, _BLOCK)
             f = self._file()
             f.seek(arg * _BLOCK)
-            f.write(b"\xff" * _BLOCK)
+            for _ in range(_BLOCK // _SCRATCH):
+                f.write(_ff)
             _touched_labels.discard(self._label)  # an erase always updates otadata
             self._touched()
             return 0
@@ -222,7 +232,7 @@ def _valid(label):
     import hashlib
 
     size = _size(label)
-    buf = bytearray(_BLOCK)
+    buf = _buf
     h = hashlib.sha256()
     with open(_path(label), "rb") as f:
         hdr = f.read(24)
@@ -245,7 +255,7 @@ def _valid(label):
             left = n
             first = True
             while left:
-                k = f.readinto(buf) if left >= _BLOCK else f.readinto(memoryview(buf)[:left])
+                k = f.readinto(buf) if left >= _SCRATCH else f.readinto(memoryview(buf)[:left])
                 if not k:
                     return False
                 chunk = memoryview(buf)[:k]
@@ -272,8 +282,8 @@ def _valid(label):
 
 
 def _fold(x):
-    # XOR of the bytes of x (< 2**(8*_BLOCK)): fold the upper half onto the lower, 12 times.
-    half = _BLOCK * 4
+    # XOR of the bytes of x (< 2**(8*_SCRATCH)): fold the upper half onto the lower, 9 times.
+    half = _SCRATCH * 4
     while half >= 8:
         x = (x & ((1 << half) - 1)) ^ (x >> half)
         half //= 2

@@ -51,6 +51,11 @@ def test_demo_ota_rollout_leaves_every_device_on_the_new_signed_firmware(tmp_pat
         running = json.loads((board / "flash" / "otadata.json").read_text())["running"]
         assert image.read_app_version(image.slot_image(board, running)) == "1.1.0"
         assert json.loads((board / "config.json").read_text())["ota_key_file"] == "ota_key.pem"
+    # The timeline shows every phase of every board, in order, however quickly it went by.
+    timelines = json.loads((state / "rollout.json").read_text())
+    for name in ("demo-01", "demo-02"):
+        phases = [p for _, p in timelines[name] if p not in ("QUEUED", "IN_PROGRESS")]
+        assert phases == ["download", "verify", "rebooting", "self-test", "SUCCEEDED"], name
 
 
 def test_demo_refuses_a_fleet_size_it_cannot_run(tmp_path: Path) -> None:

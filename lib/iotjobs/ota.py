@@ -114,6 +114,7 @@ def _run(ctx, doc):
         ctx.save()
     while True:
         step = st["step"]
+        ctx.log("step " + step)  # the console's record of where a job got to
         try:
             result = _STEPS[step](ctx, doc)
         except (Canceled, Failed):

@@ -29,7 +29,10 @@ OLD_VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 # Colours of the timeline (and the live view) per state.
-REBOOT_PHASES = ("rebooting", "self-test")
+# The phases of a job in the order a board goes through them. A board's console (read as it is
+# printed) is ahead of the service's record (polled), so a phase the poll reports late never
+# moves a board back.
+PHASES = ("QUEUED", "IN_PROGRESS", "download", "verify", "rebooting", "self-test")
 COLOURS = {
     "QUEUED": "#b0b0b0",
     "IN_PROGRESS": "#4a90d9",
@@ -63,6 +66,11 @@ class Board:
     def mark(self, t: float, state: str) -> None:
         if not self.timeline or self.timeline[-1][1] != state:
             self.timeline.append((t, state))
+
+    def behind(self, state: str) -> bool:
+        """Whether ``state`` is a phase this board has already gone past."""
+        last = self.timeline[-1][1] if self.timeline else ""
+        return state in PHASES and last in PHASES and PHASES.index(state) < PHASES.index(last)
 
 
 @dataclass
@@ -177,7 +185,10 @@ class Demo:
             if board is None:
                 return
             with self._lock:
-                if "machine.reset()" in line:
+                step = line.rpartition(": step ")[2] if ": step " in line else ""
+                if step in ("download", "verify") and not board.behind(step):
+                    board.mark(self.elapsed, step)  # the OTA handler's "I <job>: step <name>"
+                elif "machine.reset()" in line:
                     board.mark(self.elapsed, "rebooting")
                 elif line.startswith("-- power on") and board.timeline:
                     board.mark(self.elapsed, "self-test" if self.kind == "ota" else "IN_PROGRESS")
@@ -219,10 +230,11 @@ class Demo:
         if self.max_per_minute:
             params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": self.max_per_minute}
         self.t0 = time.monotonic()
+        with self._lock:  # before the job exists: a board's console may report it at once
+            for b in self.boards:
+                b.mark(0.0, "QUEUED")
         iot.create_job(**params)
         self.phase = f"job {self.job_id}"
-        for b in self.boards:
-            b.mark(0.0, "QUEUED")
 
     def _follow(self) -> None:
         assert self.stack is not None
@@ -253,14 +265,10 @@ class Demo:
                 b.progress = min(1.0, int(done) / int(total))
             if details.get("firmware"):
                 b.version = details["firmware"]
-            if b.status == "IN_PROGRESS" and b.timeline and b.timeline[-1][1] in REBOOT_PHASES:
-                # The console is ahead of the service's record here: it saw the reset and the
-                # power-on; a late "rebooting" step from the service must not go back in time.
-                pass
-            elif b.status == "IN_PROGRESS" and b.step in COLOURS:
-                b.mark(self.elapsed, b.step)  # the OTA steps, each its own colour
-            else:
-                b.mark(self.elapsed, b.status)
+            # The OTA steps each have their own colour; other jobs show their status.
+            state = b.step if b.status == "IN_PROGRESS" and b.step in COLOURS else b.status
+            if not b.behind(state):
+                b.mark(self.elapsed, state)
 
     def _changed(self) -> None:
         if self.on_update is not None:
@@ -296,4 +304,7 @@ class Demo:
         out = self.state_dir / "rollout.png"
         fig.savefig(out, dpi=100)
         plt.close(fig)
+        # The same timelines for programs: {board: [[seconds, state], ...]}.
+        record = {b.name: [[round(t, 3), state] for t, state in b.timeline] for b in self.boards}
+        (self.state_dir / "rollout.json").write_text(json.dumps(record, indent=1) + "\n")
         return out
