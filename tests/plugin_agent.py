@@ -30,7 +30,7 @@ from jobsctl.stack import Stack
 # (the modules' dicts and functions, ~21 KB, and what the agent allocates). One tls.SSLContext
 # is ~3 KB of heap here, as on a board. `make bench` finds the smallest heap the agent and an
 # OTA job run in, both ways.
-HEAP = "96k"
+HEAP = "128k"
 FROZEN_HEAP = "64k"
 
 

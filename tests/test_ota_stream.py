@@ -4,7 +4,8 @@ bench/ota_pipeline.py (also the bench's pipeline) runs the handler's real loop w
 real Context over a real HTTPS response (tests/plugin_http.py) into the simulated flash, under
 ``micropython.heap_lock()``: an allocation anywhere in a block's path is a MemoryError. The
 checkpoints, progress reports and MQTT reads that the loop does now and then reach a stand-in
-agent that unlocks the heap for them and counts them.
+agent that unlocks the heap for them and counts them. The same pipeline also runs in 48 KB of
+heap with the library frozen into the port (build/micropython-frozen), as on a board.
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ def run(
     ca: CertificateAuthority,
     interval_ms: int,
     lock: bool = True,
+    heapsize: str = "256k",
+    port: Path | None = None,
 ) -> list[str]:
     args = (url, str(ca.cert_path), str(interval_ms)) + (() if lock else ("unlocked",))
-    r = micropython(script=SCRIPT, args=args, heapsize="256k", cwd=board, timeout=60).check()
+    extra = {"port": port} if port else {}
+    r = micropython(
+        script=SCRIPT, args=args, heapsize=heapsize, cwd=board, timeout=60, **extra
+    ).check()
     return r.out.split()
 
 
@@ -67,3 +73,17 @@ def test_due_progress_reports_are_sent_from_the_loop(micropython, board, https_s
     out = run(micropython, board, https_server.url("/obj/img"), ca, 0, lock=False)
     assert out[0] == "OK", " ".join(out)
     assert int(out[8]) == 1 + len(data) // 4096  # interval 0: a report after every block
+
+
+def test_download_pipeline_runs_in_48k_of_heap_with_the_library_frozen(
+    micropython, board, https_server, ca, frozen_port
+) -> None:
+    # HTTPS (one TLS context), the block buffer, SHA-256 and the flash, with the agent's Context:
+    # what an OTA download needs on a board whose firmware carries the library frozen.
+    data = os.urandom(300 * 1024)
+    https_server.objects["img"] = data
+    url = https_server.url("/obj/img")
+    out = run(micropython, board, url, ca, 3_600_000, heapsize="48k", port=frozen_port)
+    assert out[0] == "OK", " ".join(out)
+    assert out[3] == hashlib.sha256(data).hexdigest()
+    assert image.slot_image(board, "ota_1")[: len(data)] == data

@@ -42,9 +42,10 @@ def run(
     cwd: str | Path | None = None,
     env: dict[str, str] | None = None,
     stdin: str | None = None,
+    port: Path = MICROPYTHON,
 ) -> Result:
     """Run a snippet (``code``) or a file (``script``) under the Unix port and wait for it."""
-    cmd = [str(MICROPYTHON)]
+    cmd = [str(port)]
     if heapsize:
         cmd += ["-X", f"heapsize={heapsize}"]
     if code is not None:
