@@ -24,7 +24,7 @@ APT_PKGS := mosquitto libffi-dev pkg-config curl xz-utils patch build-essential
         reliability deploy flash firmware clean distclean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-19s %s\n", $$1, $$2}'
 
 setup: apt venv micropython umqtt stubs micropython-frozen ## install and build everything the project needs
 
