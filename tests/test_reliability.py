@@ -34,6 +34,18 @@ OTA_HEAP = "192k"  # as test_ota_e2e.OTA_HEAP
 SIZE = 400_000
 
 
+def fuzz_settings(n: int) -> settings:
+    # n examples, reproducible (derandomized, no example database), no deadline: a trial drives
+    # a real service and board, whose timing says nothing about the input.
+    return settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 @pytest.fixture(scope="module")
 def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return otajob.signing_key(tmp_path_factory.mktemp("signing"))
@@ -258,13 +270,7 @@ def test_fuzzed_job_documents_never_crash_the_agent_and_each_ends_with_a_reason(
     n = trials("fuzz", 25)
     seen: list[str] = []
 
-    @settings(
-        max_examples=n,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(n)
     @given(doc=DOCS)
     def one(doc: dict[str, object]) -> None:
         text = json.dumps(doc)
@@ -391,13 +397,7 @@ def test_malformed_data_plane_payloads_get_seed_error_codes_and_the_service_stay
     dev = jobs_device(stack_session)
     n = trials("dataplane", 40)
 
-    @settings(
-        max_examples=n,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(n)
     @given(suffix=TOPICS, payload=PAYLOADS)
     def one(suffix: str, payload: bytes) -> None:
         since = dev.mark()
@@ -492,13 +492,7 @@ def test_malformed_control_plane_requests_get_the_seed_errors_and_the_service_st
     n = trials("controlplane", 40)
     statuses: set[int] = set()
 
-    @settings(
-        max_examples=n,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(n)
     @given(job_id=JOB_IDS, body=st.one_of(CREATE_JOB_BODY, st.binary(max_size=200)))
     def one(job_id: str, body: dict[str, Any] | bytes) -> None:
         if isinstance(body, dict):
