@@ -43,6 +43,14 @@ _buf = bytearray(_SCRATCH)
 _ff = b"\xff" * _SCRATCH
 
 
+def _fill_ff(f, n):
+    # n bytes of 0xFF (erased NOR flash) at f's position, from the scratch.
+    while n:
+        k = min(n, _SCRATCH)
+        f.write(_ff if k == _SCRATCH else memoryview(_ff)[:k])
+        n -= k
+
+
 def _path(label):
     return "%s/%s.bin" % (_DIR, label)
 
@@ -143,11 +151,7 @@ class Partition:
             f = self._file()
             f.seek(start)
             f.write(buf)
-            pad = span - n
-            while pad:
-                k = min(pad, _SCRATCH)
-                f.write(memoryview(_ff)[:k])
-                pad -= k
+            _fill_ff(f, span - n)
         else:
             start = block * _BLOCK + offset
             self._check(start, n)
@@ -172,8 +176,7 @@ class Partition:
             self._check(arg * _BLOCK, _BLOCK)
             f = self._file()
             f.seek(arg * _BLOCK)
-            for _ in range(_BLOCK // _SCRATCH):
-                f.write(_ff)
+            _fill_ff(f, _BLOCK)
             _touched_labels.discard(self._label)  # an erase always updates otadata
             self._touched()
             return 0

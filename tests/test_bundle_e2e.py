@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_agent import arn, details, final
+from plugin_agent import OTA_HEAP, arn, details, final
 from plugin_stack import unique
 
 from jobsctl import image, otajob
@@ -25,7 +25,6 @@ from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]
-HEAP = "192k"  # as test_ota_e2e.OTA_HEAP
 
 V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
 
@@ -36,7 +35,7 @@ def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def app_board(stack: Stack, boards: Boards, signing: Path) -> DeviceProcess:
-    dev = boards(stack, unique("app"), heapsize=HEAP, start=False, ota_key_file="k.pem")
+    dev = boards(stack, unique("app"), heapsize=OTA_HEAP, start=False, ota_key_file="k.pem")
     shutil.copy(image.public_key_path(signing), dev.board / "k.pem")
     app = dev.board / "app"
     app.mkdir()

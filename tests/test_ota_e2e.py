@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_agent import arn, details, final
+from plugin_agent import FROZEN_OTA_HEAP, OTA_HEAP, arn, details, final
 from plugin_stack import unique, wait_until
 
 from jobsctl import image, otajob
@@ -23,12 +23,6 @@ from jobsctl.faultproxy import Fault, FaultProxy
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]
-
-# The agent's heap (plugin_agent) plus the OTA handler: a second TLS connection (HTTPS), the
-# block buffer, ECDSA. `make bench` measured an OTA job's smallest heap at 136 KB with the code
-# as .mpy files and 84 KB frozen; the tests leave room for the heap's fragmentation.
-OTA_HEAP = "192k"
-FROZEN_OTA_HEAP = "112k"
 
 
 @pytest.fixture(scope="module")

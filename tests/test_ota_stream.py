@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+import upy
 from jobsctl import image
 from jobsctl.pki import CertificateAuthority
 
@@ -38,12 +39,11 @@ def run(
     interval_ms: int,
     lock: bool = True,
     heapsize: str = "256k",
-    port: Path | None = None,
+    port: Path = upy.MICROPYTHON,
 ) -> list[str]:
     args = (url, str(ca.cert_path), str(interval_ms)) + (() if lock else ("unlocked",))
-    extra = {"port": port} if port else {}
     r = micropython(
-        script=SCRIPT, args=args, heapsize=heapsize, cwd=board, timeout=60, **extra
+        script=SCRIPT, args=args, heapsize=heapsize, cwd=board, timeout=60, port=port
     ).check()
     return r.out.split()
 

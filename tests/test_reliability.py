@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plugin_agent import arn, details, final
+from plugin_agent import OTA_HEAP, arn, details, final
 from plugin_stack import unique, wait_until
 
 from jobsctl import image, otajob
@@ -30,7 +30,6 @@ from jobsctl.stack import Stack
 
 pytestmark = pytest.mark.reliability
 
-OTA_HEAP = "192k"  # as test_ota_e2e.OTA_HEAP
 SIZE = 400_000
 
 

@@ -44,14 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from . import bench_service, image, otajob
-from .device import (
-    MICROPYTHON,
-    MICROPYTHON_FROZEN,
-    ROOT,
-    DeviceProcess,
-    device_env,
-    setup_board,
-)
+from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
 from .stack import Stack
@@ -96,10 +89,7 @@ def upy(
     timeout: float = 300,
     frozen: bool = False,
 ) -> str:
-    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON
-    if not port.exists():
-        raise JobsctlError(f"{port} is missing: run `make setup`")
-    cmd = [str(port)] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + args
+    cmd = [str(unix_port(frozen))] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + args
     r = subprocess.run(
         cmd, cwd=cwd, env=device_env(), capture_output=True, text=True, timeout=timeout
     )

@@ -28,6 +28,17 @@ MICROPYTHON = ROOT / "build" / "micropython"
 # The same port with the device library, umqtt.simple and the hardware stand-ins frozen in, as
 # firmware/manifest.py freezes them into a custom ESP32 firmware (`make micropython-frozen`).
 MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
+
+
+def unix_port(frozen: bool = False) -> Path:
+    """The Unix port a simulated board runs on; a clear error if it has not been built."""
+    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON
+    if not port.exists():
+        target = "micropython-frozen" if frozen else "setup"
+        raise JobsctlError(f"{port} is missing: run `make {target}`")
+    return port
+
+
 RESET_STATUS = 3
 MPY_DIR = ROOT / "build" / "mpy"
 # What a board has on its path: the device library (deployed as .mpy on a board), the simulated
@@ -151,7 +162,7 @@ class DeviceProcess:
         frozen: bool = False,
     ) -> None:
         self.board = Path(board)
-        self.micropython = MICROPYTHON_FROZEN if frozen else MICROPYTHON
+        self.frozen = frozen
         # Where boot.py and main.py come from: the project's (default), or e.g. the board's own
         # folder for an application that registers its handlers before calling app.run().
         self.root = Path(root) if root is not None else ROOT
@@ -171,9 +182,7 @@ class DeviceProcess:
     # ---- power
 
     def start(self) -> DeviceProcess:
-        if not self.micropython.exists():
-            target = "micropython-frozen" if self.micropython == MICROPYTHON_FROZEN else "setup"
-            raise JobsctlError(f"{self.micropython} is missing: run `make {target}`")
+        unix_port(self.frozen)  # fails here, in one line, rather than at every power-on
         self._stopping = False
         self._power_on()
         self._thread = threading.Thread(target=self._supervise, daemon=True)
@@ -181,7 +190,7 @@ class DeviceProcess:
         return self
 
     def _power_on(self) -> None:
-        cmd = [str(self.micropython)]
+        cmd = [str(unix_port(self.frozen))]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
         cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
