@@ -406,22 +406,9 @@ def test_rollout_maximum_per_minute_holds_back_executions_until_their_minute(
 
 def test_unsupported_job_features_are_refused_clearly(iot: Any, thing: str) -> None:
     msg = _invalid(
-        lambda: _create(
-            iot,
-            thing,
-            abortConfig={
-                "criteriaList": [
-                    {
-                        "failureType": "FAILED",
-                        "action": "CANCEL",
-                        "thresholdPercentage": 50,
-                        "minNumberOfExecutedThings": 1,
-                    }
-                ]
-            },
-        )
+        lambda: _create(iot, thing, namespaceId="AWS"),
     )
-    assert "abortConfig is not supported" in msg
+    assert "namespaceId is not supported" in msg
 
 
 def test_in_progress_timeout_of_the_job_times_executions_out(

@@ -94,6 +94,7 @@ class ControlPlane:
                 p.get("thingGroupName"),
                 p.get("maxResults"),
                 p.get("nextToken"),
+                p.get("thingGroupId"),
             ),
             "CancelJob": lambda p: model.cancel_job(
                 p["jobId"], bool(p.get("force")), p.get("reasonCode"), p.get("comment")

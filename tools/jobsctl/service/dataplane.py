@@ -339,7 +339,7 @@ class DataPlane:
         for key in ("includeJobExecutionState", "includeJobDocument"):
             if not isinstance(request.get(key, False), bool):
                 raise JobsError("InvalidRequest", f"{key} must be a boolean.")
-        step = check_step_timeout(request.get("stepTimeoutInMinutes"))
+        step = check_step_timeout(request.get("stepTimeoutInMinutes"), allow_cancel=True)
         row = self.model.update(
             thing,
             job_id,
