@@ -20,6 +20,9 @@ DEFAULTS = {
     "progress_interval_ms": 2000,  # at most one progress report per interval
     "wdt_timeout_ms": 0,  # 0: no watchdog
     "self_test_timeout_ms": 60000,
+    # stepTimeoutInMinutes sent with every IN_PROGRESS: the service ends the execution
+    # TIMED_OUT when no report comes for this long (a board that died mid-job); 0: none.
+    "step_timeout_min": 15,
     "settings": {},  # the application's own settings, untouched by the agent
 }
 _BOUNDS = {
@@ -30,6 +33,7 @@ _BOUNDS = {
     "progress_interval_ms": (0, 3600000),
     "wdt_timeout_ms": (0, 3600000),
     "self_test_timeout_ms": (1000, 3600000),
+    "step_timeout_min": (0, 10080),
 }
 LEVELS = ("debug", "info", "warning", "error")
 
