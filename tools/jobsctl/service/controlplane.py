@@ -24,7 +24,7 @@ from botocore.model import OperationModel, ServiceModel
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from . import sigv4
+from . import operations, sigv4, templates
 from .model import ApiError, Model, invalid
 from .validate import document_parameter_errors, message, validate
 
@@ -47,6 +47,7 @@ OPERATIONS = (
     "CreateThingGroup",
     "DescribeThingGroup",
     "AddThingToThingGroup",
+    *operations.OPERATIONS,
 )
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -86,7 +87,7 @@ class ControlPlane:
         smodel = service_model()
         self.routes = [_Route(smodel.operation_model(name)) for name in OPERATIONS]
         self.handlers: dict[str, Handler] = {
-            "CreateJob": lambda p: model.create_job(p["jobId"], p),
+            "CreateJob": lambda p: model.create_job(p["jobId"], templates.resolve(model, p)),
             "DescribeJob": lambda p: model.describe_job(p["jobId"]),
             "ListJobs": lambda p: model.list_jobs(
                 p.get("status"),
@@ -128,6 +129,7 @@ class ControlPlane:
             ),
             "DescribeThingGroup": lambda p: model.describe_group(p["thingGroupName"]),
             "AddThingToThingGroup": self._add_to_group,
+            **operations.handlers(model),
         }
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
@@ -220,7 +222,7 @@ class ControlPlane:
             loc = member.serialization.get("location")
             wire = member.serialization.get("name", name)
             if loc == "uri" and wire in uri:
-                params[name] = unquote(uri[wire])
+                params[name] = _coerce(member.type_name, unquote(uri[wire]), wire)
             elif loc == "querystring" and wire in query:
                 params[name] = _coerce(member.type_name, query[wire], wire)
             elif loc in ("uri", "querystring", "header"):

@@ -44,7 +44,6 @@ EXECUTION_STATUSES = (
 MAX_DOCUMENT = 32768
 UNSUPPORTED_CREATE_JOB = (
     "schedulingConfig",
-    "jobTemplateArn",
     "namespaceId",
     "destinationPackageVersions",
 )
@@ -167,6 +166,8 @@ class Model:
         self.fetch_object = fetch_object
         self._clock = clock
         self.skew = 0.0  # tests move time forward instead of waiting minutes
+        # ports of the running stack ("mqtt", "control", "jobs_data"), for DescribeEndpoint
+        self.endpoints: dict[str, int] = {}
         self._changed: set[str] = set()
         self._depth = 0
 

@@ -79,6 +79,7 @@ class Service:
             plaintext=self.config.plaintext,
         )
         self._timer.start()
+        self.model.endpoints.update(mqtt=self.config.mqtt_port, control=port)
         return port
 
     def tick(self) -> None:
