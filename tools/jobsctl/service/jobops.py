@@ -33,10 +33,7 @@ _UPDATABLE_EXTRA = ("abortConfig", "jobExecutionsRetryConfig")
 
 def update_job(model: Model, job_id: str, req: dict[str, Any]) -> dict[str, Any]:
     """UpdateJob: description, presigned URL, rollout, abort, timeout and retry settings."""
-    check_job_policies(req)
-    rollout = req.get("jobExecutionsRolloutConfig")
-    if rollout and "exponentialRate" in rollout:
-        raise invalid("exponentialRate rollouts are not supported by the local service.")
+    check_job_policies(req, model.now())
     with model._op() as db:
         job = model._job(job_id)
         if job["status"] == "DELETION_IN_PROGRESS":
@@ -87,6 +84,7 @@ def associate_targets(
         job = model._job(job_id)
         for thing in things:
             model._target(job, thing)
+        model._release(job)
     return _drop_none(
         {"jobArn": job_arn(job_id), "jobId": job_id, "description": job["description"]}
     )

@@ -43,7 +43,6 @@ EXECUTION_STATUSES = (
 
 MAX_DOCUMENT = 32768
 UNSUPPORTED_CREATE_JOB = (
-    "schedulingConfig",
     "namespaceId",
     "destinationPackageVersions",
 )
@@ -125,12 +124,16 @@ def check_step_timeout(value: object, allow_cancel: bool = False) -> int | None:
         raise JobsError("InvalidRequest", str(exc)) from None
 
 
-def check_job_policies(req: dict[str, Any]) -> None:
-    """timeoutConfig, abortConfig and jobExecutionsRetryConfig beyond their botocore shapes."""
+def check_job_policies(req: dict[str, Any], now: float) -> None:
+    """timeoutConfig, abortConfig, jobExecutionsRetryConfig, schedulingConfig and
+    jobExecutionsRolloutConfig beyond their botocore shapes."""
+    from . import rollouts
+
     try:
         policies.check_timeout_config(req.get("timeoutConfig"))
         policies.check_abort_config(req.get("abortConfig"))
         policies.check_retry_config(req.get("jobExecutionsRetryConfig"))
+        rollouts.check(req, now)
     except ValueError as exc:
         raise invalid(str(exc)) from None
 
@@ -312,6 +315,7 @@ class Model:
         ).fetchall():
             if arn in json.loads(job["targets"]):
                 self._target(job, thing)
+                self._release(job)
 
     # ---------------------------------------------------------------- jobs
 
@@ -367,12 +371,10 @@ class Model:
             if missing:
                 raise invalid(f"documentParameters lacks {', '.join(sorted(set(missing)))}.")
         rollout = req.get("jobExecutionsRolloutConfig")
-        if rollout and "exponentialRate" in rollout:
-            raise invalid("exponentialRate rollouts are not supported by the local service.")
         for unsupported in UNSUPPORTED_CREATE_JOB:
             if req.get(unsupported) is not None:
                 raise invalid(f"{unsupported} is not supported by the local service.")
-        check_job_policies(req)
+        check_job_policies(req, self.now())
         timeout = req.get("timeoutConfig") or None
         extra = {k: req[k] for k in EXTRA_JOB_FIELDS if req.get(k) is not None}
         now = self.now()
@@ -407,6 +409,7 @@ class Model:
             job = self._job(job_id)
             for thing in things:
                 self._target(job, thing)
+            self._release(job)
             self._maybe_complete(job_id)
         return _drop_none(
             {"jobArn": job_arn(job_id), "jobId": job_id, "description": req.get("description")}
@@ -439,21 +442,18 @@ class Model:
         ).fetchone():
             return
         now = self.now()
-        rollout = _opt_json(job["rollout"])
-        if rollout and rollout.get("maximumPerMinute"):
-            per_minute = int(rollout["maximumPerMinute"])
-            count = self.db.execute(
-                "SELECT (SELECT COUNT(*) FROM executions WHERE job_id = ?)"
-                " + (SELECT COUNT(*) FROM pending_targets WHERE job_id = ?)",
-                (job_id, job_id),
-            ).fetchone()[0]
-            release = max(now, job["created_at"] + 60.0 * (count // per_minute))
-            if release > now:
-                self.db.execute(
-                    "INSERT INTO pending_targets VALUES (?, ?, ?)", (job_id, thing, release)
-                )
-                return
+        from . import rollouts
+
+        if rollouts.gated(self, job):  # released by _release (rate, schedule, windows)
+            self.db.execute("INSERT INTO pending_targets VALUES (?, ?, ?)", (job_id, thing, now))
+            return
         self._queue(job_id, thing, now)
+
+    def _release(self, job: sqlite3.Row) -> None:
+        from . import rollouts
+
+        if rollouts.gated(self, job):
+            rollouts.release(self, job["job_id"], self.now())
 
     def _queue(self, job_id: str, thing: str, now: float) -> None:
         self.db.execute(
@@ -1054,16 +1054,10 @@ class Model:
             ).fetchall():
                 self._set_status(ex, "TIMED_OUT", now)
                 self._maybe_complete(ex["job_id"])
-            for p in db.execute(
-                "SELECT p.* FROM pending_targets p JOIN jobs j USING (job_id)"
-                " WHERE p.release_at <= ? AND j.status = 'IN_PROGRESS' ORDER BY p.release_at",
-                (now,),
-            ).fetchall():
-                db.execute(
-                    "DELETE FROM pending_targets WHERE job_id = ? AND thing = ?",
-                    (p["job_id"], p["thing"]),
-                )
-                self._queue(p["job_id"], p["thing"], now)
+            from . import rollouts
+
+            for job_id in rollouts.due(self, now):
+                rollouts.release(self, job_id, now)
             for job in db.execute(
                 "SELECT job_id FROM jobs WHERE status = 'DELETION_IN_PROGRESS'"
             ).fetchall():

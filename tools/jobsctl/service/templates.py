@@ -68,7 +68,7 @@ def create(model: Model, template_id: str, req: dict[str, Any]) -> dict[str, Any
     sources = [k for k in ("jobArn", "document", "documentSource") if req.get(k) is not None]
     if len(sources) != 1:
         raise invalid("Exactly one of jobArn, document and documentSource must be given.")
-    check_job_policies(req)
+    check_job_policies(req, model.now())
     body: dict[str, Any] = {"description": req["description"]}
     if req.get("jobArn"):
         job_id = req["jobArn"].rpartition(":job/")[2]
@@ -236,4 +236,10 @@ def resolve(model: Model, req: dict[str, Any]) -> dict[str, Any]:
     for key in _CARRIED:
         if out.get(key) is None and key in body:
             out[key] = body[key]
+    if body.get("maintenanceWindows") and not (out.get("schedulingConfig") or {}).get(
+        "maintenanceWindows"
+    ):
+        sched = dict(out.get("schedulingConfig") or {})
+        sched["maintenanceWindows"] = body["maintenanceWindows"]
+        out["schedulingConfig"] = sched
     return out
