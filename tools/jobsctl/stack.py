@@ -90,6 +90,7 @@ class Stack:
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.mqtt_port, self.control_port, self.s3_port = mqtt_port, control_port, s3_port
+        self.jobs_data_port = 0
         self.throttle_per_second = throttle_per_second
         self.plaintext_control = plaintext_control
         self.endpoints: dict[str, Any] = {}
@@ -157,6 +158,7 @@ class Stack:
             "mqtt_port": self.mqtt_port,
             "ca_file": str(self.ca.cert_path),
             "control_plane_url": f"{scheme}://localhost:{self.control_port}",
+            "jobs_data_url": f"{scheme}://localhost:{self.jobs_data_port}",
             "s3_url": self.objects.url,
             "region": REGION,
             "account_id": ACCOUNT_ID,
@@ -189,10 +191,12 @@ class Stack:
             control_port=self.control_port,
             plaintext=self.plaintext_control,
             throttle_per_second=self.throttle_per_second,
+            jobs_data_port=self.jobs_data_port,
         )
         self.service = Service(config, presign=objects.presign, fetch_object=objects.get)
         try:
             self.control_port = self.service.start()
+            self.jobs_data_port = self.service.jobs_data.port
         except BaseException:
             self.service.stop()
             self.service = None
@@ -261,6 +265,19 @@ class Stack:
         if self._iot is None:
             self._iot = iot_client(self.endpoints)
         return self._iot
+
+    def jobs_data_client(self, **kwargs: Any) -> Any:
+        """A boto3 ``iot-jobs-data`` client for the HTTPS device API."""
+        e = self.endpoints
+        return boto3.client(
+            "iot-jobs-data",
+            endpoint_url=e["jobs_data_url"],
+            region_name=e["region"],
+            aws_access_key_id=e["aws_access_key_id"],
+            aws_secret_access_key=e["aws_secret_access_key"],
+            verify=e["ca_file"],
+            **kwargs,
+        )
 
     def s3_client(self) -> Any:
         assert self.objects is not None

@@ -74,6 +74,8 @@ def service_model() -> ServiceModel:
 class ControlPlane:
     """A threaded werkzeug server answering the operations in :data:`OPERATIONS`."""
 
+    SIGNING_NAME = "iot"  # the SigV4 service name requests must be signed for
+
     def __init__(
         self,
         model: Model,
@@ -187,6 +189,7 @@ class ControlPlane:
             access_key=self.access_key,
             secret_key=self.secret_key,
             region=self.region,
+            service=self.SIGNING_NAME,
         )
         path = unquote(raw_path)
         for route in self.routes:

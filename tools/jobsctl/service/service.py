@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
+from .jobsdata import JobsDataApi
 from .model import Model
 from .store import Store
 
@@ -31,6 +32,7 @@ class ServiceConfig:
     control_port: int = 0
     plaintext: bool = False
     throttle_per_second: float | None = None
+    jobs_data_port: int = 0
 
 
 class Service:
@@ -60,6 +62,13 @@ class Service:
             presign=presign,
             throttle_per_second=config.throttle_per_second,
         )
+        self.jobs_data = JobsDataApi(
+            self.model,
+            self.data,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
+            region=config.region,
+        )
         self.model.on_change = self._changed
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -78,8 +87,14 @@ class Service:
             self.config.server_key,
             plaintext=self.config.plaintext,
         )
+        jobs_port = self.jobs_data.start(
+            self.config.jobs_data_port,
+            self.config.server_cert,
+            self.config.server_key,
+            plaintext=self.config.plaintext,
+        )
         self._timer.start()
-        self.model.endpoints.update(mqtt=self.config.mqtt_port, control=port)
+        self.model.endpoints.update(mqtt=self.config.mqtt_port, control=port, jobs_data=jobs_port)
         return port
 
     def tick(self) -> None:
@@ -102,6 +117,7 @@ class Service:
         if self._timer.is_alive():
             self._timer.join(timeout=10)
         self.control.stop()
+        self.jobs_data.stop()
         self.data.stop()
         with self.model.lock:
             self.store.close()
