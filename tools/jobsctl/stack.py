@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import boto3
 
-from .broker import SERVICE_IDENTITY, Broker, start_broker
+from .broker import EVENTS_IDENTITY, SERVICE_IDENTITY, Broker, start_broker
 from .errors import JobsctlError
 from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority, certificate_id
@@ -265,6 +265,11 @@ class Stack:
         if self._iot is None:
             self._iot = iot_client(self.endpoints)
         return self._iot
+
+    def events_credentials(self) -> Any:
+        """Certificate and key of the identity that may read the Jobs events ($aws/events/#)."""
+        assert self.ca is not None
+        return self.ca.issue(EVENTS_IDENTITY, self.state_dir / "service", stem=EVENTS_IDENTITY)
 
     def jobs_data_client(self, **kwargs: Any) -> Any:
         """A boto3 ``iot-jobs-data`` client for the HTTPS device API."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import events
 from .model import (
     TERMINAL,
     ApiError,
@@ -16,6 +17,7 @@ from .model import (
     invalid,
     job_arn,
     not_found,
+    thing_arn,
 )
 
 # AssociateTargetsWithJob: "The total number of targets associated with a job must not exceed
@@ -106,6 +108,7 @@ def delete_execution(
                     " without force=true.",
                 )
             db.execute("DELETE FROM executions WHERE seq = ?", (ex["seq"],))
+            model._events.append(events.execution_event(ex, thing_arn(thing), "deleted"))
             model._touch(thing)
             model._maybe_complete(job_id)
             return {}

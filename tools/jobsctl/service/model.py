@@ -173,6 +173,9 @@ class Model:
         self.endpoints: dict[str, int] = {}
         self._changed: set[str] = set()
         self._depth = 0
+        # Jobs events ($aws/events/...) of the running operation, handed out after its commit
+        self.on_event: Callable[[list[tuple[str, dict[str, Any]]]], None] | None = None
+        self._events: list[tuple[str, dict[str, Any]]] = []
 
     def now(self) -> float:
         return self._clock() + self.skew
@@ -184,19 +187,30 @@ class Model:
         """One operation: the lock, one transaction, then change notifications."""
         with self.lock:
             self._depth += 1
+            committed = False
             try:
                 if self._depth == 1:
                     with self.store.tx() as db:
                         yield db
                 else:
                     yield self.db
+                committed = True
             finally:
                 self._depth -= 1
                 changed, fire = self._changed, self._depth == 0
+                events: list[tuple[str, dict[str, Any]]] = []
                 if fire:
                     self._changed = set()
+                    events, self._events = (self._events if committed else []), []
         if fire and changed and self.on_change:
             self.on_change(changed)
+        if events and self.on_event:
+            self.on_event(events)
+
+    def _job_event(self, job_id: str, operation: str) -> None:
+        from . import events
+
+        self._events.append(events.job_event(self.db, self._job(job_id), operation))
 
     def _touch(self, thing: str) -> None:
         self._changed.add(thing)
@@ -618,6 +632,7 @@ class Model:
                 " updated_at = ?, completed_at = COALESCE(completed_at, ?) WHERE job_id = ?",
                 (int(force), reason_code, comment, now, now, job_id),
             )
+            self._job_event(job_id, "canceled")
         return _drop_none(
             {"jobArn": job_arn(job_id), "jobId": job_id, "description": job["description"]}
         )
@@ -646,6 +661,7 @@ class Model:
                 (self.now(), job_id),
             )
             db.execute("DELETE FROM pending_targets WHERE job_id = ?", (job_id,))
+            self._job_event(job_id, "deletion_in_progress")
 
     # ---------------------------------------------------------------- executions
 
@@ -837,6 +853,11 @@ class Model:
         if status != ex["status"]:
             self._touch(ex["thing"])
             if status in TERMINAL:
+                from . import events
+
+                self._events.append(
+                    events.execution_event(row, thing_arn(row["thing"]), status.lower())
+                )
                 self._ended(row, now)
         return row
 
@@ -903,6 +924,7 @@ class Model:
             " completed_at = COALESCE(completed_at, ?) WHERE job_id = ?",
             (policies.ABORT_REASON, comment, now, now, job_id),
         )
+        self._job_event(job_id, "canceled")
 
     def _maybe_complete(self, job_id: str) -> None:
         job = self._job(job_id)
@@ -920,6 +942,7 @@ class Model:
                 " WHERE job_id = ?",
                 (now, now, job_id),
             )
+            self._job_event(job_id, "completed")
 
     # ---------------------------------------------------------------- data plane
 
@@ -1061,6 +1084,7 @@ class Model:
             for job in db.execute(
                 "SELECT job_id FROM jobs WHERE status = 'DELETION_IN_PROGRESS'"
             ).fetchall():
+                self._job_event(job["job_id"], "deleted")
                 db.execute("DELETE FROM executions WHERE job_id = ?", (job["job_id"],))
                 db.execute("DELETE FROM jobs WHERE job_id = ?", (job["job_id"],))
             nxt = db.execute(

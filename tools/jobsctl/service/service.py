@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
@@ -70,6 +72,7 @@ class Service:
             region=config.region,
         )
         self.model.on_change = self._changed
+        self.model.on_event = self._events
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timers, name="jobs-timers", daemon=True)
@@ -77,6 +80,11 @@ class Service:
     def _changed(self, things: set[str]) -> None:
         self.data.on_change(things)
         self._wake.set()
+
+    def _events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Jobs events on $aws/events/... (QoS 1, from the service's own identity)."""
+        for topic, body in events:
+            self.data.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
 
     def start(self) -> int:
         """Start both planes; returns the control-plane port."""
