@@ -30,6 +30,7 @@ from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority, certificate_id
 from .service import Service
 from .service.model import ACCOUNT_ID, REGION, Model, thing_arn
+from .service.quotas import Quotas
 from .service.service import ServiceConfig
 from .service.store import Store
 
@@ -87,12 +88,14 @@ class Stack:
         s3_port: int = 0,
         throttle_per_second: float | None = None,
         plaintext_control: bool = False,
+        quotas: Quotas | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.mqtt_port, self.control_port, self.s3_port = mqtt_port, control_port, s3_port
         self.jobs_data_port = 0
         self.throttle_per_second = throttle_per_second
         self.plaintext_control = plaintext_control
+        self.quotas = quotas or Quotas()
         self.endpoints: dict[str, Any] = {}
         self.broker: Broker | None = None
         self.objects: ObjectStore | None = None
@@ -192,6 +195,7 @@ class Stack:
             plaintext=self.plaintext_control,
             throttle_per_second=self.throttle_per_second,
             jobs_data_port=self.jobs_data_port,
+            quotas=self.quotas,
         )
         self.service = Service(config, presign=objects.presign, fetch_object=objects.get)
         try:

@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..service.quotas import ACTIVE_JOBS, Quotas
 from ..stack import Stack
 
 
@@ -25,6 +26,20 @@ def register(sub: Any) -> None:
     p.add_argument("--s3-port", type=int, default=0, help="object store HTTPS port")
     p.add_argument(
         "--throttle", type=float, default=None, help="data-plane requests per second per thing"
+    )
+    p.add_argument(
+        "--max-active-jobs",
+        type=int,
+        default=ACTIVE_JOBS,
+        metavar="N",
+        help=f"CreateJob quota of IN_PROGRESS/SCHEDULED jobs (default {ACTIVE_JOBS}; 0: none)",
+    )
+    p.add_argument(
+        "--api-rate",
+        type=float,
+        default=None,
+        metavar="N",
+        help="control-plane requests per second per operation (default: unlimited)",
     )
     p.add_argument(
         "--plaintext-control",
@@ -48,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         s3_port=args.s3_port,
         throttle_per_second=args.throttle,
         plaintext_control=args.plaintext_control,
+        quotas=Quotas(active_jobs=args.max_active_jobs or None, api_rate_per_second=args.api_rate),
     )
     try:
         endpoints = stack.start()

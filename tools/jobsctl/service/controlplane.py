@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import ssl
 import threading
 import uuid
@@ -26,6 +27,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import operations, sigv4, templates
 from .model import ApiError, Model, invalid
+from .quotas import RateLimiter
 from .validate import document_parameter_errors, message, validate
 
 log = logging.getLogger("jobsctl.controlplane")
@@ -133,6 +135,7 @@ class ControlPlane:
             "AddThingToThingGroup": self._add_to_group,
             **operations.handlers(model),
         }
+        self.rate: RateLimiter | None = None  # quotas: requests per second per operation
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -170,6 +173,8 @@ class ControlPlane:
             response = Response(json.dumps(body), 200, content_type="application/json")
         except ApiError as exc:
             response = _error(exc.status, exc.name, exc.message)
+        except sqlite3.OperationalError as exc:  # the store stayed locked past its busy timeout
+            response = _error(503, "ServiceUnavailableException", f"The store is busy: {exc}")
         except Exception as exc:  # a bug must not take the server down; AWS answers 500
             log.exception("control plane failed on %s %s", request.method, request.path)
             response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
@@ -197,6 +202,8 @@ class ControlPlane:
                 continue
             m = route.regex.match(raw_path)
             if m:
+                if self.rate is not None:
+                    self.rate.take(route.op.name)
                 params = self._params(route.op, m.groupdict(), raw_query, body)
                 return self.handlers[route.op.name](params)
         raise ApiError(

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from botocore.exceptions import BotoCoreError
+
 from . import policies
 from .store import Store
 
@@ -169,6 +171,8 @@ class Model:
         self.fetch_object = fetch_object
         self._clock = clock
         self.skew = 0.0  # tests move time forward instead of waiting minutes
+        # CreateJob's quota of active (IN_PROGRESS or SCHEDULED) jobs; None: no limit
+        self.max_active_jobs: int | None = None
         # ports of the running stack ("mqtt", "control", "jobs_data"), for DescribeEndpoint
         self.endpoints: dict[str, int] = {}
         self._changed: set[str] = set()
@@ -397,6 +401,7 @@ class Model:
                 raise ApiError(
                     "ResourceAlreadyExistsException", 409, f"Job {job_id} already exists."
                 )
+            self._check_active_jobs()
             things = self._resolve_targets(req["targets"])
             db.execute(
                 "INSERT INTO jobs (job_id, document, document_source, description, targets,"
@@ -429,6 +434,21 @@ class Model:
             {"jobArn": job_arn(job_id), "jobId": job_id, "description": req.get("description")}
         )
 
+    def _check_active_jobs(self) -> None:
+        limit = self.max_active_jobs
+        if limit is None:
+            return
+        active = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('IN_PROGRESS', 'SCHEDULED')"
+        ).fetchone()[0]
+        if active >= limit:
+            raise ApiError(
+                "LimitExceededException",
+                410,
+                f"{active} jobs are active (IN_PROGRESS or SCHEDULED): the quota is {limit}."
+                " Cancel or complete one first.",
+            )
+
     def _read_source(self, source: str) -> str:
         where = parse_s3_url(source)
         if where is None:
@@ -439,6 +459,10 @@ class Model:
             data = self.fetch_object(*where)
         except KeyError:
             raise invalid(f"documentSource {source} cannot be read: no such object") from None
+        except (OSError, BotoCoreError) as exc:
+            raise ApiError(
+                "ServiceUnavailableException", 503, f"The object store is unavailable: {exc}"
+            ) from None
         if len(data) > MAX_DOCUMENT:
             raise invalid(f"The job document is longer than {MAX_DOCUMENT} characters.")
         try:

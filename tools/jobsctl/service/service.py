@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
 from .jobsdata import JobsDataApi
 from .model import Model
+from .quotas import Quotas, RateLimiter
 from .store import Store
 
 log = logging.getLogger("jobsctl.service")
@@ -35,6 +36,7 @@ class ServiceConfig:
     plaintext: bool = False
     throttle_per_second: float | None = None
     jobs_data_port: int = 0
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 class Service:
@@ -71,6 +73,9 @@ class Service:
             secret_key=config.secret_key,
             region=config.region,
         )
+        self.model.max_active_jobs = config.quotas.active_jobs
+        if config.quotas.api_rate_per_second:
+            self.control.rate = RateLimiter(config.quotas.api_rate_per_second)
         self.model.on_change = self._changed
         self.model.on_event = self._events
         self._wake = threading.Event()
