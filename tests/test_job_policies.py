@@ -3,6 +3,7 @@ jobExecutionsRetryConfig, and the validation that must match AWS IoT Jobs."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from plugin_stack import JobsDevice, unique
 
 from jobsctl.service.policies import ABORT_REASON
@@ -264,3 +267,163 @@ def test_retry_of_timed_out_only_leaves_a_failed_execution_failed(
     ex = _status(iot, job_id, b.name)
     assert ex["status"] == "TIMED_OUT" and ex["executionNumber"] == 3
     assert iot.describe_job(jobId=job_id)["job"]["status"] == "COMPLETED"
+
+
+# ---------------------------------------------------------------- never a 500
+
+_ANY = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_NUM = st.one_of(st.integers(-5, 20000), st.floats(allow_nan=False, allow_infinity=False), _ANY)
+_TIME = st.one_of(
+    st.datetimes(min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(9998, 1, 1)).map(
+        lambda d: d.strftime("%Y-%m-%dT%H:%M")
+    ),
+    st.text(max_size=20),
+    _ANY,
+)
+_CRON = st.one_of(
+    st.lists(
+        st.sampled_from(["*", "?", "0", "5-9", "*/15", "MON", "JAN", "61", "x", "1,2"]),
+        min_size=4,
+        max_size=7,
+    ).map(lambda f: f"cron({' '.join(f)})"),
+    st.text(max_size=20),
+    _ANY,
+)
+_POLICIES = st.fixed_dictionaries(
+    {},
+    optional={
+        "abortConfig": st.one_of(
+            _ANY,
+            st.fixed_dictionaries(
+                {
+                    "criteriaList": st.lists(
+                        st.fixed_dictionaries(
+                            {
+                                "failureType": st.sampled_from(["FAILED", "ALL", "x"]),
+                                "action": st.sampled_from(["CANCEL", "x"]),
+                                "thresholdPercentage": _NUM,
+                                "minNumberOfExecutedThings": _NUM,
+                            }
+                        ),
+                        max_size=3,
+                    )
+                }
+            ),
+        ),
+        "jobExecutionsRetryConfig": st.one_of(
+            _ANY,
+            st.fixed_dictionaries(
+                {
+                    "criteriaList": st.lists(
+                        st.fixed_dictionaries(
+                            {
+                                "failureType": st.sampled_from(["FAILED", "TIMED_OUT", "ALL"]),
+                                "numberOfRetries": _NUM,
+                            }
+                        ),
+                        max_size=3,
+                    )
+                }
+            ),
+        ),
+        "timeoutConfig": st.one_of(
+            _ANY, st.fixed_dictionaries({"inProgressTimeoutInMinutes": _NUM})
+        ),
+        "schedulingConfig": st.one_of(
+            _ANY,
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "startTime": _TIME,
+                    "endTime": _TIME,
+                    "endBehavior": st.sampled_from(["STOP_ROLLOUT", "CANCEL", "x"]),
+                    "maintenanceWindows": st.lists(
+                        st.fixed_dictionaries({"startTime": _CRON, "durationInMinutes": _NUM}),
+                        max_size=2,
+                    ),
+                },
+            ),
+        ),
+        "jobExecutionsRolloutConfig": st.one_of(
+            _ANY,
+            st.fixed_dictionaries(
+                {
+                    "exponentialRate": st.fixed_dictionaries(
+                        {
+                            "baseRatePerMinute": _NUM,
+                            "incrementFactor": _NUM,
+                            "rateIncreaseCriteria": st.one_of(
+                                _ANY,
+                                st.fixed_dictionaries(
+                                    {}, optional={"numberOfNotifiedThings": _NUM}
+                                ),
+                            ),
+                        }
+                    )
+                },
+                optional={"maximumPerMinute": _NUM},
+            ),
+        ),
+        "jobTemplateArn": st.one_of(
+            _ANY,
+            st.sampled_from(
+                [
+                    "arn:aws:iot:us-east-1::jobtemplate/AWS-Reboot:1.0",
+                    "arn:aws:iot:us-east-1::jobtemplate/AWS-Nope:1.0",
+                    "arn:aws:iot:us-east-1:123456789012:jobtemplate/none",
+                    "arn:x",
+                ]
+            ),
+        ),
+        "documentParameters": _ANY,
+    },
+)
+
+
+def test_fuzzed_job_policies_get_a_seed_error_or_200_never_a_500(stack: Stack) -> None:
+    thing = unique("fz")
+    stack.create_thing(thing)
+    import urllib3
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    e = stack.endpoints
+    signer = SigV4Auth(
+        Credentials(e["aws_access_key_id"], e["aws_secret_access_key"]), "iot", e["region"]
+    )
+    http = urllib3.PoolManager(ca_certs=e["ca_file"], retries=False, timeout=30)
+    seen: set[int] = set()
+
+    @settings(
+        max_examples=150,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(body=_POLICIES, with_doc=st.booleans())
+    def one(body: dict[str, Any], with_doc: bool) -> None:
+        body = {**body, "targets": [f"{ARN}:thing/{thing}"]}
+        if with_doc:
+            body["document"] = DOC
+        data = json.dumps(body).encode()
+        url = f"{e['control_plane_url']}/jobs/{unique('fz')}"
+        request = AWSRequest(
+            method="PUT", url=url, data=data, headers={"Content-Type": "application/json"}
+        )
+        signer.add_auth(request)
+        r = http.request("PUT", url, body=data, headers=dict(request.headers.items()))
+        seen.add(r.status)
+        assert r.status in (200, 400, 404, 409, 410), (r.status, r.data[:300], body)
+        if r.status != 200:
+            assert json.loads(r.data)["message"]
+
+    one()
+    assert 400 in seen and 200 in seen
