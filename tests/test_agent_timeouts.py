@@ -116,6 +116,12 @@ def test_jobsctl_job_ota_sets_an_in_progress_timeout_and_abort_criteria_by_defau
     }
     assert desc["timeoutConfig"] == {"inProgressTimeoutInMinutes": 30}
     assert "abortConfig" not in desc
+    aborting = unique("cli")
+    argv2 = [*argv[:2], aborting, *argv[3:], "--abort-percent", "12.5", "--abort-min-things", "2"]
+    assert cli.main(argv2) == 0
+    criteria = stack_session.iot_client().describe_job(jobId=aborting)["job"]["abortConfig"]
+    assert criteria["criteriaList"][0]["thresholdPercentage"] == 12.5
+    assert criteria["criteriaList"][0]["minNumberOfExecutedThings"] == 2
     capsys.readouterr()
     assert cli.main([*argv[:2], unique("cli"), *argv[3:], "--in-progress-timeout", "10081"]) == 1
     assert "10080" in capsys.readouterr().err
