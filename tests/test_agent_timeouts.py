@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from plugin_agent import arn, details, execution, final
-from plugin_stack import unique
+from plugin_stack import unique, wait_until
 
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
@@ -125,3 +125,61 @@ def test_jobsctl_job_ota_sets_an_in_progress_timeout_and_abort_criteria_by_defau
     capsys.readouterr()
     assert cli.main([*argv[:2], unique("cli"), *argv[3:], "--in-progress-timeout", "10081"]) == 1
     assert "10080" in capsys.readouterr().err
+
+
+# A product's main.py whose handler reports progress each time the test creates stepN.
+STEPS_APP = """\
+from iotjobs import agent, app
+
+
+def steps(ctx, doc):
+    n = 0
+    while True:
+        try:
+            open(doc["until"]).close()
+            break
+        except OSError:
+            pass
+        try:
+            open("step%d" % (n + 1)).close()
+            n += 1
+            ctx.progress({"step": str(n)}, force=True)
+            ctx.log("reported step %d" % n)
+        except OSError:
+            pass
+        ctx.check()
+        ctx.board.sleep_ms(20)
+    return {"reason": "done"}
+
+
+agent.register("steps", steps)
+app.run()
+"""
+
+
+def test_each_progress_report_restarts_the_step_timer(stack_session: Stack, boards: Boards) -> None:
+    thing = unique("steptimer")
+    dev = boards(stack_session, thing, app=True, start=False, step_timeout_min=2)
+    (dev.board / "approot" / "main.py").write_text(STEPS_APP)
+    dev.start()
+    dev.wait_for("no pending job")
+    job = unique("job")
+    stack_session.iot_client().create_job(
+        jobId=job,
+        targets=[arn(stack_session, thing)],
+        document=json.dumps({"operation": "steps", "until": "go"}),
+    )
+    wait_until(
+        lambda: details(execution(stack_session, thing, job)).get("step") == "started",
+        what="the agent's first IN_PROGRESS",
+    )
+    stack_session.advance_clock(100)  # 20 s of the 2-minute step left
+    assert execution(stack_session, thing, job)["approximateSecondsBeforeTimedOut"] <= 20
+    (dev.board / "step1").touch()
+    dev.wait_for(f"{job}: reported step 1")
+    assert execution(stack_session, thing, job)["approximateSecondsBeforeTimedOut"] > 100
+    stack_session.advance_clock(100)  # 200 s after the start: alive thanks to the report
+    ex = execution(stack_session, thing, job)
+    assert ex["status"] == "IN_PROGRESS" and details(ex) == {"step": "1"}
+    (dev.board / "go").touch()
+    assert final(stack_session, thing, job)["status"] == "SUCCEEDED"
