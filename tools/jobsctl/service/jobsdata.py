@@ -62,8 +62,9 @@ class JobsDataApi(ControlPlane):
     def __init__(
         self, model: Model, data: DataPlane, *, access_key: str, secret_key: str, region: str
     ) -> None:
-        self.model, self.data = model, data
-        self.access_key, self.secret_key, self.region = access_key, secret_key, region
+        # the control plane's server, signature checks and limits; this API's routes
+        super().__init__(model, access_key=access_key, secret_key=secret_key, region=region)
+        self.data = data
         smodel = botocore.session.get_session().get_service_model("iot-jobs-data")
         self.routes = [_route(smodel.operation_model(name)) for name in OPERATIONS]
         self.handlers = {
@@ -81,9 +82,6 @@ class JobsDataApi(ControlPlane):
                 p, lambda: data._update(p["thingName"], p["jobId"], _update_body(p))
             ),
         }
-        self._server = None
-        self._thread = None
-        self.port = 0
 
     def _call(self, p: dict[str, Any], run: Any) -> dict[str, Any]:
         thing = p["thingName"]
