@@ -78,6 +78,25 @@ def test_update_job_changes_its_settings(stack_session: Stack, iot: Any) -> None
     )
 
 
+def test_update_job_with_abort_criteria_already_met_cancels_the_job(
+    stack_session: Stack, iot: Any, jobs_device: Callable[..., JobsDevice]
+) -> None:
+    a, b = jobs_device(stack_session), jobs_device(stack_session)
+    job_id = _job(iot, a.name, b.name)
+    a.request(f"{job_id}/update", {"status": "FAILED"})
+    criterion = {
+        "failureType": "FAILED",
+        "action": "CANCEL",
+        "thresholdPercentage": 50,
+        "minNumberOfExecutedThings": 2,
+    }
+    iot.update_job(jobId=job_id, abortConfig={"criteriaList": [criterion]})
+    job = iot.describe_job(jobId=job_id)["job"]
+    assert job["status"] == "CANCELED" and job["reasonCode"] == "ABORT_CRITERIA_MET"
+    status = iot.describe_job_execution(jobId=job_id, thingName=b.name)["execution"]["status"]
+    assert status == "CANCELED"
+
+
 def test_associate_targets_adds_things_to_a_continuous_job_only(
     stack_session: Stack, iot: Any, jobs_device: Callable[..., JobsDevice]
 ) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from . import events
+from . import events, policies
 from .model import (
     TERMINAL,
     ApiError,
@@ -52,7 +52,23 @@ def update_job(model: Model, job_id: str, req: dict[str, Any]) -> dict[str, Any]
             "UPDATE jobs SET extra = ?, updated_at = ? WHERE job_id = ?",
             (json.dumps(extra), model.now(), job_id),
         )
+        if req.get("abortConfig") and job["status"] == "IN_PROGRESS":
+            _weigh_abort(model, job_id, req["abortConfig"])
     return {}
+
+
+def _weigh_abort(model: Model, job_id: str, config: dict[str, Any]) -> None:
+    """New abort criteria apply to the executions as they already are."""
+    counts = {
+        r["status"]: r["n"]
+        for r in model.db.execute(
+            "SELECT status, COUNT(*) AS n FROM executions WHERE job_id = ? GROUP BY status",
+            (job_id,),
+        )
+    }
+    criterion = policies.abort_criterion(config, counts)
+    if criterion is not None:
+        model._abort(model._job(job_id), criterion, sum(counts.values()), model.now())
 
 
 def associate_targets(
