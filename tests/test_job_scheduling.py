@@ -128,6 +128,7 @@ def test_maintenance_windows_gate_releases_and_end_behavior_cancels(stack: Stack
     )
     job = iot.describe_job(jobId=job_id)["job"]
     assert job["status"] == "IN_PROGRESS" and job["schedulingConfig"]["maintenanceWindows"]
+    assert job["scheduledJobRollouts"] == [{"startTime": _at(opens)}]
     assert _count(iot, job_id) == 0  # outside the window: nothing released
     stack.advance_clock(opens - now - 60)  # a minute before the window
     assert _count(iot, job_id) == 0

@@ -553,8 +553,17 @@ class Model:
                 "timeoutConfig": _opt_json(row["timeout_config"]),
                 "isConcurrent": False,
                 **self._extra(row),
+                "scheduledJobRollouts": self._scheduled_rollouts(row),
             }
         )
+
+    def _scheduled_rollouts(self, row: sqlite3.Row) -> list[dict[str, str]] | None:
+        from . import scheduling
+
+        sched = self._extra(row).get("schedulingConfig")
+        if row["status"] not in ("IN_PROGRESS", "SCHEDULED") or not sched:
+            return None
+        return scheduling.next_rollouts(sched, self.now()) or None
 
     @staticmethod
     def _extra(row: sqlite3.Row) -> dict[str, Any]:

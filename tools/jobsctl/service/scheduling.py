@@ -182,6 +182,17 @@ def release_time(config: dict[str, Any] | None, now: float) -> float | None:
     return best
 
 
+def next_rollouts(config: dict[str, Any] | None, now: float) -> list[dict[str, str]]:
+    """DescribeJob's scheduledJobRollouts: the next opening of each maintenance window."""
+    out = []
+    for window in (config or {}).get("maintenanceWindows") or []:
+        start = Cron(window["startTime"]).next_start(now)
+        if start is not None:
+            when = dt.datetime.fromtimestamp(start, dt.UTC)
+            out.append({"startTime": when.strftime("%Y-%m-%dT%H:%M")})
+    return out
+
+
 def check_rollout(config: dict[str, Any] | None) -> None:
     """jobExecutionsRolloutConfig beyond its shape: an exponentialRate needs a criterion."""
     exp = (config or {}).get("exponentialRate")
