@@ -20,9 +20,6 @@ from .netutil import LogPump, free_port
 from .pki import CertificateAuthority, Credentials
 
 SERVICE_IDENTITY = "jobs-service"
-# Reads $aws/events/# and nothing else; not a thing name (a '.' is not allowed in those).
-EVENTS_IDENTITY = "jobs.events"
-
 _ACL = """\
 # Written by jobsctl. The Jobs service may use every thing's topics; a thing only its own.
 user {service}
@@ -35,6 +32,8 @@ topic read $aws/events/#
 # %u is the client certificate's CN, i.e. the thing name.
 pattern readwrite $aws/things/%u/#
 """
+# Reads $aws/events/# and nothing else; not a thing name (a '.' is not allowed in those).
+EVENTS_IDENTITY = "jobs.events"
 
 
 def mosquitto_binary() -> str:

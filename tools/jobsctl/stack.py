@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import boto3
 
-from .broker import EVENTS_IDENTITY, SERVICE_IDENTITY, Broker, start_broker
+from .broker import SERVICE_IDENTITY, Broker, start_broker
 from .errors import JobsctlError
 from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority, certificate_id
@@ -272,6 +272,8 @@ class Stack:
 
     def events_credentials(self) -> Any:
         """Certificate and key of the identity that may read the Jobs events ($aws/events/#)."""
+        from .broker import EVENTS_IDENTITY
+
         assert self.ca is not None
         return self.ca.issue(EVENTS_IDENTITY, self.state_dir / "service", stem=EVENTS_IDENTITY)
 

@@ -25,9 +25,8 @@ from botocore.model import OperationModel, ServiceModel
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from . import operations, sigv4, templates
+from . import operations, quotas, sigv4, templates
 from .model import ApiError, Model, invalid
-from .quotas import RateLimiter
 from .validate import document_parameter_errors, message, validate
 
 log = logging.getLogger("jobsctl.controlplane")
@@ -135,7 +134,7 @@ class ControlPlane:
             "AddThingToThingGroup": self._add_to_group,
             **operations.handlers(model),
         }
-        self.rate: RateLimiter | None = None  # quotas: requests per second per operation
+        self.rate: quotas.RateLimiter | None = None  # quotas: requests per second per operation
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -173,11 +172,12 @@ class ControlPlane:
             response = Response(json.dumps(body), 200, content_type="application/json")
         except ApiError as exc:
             response = _error(exc.status, exc.name, exc.message)
-        except sqlite3.OperationalError as exc:  # the store stayed locked past its busy timeout
-            response = _error(503, "ServiceUnavailableException", f"The store is busy: {exc}")
         except Exception as exc:  # a bug must not take the server down; AWS answers 500
-            log.exception("control plane failed on %s %s", request.method, request.path)
-            response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
+            if isinstance(exc, sqlite3.OperationalError):  # the store locked past its timeout
+                response = _error(503, "ServiceUnavailableException", f"The store is busy: {exc}")
+            else:
+                log.exception("control plane failed on %s %s", request.method, request.path)
+                response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
         response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
         return response(environ, start_response)
 
