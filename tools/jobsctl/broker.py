@@ -20,6 +20,7 @@ from .netutil import LogPump, free_port
 from .pki import CertificateAuthority, Credentials
 
 SERVICE_IDENTITY = "jobs-service"
+
 _ACL = """\
 # Written by jobsctl. The Jobs service may use every thing's topics; a thing only its own.
 user {service}
