@@ -374,8 +374,7 @@ class Agent:
 
     def _start_next(self):
         topic = protocol.topic_start_next(self.thing)
-        step = self._step(protocol.IN_PROGRESS)
-        ok, body = self._request(topic, lambda tok: protocol.start_next(tok, None, step))
+        ok, body = self._request(topic, lambda tok: protocol.start_next(tok))
         if not ok:
             code, msg = protocol.reply_error(body)
             self.log("error", "start-next refused: %s %s" % (code, msg))

@@ -14,26 +14,26 @@ _MAX_INT = const(0x3FFFFFFF)
 DEFAULTS = {
     "log_level": "info",  # debug, info, warning, error
     "keepalive_s": 60,
+    # stepTimeoutInMinutes sent with every IN_PROGRESS: the service ends the execution
+    # TIMED_OUT when no report comes for this long (a board that died mid-job); 0: none.
+    "step_timeout_min": 15,
     "timeout_ms": 10000,  # socket reads, replies to requests
     "backoff_min_ms": 1000,
     "backoff_max_ms": 640000,
     "progress_interval_ms": 2000,  # at most one progress report per interval
     "wdt_timeout_ms": 0,  # 0: no watchdog
     "self_test_timeout_ms": 60000,
-    # stepTimeoutInMinutes sent with every IN_PROGRESS: the service ends the execution
-    # TIMED_OUT when no report comes for this long (a board that died mid-job); 0: none.
-    "step_timeout_min": 15,
     "settings": {},  # the application's own settings, untouched by the agent
 }
 _BOUNDS = {
     "keepalive_s": (5, 1200),
+    "step_timeout_min": (0, 10080),
     "timeout_ms": (500, 120000),
     "backoff_min_ms": (10, 600000),
     "backoff_max_ms": (10, 3600000),
     "progress_interval_ms": (0, 3600000),
     "wdt_timeout_ms": (0, 3600000),
     "self_test_timeout_ms": (1000, 3600000),
-    "step_timeout_min": (0, 10080),
 }
 LEVELS = ("debug", "info", "warning", "error")
 
