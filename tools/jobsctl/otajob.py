@@ -101,6 +101,15 @@ def prepare(
     return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
 
 
+# What `jobsctl job ota` sets unless told otherwise (README, "Rollout policies"): an execution
+# still IN_PROGRESS an hour after it started ends TIMED_OUT, and the rollout stops (the job is
+# canceled, its QUEUED executions with it) once 20 % of the boards that received it, and at least
+# 5 of them, ended FAILED, REJECTED or TIMED_OUT.
+OTA_IN_PROGRESS_TIMEOUT_MIN = 60
+OTA_ABORT_PERCENT = 20.0
+OTA_ABORT_MIN_EXECUTED = 5
+
+
 # ---------------------------------------------------------------- application-file bundles
 
 
@@ -165,12 +174,3 @@ def gzip_payload(data: bytes, window_bits: int = 12) -> bytes:
         raise JobsctlError("the gzip window must be 9-13 bits")
     c = zlib.compressobj(9, zlib.DEFLATED, 16 + window_bits)
     return c.compress(data) + c.flush()
-
-
-# What `jobsctl job ota` sets unless told otherwise (README, "Rollout policies"): an execution
-# still IN_PROGRESS an hour after it started ends TIMED_OUT, and the rollout stops (the job is
-# canceled, its QUEUED executions with it) once 20 % of the boards that received it, and at least
-# 5 of them, ended FAILED, REJECTED or TIMED_OUT.
-OTA_IN_PROGRESS_TIMEOUT_MIN = 60
-OTA_ABORT_PERCENT = 20.0
-OTA_ABORT_MIN_EXECUTED = 5

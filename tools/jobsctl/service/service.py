@@ -66,6 +66,11 @@ class Service:
             presign=presign,
             throttle_per_second=config.throttle_per_second,
         )
+        self.model.on_change = self._changed
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._run_timers, name="jobs-timers", daemon=True)
+        # the HTTPS device API, Jobs events, quotas
         self.jobs_data = JobsDataApi(
             self.model,
             self.data,
@@ -73,14 +78,10 @@ class Service:
             secret_key=config.secret_key,
             region=config.region,
         )
+        self.model.on_event = self._events
         self.model.max_active_jobs = config.quotas.active_jobs
         if config.quotas.api_rate_per_second:
             self.control.rate = RateLimiter(config.quotas.api_rate_per_second)
-        self.model.on_change = self._changed
-        self.model.on_event = self._events
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._timer = threading.Thread(target=self._run_timers, name="jobs-timers", daemon=True)
 
     def _changed(self, things: set[str]) -> None:
         self.data.on_change(things)
@@ -129,8 +130,8 @@ class Service:
         self._wake.set()
         if self._timer.is_alive():
             self._timer.join(timeout=10)
-        self.control.stop()
         self.jobs_data.stop()
+        self.control.stop()
         self.data.stop()
         with self.model.lock:
             self.store.close()
