@@ -134,10 +134,10 @@ class ControlPlane:
             "AddThingToThingGroup": self._add_to_group,
             **operations.handlers(model),
         }
-        self.rate: quotas.RateLimiter | None = None  # quotas: requests per second per operation
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self.rate: quotas.RateLimiter | None = None  # quotas: requests per second per operation
 
     # ---------------------------------------------------------------- handlers with logic
 
