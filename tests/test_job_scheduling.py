@@ -227,3 +227,48 @@ def test_exponential_rate_needs_a_criterion(stack_session: Stack) -> None:
             jobExecutionsRolloutConfig={"exponentialRate": rate},
         )
     )
+
+
+def test_jobsctl_job_create_takes_the_scheduling_flags(
+    stack_session: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobsctl import cli
+
+    thing = unique("cli")
+    stack_session.create_thing(thing)
+    now = stack_session.model.now()
+    job_id = unique("cli")
+    argv = [
+        "job",
+        "create",
+        job_id,
+        "--state-dir",
+        str(stack_session.state_dir),
+        "--targets",
+        thing,
+        "--document-json",
+        DOC,
+        "--start-time",
+        _at(now + 40 * 60),
+        "--end-time",
+        _at(now + 90 * 60),
+        "--end-behavior",
+        "CANCEL",
+        "--window",
+        "cron(0 3 * * ? *)",
+        "60",
+    ]
+    assert cli.main(argv) == 0
+    job = stack_session.iot_client().describe_job(jobId=job_id)["job"]
+    assert job["status"] == "SCHEDULED"  # no window before the end: it waits for the end
+    sched = job["schedulingConfig"]
+    assert sched == {
+        "startTime": _at(now + 40 * 60),
+        "endTime": _at(now + 90 * 60),
+        "endBehavior": "CANCEL",
+        "maintenanceWindows": [{"startTime": "cron(0 3 * * ? *)", "durationInMinutes": 60}],
+    }
+    capsys.readouterr()
+    argv[2] = unique("cli")
+    assert cli.main([*argv[:-1], "sixty"]) == 1
+    assert "MINUTES must be a number" in capsys.readouterr().err

@@ -146,6 +146,21 @@ def _policy_arguments(p: argparse.ArgumentParser, ota: bool) -> None:
         metavar="N",
         help="run a FAILED or TIMED_OUT execution again, up to N times (0-10)",
     )
+    p.add_argument("--start-time", metavar="UTC", help="roll out from YYYY-MM-DDTHH:MM (UTC)")
+    p.add_argument("--end-time", metavar="UTC", help="stop rolling out at YYYY-MM-DDTHH:MM (UTC)")
+    p.add_argument(
+        "--end-behavior",
+        choices=["STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL"],
+        help="what the end time does (default STOP_ROLLOUT)",
+    )
+    p.add_argument(
+        "--window",
+        nargs=2,
+        action="append",
+        metavar=("CRON", "MINUTES"),
+        help="a maintenance window: release executions only from each CRON start"
+        " ('cron(0 2 ? * SUN *)', UTC) for MINUTES; repeatable",
+    )
 
 
 def _policies(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,6 +178,23 @@ def _policies(args: argparse.Namespace) -> dict[str, Any]:
     if args.retries:
         retry = {"failureType": "ALL", "numberOfRetries": args.retries}
         params["jobExecutionsRetryConfig"] = {"criteriaList": [retry]}
+    scheduling: dict[str, Any] = {}
+    for flag, key in (
+        ("start_time", "startTime"),
+        ("end_time", "endTime"),
+        ("end_behavior", "endBehavior"),
+    ):
+        if getattr(args, flag):
+            scheduling[key] = getattr(args, flag)
+    if args.window:
+        windows = []
+        for cron, minutes in args.window:
+            if not minutes.isdigit():
+                raise JobsctlError(f"--window {cron} {minutes}: MINUTES must be a number (1-1430)")
+            windows.append({"startTime": cron, "durationInMinutes": int(minutes)})
+        scheduling["maintenanceWindows"] = windows
+    if scheduling:
+        params["schedulingConfig"] = scheduling
     return params
 
 

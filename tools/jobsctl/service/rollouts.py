@@ -52,8 +52,13 @@ def release(model: Model, job_id: str, now: float) -> None:
         db.execute(
             "UPDATE jobs SET status = ?, updated_at = ? WHERE job_id = ?", (status, now, job_id)
         )
-    gate = scheduling.release_time(model._extra(job).get("schedulingConfig"), now)
+    sched = model._extra(job).get("schedulingConfig") or {}
+    gate = scheduling.release_time(sched, now)
     if gate is None:
+        ends = scheduling.parse_time(sched["endTime"], "endTime") if sched.get("endTime") else None
+        if ends is not None and now < ends:  # no window opens before the end: wait for it
+            db.execute("UPDATE pending_targets SET release_at = ? WHERE job_id = ?", (ends, job_id))
+            return
         end(model, job_id, now)
         return
     if gate > now:
