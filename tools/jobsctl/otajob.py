@@ -16,6 +16,8 @@ from . import image
 from .errors import JobsctlError
 
 URL_LIFETIME_S = 3600  # the most AWS allows; a device asks for a new URL when one expires
+# The largest bundle (tar) a board takes: lib/iotjobs/bundle.py's _MAX (a test pins the two).
+BUNDLE_MAX = 1 << 20
 
 
 def s3_url(bucket: str, key: str) -> str:
@@ -53,13 +55,24 @@ def signing_key(key_dir: Path) -> Path:
     return key
 
 
-def read_image(path: Path) -> bytes:
+def read_image(path: Path, slot_size: int | None = None) -> bytes:
+    """The app image in ``path``, checked (and, with ``slot_size``, that it fits the slot)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise JobsctlError(f"cannot read {path}: {exc.strerror}") from None
-    image.check_app_image(data)  # a bad image never becomes a job (real .app-bin files pass)
+    # A bad image never becomes a job (real .app-bin files pass); one too big for the boards'
+    # OTA slot is refused here, before the upload, not by every board after the job exists.
+    image.check_app_image(data, slot_size)
     return data
+
+
+def check_bundle_size(tar: bytes) -> None:
+    if len(tar) > BUNDLE_MAX:
+        raise JobsctlError(
+            f"the bundle is {len(tar)} bytes; a board takes at most {BUNDLE_MAX} "
+            "(ship fewer or .mpy files)"
+        )
 
 
 def presigned_config(account_id: str, role_arn: str | None = None) -> dict[str, Any]:
