@@ -188,8 +188,8 @@ def create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
-    """(s3 client, bucket, account id, role ARN) for the local stack or real AWS."""
+def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None, str]:
+    """(s3 client, bucket, account id, role ARN, region) for the local stack or real AWS."""
     from botocore.config import Config
 
     if args.state_dir is not None:
@@ -204,12 +204,18 @@ def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
             config=Config(s3={"addressing_style": "path"}),
         )
         bucket, account, role = args.bucket or ep["bucket"], str(ep["account_id"]), args.role_arn
+        region = str(ep["region"])
     else:
         if not (args.bucket and args.role_arn):
             raise JobsctlError("real AWS needs --bucket and --role-arn (S3 read access)")
         session = boto3.Session(profile_name=args.profile, region_name=args.region)
+        if not session.region_name:  # the regional pre-signed URL names it
+            raise JobsctlError(
+                "no AWS region: give --region or set AWS_REGION (or a region in the profile)"
+            )
         s3, bucket, account, role = session.client("s3"), args.bucket, "", args.role_arn
-    return s3, bucket, account, role
+        region = session.region_name
+    return s3, bucket, account, role, region
 
 
 def create_bundle(args: argparse.Namespace) -> int:
@@ -218,12 +224,12 @@ def create_bundle(args: argparse.Namespace) -> int:
     tar = otajob.build_bundle(otajob.bundle_from_dir(args.dir))
     otajob.check_bundle_size(tar)
     signature = image.sign(tar, args.key) if args.key else None
-    s3, bucket, account, role = _storage(args)
+    s3, bucket, account, role, region = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     key = f"bundles/{args.version}-{hashlib.sha256(tar).hexdigest()[:16]}.tar"
     s3.put_object(Bucket=bucket, Key=key, Body=tar)
-    url = otajob.placeholder(otajob.s3_url(bucket, key))
+    url = otajob.placeholder(otajob.s3_url(bucket, key, region))
     doc = otajob.bundle_document(tar, url, args.version, signature)
     out = iot.create_job(
         jobId=args.job_id,
@@ -241,15 +247,15 @@ def create_ota(args: argparse.Namespace) -> int:
 
     data = otajob.read_image(args.file, slot_size(args))
     signature = image.sign(data, args.key) if args.key else None
-    s3, bucket, account, role = _storage(args)
+    s3, bucket, account, role, region = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     if args.gzip_window is None:
-        url = otajob.upload(s3, bucket, data)
+        url = otajob.upload(s3, bucket, data, region)
     else:
         key = otajob.object_key(data) + ".gz"
         s3.put_object(Bucket=bucket, Key=key, Body=otajob.gzip_payload(data, args.gzip_window))
-        url = otajob.s3_url(bucket, key)
+        url = otajob.s3_url(bucket, key, region)
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
