@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from jobsctl import image
+from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,6 +135,20 @@ def test_demo_reuses_its_own_folder(tmp_path: Path) -> None:
     (state / "rollout.json").write_text("{}")
     prepare_state_dir(state)  # ours: emptied, still marked
     assert sorted(p.name for p in state.iterdir()) == sorted([MARKER, ".stack.lock"])
+    # A folder from a demo run before the marker existed: only what a demo writes, timeline
+    # included. One more file of the user's, and it is not the demo's to empty.
+    old = tmp_path / "old"
+    for sub in ("ca", "devices/demo-01", "things", "signing"):
+        (old / sub).mkdir(parents=True)
+    (old / "rollout.json").write_text("{}")
+    (old / "jobs.sqlite3").write_text("")
+    (old / "my-notes.txt").write_text("mine")
+    with pytest.raises(JobsctlError, match="is not a demo folder"):
+        prepare_state_dir(old)
+    assert (old / "my-notes.txt").read_text() == "mine" and (old / "ca").is_dir()
+    (old / "my-notes.txt").unlink()
+    prepare_state_dir(old)
+    assert sorted(p.name for p in old.iterdir()) == sorted([MARKER, ".stack.lock"])
 
 
 # --- the staged rollout the README advertises, and a CI log ----------------------------------

@@ -102,6 +102,23 @@ def ota_available() -> bool:
     return (root / "lib" / "iotjobs" / "ota.py").exists()
 
 
+# What a demo run leaves in its state dir (rollout.* only a demo writes).
+_DEMO_ENTRIES = {
+    *(MARKER, LOCK_FILE, "broker", "ca", "devices", "jobs.sqlite3", "jobs.sqlite3-wal"),
+    *("jobs.sqlite3-shm", "rollout.json", "rollout.png", "s3", "service", "signing", "things"),
+    "endpoints.json",
+}
+
+
+def _earlier_demo(state_dir: Path) -> bool:
+    """A folder made by a demo from before the marker: nothing in it but what a demo writes,
+    and the timeline only a demo draws (a `jobsctl serve` folder has no rollout.json)."""
+    if not state_dir.is_dir():
+        return False
+    names = {p.name for p in state_dir.iterdir()}
+    return "rollout.json" in names and names <= _DEMO_ENTRIES
+
+
 def prepare_state_dir(state_dir: Path) -> None:
     """Empty ``state_dir`` for a new demo, or refuse: only a folder that a demo made (it holds
     :data:`MARKER`) and that no running stack holds is ever emptied; a missing or empty folder
@@ -109,7 +126,7 @@ def prepare_state_dir(state_dir: Path) -> None:
     state_dir = Path(state_dir)
     if state_dir.exists() and not state_dir.is_dir():
         raise JobsctlError(f"--state-dir {state_dir} is not a folder")
-    ours = (state_dir / MARKER).is_file()
+    ours = (state_dir / MARKER).is_file() or _earlier_demo(state_dir)
     if state_dir.is_dir() and any(state_dir.iterdir()) and not ours:
         raise JobsctlError(
             f"{state_dir} is not a demo folder (it has no {MARKER}): the demo empties its "
