@@ -1,7 +1,7 @@
 """``jobsctl flash``: write a MicroPython ESP32 firmware with an OTA partition table.
 
-    info = check_firmware(Path("ESP32_GENERIC-OTA-v1.25.0.bin"))
-    flash("/dev/ttyUSB0", Path("ESP32_GENERIC-OTA-v1.25.0.bin"), dry_run=True)
+    info = check_firmware(Path("ESP32_GENERIC-OTA-20250415-v1.25.0.bin"))
+    flash("/dev/ttyUSB0", Path("ESP32_GENERIC-OTA-20250415-v1.25.0.bin"), dry_run=True)
 
 The firmware is the combined download image (``firmware.bin``): bootloader, partition table
 at 0x8000 and the application at 0x10000, in one file that is written at the bootloader's
