@@ -284,7 +284,8 @@ def test_describe_endpoint_names_the_local_stack(stack_session: Stack, iot: Any)
     assert (status, code) == (400, "InvalidRequestException") and "iot:Nothing" in msg
 
 
-def _aws(stack: Stack, *args: str) -> Any:
+def _aws(stack: Stack, *args: str, service: str = "iot", url_key: str = "control_plane_url") -> Any:
+    """aws-cli against the local stack (``service``: iot or iot-jobs-data)."""
     e = stack.endpoints
     env = {
         **os.environ,
@@ -294,9 +295,9 @@ def _aws(stack: Stack, *args: str) -> Any:
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
     }
-    cmd = [str(AWS), "--endpoint-url", e["control_plane_url"], "--ca-bundle", e["ca_file"]]
+    cmd = [str(AWS), "--endpoint-url", e[url_key], "--ca-bundle", e["ca_file"]]
     proc = subprocess.run(
-        [*cmd, "--output", "json", "iot", *args], env=env, capture_output=True, text=True
+        [*cmd, "--output", "json", service, *args], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout) if proc.stdout.strip() else {}
@@ -374,3 +375,44 @@ def test_aws_cli_drives_every_added_operation(stack_session: Stack, iot: Any) ->
     assert endpoint["endpointAddress"] == f"localhost:{s.mqtt_port}"
     _aws(s, "delete-job-template", "--job-template-id", template)
     assert template not in [t["jobTemplateId"] for t in iot.list_job_templates()["jobTemplates"]]
+    managed = _aws(s, "list-managed-job-templates")["managedJobTemplates"]
+    assert "AWS-Reboot" in [t["templateName"] for t in managed]
+    reboot = _aws(s, "describe-managed-job-template", "--template-name", "AWS-Reboot")
+    assert json.loads(reboot["document"]) == {"operation": "reboot"}
+
+
+def test_aws_cli_drives_the_iot_jobs_data_api(
+    stack_session: Stack, iot: Any, jobs_device: Callable[..., JobsDevice]
+) -> None:
+    s = stack_session
+    dev = jobs_device(s)
+    job_id = _job(iot, dev.name)
+
+    def data(*args: str) -> Any:
+        return _aws(s, *args, service="iot-jobs-data", url_key="jobs_data_url")
+
+    pending = data("get-pending-job-executions", "--thing-name", dev.name)
+    assert [j["jobId"] for j in pending["queuedJobs"]] == [job_id]
+    started = data(
+        "start-next-pending-job-execution",
+        "--thing-name",
+        dev.name,
+        "--step-timeout-in-minutes",
+        "5",
+    )["execution"]
+    assert started["jobId"] == job_id and started["status"] == "IN_PROGRESS"
+    described = data("describe-job-execution", "--thing-name", dev.name, "--job-id", job_id)
+    assert described["execution"]["versionNumber"] == started["versionNumber"]
+    out = data(
+        "update-job-execution",
+        "--thing-name",
+        dev.name,
+        "--job-id",
+        job_id,
+        "--status",
+        "SUCCEEDED",
+        "--include-job-execution-state",
+    )
+    assert out["executionState"]["status"] == "SUCCEEDED"
+    kind, reply = dev.request(f"{job_id}/get")  # the MQTT view agrees
+    assert kind == "rejected" and reply["code"] == "TerminalStateReached"
