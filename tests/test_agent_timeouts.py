@@ -183,3 +183,51 @@ def test_each_progress_report_restarts_the_step_timer(stack_session: Stack, boar
     assert ex["status"] == "IN_PROGRESS" and details(ex) == {"step": "1"}
     (dev.board / "go").touch()
     assert final(stack_session, thing, job)["status"] == "SUCCEEDED"
+
+
+# A product's main.py whose handler fails while the file "fail" exists (removing it).
+FLAKY_APP = """\
+import os
+
+from iotjobs import agent, app
+
+
+def flaky(ctx, doc):
+    try:
+        os.remove("fail")
+    except OSError:
+        return {"reason": "ran again"}
+    raise agent.Failed("failed once")
+
+
+agent.register("flaky", flaky)
+app.run()
+"""
+
+
+def test_a_failed_execution_is_retried_and_the_board_runs_it_again(
+    stack_session: Stack, boards: Boards
+) -> None:
+    thing = unique("retry")
+    dev = boards(stack_session, thing, app=True, start=False)
+    (dev.board / "approot" / "main.py").write_text(FLAKY_APP)
+    (dev.board / "fail").touch()
+    dev.start()
+    dev.wait_for("no pending job")
+    job = unique("job")
+    stack_session.iot_client().create_job(
+        jobId=job,
+        targets=[arn(stack_session, thing)],
+        document=json.dumps({"operation": "flaky"}),
+        jobExecutionsRetryConfig={
+            "criteriaList": [{"failureType": "FAILED", "numberOfRetries": 1}]
+        },
+    )
+    ex = final(stack_session, thing, job)
+    assert ex["status"] == "SUCCEEDED" and ex["executionNumber"] == 2
+    assert details(ex)["reason"] == "ran again"
+    first = stack_session.iot_client().describe_job_execution(
+        jobId=job, thingName=thing, executionNumber=1
+    )["execution"]
+    assert first["status"] == "FAILED" and details(first)["reason"] == "failed once"
+    assert dev.boots == 1  # no reset: the agent took the re-queued execution like any other
