@@ -12,7 +12,7 @@ from typing import Any
 from plugin_agent import arn, details, execution, final
 from plugin_stack import unique, wait_until
 
-from jobsctl import image, otajob
+from jobsctl import cli, image, otajob
 from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
 
@@ -79,8 +79,6 @@ def test_the_agent_sends_its_default_step_timeout_with_in_progress(
 def test_jobsctl_job_ota_sets_an_in_progress_timeout_and_abort_criteria_by_default(
     stack_session: Stack, tmp_path: Path, capsys: Any
 ) -> None:
-    from jobsctl import cli
-
     thing = unique("otapolicy")
     stack_session.create_thing(thing)
     f = tmp_path / "app.bin"
