@@ -6,7 +6,7 @@ import argparse
 import json
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,12 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    stop = threading.Event()
+    # A plain flag, not a threading.Event: a handler that set() an Event could block for ever
+    # on the Event's own lock when the signal lands while the main thread holds it in wait().
+    stop: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
-        stop.set()
+        stop.append(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     stack = Stack(
@@ -70,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         shown = {k: v for k, v in endpoints.items() if k != "aws_secret_access_key"}
         print(json.dumps(shown, indent=2), flush=True)
         print(f"jobsctl: serving; endpoints in {stack.endpoints_file}; Ctrl-C stops", flush=True)
-        while not stop.wait(1.0):
-            pass
+        while not stop:
+            time.sleep(0.2)  # a signal interrupts the sleep; the flag ends the loop
         print("jobsctl: stopping", file=sys.stderr, flush=True)
     finally:
         stack.stop()
