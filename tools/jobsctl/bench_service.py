@@ -1,13 +1,20 @@
 """Benchmark of the local Jobs service's data plane (not a test).
 
-    python -m jobsctl.bench_service --devices 1000
+    python -m jobsctl.bench_service --devices 1000 [--rate 300] [--drivers 2]
 
-Starts a fresh stack in a temporary folder, registers N things in one group (each with its
-own certificate, so each device is its own MQTT connection over mutual TLS), creates one job
-for the group, then every device does what an agent does for one job: ``start-next``, an
-``IN_PROGRESS`` update and a ``SUCCEEDED`` update, each waiting for its reply. All devices
-run concurrently in one thread (paho clients on one selector). Prints the throughput
-(replies per second over the whole run) and the p50/p99 reply latency.
+Starts a fresh stack in a temporary folder (this process: the service, as ``jobsctl serve``
+runs it; mosquitto beside it), registers N things in one group (each with its own
+certificate, so each device is its own MQTT connection over mutual TLS), creates one job for
+the group, then hands the devices to ``--drivers`` load-generator processes (paho clients on
+one selector each), so that the devices' own MQTT work does not share the service's process
+and GIL. Every device does what an agent does for one job: ``start-next``, an ``IN_PROGRESS``
+update and a ``SUCCEEDED`` update, each waiting for its reply.
+
+Two arrival patterns: a burst (every device starts at once) and, with ``--rate D``, a steady
+arrival of D devices per second (3·D requests per second). Prints the throughput (replies per
+second from the first request to the last reply), p50/p90/p99 reply latency, and the
+service's CPU time per reply (this process's CPU time over the run, which is the service's
+alone: the main thread only waits), the figure that must stay flat as the fleet grows.
 """
 
 from __future__ import annotations
@@ -15,8 +22,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import resource
 import selectors
 import ssl
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,33 +41,40 @@ from .errors import JobsctlError
 from .stack import Stack
 
 ARN = "arn:aws:iot:us-east-1:123456789012"
+JOB = "bench-job"
 
 
 @dataclass
 class _Device:
     name: str
     client: mqtt.Client
+    start_at: float = 0.0
     step: int = 0
     sent_at: float = 0.0
     latencies: list[float] = field(default_factory=list)
     errors: int = 0
+    subscribed: bool = False
+    started: bool = False
     done: bool = False
 
 
-class Bench:
-    def __init__(self, stack: Stack, devices: int, job_id: str) -> None:
-        self.stack = stack
+class Driver:
+    """Load generator: one process, its devices on one selector (``--drive`` mode)."""
+
+    def __init__(self, port: int, ca_file: str, job_id: str) -> None:
+        self.port = port
+        self.ca_file = ca_file
         self.job_id = job_id
         self.sel = selectors.DefaultSelector()
         self.devices: list[_Device] = []
-        self.writers: set[int] = set()
-        self.count = devices
         self.finished = 0
-        self.requests = 0
+        self.subscribed = 0
+        self.first_sent = 0.0
+        self.last_reply = 0.0
 
-    def _make(self, index: int, name: str, cert: str, key: str) -> _Device:
+    def _make(self, name: str, cert: str, key: str) -> _Device:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name)
-        context = ssl.create_default_context(cafile=str(self.stack.endpoints["ca_file"]))
+        context = ssl.create_default_context(cafile=self.ca_file)
         context.load_cert_chain(cert, key)
         client.tls_set_context(context)
         dev = _Device(name, client)
@@ -72,6 +89,7 @@ class Bench:
         return dev
 
     def _watch(self, sock: Any, dev: _Device) -> None:
+        sock.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY: as a device with no-delay
         self.sel.register(sock, selectors.EVENT_READ, dev)
 
     def _forget(self, sock: Any) -> None:
@@ -91,15 +109,18 @@ class Bench:
         client.subscribe([(prefix + "start-next/+", 1), (prefix + "+/update/+", 1)])
 
     def _on_subscribe(self, client: mqtt.Client, dev: _Device, *args: Any) -> None:
-        self._send(dev, "start-next", {})
+        if not dev.subscribed:
+            dev.subscribed = True
+            self.subscribed += 1
 
     def _send(self, dev: _Device, suffix: str, body: dict[str, Any]) -> None:
-        dev.sent_at = time.perf_counter()
-        self.requests += 1
+        dev.sent_at = time.monotonic()
         dev.client.publish(f"$aws/things/{dev.name}/jobs/{suffix}", json.dumps(body), qos=0)
 
     def _on_message(self, client: mqtt.Client, dev: _Device, msg: mqtt.MQTTMessage) -> None:
-        dev.latencies.append(time.perf_counter() - dev.sent_at)
+        now = time.monotonic()
+        dev.latencies.append(now - dev.sent_at)
+        self.last_reply = now
         if msg.topic.endswith("/rejected"):
             dev.errors += 1
         dev.step += 1
@@ -115,33 +136,43 @@ class Bench:
             dev.done = True
             self.finished += 1
 
-    def connect_all(self, creds: list[tuple[str, str, str]]) -> None:
-        for i, (name, cert, key) in enumerate(creds):
-            dev = self._make(i, name, cert, key)
-            dev.client.connect("localhost", self.stack.mqtt_port, keepalive=120)
-            self.devices.append(dev)
+    def _pump(self, timeout: float) -> None:
+        for key, events in self.sel.select(timeout=timeout):
+            dev: _Device = key.data
+            if events & selectors.EVENT_READ:
+                dev.client.loop_read()
+            if events & selectors.EVENT_WRITE:
+                dev.client.loop_write()
 
-    def run(self, timeout: float) -> float:
-        start = time.perf_counter()
+    def connect(self, creds: list[list[str]], timeout: float) -> None:
+        for name, cert, key in creds:
+            dev = self._make(name, cert, key)
+            dev.client.connect("localhost", self.port, keepalive=300)
+            self.devices.append(dev)
+        deadline = time.monotonic() + timeout
+        while self.subscribed < len(self.devices):
+            if time.monotonic() > deadline:
+                raise JobsctlError(f"{self.subscribed}/{len(self.devices)} devices subscribed")
+            self._pump(0.5)
+
+    def run(self, start: float, rate: float, offset: int, stride: int, timeout: float) -> None:
+        # Device i of this driver starts at start + (offset + i * stride) / rate (rate 0: all
+        # at start), so that the drivers' devices interleave into one arrival sequence.
+        for i, dev in enumerate(self.devices):
+            dev.start_at = start + ((offset + i * stride) / rate if rate else 0.0)
+        waiting = sorted(self.devices, key=lambda d: d.start_at, reverse=True)
         deadline = start + timeout
-        last_misc = start
-        while self.finished < self.count:
-            now = time.perf_counter()
+        while self.finished < len(self.devices):
+            now = time.monotonic()
             if now > deadline:
-                raise JobsctlError(
-                    f"benchmark timed out: {self.finished}/{self.count} devices finished"
-                )
-            for key, events in self.sel.select(timeout=0.5):
-                dev: _Device = key.data
-                if events & selectors.EVENT_READ:
-                    dev.client.loop_read()
-                if events & selectors.EVENT_WRITE:
-                    dev.client.loop_write()
-            if now - last_misc > 1.0:
-                for d in self.devices:
-                    d.client.loop_misc()
-                last_misc = now
-        return time.perf_counter() - start
+                raise JobsctlError(f"timed out: {self.finished}/{len(self.devices)} finished")
+            while waiting and waiting[-1].start_at <= now:
+                dev = waiting.pop()
+                if not self.first_sent:
+                    self.first_sent = now
+                self._send(dev, "start-next", {})
+            wait = 0.5 if not waiting else max(0.0, min(0.5, waiting[-1].start_at - now))
+            self._pump(wait)
 
     def close(self) -> None:
         for d in self.devices:
@@ -150,70 +181,190 @@ class Bench:
         self.sel.close()
 
 
-def _percentile(values: list[float], p: float) -> float:
+def drive(spec_file: str) -> int:
+    """``--drive``: connect, say ``ready``, wait for ``go START`` on stdin, run, print JSON."""
+    spec = json.loads(Path(spec_file).read_text())
+    driver = Driver(spec["port"], spec["ca_file"], spec["job_id"])
+    try:
+        driver.connect(spec["creds"], 120)
+        print("ready", flush=True)
+        line = sys.stdin.readline().split()
+        if not line or line[0] != "go":
+            return 1
+        driver.run(float(line[1]), spec["rate"], spec["offset"], spec["stride"], spec["timeout"])
+    except JobsctlError as exc:
+        print(json.dumps({"error": str(exc)}), flush=True)
+        return 1
+    finally:
+        driver.close()
+    print(
+        json.dumps(
+            {
+                "latencies": [x for d in driver.devices for x in d.latencies],
+                "rejected": sum(d.errors for d in driver.devices),
+                "first_sent": driver.first_sent,
+                "last_reply": driver.last_reply,
+            }
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile (the value below which p % of the samples lie)."""
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
-    return ordered[index]
+    index = min(len(ordered) - 1, max(0, -(-len(ordered) * p // 100) - 1))
+    return ordered[int(index)]
 
 
-def run(devices: int, timeout: float) -> dict[str, Any]:
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds of another process (the broker), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _round(stack: Stack, creds: list[tuple[str, str, str]], job_id: str, rate: float,
+           drivers: int, timeout: float, tmp: Path) -> dict[str, Any]:
+    """One job over the fleet, its devices driven by ``drivers`` processes."""
+    stack.iot_client().create_job(
+        jobId=job_id,
+        targets=[f"{ARN}:thinggroup/bench-fleet"],
+        document=json.dumps({"operation": "bench"}),
+    )
+    procs = []
+    for k in range(drivers):
+        spec = tmp / f"driver-{job_id}-{k}.json"
+        spec.write_text(
+            json.dumps(
+                {
+                    "port": stack.mqtt_port,
+                    "ca_file": str(stack.endpoints["ca_file"]),
+                    "job_id": job_id,
+                    "creds": creds[k::drivers],
+                    "rate": rate,
+                    "offset": k,
+                    "stride": drivers,
+                    "timeout": timeout,
+                }
+            )
+        )
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "jobsctl.bench_service", "--drive", str(spec)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=Path(__file__).resolve().parent.parent,
+            )
+        )
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != "ready":
+                raise JobsctlError("a load generator did not connect its devices")
+        broker = stack.broker.proc.pid if stack.broker and stack.broker.proc else 0
+        cpu0, broker0 = _cpu(), _proc_cpu(broker)
+        start = time.monotonic() + 0.2
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(f"go {start}\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            assert p.stdout is not None
+            results.append(json.loads(p.stdout.readline() or '{"error": "no result"}'))
+        cpu, broker_cpu = _cpu() - cpu0, _proc_cpu(broker) - broker0
+    finally:
+        for p in procs:
+            with contextlib.suppress(OSError):
+                if p.stdin:
+                    p.stdin.close()
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    for r in results:
+        if "error" in r:
+            raise JobsctlError(f"benchmark: {r['error']}")
+    latencies = [x for r in results for x in r["latencies"]]
+    wall = max(r["last_reply"] for r in results) - min(r["first_sent"] for r in results)
+    job = stack.iot_client().describe_job(jobId=job_id)["job"]
+    return {
+        "devices": len(creds),
+        "mode": f"steady {rate:g} devices/s" if rate else "burst",
+        "replies": len(latencies),
+        "rejected": sum(r["rejected"] for r in results),
+        "wall_s": round(wall, 3),
+        "throughput_replies_per_s": round(len(latencies) / wall, 1),
+        "latency_p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "latency_p90_ms": round(percentile(latencies, 90) * 1000, 2),
+        "latency_p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "latency_max_ms": round(max(latencies) * 1000, 2),
+        "service_cpu_us_per_reply": round(cpu / len(latencies) * 1e6, 1),
+        "broker_cpu_us_per_reply": round(broker_cpu / len(latencies) * 1e6, 1),
+        "job_status": job["status"],
+        "succeeded": job["jobProcessDetails"]["numberOfSucceededThings"],
+    }
+
+
+def run(
+    devices: int,
+    timeout: float,
+    rate: float = 0.0,
+    drivers: int = 2,
+    rounds: int = 1,
+) -> list[dict[str, Any]]:
+    """``rounds`` jobs over one fleet of ``devices`` (a burst, or ``rate`` devices/s): one
+    result per round. The fleet is provisioned once; each round is a new job."""
     with tempfile.TemporaryDirectory(prefix="bench-service-") as tmp, Stack(Path(tmp)) as stack:
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         creds = []
         for i in range(devices):
             info = stack.create_thing(f"bench-{i:05d}", group="bench-fleet")
-            creds.append((info["thing_name"], info["cert_file"], info["key_file"]))
-        provisioning = time.perf_counter() - t0
-        stack.iot_client().create_job(
-            jobId="bench-job",
-            targets=[f"{ARN}:thinggroup/bench-fleet"],
-            document=json.dumps({"operation": "bench"}),
-        )
-        bench = Bench(stack, devices, "bench-job")
-        t1 = time.perf_counter()
-        bench.connect_all(creds)
-        connecting = time.perf_counter() - t1
-        try:
-            wall = bench.run(timeout)
-        finally:
-            bench.close()
-        latencies = [x for d in bench.devices for x in d.latencies]
-        errors = sum(d.errors for d in bench.devices)
-        job = stack.iot_client().describe_job(jobId="bench-job")["job"]
-        return {
-            "devices": devices,
-            "mqtt_connections": devices,
-            "requests": bench.requests,
-            "replies": len(latencies),
-            "rejected": errors,
-            "wall_s": round(wall, 3),
-            "throughput_replies_per_s": round(len(latencies) / wall, 1),
-            "latency_p50_ms": round(_percentile(latencies, 50) * 1000, 2),
-            "latency_p99_ms": round(_percentile(latencies, 99) * 1000, 2),
-            "latency_max_ms": round(max(latencies) * 1000, 2),
-            "provisioning_s": round(provisioning, 2),
-            "connect_s": round(connecting, 2),
-            "job_status": job["status"],
-            "succeeded": job["jobProcessDetails"]["numberOfSucceededThings"],
-        }
+            creds.append((info["thing_name"], str(info["cert_file"]), str(info["key_file"])))
+        provisioning = time.monotonic() - t0
+        out = []
+        for n in range(rounds):
+            r = _round(stack, creds, f"{JOB}-{n}", rate, min(drivers, devices), timeout, Path(tmp))
+            r["provisioning_s"] = round(provisioning, 2)
+            out.append(r)
+        return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_service", description=__doc__)
     parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the run")
+    parser.add_argument("--rate", type=float, default=0.0, help="devices/s (default: a burst)")
+    parser.add_argument("--drivers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--rounds", type=int, default=1, help="jobs run one after the other")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds for a round")
+    parser.add_argument("--drive", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.drive:
+        return drive(args.drive)
     try:
-        result = run(args.devices, args.timeout)
+        results = run(args.devices, args.timeout, args.rate, args.drivers, args.rounds)
     except JobsctlError as exc:
         print(f"jobsctl: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=2))
-    print(
-        f"{result['devices']} devices, {result['replies']} replies in {result['wall_s']} s: "
-        f"{result['throughput_replies_per_s']} replies/s, p50 {result['latency_p50_ms']} ms, "
-        f"p99 {result['latency_p99_ms']} ms"
-    )
+    for r in results:
+        print(json.dumps(r, indent=2))
+        print(
+            f"{r['devices']} devices, {r['mode']}: {r['replies']} replies in {r['wall_s']} s:"
+            f" {r['throughput_replies_per_s']} replies/s, p50 {r['latency_p50_ms']} ms,"
+            f" p99 {r['latency_p99_ms']} ms, service {r['service_cpu_us_per_reply']} µs CPU"
+            " per reply"
+        )
     return 0
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -51,6 +53,13 @@ _UPDATE_KEYS = {
 }
 
 Presigner = Callable[[str, str, int], str]
+Reply = tuple[str, dict[str, Any]]
+
+# Requests handled in one SQLite transaction, at most: the worker takes what has arrived
+# (up to this many), answers each in its own savepoint, commits once, then publishes the
+# replies. Under load this turns hundreds of commits per second into a few; alone, a request
+# is a batch of one and waits for nothing.
+BATCH_MAX = 64
 
 # Requests per second per thing (token bucket, burst = rate) beyond which the data plane
 # answers RequestThrottled; 0 turns throttling off.
@@ -90,6 +99,8 @@ class DataPlane:
         self._local = threading.local()
         self.connected = threading.Event()
         self.handled = 0
+        self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.tls_set(ca_certs=str(ca_file), certfile=str(cert_file), keyfile=str(key_file))
         client.max_inflight_messages_set(0)  # unlimited: replies must never wait on acks
@@ -98,11 +109,14 @@ class DataPlane:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_socket_open = _no_delay
         self.client = client
 
     # ---------------------------------------------------------------- connection
 
     def start(self, timeout: float = 15) -> None:
+        self._worker = threading.Thread(target=self._work, name="jobs-data-plane", daemon=True)
+        self._worker.start()
         self.client.connect_async("localhost", self.port, keepalive=30)
         self.client.loop_start()
         if not self.connected.wait(timeout):
@@ -113,6 +127,10 @@ class DataPlane:
         self.client.disconnect()
         self.client.loop_stop()
         self.connected.clear()
+        if self._worker is not None:
+            self._inbox.put(None)
+            self._worker.join()
+            self._worker = None
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -165,23 +183,69 @@ class DataPlane:
     # ---------------------------------------------------------------- requests
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # paho's network thread only hands the request over: the worker answers it, so that
+        # reading the next packets overlaps answering these (requests keep their order).
+        self._inbox.put((msg.topic, bytes(msg.payload)))
+
+    def _work(self) -> None:
+        inbox = self._inbox
+        while True:
+            item = inbox.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < BATCH_MAX:
+                try:
+                    item = inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._answer(batch)
+                    return
+                batch.append(item)
+            self._answer(batch)
+
+    def _answer(self, batch: list[tuple[str, bytes]]) -> None:
+        """One batch: each request in its savepoint, one commit, then the replies in order,
+        then the pushes the batch caused (notify after the reply, as before)."""
         self._local.deferred = set()
+        replies: list[Reply | None] = []
         try:
-            self._dispatch(msg.topic, bytes(msg.payload))
+            with self.model.batch():
+                for topic, payload in batch:
+                    replies.append(self._handle(topic, payload))
         except Exception:
-            log.exception("data plane failed on %s", msg.topic)
+            log.exception("data plane batch of %d failed to commit", len(batch))
+            replies = [
+                self._reject(
+                    r[0].rpartition("/")[0], None, "InternalError", "The request was not stored."
+                )
+                for r in replies
+                if r is not None
+            ]
         finally:
             deferred, self._local.deferred = self._local.deferred, None
-            if deferred:
-                self.notify(deferred)
+        for reply in replies:
+            if reply is not None:
+                self._publish(*reply)
+        if deferred:
+            self.notify(deferred)
 
-    def _dispatch(self, topic: str, payload: bytes) -> None:
+    def _handle(self, topic: str, payload: bytes) -> Reply | None:
+        try:
+            return self._dispatch(topic, payload)
+        except Exception:
+            log.exception("data plane failed on %s", topic)
+            return None
+
+    def _dispatch(self, topic: str, payload: bytes) -> Reply | None:
+        """The reply to one request (topic and body), or None for what gets none."""
         m = _TOPIC.fullmatch(topic)
         if not m:
-            return
+            return None
         thing, rest = m.groups()
         if rest in ("notify", "notify-next") or rest.endswith(("/accepted", "/rejected")):
-            return  # the service's own topics: a device has nothing to say there
+            return None  # the service's own topics: a device has nothing to say there
         self.handled += 1
         if rest == "get":
             op, job_id = "get", None
@@ -200,29 +264,8 @@ class DataPlane:
         if isinstance(request, dict) and isinstance(request.get("clientToken"), str):
             token = request["clientToken"]
         try:
-            if self._throttled(thing):
-                raise JobsError("RequestThrottled", "Too many requests from this thing.")
-            fault = self._take_fault(thing, op)
-            if fault:
-                raise self._fault(thing, job_id, fault)
-            if not isinstance(request, dict):
-                raise JobsError("InvalidRequest", "The request must be a JSON object.")
-            if not _THING.fullmatch(thing):
-                raise JobsError("InvalidRequest", f"Thing name {thing[:140]} is not valid.")
-            if job_id is not None and job_id != "$next" and not _JOB_ID.fullmatch(job_id):
-                raise JobsError("InvalidRequest", f"Job id {job_id[:80]} is not valid.")
-            if "clientToken" in request and not isinstance(request["clientToken"], str):
-                raise JobsError("InvalidRequest", "clientToken must be a string.")
-            if op == "get":
-                reply = self._get(thing)
-            elif op == "start-next":
-                reply = self._start_next(thing, request)
-            elif op == "describe":
-                assert job_id is not None
-                reply = self._describe(thing, job_id, request)
-            else:
-                assert job_id is not None
-                reply = self._update(thing, job_id, request)
+            with self.model.request():  # a rejected request's writes are rolled back
+                reply = self._operate(thing, op, job_id, request)
         except JobsError as exc:
             return self._reject(topic, token, exc.code, exc.message, exc.state)
         except Exception as exc:
@@ -231,7 +274,33 @@ class DataPlane:
         reply["timestamp"] = int(time.time())
         if token is not None:
             reply["clientToken"] = token
-        self._publish(topic + "/accepted", reply)
+        return topic + "/accepted", reply
+
+    def _operate(self, thing: str, op: str, job_id: str | None, request: Any) -> dict[str, Any]:
+        if self._throttled(thing):
+            raise JobsError("RequestThrottled", "Too many requests from this thing.")
+        fault = self._take_fault(thing, op)
+        if fault:
+            raise self._fault(thing, job_id, fault)
+        if not isinstance(request, dict):
+            raise JobsError("InvalidRequest", "The request must be a JSON object.")
+        if not _THING.fullmatch(thing):
+            raise JobsError("InvalidRequest", f"Thing name {thing[:140]} is not valid.")
+        if job_id is not None and job_id != "$next" and not _JOB_ID.fullmatch(job_id):
+            raise JobsError("InvalidRequest", f"Job id {job_id[:80]} is not valid.")
+        if "clientToken" in request and not isinstance(request["clientToken"], str):
+            raise JobsError("InvalidRequest", "clientToken must be a string.")
+        if op == "get":
+            reply = self._get(thing)
+        elif op == "start-next":
+            reply = self._start_next(thing, request)
+        elif op == "describe":
+            assert job_id is not None
+            reply = self._describe(thing, job_id, request)
+        else:
+            assert job_id is not None
+            reply = self._update(thing, job_id, request)
+        return reply
 
     def _fault(self, thing: str, job_id: str | None, code: str) -> JobsError:
         state = None
@@ -252,14 +321,14 @@ class DataPlane:
         code: str,
         text: str,
         state: dict[str, Any] | None = None,
-    ) -> None:
+    ) -> Reply:
         body: dict[str, Any] = {"code": code, "message": text}
         if token is not None:
             body["clientToken"] = token
         body["timestamp"] = int(time.time())
         if state is not None and code in ("InvalidStateTransition", "VersionMismatch"):
             body["executionState"] = state
-        self._publish(topic + "/rejected", body)
+        return topic + "/rejected", body
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
         self.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
@@ -416,3 +485,8 @@ class DataPlane:
                 if rows:
                     body["execution"] = self._execution(rows[0], True)
                 self._publish(f"{_PREFIX}{thing}/jobs/notify-next", body)
+
+
+def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    # A reply is one small packet: sent now, not after the broker's delayed ACK (Nagle).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

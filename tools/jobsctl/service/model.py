@@ -211,6 +211,29 @@ class Model:
         if events and self.on_event:
             self.on_event(events)
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Several operations in one transaction (the data plane's batch of requests): the lock
+        and the transaction are held across them; each runs in its own :meth:`request`."""
+        with self._op():
+            yield
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """One request inside a :meth:`batch`: a savepoint, so that a request that fails undoes
+        its own writes and events and nothing of the others'."""
+        with self.lock:
+            self.db.execute("SAVEPOINT request")
+            events = len(self._events)
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK TO request")
+                self.db.execute("RELEASE request")
+                del self._events[events:]
+                raise
+            self.db.execute("RELEASE request")
+
     def _job_event(self, job_id: str, operation: str) -> None:
         from . import events
 
@@ -912,6 +935,8 @@ class Model:
             if used < allowed:
                 self._requeue(ex, now)
                 return
+        if not extra.get("abortConfig"):
+            return  # no criteria to weigh: no count (an O(executions) query per update)
         counts = {
             r["status"]: r["n"]
             for r in self.db.execute(
@@ -963,10 +988,13 @@ class Model:
         job = self._job(job_id)
         if job["status"] != "IN_PROGRESS" or job["target_selection"] != "SNAPSHOT":
             return
+        # Two index lookups (executions_job_status, pending_targets' key), not a scan of the
+        # job's executions: the cost of an update does not grow with the fleet.
         busy = self.db.execute(
-            "SELECT 1 FROM executions WHERE job_id = ? AND status IN ('QUEUED', 'IN_PROGRESS')"
-            " UNION SELECT 1 FROM pending_targets WHERE job_id = ?",
-            (job_id, job_id),
+            "SELECT 1 FROM executions WHERE job_id = ? AND status = 'QUEUED'"
+            " UNION ALL SELECT 1 FROM executions WHERE job_id = ? AND status = 'IN_PROGRESS'"
+            " UNION ALL SELECT 1 FROM pending_targets WHERE job_id = ? LIMIT 1",
+            (job_id, job_id, job_id),
         ).fetchone()
         if not busy:
             now = self.now()

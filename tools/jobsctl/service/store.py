@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS executions (
   step_deadline REAL, job_deadline REAL, force_canceled INTEGER NOT NULL DEFAULT 0,
   UNIQUE (job_id, thing));
 CREATE INDEX IF NOT EXISTS executions_thing ON executions (thing, status);
+CREATE INDEX IF NOT EXISTS executions_job_status ON executions (job_id, status);
 CREATE TABLE IF NOT EXISTS pending_targets (
   job_id TEXT NOT NULL, thing TEXT NOT NULL, release_at REAL NOT NULL,
   PRIMARY KEY (job_id, thing));
