@@ -5,14 +5,18 @@
 # current directory:
 #   micropython ota_pipeline.py URL CA_FILE [PROGRESS_INTERVAL_MS [unlocked]]
 # prints: OK <bytes> <ms> <sha256> <heap_before_open> <heap_after_open> <heap_end>
-#            <checkpoints> <reports> <mqtt_reads> <offset_persisted_last>
+#            <checkpoints> <reports> <mqtt_reads> <offset_persisted_last> <imports>
 #     or: ERR <exception name> <args>
 # The loop runs under micropython.heap_lock() (unless `unlocked`): a MemoryError there means a
 # block allocated. What the loop does only now and then (the offset checkpoint, a due progress
 # report, ctx.check()'s MQTT read) reaches the stand-in agent below, which unlocks the heap for
-# it and counts it. The default progress interval (an hour) keeps reports, which build their
+# it and counts it. <imports>: the imports the loop ran (builtins.__import__ counts them while
+# the loop runs; heap_lock does not catch one: importing a built-in allocates nothing, it only
+# searches the filesystem path, a littlefs lookup per call on a board); must be 0.
+# The default progress interval (an hour) keeps reports, which build their
 # details and so allocate, out of a locked run. gc.mem_alloc() after a collect gives the live
 # heap at each point.
+import builtins
 import gc
 import hashlib
 import sys
@@ -23,6 +27,15 @@ import micropython
 from iotjobs import http, ota
 from iotjobs.agent import Context
 from iotjobs.board import Board
+
+_imports = [0, None]  # how many, the last name
+_import = builtins.__import__
+
+
+def _counting_import(name, g=None, lo=None, fromlist=None, level=0):
+    _imports[0] += 1
+    _imports[1] = name
+    return _import(name, g, lo, fromlist, level)
 
 
 class _Agent:
@@ -75,6 +88,7 @@ def main(url, ca, interval_ms, locked):
     slot.writeblocks(0, buf)  # the simulated slot opens its file on the first write (Unix only)
     gc.collect()
     opened = gc.mem_alloc()
+    builtins.__import__ = _counting_import
     if locked:
         micropython.heap_lock()
     try:
@@ -82,11 +96,12 @@ def main(url, ca, interval_ms, locked):
     finally:
         if locked:
             micropython.heap_unlock()
+        builtins.__import__ = _import
         r.close()
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
     c = agent.calls
-    return "OK %d %d %s %d %d %d %d %d %d %d" % (
+    return "OK %d %d %s %d %d %d %d %d %d %d %d" % (
         off,
         ms,
         h.digest().hex(),
@@ -97,6 +112,7 @@ def main(url, ca, interval_ms, locked):
         c[1],
         c[2],
         state["off"],
+        _imports[0],
     )
 
 

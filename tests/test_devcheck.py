@@ -47,3 +47,47 @@ def test_syntax_micropython_cannot_compile_fails_the_device_check(tmp_path):
     r = devcheck(bad)
     assert r.returncode == 1
     assert "mpy-cross" in r.stdout
+
+
+def test_an_import_back_in_a_hot_path_fails_the_device_check(tmp_path):
+    # The import that cost a filesystem stat per OTA block: agent._diff, called from the
+    # download loop through Context.progress_due and Context.check.
+    import shutil
+
+    from jobsctl import devcheck as dc
+
+    lib = tmp_path / "lib"
+    shutil.copytree(dc.ROOT / "lib", lib)
+    assert dc.hot_imports(lib) == []
+    agent = lib / "iotjobs" / "agent.py"
+    text = agent.read_text()
+    assert "def _diff(a, b):\n" in text
+    agent.write_text(text.replace("def _diff(a, b):\n", "def _diff(a, b):\n    import time\n", 1))
+    problems = dc.hot_imports(lib)
+    assert problems and all("agent.py:" in p and "import time in _diff" in p for p in problems)
+    assert any("reached from Context.progress_due" in p for p in problems)
+    # and one in the MQTT read path, two calls down from the guard's read()
+    guard = lib / "iotjobs" / "transport.py"
+    text = guard.read_text()
+    guard.write_text(
+        text.replace(
+            "        for _, ev in self._poll.ipoll(",
+            "        import select\n\n        for _, ev in self._poll.ipoll(",
+            1,
+        )
+    )
+    assert any("import select in _Guard._wait" in p for p in dc.hot_imports(lib))
+
+
+def test_a_renamed_hot_function_is_reported_not_skipped(tmp_path):
+    import shutil
+
+    from jobsctl import devcheck as dc
+
+    lib = tmp_path / "lib"
+    shutil.copytree(dc.ROOT / "lib", lib)
+    ota = lib / "iotjobs" / "ota.py"
+    ota.write_text(
+        ota.read_text().replace("def _stream(", "def _stream2(").replace("_stream(", "_stream2(")
+    )
+    assert any("hot path _stream not found" in p for p in dc.hot_imports(lib))

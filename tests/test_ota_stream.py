@@ -62,6 +62,7 @@ def test_download_loop_writes_the_image_with_the_heap_locked(
     assert int(out[7]) == (blocks - 1) // SAVE_EVERY
     assert int(out[10]) == (blocks - 1) // SAVE_EVERY * SAVE_EVERY * 4096
     assert int(out[8]) == 1  # the report made before the loop; the next is an hour away
+    assert int(out[11]) == 0  # no import ran in the loop (heap_lock cannot see one)
     slot = image.slot_image(board, "ota_1")
     assert slot[: len(data)] == data
     assert set(slot[len(data) : blocks * 4096]) == {0xFF}  # the last block padded

@@ -45,6 +45,14 @@ def test_device_connects_with_mutual_tls_and_round_trips_a_message(broker, ca, t
     assert "RECEIVED $aws/things/dev-1/jobs/probe hello" in r.out
 
 
+def test_the_mqtt_read_path_allocates_nothing_idle_and_imports_nothing(broker, ca, thing_creds):
+    # tests/device/mqtt_probe.py "hot": 500 polls with nothing to read run under heap_lock
+    # (a MemoryError fails the probe), and neither they nor a message read run an import.
+    r = probe("hot", thing_creds("dev-hot"), "dev-hot", broker, ca.cert_path).check()
+    assert "IDLE-POLLS-LOCKED 500 imports 0" in r.out, r.out
+    assert "MESSAGE-READ 300 imports 0" in r.out, r.out
+
+
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):
     r = probe("roundtrip", thing_creds("dev-2"), "dev-2", broker, other_ca.cert_path).check()
     assert "CONNECT-FAILED" in r.out

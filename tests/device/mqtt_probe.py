@@ -50,6 +50,40 @@ elif mode == "foreign-subscribe":
         t.poll(500)
     for topic, msg in got:
         print("RECEIVED", topic.decode(), msg.decode())
+elif mode == "hot":
+    # The MQTT read path with nothing to read (what the OTA loop's ctx.check() does between
+    # messages) under heap_lock, and a message read, with imports counted: none may run.
+    import builtins
+
+    import micropython
+
+    topic = "$aws/things/%s/jobs/probe" % thing
+    t.subscribe(topic)
+    seen = [0]
+    real = builtins.__import__
+
+    def counting(name, g=None, lo=None, fromlist=None, level=0):
+        seen[0] += 1
+        return real(name, g, lo, fromlist, level)
+
+    def idle(n):
+        i = 0
+        while i < n:
+            t.poll(0)
+            i += 1
+
+    builtins.__import__ = counting
+    micropython.heap_lock()
+    try:
+        idle(500)
+    finally:
+        micropython.heap_unlock()
+    print("IDLE-POLLS-LOCKED", 500, "imports", seen[0])
+    t.publish(topic, b"x" * 300)
+    while not got:
+        t.poll(1000)
+    builtins.__import__ = real
+    print("MESSAGE-READ", len(got[0][1]), "imports", seen[0])
 elif mode == "keepalive":
     # Idle for three keepalive periods: pings must keep the link up.
     start = time.ticks_ms()

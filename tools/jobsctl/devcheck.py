@@ -11,6 +11,7 @@ not type-checked against the ESP32 stubs: they implement those modules, they do 
 from __future__ import annotations
 
 import argparse
+import ast
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,92 @@ STUBS = ROOT / "build" / "stubs"
 # The stubs are written for pyright; these parts of them do not pass mypy's own checks of
 # stub files. Errors *in our code* that use them are still reported.
 _STUB_NOISE = ["_mpy_shed.*", "hashlib", "micropython", "machine", "network", "umqtt.*"]
+
+
+# What runs per OTA block or per MQTT message: (file under lib/, function or Class.method).
+# No import may sit in these or in what they call in their own module (``f()``,
+# ``self.m()``): on MicroPython an import inside a function runs on every call, and for an
+# extensible built-in (``time``, ``os``) it searches the filesystem path each time, a littlefs
+# lookup per block on a board. Rare paths they reach through other objects (a checkpoint, a
+# progress report, a describe) are not followed.
+HOT_PATHS = (
+    ("iotjobs/ota.py", "_stream"),
+    ("iotjobs/http.py", "Response.readinto"),
+    ("iotjobs/agent.py", "Context.progress_due"),
+    ("iotjobs/agent.py", "Context.check"),
+    ("iotjobs/agent.py", "Agent._pump"),
+    ("iotjobs/agent.py", "Agent._on_msg"),
+    ("iotjobs/board.py", "Board.feed"),
+    ("iotjobs/board.py", "Board.ticks_ms"),
+    ("iotjobs/transport.py", "Transport.poll"),
+    ("iotjobs/transport.py", "_Guard.ready"),
+    ("iotjobs/transport.py", "_Guard.read"),
+    ("iotjobs/transport.py", "_Guard.write"),
+)
+
+
+def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
+    """Module functions by name, methods as ``Class.method``."""
+    out: dict[str, ast.FunctionDef] = {}
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            out[node.name] = node
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef):
+                    out[f"{node.name}.{item.name}"] = item
+    return out
+
+
+def hot_imports(lib: Path | None = None) -> list[str]:
+    """Imports inside the hot paths (HOT_PATHS and their same-module callees): one message
+    each, ``file:line: import x in f (hot: reached from g)``; a listed path that no longer
+    exists is reported too, so that a rename cannot switch the check off."""
+    lib = lib or ROOT / "lib"
+    problems: list[str] = []
+    trees: dict[str, dict[str, ast.FunctionDef]] = {}
+    for file, root in HOT_PATHS:
+        if file not in trees:
+            path = lib / file
+            trees[file] = _functions(ast.parse(path.read_text())) if path.exists() else {}
+        funcs = trees[file]
+        if root not in funcs:
+            problems.append(f"lib/{file}: hot path {root} not found (devcheck.HOT_PATHS)")
+            continue
+        seen: set[str] = set()
+        todo = [root]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            cls = name.partition(".")[0] if "." in name else None
+            for node in ast.walk(funcs[name]):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    what = ", ".join(a.name for a in node.names)
+                    if isinstance(node, ast.ImportFrom):
+                        what = f"from {node.module} import {what}"
+                    problems.append(
+                        f"lib/{file}:{node.lineno}: import {what} in {name}"
+                        f" (hot: reached from {root})"
+                    )
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+                    if node.func.id == "__import__":
+                        problems.append(
+                            f"lib/{file}:{node.lineno}: __import__ in {name} (hot: {root})"
+                        )
+                    elif node.func.id in funcs:
+                        todo.append(node.func.id)
+                elif (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "self"
+                    and cls
+                    and f"{cls}.{node.func.attr}" in funcs
+                ):
+                    todo.append(f"{cls}.{node.func.attr}")
+    return problems
 
 
 def device_files() -> list[Path]:
@@ -98,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     rc, report = typecheck(files)
     if rc:
         print(report)
-    ok = not failures and rc == 0
+    hot = [] if args.files else hot_imports()
+    for line in hot:
+        print(f"hot path: {line}")
+    ok = not failures and rc == 0 and not hot
     print(f"devcheck: {len(files)} device files {'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 
