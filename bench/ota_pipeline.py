@@ -3,9 +3,10 @@
 # agent's own Context. Used by jobsctl.bench (figures) and tests/test_ota_stream.py (pins that a
 # block allocates nothing). Run under the Unix port with a simulated board folder as the
 # current directory:
-#   micropython ota_pipeline.py URL CA_FILE [PROGRESS_INTERVAL_MS [unlocked]]
+#   micropython ota_pipeline.py URL CA_FILE [PROGRESS_INTERVAL_MS [unlocked] [sample]]
 # prints: OK <bytes> <ms> <sha256> <heap_before_open> <heap_after_open> <heap_end>
 #            <checkpoints> <reports> <mqtt_reads> <offset_persisted_last> <imports>
+#            <heap_during>
 #     or: ERR <exception name> <args>
 # The loop runs under micropython.heap_lock() (unless `unlocked`): a MemoryError there means a
 # block allocated. What the loop does only now and then (the offset checkpoint, a due progress
@@ -15,7 +16,8 @@
 # searches the filesystem path, a littlefs lookup per call on a board); must be 0.
 # The default progress interval (an hour) keeps reports, which build their
 # details and so allocate, out of a locked run. gc.mem_alloc() after a collect gives the live
-# heap at each point.
+# heap at each point; with `sample`, each checkpoint also collects and reads it, so
+# <heap_during> is the live heap's high-water while the loop runs (0 without `sample`).
 import builtins
 import gc
 import hashlib
@@ -41,18 +43,23 @@ def _counting_import(name, g=None, lo=None, fromlist=None, level=0):
 class _Agent:
     # The agent's side of a running job's Context; each call is one of the loop's periodic,
     # allowed allocations and runs with the heap unlocked.
-    def __init__(self, interval_ms, locked):
+    def __init__(self, interval_ms, locked, sample=False):
         self.thing = "bench"
         self.board = Board()
         self.cfg = {"progress_interval_ms": interval_ms}
         self._stale = False
         self.calls = [0, 0, 0]  # persist, report, pump
         self.locked = locked
+        self.sample = sample
+        self.peak = 0
 
     def _count(self, i):
         if self.locked:
             micropython.heap_unlock()
         self.calls[i] += 1
+        if self.sample:  # the live heap now, in the middle of the loop
+            gc.collect()
+            self.peak = max(self.peak, gc.mem_alloc())
         if self.locked:
             micropython.heap_lock()
 
@@ -69,12 +76,12 @@ class _Agent:
         pass
 
 
-def main(url, ca, interval_ms, locked):
+def main(url, ca, interval_ms, locked, sample):
     esp32._power_on()
     slot = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
     with open(ca, "rb") as f:
         cadata = f.read()
-    agent = _Agent(interval_ms, locked)
+    agent = _Agent(interval_ms, locked, sample)
     state = {"off": 0}
     ctx = Context(agent, "bench-job", "ota", state, False)
     ctx.progress({"step": "download", "progress": "0"}, True)  # as when the job started
@@ -101,7 +108,7 @@ def main(url, ca, interval_ms, locked):
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
     c = agent.calls
-    return "OK %d %d %s %d %d %d %d %d %d %d %d" % (
+    return "OK %d %d %s %d %d %d %d %d %d %d %d %d" % (
         off,
         ms,
         h.digest().hex(),
@@ -113,11 +120,14 @@ def main(url, ca, interval_ms, locked):
         c[2],
         state["off"],
         _imports[0],
+        agent.peak,
     )
 
 
 try:
     a = sys.argv
-    print(main(a[1], a[2], int(a[3]) if len(a) > 3 else 3600000, len(a) < 5))
+    flags = a[4:]
+    interval = int(a[3]) if len(a) > 3 else 3600000
+    print(main(a[1], a[2], interval, "unlocked" not in flags, "sample" in flags))
 except Exception as e:
     print("ERR", type(e).__name__, e.args)

@@ -3,7 +3,12 @@
     python -m jobsctl.bench [--quick]
 
 Every figure is measured in the same run, next to what it is compared with, because machines
-are noisy and ratios travel better than absolute numbers:
+are noisy and ratios travel better than absolute numbers. A and B run interleaved, round by
+round, and are reported as min and median; whole process against whole process (the device
+pipeline's process against curl's) or in-process against in-process (the loop against its
+own primitives); heap is read while the loop runs; a smallest heap is the size from which 5
+consecutive sizes pass, with the lowest passing size beside it; the machine's load is noted;
+each row names the command that made it and the figure it replaced:
 
 - OTA throughput: the device pipeline (iotjobs.http -> hashlib.sha256 -> simulated
   esp32.Partition, driven by the OTA handler's own loop ``iotjobs.ota._stream`` from
@@ -18,7 +23,8 @@ are noisy and ratios travel better than absolute numbers:
   custom firmware built from firmware/manifest.py carries it);
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
   the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
-- service: 1,000 simulated devices doing start-next + two updates (jobsctl.bench_service);
+- service: 100 / 1,000 / 3,000 simulated devices doing start-next + two updates, as a burst
+  and at a steady arrival rate (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
 - ECDSA P-256 verify time on the Unix port.
 """
@@ -117,6 +123,35 @@ def smallest(ok: Callable[[int], bool], lo: int, hi: int, step: int) -> int | No
     return hi
 
 
+def smallest_stable(
+    ok: Callable[[int], bool], lo: int, hi: int, step: int, n: int = 5
+) -> tuple[int | None, int | None]:
+    """(stable, lowest): ``stable`` is the smallest size from which ``n`` consecutive sizes
+    (``step`` apart) all pass, ``lowest`` the smallest size seen to pass. The pass/fail edge
+    is not monotone (a run can pass at 68 KB, fail at 70-72 and pass at 74), so a bisection
+    alone lands anywhere on it: the bisection only finds where to start, then sizes are tried
+    one by one upwards, from a few steps below it, until ``n`` pass in a row."""
+    top = smallest(ok, lo, hi, step)
+    if top is None:
+        return None, None
+    passed: set[int] = {top}
+    k = max(lo, top - 3 * step)
+    run = 0
+    first = None
+    while k <= hi:
+        good = k in passed or ok(k)
+        if good:
+            passed.add(k)
+            run += 1
+            first = k if run == 1 else first
+            if run >= n:
+                return first, min(passed)
+        else:
+            run = 0
+        k += step
+    return None, min(passed)
+
+
 def kb(n: float) -> str:
     return f"{n / 1024:.1f} KB"
 
@@ -125,10 +160,33 @@ def _kb_or(k: int | None) -> str:
     return f"{k} KB" if k else "> 512 KB"
 
 
+def _stable(found: tuple[int | None, int | None]) -> str:
+    stable, lowest = found
+    return f"{_kb_or(stable)} (lowest pass {_kb_or(lowest)})"
+
+
+def _spread(values: list[float], unit: str = "", fmt: str = ".2f") -> str:
+    return f"min {min(values):{fmt}}{unit}, median {statistics.median(values):{fmt}}{unit}"
+
+
+# The command that makes each row (by the start of its first column); `make bench` runs all.
+COMMANDS: dict[str, str] = {}
+
+
+def command(row_start: str, cmd: str) -> None:
+    COMMANDS[row_start] = cmd
+
+
 # ---------------------------------------------------------------- OTA pipeline
 
 
+PRIMITIVES = ROOT / "bench" / "ota_primitives.py"
+
+
 def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
+    """The OTA loop against curl (whole process against whole process) and against its own
+    primitives (in-process against in-process), interleaved round by round; the live heap
+    sampled while the loop runs; the smallest heap it runs in."""
     ca = CertificateAuthority(tmp / "ca")
     files = tmp / "www"
     files.mkdir()
@@ -138,12 +196,13 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
     slot = 9 * MiB
     with https_files(ca, files) as base:
 
-        def pipeline(size: int, heapsize: str | None = None, frozen: bool = False) -> list[str]:
+        def pipeline(
+            size: int, heapsize: str | None = None, frozen: bool = False, *flags: str
+        ) -> list[str]:
             board = fresh_board(tmp / "board", slot)
             url = f"{base}/{size // MiB}m.bin"
-            out = upy(
-                [str(PIPELINE), url, str(ca.cert_path)], board, heapsize, frozen=frozen
-            ).split()
+            args = [str(PIPELINE), url, str(ca.cert_path), "3600000", *flags]
+            out = upy(args, board, heapsize, frozen=frozen).split()
             if out[:1] == ["OK"] and out[3] != hashlib.sha256(images[size]).hexdigest():
                 raise JobsctlError("the pipeline's SHA-256 does not match the image")
             return out
@@ -151,55 +210,90 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
         def pipeline_ok(k: int, frozen: bool) -> bool:
             return pipeline(1 * MiB, f"{k}k", frozen)[:1] == ["OK"]
 
-        device_ms, heaps = [], {}
+        heaps = {}
         for frozen in (False, True):
             for size in (1 * MiB, 8 * MiB):
-                out = pipeline(size, frozen=frozen)
+                out = pipeline(size, None, frozen, "sample")
                 if out[:1] != ["OK"]:
                     raise JobsctlError(f"pipeline failed: {' '.join(out)}")
-                heaps[size, frozen] = (int(out[4]), int(out[5]), int(out[6]))
-        for _ in range(runs):
-            device_ms.append(int(pipeline(8 * MiB)[2]))
+                heaps[size, frozen] = (int(out[4]), int(out[5]), int(out[6]), int(out[12]))
         url = f"{base}/8m.bin"
         curl = f"curl -s --cacert {ca.cert_path} {url}"
-        tee_s = _timed(f"{curl} | tee {tmp / 'slot.bin'} | sha256sum >/dev/null", runs)
-        null_s = _timed(f"{curl} -o /dev/null", runs)
-        min_heap = {
-            frozen: smallest(partial(pipeline_ok, frozen=frozen), 8, 512, 4)
+        tee = f"{curl} | tee {tmp / 'slot.bin'} | sha256sum >/dev/null"
+        t: dict[str, list[float]] = {
+            k: [] for k in ("device", "loop", "tee", "null", "read", "sha", "write", "ratio")
+        }
+        for _ in range(runs):  # A, B, C, D in turn, every round
+            t0 = time.perf_counter()
+            out = pipeline(8 * MiB)
+            t["device"].append(time.perf_counter() - t0)
+            if out[:1] != ["OK"]:
+                raise JobsctlError(f"pipeline failed: {' '.join(out)}")
+            t["loop"].append(int(out[2]) / 1000)
+            t["tee"].append(_timed(tee, 1))
+            t["null"].append(_timed(f"{curl} -o /dev/null", 1))
+            board = fresh_board(tmp / "board", slot)
+            prim = upy([str(PRIMITIVES), url, str(ca.cert_path)], board).split()
+            if prim[:1] != ["OK"] or int(prim[1]) != 8 * MiB:
+                raise JobsctlError(f"primitives failed: {' '.join(prim)}")
+            read, sha, write = (int(x) / 1000 for x in prim[2:5])
+            t["read"].append(read)
+            t["sha"].append(sha)
+            t["write"].append(write)
+            t["ratio"].append(t["loop"][-1] / (read + sha + write))
+        found = {
+            frozen: smallest_stable(partial(pipeline_ok, frozen=frozen), 8, 512, 4)
             for frozen in (False, True)
         }
-    dev_s = statistics.median(device_ms) / 1000
-    mbps = 8 / dev_s
+    med = statistics.median
+    dev_s, tee_s = med(t["device"]), med(t["tee"])
     rows.append(
         (
             "OTA pipeline, 8 MiB: HTTPS → SHA-256 → flash (iotjobs.ota's own loop, Unix port)",
-            f"{mbps:.1f} MiB/s ({dev_s:.2f} s)",
-            f"`curl \\| tee \\| sha256sum`: {8 / tee_s:.1f} MiB/s ({tee_s:.2f} s), "
-            f"device/C ratio {tee_s / dev_s:.2f}; `curl -o /dev/null`: {8 / null_s:.1f} MiB/s",
+            f"{8 / dev_s:.1f} MiB/s whole process ({_spread(t['device'], ' s')})",
+            f"`curl \\| tee \\| sha256sum`, whole process: {8 / tee_s:.1f} MiB/s "
+            f"({_spread(t['tee'], ' s')}), device/C ratio {tee_s / dev_s:.2f}; "
+            f"`curl -o /dev/null`: {8 / med(t['null']):.1f} MiB/s; the loop alone (in-process): "
+            f"{_spread(t['loop'], ' s')}; {runs} rounds, interleaved",
         )
     )
+    prims = med(t["read"]) + med(t["sha"]) + med(t["write"])
+    rows.append(
+        (
+            "OTA loop against the sum of its own primitives (8 MiB, same run, in-process)",
+            f"ratio {_spread(t['ratio'])} (goal ≤ 1.15)",
+            f"loop median {med(t['loop']):.3f} s; primitives median {prims:.3f} s: TLS readinto "
+            f"{med(t['read']):.3f} s, SHA-256 {med(t['sha']):.3f} s, slot writes "
+            f"{med(t['write']):.3f} s (bench/ota_primitives.py); {runs} rounds, interleaved",
+        )
+    )
+    command("OTA pipeline", "`python -m jobsctl.bench` (bench_pipeline)")
+    command("OTA loop against", "`python -m jobsctl.bench` (bench_pipeline)")
     for size in (1 * MiB, 8 * MiB):
-        before, during, end = heaps[size, True]
+        before, opened, end, during = heaps[size, True]
         mpy = heaps[size, False]
         rows.append(
             (
                 f"heap during the download loop, {size // MiB} MiB image",
-                f"{kb(during)} frozen, {kb(mpy[1])} .mpy",
-                f"live heap after a collect; the handler's loop ran under heap_lock (0 "
+                f"{kb(during)} frozen, {kb(mpy[3])} .mpy",
+                f"live heap's high-water while the loop runs (a collect and a reading at every "
+                f"offset checkpoint, every 16 blocks); the loop itself ran under heap_lock (0 "
                 f"allocations per block, checkpoints and reports excepted); frozen: "
-                f"{kb(during - before)} of it is the HTTPS connection (TLS context and socket), "
-                f"{kb(before)} was live before it (the modules' objects, the block buffer), "
+                f"{kb(before)} live before the connection, {kb(opened)} once it was open, "
                 f"{kb(end)} after; .mpy: {kb(mpy[0])} before it, mostly the modules' bytecode",
             )
         )
+        command(f"heap during the download loop, {size // MiB}", "`python -m jobsctl.bench`")
     rows.append(
         (
             "smallest -X heapsize for the pipeline (HTTPS, 1 MiB)",
-            f"{_kb_or(min_heap[True])} frozen, {_kb_or(min_heap[False])} .mpy",
-            "search in 4 KB steps; includes one TLS context (~3 KB of heap here and on a board; "
+            f"{_stable(found[True])} frozen, {_stable(found[False])} .mpy",
+            "the size from which 5 consecutive sizes (4 KB steps) pass, and the lowest size "
+            "seen to pass; includes one TLS context (~3 KB of heap here and on a board; "
             "mbedTLS's own buffers are outside the heap on both)",
         )
     )
+    command("smallest -X heapsize for the pipeline", "`python -m jobsctl.bench` (bench_pipeline)")
 
 
 def _timed(shell: str, runs: int) -> float:
@@ -241,36 +335,46 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
             return status == "SUCCEEDED"
 
         agent = {
-            f: smallest(partial(job_ok, ota=False, frozen=f), 16, 512, 4) for f in (False, True)
+            f: smallest_stable(partial(job_ok, ota=False, frozen=f), 16, 512, 4)
+            for f in (False, True)
         }
         rows.append(
             (
                 "smallest -X heapsize for the agent (a reboot job: MQTT over TLS, persisted "
                 "state, reset, report after the boot)",
-                f"{_kb_or(agent[True])} frozen, {_kb_or(agent[False])} .mpy",
+                f"{_stable(agent[True])} frozen, {_stable(agent[False])} .mpy",
                 "the agent's high-water, the modules' objects (frozen) or bytecode (.mpy) "
-                "included; search in 4 KB steps",
+                "included; the size from which 5 consecutive sizes (4 KB steps) pass, and the "
+                "lowest size seen to pass",
             )
         )
-        ota = {f: smallest(partial(job_ok, ota=True, frozen=f), 16, 512, 4) for f in (False, True)}
+        command("smallest -X heapsize for the agent", "`python -m jobsctl.bench` (bench_stack)")
+        ota = {
+            f: smallest_stable(partial(job_ok, ota=True, frozen=f), 16, 512, 4)
+            for f in (False, True)
+        }
         rows.append(
             (
                 "smallest -X heapsize for a whole OTA job (1 MiB, signed)",
-                f"{_kb_or(ota[True])} frozen, {_kb_or(ota[False])} .mpy",
-                "MQTT + HTTPS (two TLS contexts) + ECDSA + reboot and self-test; "
-                "search in 4 KB steps",
+                f"{_stable(ota[True])} frozen, {_stable(ota[False])} .mpy",
+                "MQTT + HTTPS (two TLS contexts) + ECDSA + reboot and self-test; the size from "
+                "which 5 consecutive sizes (4 KB steps) pass, and the lowest size seen to pass",
             )
         )
-        ours = _latency_agent(stack, jobs)
-        peer = _latency_peer(stack, jobs)
+        command("smallest -X heapsize for a whole", "`python -m jobsctl.bench` (bench_stack)")
+        ours, peer = _latency(stack, jobs)
         rows.append(
             (
                 "create-job → IN_PROGRESS, our agent (Unix port)",
-                f"p50 {ours[0]:.0f} ms, p99 {ours[1]:.0f} ms",
-                f"AWS IoT Device SDK v2 (awsiotsdk, CPython): p50 {peer[0]:.0f} ms, "
-                f"p99 {peer[1]:.0f} ms; {jobs} jobs each, service timestamps",
+                f"p50 {_p(ours, 50):.1f} ms, p90 {_p(ours, 90):.1f} ms",
+                f"AWS IoT Device SDK v2 (awsiotsdk, CPython): p50 {_p(peer, 50):.1f} ms, "
+                f"p90 {_p(peer, 90):.1f} ms; agent/SDK p50 ratio "
+                f"{_p(ours, 50) / _p(peer, 50):.2f} (goal ≤ 1.2); {jobs} jobs each, one of "
+                f"each in turn on the same stack; the service's timestamps (createdAt, "
+                f"startedAt: ms resolution)",
             )
         )
+        command("create-job", "`python -m jobsctl.bench` (bench_stack, _latency)")
 
 
 def _arn(stack: Stack, thing: str) -> str:
@@ -296,30 +400,39 @@ def _started_latency(stack: Stack, thing: str, job: str) -> float:
     return float((started - created).total_seconds() * 1000)
 
 
-def _latency_agent(stack: Stack, jobs: int) -> tuple[float, float]:
+def _latency(stack: Stack, jobs: int) -> tuple[list[float], list[float]]:
+    """create-job -> IN_PROGRESS for our agent and for the awsiotsdk peer, one job each in
+    turn (agent, peer, agent, ...), ``jobs`` each, on the same stack: the same load, the same
+    moment, for both."""
+    ours: list[float] = []
+    peer: list[float] = []
     name = "lat-agent"
     stack.create_thing(name)
     board = setup_board(stack.state_dir, name)
-    out = []
-    with DeviceProcess(board) as dev:
+    doc = {"operation": "config", "set": {"log_level": "info"}}
+    with DeviceProcess(board) as dev, _sdk_peer(stack, "lat-sdk"):
         dev.wait_for("no pending job", timeout=30)
         for i in range(jobs):
-            job = f"lat-agent-{i}"
-            doc = {"operation": "config", "set": {"log_level": "info"}}
-            stack.iot_client().create_job(
-                jobId=job, targets=[_arn(stack, name)], document=json.dumps(doc)
-            )
-            if _final(stack, name, job, 30) != "SUCCEEDED":
-                raise JobsctlError(f"{job} did not succeed")
-            out.append(_started_latency(stack, name, job))
-    return _p(out, 50), _p(out, 99)
+            for thing, job, out, document in (
+                (name, f"lat-agent-{i}", ours, doc),
+                ("lat-sdk", f"lat-sdk-{i}", peer, {"operation": "x"}),
+            ):
+                stack.iot_client().create_job(
+                    jobId=job, targets=[_arn(stack, thing)], document=json.dumps(document)
+                )
+                if _final(stack, thing, job, 30) != "SUCCEEDED":
+                    raise JobsctlError(f"{job} did not succeed")
+                out.append(_started_latency(stack, thing, job))
+    return ours, peer
 
 
-def _latency_peer(stack: Stack, jobs: int) -> tuple[float, float]:
+@contextlib.contextmanager
+def _sdk_peer(stack: Stack, name: str) -> Iterator[None]:
+    """The AWS IoT Device SDK v2 doing what the agent does: start-next on notify-next, then
+    SUCCEEDED."""
     from awscrt import mqtt
     from awsiot import iotjobs, mqtt_connection_builder
 
-    name = "lat-sdk"
     info = stack.create_thing(name)
     conn = mqtt_connection_builder.mtls_from_path(
         endpoint="localhost",
@@ -354,33 +467,26 @@ def _latency_peer(stack: Stack, jobs: int) -> tuple[float, float]:
             qos,
         )
 
-    f, _ = jobs_client.subscribe_to_start_next_pending_job_execution_accepted(
-        iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=name), qos, on_started
-    )
-    f.result(10)
-    f, _ = jobs_client.subscribe_to_update_job_execution_accepted(
-        iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=name, job_id="+"),
-        qos,
-        lambda resp: None,
-    )
-    f.result(10)
-    f, _ = jobs_client.subscribe_to_next_job_execution_changed_events(
-        iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=name), qos, start_next
-    )
-    f.result(10)
-    out = []
     try:
-        for i in range(jobs):
-            job = f"lat-sdk-{i}"
-            stack.iot_client().create_job(
-                jobId=job, targets=[_arn(stack, name)], document=json.dumps({"operation": "x"})
-            )
-            if _final(stack, name, job, 30) != "SUCCEEDED":
-                raise JobsctlError(f"{job} did not succeed with the SDK peer")
-            out.append(_started_latency(stack, name, job))
+        f, _ = jobs_client.subscribe_to_start_next_pending_job_execution_accepted(
+            iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=name),
+            qos,
+            on_started,
+        )
+        f.result(10)
+        f, _ = jobs_client.subscribe_to_update_job_execution_accepted(
+            iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=name, job_id="+"),
+            qos,
+            lambda resp: None,
+        )
+        f.result(10)
+        f, _ = jobs_client.subscribe_to_next_job_execution_changed_events(
+            iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=name), qos, start_next
+        )
+        f.result(10)
+        yield
     finally:
         conn.disconnect().result(10)
-    return _p(out, 50), _p(out, 99)
 
 
 def _p(values: list[float], pct: float) -> float:
@@ -441,24 +547,76 @@ def bench_ecdsa(tmp: Path, n: int, rows: list[Row]) -> None:
     )
 
 
-def bench_fleet(devices: int, rows: list[Row]) -> None:
-    r = bench_service.run(devices, 300)
-    rows.append(
-        (
-            f"service: {devices} devices, start-next + 2 updates each (MQTT, mTLS)",
-            f"{r['throughput_replies_per_s']} replies/s",
-            f"reply latency p50 {r['latency_p50_ms']} ms, p99 {r['latency_p99_ms']} ms; "
-            f"{r['replies']} replies in {r['wall_s']} s",
+def bench_fleet(sizes: list[int], rate: float, rounds: int, rows: list[Row]) -> None:
+    """The service at each fleet size (a burst, ``rounds`` jobs, min and median), and at the
+    largest under a steady arrival of ``rate`` devices/s: throughput, latency, and the
+    service's CPU per reply, the figure that stays flat when nothing is O(fleet)."""
+    for devices in sizes:
+        rs = bench_service.run(devices, 300, rounds=rounds)
+        rows.append(_fleet_row(devices, "burst", rs))
+        command(
+            f"service: {devices} devices, burst",
+            f"`python -m jobsctl.bench_service --devices {devices} --rounds {rounds}`",
         )
+    devices = sizes[-2] if len(sizes) > 1 else sizes[-1]
+    rs = bench_service.run(devices, 300, rate=rate, rounds=rounds)
+    rows.append(_fleet_row(devices, f"steady {rate:g} devices/s", rs))
+    command(
+        f"service: {devices} devices, steady",
+        f"`python -m jobsctl.bench_service --devices {devices} --rate {rate:g} --rounds {rounds}`",
+    )
+
+
+def _fleet_row(devices: int, mode: str, rs: list[dict[str, Any]]) -> Row:
+    tput = [r["throughput_replies_per_s"] for r in rs]
+    cpu = [r["service_cpu_us_per_reply"] for r in rs]
+    p50 = [r["latency_p50_ms"] for r in rs]
+    p99 = [r["latency_p99_ms"] for r in rs]
+    rejected = sum(r["rejected"] for r in rs)
+    return (
+        f"service: {devices} devices, {mode}, start-next + 2 updates each (MQTT, mTLS)",
+        f"{max(tput):.0f} replies/s best, {statistics.median(tput):.0f} median",
+        f"service CPU per reply {_spread(cpu, ' µs', '.0f')}; broker "
+        f"{statistics.median(r['broker_cpu_us_per_reply'] for r in rs):.0f} µs; reply latency "
+        f"p50 {_spread(p50, ' ms', '.0f')}, p99 {_spread(p99, ' ms', '.0f')}; "
+        f"{rs[0]['replies']} replies a round, {len(rs)} rounds, {rejected} rejected; "
+        f"devices in 2 load-generator processes, the service in its own",
     )
 
 
 # ---------------------------------------------------------------- main
 
 
-def table(rows: list[Row]) -> str:
-    lines = ["| measured | figure | compared with / note |", "|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+# Rows renamed since an older results.md: new name -> old name (for the "before" column).
+RENAMED = {
+    "service: 1000 devices, burst, start-next + 2 updates each (MQTT, mTLS)": (
+        "service: 1000 devices, start-next + 2 updates each (MQTT, mTLS)"
+    ),
+}
+
+
+def previous_figures(path: Path) -> dict[str, str]:
+    """measured -> figure of the results.md this run replaces (empty when there is none)."""
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.replace("\\|", "\x00").split("|")[1:-1]]
+        if len(cells) >= 3 and cells[0] not in ("measured", "---"):
+            out[cells[0].replace("\x00", "\\|")] = cells[1].replace("\x00", "\\|")
+    return out
+
+
+def table(rows: list[Row], before: dict[str, str] | None = None) -> str:
+    lines = [
+        "| measured | figure | before (the results.md this run replaced) "
+        "| compared with / note | command |",
+        "|---|---|---|---|---|",
+    ]
+    for a, b, c in rows:
+        old = (before or {}).get(a) or (before or {}).get(RENAMED.get(a, ""), "—")
+        cmd = next((v for k, v in COMMANDS.items() if a.startswith(k)), "`make bench`")
+        lines.append(f"| {a} | {b} | {old} | {c} | {cmd} |")
     return "\n".join(lines)
 
 
@@ -467,8 +625,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs, 100 service devices")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    runs, jobs, devices = (1, 5, 100) if args.quick else (3, 20, 1000)
+    runs, jobs, sizes, rounds = (2, 5, [100], 1) if args.quick else (7, 50, [100, 1000, 3000], 3)
     rows: list[Row] = []
+    before = previous_figures(args.output)
+    load0 = _load()
     t0 = time.monotonic()
     try:
         with tempfile.TemporaryDirectory(prefix="jobsctl-bench-") as tmpdir:
@@ -478,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: bench_ecdsa(tmp, 20, rows),
                 lambda: bench_footprint(tmp, rows),
                 lambda: bench_stack(tmp / "stack", jobs, rows),
-                lambda: bench_fleet(devices, rows),
+                lambda: bench_fleet(sizes, 300.0, rounds, rows),
             ):
                 (tmp / "pipeline").mkdir(exist_ok=True)
                 step()
@@ -488,14 +648,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     header = (
         f"# Benchmarks\n\n`make bench` on {_machine()}, "
-        f"{time.strftime('%Y-%m-%d')}, {time.monotonic() - t0:.0f} s.\n\n"
+        f"{time.strftime('%Y-%m-%d')}, {time.monotonic() - t0:.0f} s; load average "
+        f"(1 min) {load0} at the start, {_load()} at the end (the machine is shared: other "
+        "work competes for the same cores, so ratios measured in the same run are the "
+        "figures to trust).\n\n"
     )
-    text = header + table(rows) + "\n"
+    text = header + table(rows, before) + "\n"
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print()
     print(text)
     return 0
+
+
+def _load() -> str:
+    import os
+
+    return f"{os.getloadavg()[0]:.2f}"
 
 
 def _machine() -> str:
