@@ -131,16 +131,22 @@ def smallest_stable(
     is not monotone (a run can pass at 68 KB, fail at 70-72 and pass at 74), so a bisection
     alone lands anywhere on it: the bisection only finds where to start, then sizes are tried
     one by one upwards, from a few steps below it, until ``n`` pass in a row."""
-    top = smallest(ok, lo, hi, step)
+    tried: dict[int, bool] = {}
+
+    def once(k: int) -> bool:  # each size is tried once (a job per size on the stack)
+        if k not in tried:
+            tried[k] = ok(k)
+        return tried[k]
+
+    top = smallest(once, lo, hi, step)
     if top is None:
         return None, None
-    passed: set[int] = {top}
+    passed = {k for k, good in tried.items() if good}
     k = max(lo, top - 3 * step)
     run = 0
     first = None
     while k <= hi:
-        good = k in passed or ok(k)
-        if good:
+        if once(k):
             passed.add(k)
             run += 1
             first = k if run == 1 else first
