@@ -39,6 +39,10 @@ def _hex(s, n):
 def parse(doc, slot_size, keyed, what="OTA slot"):
     # -> {"url", "size", "sha256" (bytes or None), "sig" (str or None), "version" (or None)}.
     # Raises Rejected with the reason: nothing is written for a document that fails here.
+    if "delta" in doc:  # a patch against the running image (iotjobs.delta): + "delta" {...}
+        from iotjobs import delta
+
+        return delta.parse(doc, slot_size, keyed, what)
     afr = doc.get("afr_ota")
     if afr is not None:
         files = afr.get("files") if isinstance(afr, dict) else None
@@ -106,8 +110,13 @@ def _run(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
-        parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+        job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
         st["step"] = "download"
+        if "delta" in job:
+            from iotjobs import delta
+
+            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+            st["step"] = "delta"
         st["slot"] = slot.info()[4]
         st["off"] = 0
         st["old"] = ctx.board.firmware_version()
@@ -118,7 +127,7 @@ def _run(ctx, doc):
         try:
             result = _STEPS[step](ctx, doc)
         except (Canceled, Failed):
-            if step in ("download", "verify"):
+            if step in ("download", "verify", "delta"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
         if isinstance(result, dict):
@@ -387,7 +396,14 @@ def _rolledback(ctx, doc):
     raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))
 
 
+def _delta(ctx, doc):
+    from iotjobs import delta
+
+    return delta.step(ctx, doc)
+
+
 _STEPS = {
+    "delta": _delta,
     "download": _download,
     "verify": _verify,
     "activate": _activate,

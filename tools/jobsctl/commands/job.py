@@ -61,6 +61,19 @@ def register(sub: Any) -> None:
         metavar="BITS",
         help="upload gzip-compressed with a 2**BITS-byte window (9-13); the device inflates it",
     )
+    o.add_argument(
+        "--from",
+        dest="delta_from",
+        type=Path,
+        metavar="OLD",
+        help="delta OTA: also upload a patch from OLD (the image boards run) to --file",
+    )
+    o.add_argument("--delta-compression", choices=["heatshrink", "none"], default="heatshrink")
+    o.add_argument(
+        "--no-full",
+        action="store_true",
+        help="with --from: offer no full image to fall back to when the patch fails",
+    )
     o.add_argument("--bucket", help="S3 bucket for the image (default: the local stack's)")
     o.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
@@ -241,6 +254,10 @@ def create_ota(args: argparse.Namespace) -> int:
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
+    if args.delta_from is not None:
+        _add_delta(args, s3, bucket, data, doc)
+    elif args.no_full:
+        raise JobsctlError("--no-full needs --from OLD (a delta job)")
     params: dict[str, Any] = {
         "jobId": args.job_id,
         "targets": targets,
@@ -254,6 +271,21 @@ def create_ota(args: argparse.Namespace) -> int:
         params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": args.max_per_minute}
     print_json({**iot.create_job(**params), "document": doc})
     return 0
+
+
+def _add_delta(
+    args: argparse.Namespace, s3: Any, bucket: str, new: bytes, doc: dict[str, Any]
+) -> None:
+    """Upload a patch from ``--from`` to the image and put its ``delta`` object into ``doc``."""
+    from .. import delta, otajob
+
+    old = otajob.read_image(args.delta_from)
+    patch = delta.create(old, new, args.delta_compression)
+    key = delta.object_key(patch, new)
+    s3.put_object(Bucket=bucket, Key=key, Body=patch.data)
+    doc["delta"] = patch.document(otajob.placeholder(otajob.s3_url(bucket, key)))
+    if args.no_full:
+        del doc["url"]
 
 
 def describe(args: argparse.Namespace) -> int:
