@@ -158,9 +158,9 @@ class Patcher:
         self.inlast = memoryview(self.inb)[: psize % _IN]
         self.pl = bytearray(_PLAIN)
         self.bb = bytearray(_BASE)
-        self.win = None
+        self.win = bytearray(0)  # the heatshrink window, made when a patch names its size
         # Every attribute exists before run(): a new one would grow the dict (an allocation).
-        self.src = self.hp = None
+        self.src = self.hp = None  # the response and the patch's hash, given to run()
         self.p, self.hs = self.inb, False
         self.left = self.ip = self.il = self.pp = self.pn = 0
         self.wb = self.lb = self.mask = self.acc = self.nb = self.head = self.cnt = self.dist = 0
@@ -173,11 +173,11 @@ class Patcher:
             raise Failed("the patch ends early")
         if n >= _IN:
             n = _IN
-            self.src.readinto(self.inb, n)
-            self.hp.update(self.inb)
+            self.src.readinto(self.inb, n)  # type: ignore[union-attr]
+            self.hp.update(self.inb)  # type: ignore[union-attr]
         else:
-            self.src.readinto(self.inlast, n)
-            self.hp.update(self.inlast)
+            self.src.readinto(self.inlast, n)  # type: ignore[union-attr]
+            self.hp.update(self.inlast)  # type: ignore[union-attr]
         self.left -= n
         self.ip, self.il = 0, n
 
@@ -289,7 +289,7 @@ class Patcher:
             wb, lb = (b >> 4) + 4, (b & 15) + 3
             if wb > _MAX_WBITS or lb >= wb:
                 raise Failed("heatshrink window 2^%d / lookahead 2^%d not supported" % (wb, lb))
-            if self.win is None or len(self.win) < 1 << wb:
+            if len(self.win) < 1 << wb:
                 self.win = bytearray(1 << wb)  # once per job; zeros, as heatshrink starts
             else:
                 for i in range(1 << wb):
