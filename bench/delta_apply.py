@@ -39,6 +39,18 @@ class _Ctx:
         self.checks += 1
 
 
+def _window(path):
+    # The heatshrink window the patch names (header byte, new size, then the heatshrink byte).
+    with open(path, "rb") as f:
+        h = f.read(12)
+    if h[0] & 15 != 4:
+        return 0
+    i = 1
+    while h[i] & 0x80:
+        i += 1
+    return 1 << ((h[i + 1] >> 4) + 4)
+
+
 def main(path, base_size, size, locked):
     # By label: the base need not be a bootable image here (the bench patches port binaries).
     base, out = esp32.Partition("ota_0"), esp32.Partition("ota_1")
@@ -53,7 +65,7 @@ def main(path, base_size, size, locked):
     f = open(path, "rb")
     src = _File(f)
     hp, ho = hashlib.sha256(), hashlib.sha256()
-    p.win = bytearray(1 << 12)  # the largest window a patch may ask for, made before the lock
+    p.win = bytearray(_window(path))  # as run() makes it, but before the lock
     gc.collect()
     ready = gc.mem_alloc()
     t0 = time.ticks_ms()

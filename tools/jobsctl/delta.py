@@ -2,7 +2,7 @@
 
 The device's decoder (``lib/iotjobs/delta.py``) reads compression ``none`` or ``heatshrink``
 with a window of at most 2**12 bytes (it keeps the window in RAM: 2**window_bits bytes) and a
-lookahead smaller than the window. The defaults here, window 2**10 and lookahead 2**5, cost the
+lookahead smaller than the window. The defaults here, window 2**10 and lookahead 2**7, cost the
 board 1 KB and were chosen on the firmware pairs of ``make bench`` (``bench/results.md``).
 """
 
@@ -19,7 +19,7 @@ from .errors import JobsctlError
 
 COMPRESSIONS = ("heatshrink", "none")
 WINDOW_BITS = 10
-LOOKAHEAD_BITS = 5
+LOOKAHEAD_BITS = 7
 DEVICE = Path(__file__).resolve().parent.parent.parent / "lib" / "iotjobs" / "delta.py"
 MIN_WINDOW_BITS = 4  # heatshrink's own limits
 MIN_LOOKAHEAD_BITS = 3
