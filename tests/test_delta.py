@@ -166,12 +166,14 @@ def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return otajob.signing_key(tmp_path_factory.mktemp("signing"))
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["mpy", "frozen"])
 def test_delta_job_from_1_0_0_to_1_1_0_succeeds_on_the_new_version(
-    stack_session: Stack, boards: Boards, signing: Path, tmp_path: Path, capsys: Any
+    stack_session: Stack, boards: Boards, signing: Path, tmp_path: Path, capsys: Any, frozen: bool
 ) -> None:
+    # Both ways a board carries the agent, in the OTA tests' heaps (.mpy files, or frozen).
     from jobsctl import cli
 
-    dev = ota_board(stack_session, boards, signing)
+    dev = ota_board(stack_session, boards, signing, frozen=frozen)
     new = new_version("1.1.0")
     (tmp_path / "new.bin").write_bytes(new)
     (tmp_path / "old.bin").write_bytes(BASE)
@@ -275,3 +277,19 @@ def test_a_corrupted_patch_falls_back_to_the_full_image_when_offered(
     assert running_version(dev) == "1.1.0"
     assert any("delta failed" in line and "full image" in line for line in dev.lines)
     assert any("step download" in line for line in dev.lines)
+
+
+def test_the_bench_section_reports_share_apply_time_and_heap(tmp_path: Path) -> None:
+    # What `make bench` runs for each firmware pair, here on a small pair (figures not checked
+    # against time: a benchmark is no timed test).
+    from jobsctl import bench_delta
+
+    rows = bench_delta.pair_rows(tmp_path, "test pair", BASE, new_version("1.1.0"), 1)
+    assert [r[0] for r in rows] == [
+        "delta patch, test pair",
+        "delta apply (heatshrink), test pair",
+        "delta apply (none), test pair",
+        "delta apply heap high-water, test pair",
+    ]
+    assert "% of the" in rows[0][1] and "64 kbit/s: patch + apply" in rows[1][2]
+    assert rows[3][1].endswith("KB frozen")
