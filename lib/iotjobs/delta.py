@@ -38,6 +38,9 @@ def parse(doc, slot_size, keyed, what):
     d = doc["delta"]
     if not isinstance(d, dict):
         raise Rejected("'delta' must be an object")
+    for k in d:
+        if k not in ("url", "size", "sha256", "base_size", "base_sha256"):
+            raise Rejected("unknown field 'delta.%s'" % k)
     full = dict(doc)
     del full["delta"]
     fallback = "url" in full
