@@ -293,3 +293,92 @@ def test_the_bench_section_reports_share_apply_time_and_heap(tmp_path: Path) -> 
     ]
     assert "% of the" in rows[0][1] and "64 kbit/s: patch + apply" in rows[1][2]
     assert rows[3][1].endswith("KB frozen")
+
+
+# ---------------------------------------------------------------- the document, up front
+
+PARSE = """
+import json, sys
+from iotjobs import ota
+from iotjobs.agent import Rejected
+
+class Ctx:
+    config = json.loads(sys.argv[2])
+
+for line in open(sys.argv[1]):
+    try:
+        job = ota.check(Ctx(), json.loads(line), 0x180000)
+        print("OK", job["url"] is not None, job["delta"]["base_size"])
+    except Rejected as e:
+        print("REJECTED", e.args[0])
+"""
+URL = "https://s3.example.com/b/x?X-Amz-Signature=ab"
+DELTA = {"url": URL, "size": 900, "sha256": "cd" * 32, "base_size": 4096, "base_sha256": "ef" * 32}
+DOC = {"operation": "ota", "url": URL, "size": 1000, "sha256": "ab" * 32, "version": "1.1.0"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "outcome"),
+    [
+        ({**DOC, "delta": DELTA}, "OK True 4096"),
+        ({k: v for k, v in {**DOC, "delta": DELTA}.items() if k != "url"}, "OK False 4096"),
+        ({**DOC, "delta": [DELTA]}, "REJECTED 'delta' must be an object"),
+        ({**DOC, "delta": {**DELTA, "bsae_size": 1}}, "REJECTED unknown field 'delta.bsae_size'"),
+        (
+            {**DOC, "delta": {**DELTA, "base_sha256": "ef"}},
+            "REJECTED 'delta.base_sha256' must be 64 hex digits",
+        ),
+        (
+            {**DOC, "delta": {**DELTA, "base_size": 0}},
+            "REJECTED 'delta.base_size' must be a positive integer within the slot",
+        ),
+        (
+            {**DOC, "delta": {**DELTA, "url": "http://h/x"}},
+            "REJECTED plain http:// download refused: this device allows only https://",
+        ),
+        ({**DOC, "sha256": None, "delta": DELTA}, "REJECTED 'sha256' must be 64 hex digits"),
+        (
+            {k: v for k, v in {**DOC, "delta": DELTA}.items() if k != "sha256"},
+            "REJECTED no 'sha256' and no signing key: the image could not be verified",
+        ),
+        ({**DOC, "delta": {**DELTA, "sha256": None}}, "REJECTED 'sha256' must be 64 hex digits"),
+        ({**DOC, "delta": {**DELTA, "url": None}}, "REJECTED 'url' must be a URL string"),
+        ({**DOC, "delta": DELTA, "sha265": "x"}, "REJECTED unknown field 'sha265'"),
+    ],
+)
+def test_delta_documents_are_checked_before_anything_is_downloaded(
+    micropython: Any, tmp_path: Path, doc: dict[str, Any], outcome: str
+) -> None:
+    (tmp_path / "docs.jsonl").write_text(json.dumps(doc) + "\n")
+    args = (str(tmp_path / "docs.jsonl"), "{}")
+    r = micropython(code=PARSE, args=args, heapsize="256k", cwd=tmp_path).check()
+    assert r.out.strip() == outcome
+
+
+def test_a_patch_download_cut_half_way_is_applied_again_from_its_start(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    from jobsctl.faultproxy import Fault, FaultProxy
+
+    objects = stack_session.objects
+    assert objects is not None
+    dev = ota_board(stack_session, boards, signing)
+    new = new_version("1.2.0", size=300_000)  # 1.0.0's first 64 KB, then new bytes
+    patch = delta.create(BASE, new)
+    key = f"ota/test-{patch.sha256[:16]}.patch"
+    stack_session.upload(key, patch.data)
+    doc, _ = otajob.prepare(stack_session, new, key=signing)
+    del doc["url"]  # nothing to fall back to: the patch itself must get through
+    with FaultProxy("127.0.0.1", objects.port) as proxy:
+        proxy.plan(Fault.cut(len(patch.data) // 2))
+        url = objects.presign(objects.bucket, key, 3600)  # pre-signed by the operator
+        doc["delta"] = patch.document(url.replace(f":{objects.port}/", f":{proxy.port}/"))
+        job = unique("delta")
+        stack_session.iot_client().create_job(
+            jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc)
+        )
+        ex = final(stack_session, thing_of(dev), job, timeout=120)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "1.2.0"
+    assert any("download:" in line and "retry 1" in line for line in dev.lines)
+    assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
