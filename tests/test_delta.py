@@ -30,6 +30,7 @@ from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
 SCRIPT = Path(__file__).parent.parent / "bench" / "delta_apply.py"
+RESUME = Path(__file__).parent / "device" / "delta_resume.py"
 SLOT = 0x100000
 BASE = image.build_app_image("1.0.0", size=64 * 1024)  # what a new simulated board runs
 
@@ -93,6 +94,26 @@ def test_the_decoder_rebuilds_what_detools_patched_with_the_heap_locked(
     slot = image.slot_image(tmp_path, "ota_1")
     assert slot[: len(new)] == new
     assert set(slot[len(new) : -(-len(new) // 4096) * 4096]) <= {0xFF}
+
+
+@pytest.mark.parametrize(
+    ("compression", "window", "lookahead"),
+    [("none", 8, 4), ("heatshrink", 8, 4), ("heatshrink", 10, 7)],
+)
+def test_the_patch_continues_from_any_checkpoint_to_the_same_image(
+    micropython: Any, tmp_path: Path, compression: str, window: int, lookahead: int
+) -> None:
+    old = random.Random(7).randbytes(120_000)
+    new = edited(old, 8) + random.Random(9).randbytes(30_000)  # edits and new bytes
+    patch = delta.create(old, new, compression, window, lookahead)
+    board_with(tmp_path, old)
+    (tmp_path / "p.bin").write_bytes(patch.data)
+    every = max(len(patch.data) // 12, 64)  # a dozen checkpoints or so
+    args = ("p.bin", str(len(old)), str(len(new)), str(every))
+    r = micropython(script=RESUME, args=args, heapsize="256k", cwd=tmp_path, timeout=120)
+    out = r.check().out.split()
+    assert out[0] == "OK", r.out
+    assert int(out[1]) >= 5 and out[2] == hashlib.sha256(new).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -279,7 +300,9 @@ def test_a_corrupted_patch_falls_back_to_the_full_image_when_offered(
     assert any("step download" in line for line in dev.lines)
 
 
-def test_the_bench_section_reports_share_apply_time_and_heap(tmp_path: Path) -> None:
+def test_the_bench_section_reports_share_apply_time_and_heap(
+    tmp_path: Path, frozen_port: Path
+) -> None:
     # What `make bench` runs for each firmware pair, here on a small pair (figures not checked
     # against time: a benchmark is no timed test).
     from jobsctl import bench_delta
@@ -381,4 +404,42 @@ def test_a_patch_download_cut_half_way_is_applied_again_from_its_start(
     assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
     assert running_version(dev) == "1.2.0"
     assert any("download:" in line and "retry 1" in line for line in dev.lines)
+    # Continued from the last checkpoint before the cut, not from the patch's first byte.
+    assert any("resuming the patch at" in line for line in dev.lines), "\n".join(dev.lines)
+    assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
+
+
+def test_a_reset_while_the_patch_is_applied_continues_from_the_checkpoint(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    from plugin_stack import wait_until
+
+    from jobsctl.faultproxy import Fault, FaultProxy
+
+    objects = stack_session.objects
+    assert objects is not None
+    dev = ota_board(stack_session, boards, signing)
+    new = new_version("1.3.0", size=300_000)
+    patch = delta.create(BASE, new)
+    key = f"ota/test-{patch.sha256[:16]}.patch"
+    stack_session.upload(key, patch.data)
+    doc, _ = otajob.prepare(stack_session, new, key=signing)
+    del doc["url"]
+    with FaultProxy("127.0.0.1", objects.port) as proxy:
+        # The patch stalls at 100 KB (checkpoints every 16 KB before it): the power goes then.
+        proxy.plan(Fault.stall(100_000, seconds=60))
+        url = objects.presign(objects.bucket, key, 3600)
+        doc["delta"] = patch.document(url.replace(f":{objects.port}/", f":{proxy.port}/"))
+        job = unique("delta")
+        stack_session.iot_client().create_job(
+            jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc)
+        )
+        state = dev.board / "jobstate.json"
+        wait_until(lambda: state.exists() and '"ck"' in state.read_text(), 60, "a checkpoint")
+        dev.kill()  # power off once a checkpoint is persisted
+        dev.start()
+        ex = final(stack_session, thing_of(dev), job, timeout=120)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "1.3.0"
+    assert any("resuming the patch at" in line for line in dev.lines), "\n".join(dev.lines)
     assert image.slot_image(dev.board, "ota_1")[: len(new)] == new

@@ -18,8 +18,14 @@
 #
 # Fixed buffers (patch input, decoded bytes, base cache, the heatshrink window, the caller's
 # 4096-byte output block); a block allocates nothing. Resume: a patch cannot be entered
-# part-way without the decoder's state, so after a reset the patch is applied again from its
-# start (the base is the running slot, untouched until set_boot).
+# part-way without the decoder's state, so at an output block boundary, once per _CK_BYTES of
+# patch, the whole state is checkpointed in the job state (ctx.save): bytes made, where in the
+# bsdiff stream, the base position, the patch offset, the bit reader, the heatshrink window
+# and its undelivered bytes. After a reset (or a cut connection) the patch continues from the
+# checkpoint with a Range request, the new image's hash is recomputed from the slot, and the
+# patch's own SHA-256 is then not checked (the new image's SHA-256 and signature always are);
+# without a checkpoint it starts again from its first byte (the base is untouched until
+# set_boot).
 from iotjobs.agent import Failed, Rejected
 from micropython import const
 
@@ -28,6 +34,7 @@ _IN = const(1024)  # patch bytes per network read
 _PLAIN = const(512)  # decoded bytes per heatshrink round
 _BASE = const(1024)  # base cache (a divisor of _BLOCK)
 _MAX_WBITS = const(12)  # a heatshrink window of 4 KB at most (jobsctl image delta knows it)
+_CK_BYTES = const(16384)  # patch bytes between checkpoints
 
 
 def parse(doc, slot_size, keyed, what):
@@ -98,12 +105,14 @@ def step(ctx, doc):
     try:
         st["sha256"] = _apply(ctx, job, out, limit, keyed)
     except Failed as e:
+        st.pop("ck", None)
         if job["url"] is None:
             raise
         ctx.log("delta failed (%s); downloading the full image" % e.args[0], "warning")
         st["off"] = 0
         ctx.progress({"step": "download", "reason": "delta failed: %s" % e.args[0]}, True)
         return "download"
+    st.pop("ck", None)
     st["off"] = job["size"]
     return "verify"
 
@@ -121,7 +130,9 @@ def _apply(ctx, job, out, limit, keyed):
     tries = [0, 0]
     while True:
         ctx.check()
-        r = ota.open_url(ctx, src, 0, tries, lambda x: {"url": _url(x, limit, keyed)})
+        ck = ctx.state.get("ck")  # the last checkpoint, if any
+        at = ck[4] if ck else 0
+        r = ota.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
         if r is None:
             continue
         try:
@@ -129,14 +140,17 @@ def _apply(ctx, job, out, limit, keyed):
                 raise Failed(
                     "the server has %d patch bytes, the job says %d" % (r.total, d["size"])
                 )
-            hp, ho = hashlib.sha256(), hashlib.sha256()
-            p.run(r, hp, ho, ctx)
+            if ck:
+                ctx.log("resuming the patch at %d of %d" % (at, d["size"]))
+            hp = hashlib.sha256()
+            ho = ota._rehash(out, ob, ck[0]) if ck else hashlib.sha256()
+            p.run(r, hp, ho, ctx, ck)
             break
         except OSError as e:
-            tries[0] = ota._net_fail(ctx, tries[0], e)  # and again from the patch's start
+            tries[0] = ota._net_fail(ctx, tries[0], e)  # and again from the last checkpoint
         finally:
             r.close()
-    if hp.digest() != d["sha256"]:
+    if not ck and hp.digest() != d["sha256"]:
         raise Failed("patch SHA-256 mismatch")
     digest = ho.digest()
     if digest != job["sha256"]:
@@ -162,6 +176,7 @@ class Patcher:
         self.pl = bytearray(_PLAIN)
         self.bb = bytearray(_BASE)
         self.win = bytearray(0)  # the heatshrink window, made when a patch names its size
+        self.every = _CK_BYTES  # 0: no checkpoints (bench/delta_apply.py, under heap_lock)
         # Every attribute exists before run(): a new one would grow the dict (an allocation).
         self.src = self.hp = None  # the response and the patch's hash, given to run()
         self.p, self.hs = self.inb, False
@@ -275,17 +290,50 @@ class Patcher:
 
     # ---- the patch
 
-    def run(self, src, hp, ho, ctx):
-        self.src, self.hp = src, hp
+    def _pos(self):
+        # Patch bytes taken so far (heatshrink: into the bit reader; none: delivered).
+        n = self.psize - self.left - (self.il - self.ip)
+        return n if self.hs else n - (self.pn - self.pp)
+
+    def _save(self, ctx, done, ph, n, fp):
+        import binascii
+
+        hs = self.hs
+        w = binascii.b2a_base64(bytes(self.win[: 1 << self.wb])) if hs else b""
+        rest = binascii.b2a_base64(bytes(self.pl[self.pp : self.pn])) if hs else b""
+        ck = [done, ph, n, fp, self._pos(), self.acc, self.nb, self.head, self.cnt, self.dist]
+        ck += [self.wb if hs else 0, self.lb, w.decode(), rest.decode()]
+        ctx.state["ck"] = ck
+        ctx.save()
+
+    def _load(self, ck):
+        import binascii
+
+        self.left = self.psize - ck[4]
+        self.inlast = memoryview(self.inb)[: self.left % _IN]  # the last read's bytes from here
+        self.hs = ck[10] > 0
+        if self.hs:
+            wb = self.wb = ck[10]
+            self.lb, self.mask = ck[11], (1 << wb) - 1
+            w = binascii.a2b_base64(ck[12])
+            if len(w) != 1 << wb:
+                raise Failed("bad checkpoint")
+            self.win = bytearray(w)
+            r = binascii.a2b_base64(ck[13])
+            self.pl[: len(r)] = r
+            self.p, self.pn = self.pl, len(r)
+            self.acc, self.nb, self.head = ck[5], ck[6], ck[7]
+            self.cnt, self.dist = ck[8], ck[9]
+        return ck[0], ck[1], ck[2], ck[3]
+
+    def _header(self):
         self.left = self.psize
-        self.ip = self.il = self.pp = self.pn = 0
-        size = self.size
         b = self._raw()
         if b >> 4 != 0:
             raise Failed("not a sequential detools patch")
         n = self._num(True)
-        if n != size:
-            raise Failed("the patch makes %d bytes, the job says %d" % (n, size))
+        if n != self.size:
+            raise Failed("the patch makes %d bytes, the job says %d" % (n, self.size))
         self.hs = (b & 15) == 4
         if self.hs:
             b = self._raw()
@@ -303,59 +351,82 @@ class Patcher:
             raise Failed("patch compression %d not supported (none or heatshrink)" % (b & 15))
         if self._num():
             raise Failed("data-format patches are not supported")
-        ob, bb, out = self.ob, self.bb, self.out
-        to = op = 0  # bytes made; bytes in the output block
-        fp, bs, bn = 0, 0, 0  # base position; base cache start, length
-        while to < size:
-            for extra in (0, 1):
+
+    def run(self, src, hp, ho, ctx, ck=None):
+        # From the patch's first byte (ck None), or from checkpoint ck (src starts at ck[4]).
+        self.src, self.hp = src, hp
+        self.ip = self.il = self.pp = self.pn = 0
+        if ck:
+            done, ph, n, fp = self._load(ck)
+        else:
+            self._header()
+            done = ph = n = fp = 0
+        # ph: 0 diff length, 1 diff bytes, 2 extra length, 3 extra bytes, 4 adjustment
+        size, ob = self.size, self.ob  # (2 and 3 names at once allocate nothing; 4 would)
+        bb, out = self.bb, self.out
+        bs = bn = 0  # base cache start, length
+        mark = self._pos()
+        while True:
+            if ph == 1 or ph == 3:
+                if not n:
+                    ph += 1
+                    continue
+                if self.pp == self.pn:
+                    self._more()
+                    if self.pn == 0:
+                        raise Failed("the patch ends early")
+                p, pp = self.p, self.pp
+                op = done & (_BLOCK - 1)
+                k = self.pn - pp
+                if k > n:
+                    k = n
+                if k > _BLOCK - op:
+                    k = _BLOCK - op
+                if ph == 3:
+                    for i in range(k):
+                        ob[op + i] = p[pp + i]
+                else:
+                    if not bs <= fp < bs + bn:
+                        if fp < 0 or fp >= self.bsize:
+                            raise Failed("the patch reads outside the base")
+                        bs = fp - fp % _BASE
+                        bn = self.bsize - bs
+                        if bn > _BASE:
+                            bn = _BASE
+                        self.base.readblocks(bs // _BLOCK, bb, bs % _BLOCK)
+                    j = fp - bs
+                    if k > bn - j:
+                        k = bn - j
+                    for i in range(k):
+                        ob[op + i] = (p[pp + i] + bb[j + i]) & 0xFF
+                    fp += k
+                self.pp = pp + k
+                done += k
+                n -= k
+                if not done & (_BLOCK - 1):
+                    ho.update(ob)
+                    out.writeblocks(done // _BLOCK - 1, ob)
+                    if self.every and self._pos() - mark >= self.every and done < size:
+                        self._save(ctx, done, ph, n, fp)
+                        mark = self._pos()
+                    if ctx.progress_due():
+                        ctx.progress({"step": "delta", "progress": "%d/%d" % (done, size)})
+                    ctx.check()
+            elif ph == 4:
+                fp += self._num()
+                ph = 0
+            elif ph == 0 and done >= size:
+                break
+            else:
                 n = self._num()
-                if n < 0 or to + n > size:
-                    raise Failed("bad %s length in the patch" % ("extra" if extra else "diff"))
-                to += n
-                while n:
-                    if self.pp == self.pn:
-                        self._more()
-                        if self.pn == 0:
-                            raise Failed("the patch ends early")
-                    p, pp = self.p, self.pp
-                    k = self.pn - pp
-                    if k > n:
-                        k = n
-                    if k > _BLOCK - op:
-                        k = _BLOCK - op
-                    if extra:
-                        for i in range(k):
-                            ob[op + i] = p[pp + i]
-                    else:
-                        if not bs <= fp < bs + bn:
-                            if fp < 0 or fp >= self.bsize:
-                                raise Failed("the patch reads outside the base")
-                            bs = fp - fp % _BASE
-                            bn = self.bsize - bs
-                            if bn > _BASE:
-                                bn = _BASE
-                            self.base.readblocks(bs // _BLOCK, bb, bs % _BLOCK)
-                        j = fp - bs
-                        if k > bn - j:
-                            k = bn - j
-                        for i in range(k):
-                            ob[op + i] = (p[pp + i] + bb[j + i]) & 0xFF
-                        fp += k
-                    self.pp = pp + k
-                    op += k
-                    n -= k
-                    if op == _BLOCK:
-                        ho.update(ob)
-                        out.writeblocks((to - n) // _BLOCK - 1, ob)
-                        op = 0
-                        if ctx.progress_due():
-                            ctx.progress({"step": "delta", "progress": "%d/%d" % (to - n, size)})
-                        ctx.check()
-            fp += self._num()
+                if n < 0 or done + n > size:
+                    raise Failed("bad %s length in the patch" % ("extra" if ph else "diff"))
+                ph += 1
         if self.pp < self.pn or (self.hs and (self.cnt or self._inflate())):
             raise Failed("the patch has data past its end")
         if self.left or self.ip < self.il:
             raise Failed("the patch has data past its end")
+        op = done & (_BLOCK - 1)
         if op:
             for i in range(op, _BLOCK):
                 ob[i] = 0xFF
