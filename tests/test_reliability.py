@@ -543,8 +543,9 @@ class TestDeltaPowerLoss:
     at a random moment of the whole job. A patch is applied again from its start after a reset;
     the execution must end SUCCEEDED (slot = the new image) or FAILED/REJECTED with a reason,
     the board booting a valid image, no job state left. Trials alternate a version bump (a
-    small patch) and a larger image (mostly new bytes), with and without a full image to fall
-    back to."""
+    small patch, no checkpoint) and a larger image (mostly new bytes: a patch with checkpoints,
+    so a cut while applying it resumes from one), with and without a full image to fall back
+    to."""
 
     def test_power_loss_during_a_delta_job_never_leaves_it_stuck(
         self,
@@ -561,14 +562,14 @@ class TestDeltaPowerLoss:
         n = trials("delta-power", 2)
         failures = []
         for i in range(n):
-            size = 64 * 1024 if i % 2 == 0 else SIZE
+            size = SIZE if i // 2 % 2 else 64 * 1024  # a 400 KB image: checkpoints
             new = image.build_app_image("2.0.0", size=size, seed="iotjobs-sim/1.0.0")
             dev = board(stack_session, boards, signing)
             doc, extra = otajob.prepare(stack_session, new, key=signing)
             patch = delta.create(base, new)
             url = stack_session.upload(delta.object_key(patch, new), patch.data)
             doc["delta"] = patch.document(otajob.placeholder(url))
-            if i % 4 >= 2:
+            if i % 8 >= 4:
                 del doc["url"]  # no full image to fall back to
             mark = dev.mark()
             job = create(stack_session, dev.board.name, doc, extra)
