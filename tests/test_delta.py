@@ -443,3 +443,27 @@ def test_a_reset_while_the_patch_is_applied_continues_from_the_checkpoint(
     assert running_version(dev) == "1.3.0"
     assert any("resuming the patch at" in line for line in dev.lines), "\n".join(dev.lines)
     assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
+
+
+@pytest.mark.parametrize(
+    ("extra", "error"),
+    [
+        (["--no-full"], "jobsctl: --no-full needs --from OLD (a delta job)\n"),
+        (
+            ["--from", "notes.txt"],
+            "jobsctl: invalid app image: not an ESP32 app image (no 0xE9 header)\n",
+        ),
+    ],
+)
+def test_jobsctl_job_ota_refuses_a_delta_it_cannot_make_before_uploading(
+    stack_session: Stack, tmp_path: Path, capsys: Any, extra: list[str], error: str
+) -> None:
+    from jobsctl import cli
+
+    (tmp_path / "new.bin").write_bytes(new_version("1.1.0"))
+    (tmp_path / "notes.txt").write_text("hello")
+    argv = ["job", "ota", unique("x"), "--state-dir", str(stack_session.state_dir)]
+    argv += ["--targets", "t", "--file", str(tmp_path / "new.bin")]
+    argv += [a if a != "notes.txt" else str(tmp_path / a) for a in extra]
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err == error

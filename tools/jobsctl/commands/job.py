@@ -264,6 +264,7 @@ def create_ota(args: argparse.Namespace) -> int:
     from .. import image, otajob
 
     data = otajob.read_image(args.file, slot_size(args))
+    patch = _delta_patch(args, data)  # before anything is uploaded
     signature = image.sign(data, args.key) if args.key else None
     s3, bucket, account, role, region = _storage(args)
     iot = client(args)
@@ -277,10 +278,8 @@ def create_ota(args: argparse.Namespace) -> int:
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
-    if args.delta_from is not None:
-        _add_delta(args, s3, bucket, region, data, doc)
-    elif args.no_full:
-        raise JobsctlError("--no-full needs --from OLD (a delta job)")
+    if patch is not None:
+        _add_delta(args, s3, bucket, region, patch, data, doc)
     params: dict[str, Any] = {
         "jobId": args.job_id,
         "targets": targets,
@@ -296,19 +295,29 @@ def create_ota(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delta_patch(args: argparse.Namespace, new: bytes) -> Any:
+    """The patch from ``--from`` to ``new`` (a :class:`jobsctl.delta.Patch`), or None."""
+    from .. import delta, otajob
+
+    if args.delta_from is None:
+        if args.no_full:
+            raise JobsctlError("--no-full needs --from OLD (a delta job)")
+        return None
+    return delta.create(otajob.read_image(args.delta_from), new, args.delta_compression)
+
+
 def _add_delta(
     args: argparse.Namespace,
     s3: Any,
     bucket: str,
     region: str | None,
+    patch: Any,
     new: bytes,
     doc: dict[str, Any],
 ) -> None:
-    """Upload a patch from ``--from`` to the image and put its ``delta`` object into ``doc``."""
+    """Upload ``patch`` and put its ``delta`` object into ``doc``."""
     from .. import delta, otajob
 
-    old = otajob.read_image(args.delta_from)
-    patch = delta.create(old, new, args.delta_compression)
     key = delta.object_key(patch, new)
     s3.put_object(Bucket=bucket, Key=key, Body=patch.data)
     doc["delta"] = patch.document(otajob.placeholder(otajob.s3_url(bucket, key, region)))
