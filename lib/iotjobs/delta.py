@@ -73,22 +73,18 @@ def parse(doc, slot_size, keyed, what):
 
 def check_base(ctx, d):
     # Before anything is downloaded: is the running image the patch's base?
-    import hashlib
+    from iotjobs import ota
 
     part = ctx.board.running_partition()
     n = d["base_size"]
     if n > part.info()[3]:
         raise Rejected("delta base of %d bytes is larger than the running slot" % n)
     buf = bytearray(_BLOCK)
-    h = hashlib.sha256()
-    off = 0
-    while off + _BLOCK <= n:
-        part.readblocks(off // _BLOCK, buf)
-        h.update(buf)
-        off += _BLOCK
-    if off < n:
-        part.readblocks(off // _BLOCK, memoryview(buf)[: n - off])
-        h.update(memoryview(buf)[: n - off])
+    h = ota._rehash(part, buf, n)  # the whole blocks
+    tail = memoryview(buf)[: n % _BLOCK]
+    if n % _BLOCK:
+        part.readblocks(n // _BLOCK, tail)
+        h.update(tail)
     if h.digest() != d["base"]:
         raise Rejected("delta base mismatch: the running image is not the patch's base")
 
