@@ -143,6 +143,8 @@ def _apply(ctx, job, out, limit, keyed):
             p.run(r, hp, ho, ctx, ck)
             break
         except OSError as e:
+            if ctx.state.get("ck") is not ck:
+                tries[0] = 0  # it got somewhere: failures in a row count from here
             tries[0] = ota._net_fail(ctx, tries[0], e)  # and again from the last checkpoint
         finally:
             r.close()
