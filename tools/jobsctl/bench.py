@@ -27,6 +27,7 @@ each row names the command that made it and the figure it replaced:
   and at a steady arrival rate (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
 - ECDSA P-256 verify time on the Unix port.
+- delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_service, image, otajob
+from . import bench_delta, bench_service, image, otajob
 from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
@@ -645,6 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: bench_footprint(tmp, rows),
                 lambda: bench_stack(tmp / "stack", jobs, rows),
                 lambda: bench_fleet(sizes, 300.0, rounds, rows),
+                lambda: bench_delta.run(tmp / "delta", runs, rows),
             ):
                 (tmp / "pipeline").mkdir(exist_ok=True)
                 step()
