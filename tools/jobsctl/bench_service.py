@@ -232,8 +232,15 @@ def _proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _round(stack: Stack, creds: list[tuple[str, str, str]], job_id: str, rate: float,
-           drivers: int, timeout: float, tmp: Path) -> dict[str, Any]:
+def _round(
+    stack: Stack,
+    creds: list[tuple[str, str, str]],
+    job_id: str,
+    rate: float,
+    drivers: int,
+    timeout: float,
+    tmp: Path,
+) -> dict[str, Any]:
     """One job over the fleet, its devices driven by ``drivers`` processes."""
     stack.iot_client().create_job(
         jobId=job_id,
