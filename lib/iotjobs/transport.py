@@ -18,9 +18,19 @@ _POLLIN = const(1)
 _POLLOUT = const(4)
 _POLL_BAD = const(0x18)  # POLLHUP | POLLERR
 _WBUF = const(512)  # one outgoing packet gathered here (a Jobs update fits)
-# The first byte of the packets a device receives, as read(1) hands it to umqtt.simple:
-# PUBLISH QoS 0/1, PUBACK, SUBACK, PINGRESP (constants: no allocation per message).
-_BYTE = {0x30: b"\x30", 0x32: b"\x32", 0x40: b"\x40", 0x90: b"\x90", 0xD0: b"\xd0"}
+# The one-byte reads umqtt.simple makes, as read(1) hands them out (constants: no allocation
+# per message): the first byte of PUBLISH QoS 0/1, PUBACK, SUBACK, PINGRESP, and the
+# remaining lengths of PINGRESP, PUBACK and SUBACK.
+_BYTE = {
+    0x30: b"\x30",
+    0x32: b"\x32",
+    0x40: b"\x40",
+    0x90: b"\x90",
+    0xD0: b"\xd0",
+    0x00: b"\x00",
+    0x02: b"\x02",
+    0x03: b"\x03",
+}
 
 
 class _Guard:
@@ -44,6 +54,7 @@ class _Guard:
         self._blocking = True
         self._poll = select.poll()
         self._poll.register(sock, _POLLIN)
+        self._poll.ipoll(0)  # ipoll allocates its result tuple on its first call: now
         self._one = bytearray(1)  # a byte read by ready(), handed out by the next read()
         self._pend = 0  # 1: _one holds a byte; -1: the peer closed
         self._w = bytearray(_WBUF)
