@@ -14,7 +14,9 @@
 # REFRESH = one describe then decide again, DROP = stop working on the job, BUG = log, report
 # FAILED once, go on. A network error anywhere drops the link; the Link reconnects with backoff
 # and on_connect re-subscribes and re-syncs from the persisted state.
+import gc
 import json
+import sys
 
 from iotjobs import protocol, store
 from micropython import const
@@ -58,20 +60,30 @@ def unregister(op):
 
 
 def _resolve(op):
-    entry = _handlers.get(op)
-    if entry is None:
-        return None, False
-    fn, resumable = entry
+    fn, resumable = _handlers.get(op, (None, False))
     if isinstance(fn, str):
-        # "module:function", imported on first use so that unused handlers cost no RAM. A
-        # module missing from this build means the operation is not supported here.
+        # "module:function", imported when a job needs it (and unloaded after it, in _run) so
+        # that handlers cost no RAM while idle. A module missing from this build means the
+        # operation is not supported here.
         mod, _, name = fn.partition(":")
         try:
             fn = getattr(__import__(mod, None, None, [name]), name)
         except (ImportError, AttributeError):
-            return None, False
-        _handlers[op] = (fn, resumable)
+            fn = None
     return fn, resumable
+
+
+def unload(names):
+    # Forgets these modules (sys.modules names): the GC frees their code once nothing uses it.
+    import sys
+
+    pkg = sys.modules.get("iotjobs")
+    for n in names:
+        sys.modules.pop(n, None)
+        try:
+            delattr(pkg, n[8:])
+        except (AttributeError, TypeError):
+            pass
 
 
 class Context:
@@ -87,6 +99,7 @@ class Context:
         self.resumed = resumed
         self._last_progress = None
         self._last_check = agent.board.ticks_ms()
+        self._paused = None  # ticks when tls_open() closed MQTT for the handler's own session
 
     def log(self, msg, level="info"):
         self._a.log(level, "%s: %s" % (self.job_id, msg))
@@ -98,6 +111,8 @@ class Context:
     def progress_due(self):
         # Whether progress() would report now. Allocates nothing, so that a hot loop builds
         # its details (which allocates) only when they will be sent.
+        if self._paused is not None:  # MQTT is closed: reported at the next check-in
+            return False
         last = self._last_progress
         if last is None:
             return True
@@ -117,6 +132,8 @@ class Context:
         # job was canceled (notify-next stopped naming it, or it is terminal after a describe).
         a = self._a
         a.board.feed()
+        if self._paused is not None:  # MQTT is closed: see checkin()
+            return
         now = a.board.ticks_ms()
         if _diff(now, self._last_check) < _CHECK_EVERY_MS and not a._stale:
             return
@@ -131,6 +148,36 @@ class Context:
             a._stale = False
             if ex is None or ex.terminal():
                 raise Canceled()
+
+    def tls_open(self):
+        # Call before the handler opens a TLS session of its own (HTTPS). A plain ESP32 cannot
+        # hold two: unless the board has room to spare (PSRAM) or tls_sessions says 2, the MQTT
+        # session is closed until the next checkin(). Failed, naming memory, when even the
+        # one session does not fit now.
+        n = self.config["tls_sessions"]
+        b = self.board
+        if n == 1 or n == 0 and b.tls_room(True):
+            self._a.link.pause()
+            if self._paused is None:
+                self._paused = b.ticks_ms()
+        why = b.tls_room()
+        if why:
+            raise Failed(why)
+
+    def checkin_due(self):
+        # Whether MQTT has been closed for checkin_ms: the handler should close its session at
+        # the next good point and call checkin(). Allocates nothing.
+        p = self._paused
+        return p is not None and _diff(self.board.ticks_ms(), p) >= self.config["checkin_ms"]
+
+    def checkin(self, details):
+        # With MQTT closed by tls_open() (and the handler's own session closed): connect, report
+        # details, and learn of a cancellation (Canceled), as check() does while connected.
+        if self._paused is not None:
+            self._paused = None
+            self._a.link.ensure()  # a new session: the agent describes the job at check()
+            self.progress(details, True)
+            self.check()
 
     def refresh(self):
         # A fresh copy of the job document (pre-signed URLs are signed anew on every hand-out).
@@ -210,16 +257,16 @@ class Agent:
         except (ValueError, UnicodeError):
             self.log("warning", "unparsable message on %s" % topic)
             return
-        if kind[0] == protocol.NOTIFY_NEXT:
+        if kind == protocol.NOTIFY_NEXT:
             ex = protocol.reply_execution(body)
             if not self._job:
                 if ex is not None:
                     self._want_next = True
             elif ex is None or ex.job_id != self._job["job"]:
                 self._stale = True
-        elif kind[2] is not None and isinstance(body, dict):
+        elif isinstance(body, dict):
             if self._await is not None and body.get("clientToken") == self._await:
-                self._reply = (kind[2], body)
+                self._reply = (kind, body)
 
     def _pump(self, timeout_ms):
         try:
@@ -271,7 +318,7 @@ class Agent:
         # -> Execution, or None when the service no longer has it for us (ResourceNotFound,
         # TerminalStateReached). Other rejections are our bugs: logged, treated as gone.
         topic = protocol.topic_describe(self.thing, job_id)
-        ok, body = self._request(topic, lambda tok: protocol.describe(tok, None, with_doc))
+        ok, body = self._request(topic, lambda tok: protocol.describe(tok, with_doc))
         if ok:
             return protocol.reply_execution(body)
         code, msg = protocol.reply_error(body)
@@ -401,33 +448,42 @@ class Agent:
             return self._finish(protocol.REJECTED, {"reason": "job document is not a JSON object"})
         if op is None:
             return self._finish(protocol.REJECTED, {"reason": "job document has no operation"})
+        mods = list(sys.modules)  # what was loaded before the handler
         fn, resumable = _resolve(op)
         if fn is None:
             return self._finish(protocol.REJECTED, {"reason": "unsupported operation %r" % op})
         if resumed and not resumable:
+            fn = None
+            _forget(mods)
             reason = "interrupted by a reset (%s is not resumable)" % op
             return self._finish(protocol.FAILED, {"reason": reason})
         j["op"] = op
         self._persist()
         self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
         ctx = Context(self, ex.job_id, op, j["data"], resumed)
+        status = protocol.FAILED
         try:
             if not resumed:
                 self._report(protocol.IN_PROGRESS, {"step": "started"})
-            result = fn(ctx, ex.document)
+            details = fn(ctx, ex.document)
+            status = protocol.SUCCEEDED
         except Rejected as e:
-            return self._finish(protocol.REJECTED, {"reason": _reason(e)})
+            status, details = protocol.REJECTED, {"reason": _reason(e)}
         except Failed as e:
-            return self._finish(protocol.FAILED, {"reason": _reason(e)})
+            details = {"reason": _reason(e)}
         except Canceled:
             self.log("info", "%s: canceled, handler stopped" % ex.job_id)
             self._clear()
-            return
+            details = None
+        except MemoryError as e:  # freed below, before the report
+            details = {"reason": "out of memory: %s" % (e,)}
         except Exception as e:  # a handler bug must not take the agent down
             self.log("error", "%s: handler raised %r" % (ex.job_id, e))
-            return self._finish(protocol.FAILED, {"reason": "handler error: %r" % (e,)})
-        details = result if isinstance(result, dict) else {}
-        self._finish(protocol.SUCCEEDED, details)
+            details = {"reason": "handler error: %r" % (e,)}
+        fn = ctx = None
+        _forget(mods)
+        if details is not None or status == protocol.SUCCEEDED:
+            self._finish(status, details if isinstance(details, dict) else {})
 
     def _finish(self, status, details):
         # The final report is persisted before it is sent, so that a reset or a dead link
@@ -450,6 +506,12 @@ class Agent:
         self.jobs_done += 1
         self._clear()
         self._want_next = True
+
+
+def _forget(mods):
+    # Unloads what a handler imported (its module and helpers): an idle agent holds none.
+    unload([n for n in sys.modules if n not in mods])
+    gc.collect()
 
 
 def _reason(e):

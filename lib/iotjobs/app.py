@@ -5,7 +5,7 @@ _CRASH_WAIT_MS = const(10000)
 
 
 def build(cfg, board=None):
-    from iotjobs import agent, config, transport
+    from iotjobs import agent, transport
     from iotjobs.board import Board
 
     if board is None:
@@ -17,13 +17,15 @@ def build(cfg, board=None):
     except ImportError:  # the Unix port before sim/ is on the path
         import ussl as ssl  # type: ignore[no-redef]
 
-    params = {
-        "key": config.read(cfg["key_file"]),
-        "cert": config.read(cfg["cert_file"]),
-        "cadata": config.read(cfg["ca_file"]),
-        "cert_reqs": ssl.CERT_REQUIRED,
-        "server_hostname": cfg.get("server_hostname", cfg["endpoint"]),
-    }
+    def params():
+        # Read at each connection: the PEMs are not kept as text between connections.
+        return {
+            "key": _read(cfg["key_file"]),
+            "cert": _read(cfg["cert_file"]),
+            "cadata": _read(cfg["ca_file"]),
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": cfg.get("server_hostname", cfg["endpoint"]),
+        }
 
     def factory():
         return transport.Transport(
@@ -38,15 +40,27 @@ def build(cfg, board=None):
     link = transport.Link(factory, None, board, cfg["backoff_min_ms"], cfg["backoff_max_ms"])
     a = agent.Agent(cfg, board, link, cfg["log_level"])
     link._log = lambda msg: log(a, "warning", msg)
-    agent.register("reboot", "iotjobs.handlers:reboot")
-    agent.register("config", "iotjobs.handlers:config")
-    agent.register("ota", "iotjobs.ota:handle")
-    agent.register("afr_ota", "iotjobs.ota:handle_afr")
-    agent.register("bundle", "iotjobs.bundle:handle")
+    # Handlers by name: each module is imported when its first job arrives and unloaded when
+    # the job ends (agent._run), so an idle agent holds none of them.
+    for op, fn in (
+        ("reboot", "handlers:reboot"),
+        ("config", "handlers:config"),
+        ("ota", "ota:handle"),
+        ("afr_ota", "ota:handle"),
+        ("bundle", "bundle:handle"),
+    ):
+        agent.register(op, "iotjobs." + fn)
     return a
 
 
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def run(path="config.json"):
+    import sys
+
     from iotjobs import config
 
     try:
@@ -55,9 +69,8 @@ def run(path="config.json"):
         # Nothing to connect with: say so on the console and stay up for a REPL/deploy.
         print("E config: %s" % e)
         return
+    del config, sys.modules["iotjobs.config"]  # a config job imports it again
     a = build(cfg)
-    import sys
-
     if cfg["app_dir"] not in sys.path:
         sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)
     try:
@@ -73,8 +86,6 @@ def run(path="config.json"):
     except Exception as e:
         # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
         # state makes the restart pick up where this one stopped.
-        import sys
-
         sys.print_exception(e)
         a.board.sleep_ms(_CRASH_WAIT_MS)
         a.board.reset()

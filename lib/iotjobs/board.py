@@ -12,6 +12,15 @@ _DESC_OFFSET = const(0x20)  # esp_app_desc_t: after the 24-byte image and 8-byte
 _DESC_MAGIC = const(0xABCD5432)
 _WIFI_WAIT_MS = const(30000)
 _FEED_SLICE_MS = const(500)
+# What one TLS client session takes from the ESP-IDF heap (mbedTLS allocates there, not from the
+# GC heap), docs/memory.md: the 16 KB input record buffer in one block (16,717 bytes with
+# mbedTLS's overhead), and at the handshake's peak ~36 KB in all (that buffer, the 4 KB output
+# buffer, certificates and key exchange).
+_TLS_BLOCK = const(16717)
+_TLS_PEAK = const(36864)
+# Free IDF heap that must remain beside a second session's peak for the agent to keep MQTT open
+# during a download (a board with PSRAM; a plain ESP32 never has it).
+_SPARE = const(65536)
 
 
 class Board:
@@ -53,6 +62,40 @@ class Board:
         import machine
 
         machine.reset()
+
+    # ---- memory
+
+    def mem(self):
+        # -> (GC heap free, IDF heap free, its largest free block) after a collection, as the
+        # firmware reports them; the IDF figures are None on a port without idf_heap_info.
+        import gc
+
+        gc.collect()
+        try:
+            import esp32
+
+            regions = esp32.idf_heap_info(esp32.HEAP_DATA)
+        except (ImportError, AttributeError):
+            return gc.mem_free(), None, None
+        free = big = 0
+        for r in regions:
+            free += r[1]
+            big = max(big, r[2])
+        return gc.mem_free(), free, big
+
+    def tls_room(self, spare=False):
+        # None when one more TLS session fits in the IDF heap now (with spare: and 64 KB would
+        # remain beside it), else why not, naming memory.
+        g, free, big = self.mem()
+        if free is None:
+            return None
+        need = _TLS_PEAK + (_SPARE if spare else 0)
+        if free >= need and big >= _TLS_BLOCK:
+            return None
+        return (
+            "out of memory for a TLS session: %d KB of IDF heap free (largest %d KB), needs %d"
+            % (free >> 10, big >> 10, need >> 10)
+        )
 
     # ---- network and clock
 

@@ -41,6 +41,7 @@ def _download(ctx, doc, app):
     buf = bytearray(4096)
     tries = [0, 0]
     while True:
+        ctx.checkin({"step": "download", "progress": "0/%d" % job["size"]})  # see ota
         ctx.check()
         stage = appswap.stage_begin(app)
         r = open_url(ctx, job, 0, tries, lambda d: parse(d, _MAX, keyed, "bundle limit"))

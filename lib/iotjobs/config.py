@@ -20,6 +20,8 @@ DEFAULTS = {
     "progress_interval_ms": 2000,  # at most one progress report per interval
     "wdt_timeout_ms": 0,  # 0: no watchdog
     "self_test_timeout_ms": 60000,
+    "tls_sessions": 0,  # during a download: 1 closes MQTT, 2 keeps it, 0 decides from free RAM
+    "checkin_ms": 30000,  # MQTT closed for a download: reconnect, report, see a cancel this often
     "settings": {},  # the application's own settings, untouched by the agent
 }
 _BOUNDS = {
@@ -30,6 +32,8 @@ _BOUNDS = {
     "progress_interval_ms": (0, 3600000),
     "wdt_timeout_ms": (0, 3600000),
     "self_test_timeout_ms": (1000, 3600000),
+    "tls_sessions": (0, 2),
+    "checkin_ms": (1000, 3600000),
 }
 LEVELS = ("debug", "info", "warning", "error")
 

@@ -20,8 +20,10 @@ _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 _EIO = const(5)
 
-_ctx = None  # one TLS client context per CA, reused across connections
-_ctx_ca = None
+# mbedTLS's "allocation failed" codes (high-level: SSL, X509, PK, ECP, MD, CIPHER; low-level:
+# MPI, ASN1), which the firmware raises as OSError(code) from a handshake short of memory.
+_NOMEM_HI = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180)
+_NOMEM_LO = (0x10, 0x6A)
 
 
 class HTTPError(Exception):
@@ -57,17 +59,16 @@ def parse_url(url):
     return scheme, host, port, path
 
 
-def _context(cadata):
-    global _ctx, _ctx_ca
-    if _ctx is None or _ctx_ca != cadata:
-        import tls
-
-        _ctx = None
-        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stub lags firmware
-        ctx.load_verify_locations(cadata)
-        _ctx, _ctx_ca = ctx, cadata
-    return _ctx
+def nomem(e):
+    # Whether opening a session failed for want of memory: MemoryError (GC heap), ENOMEM (no
+    # room for the record buffers) or an mbedTLS allocation failure in the handshake.
+    if isinstance(e, MemoryError):
+        return True
+    c = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+    if c == 12:
+        return True
+    c = -c if c < 0 else 0
+    return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO
 
 
 class Response(io.IOBase):
@@ -185,7 +186,14 @@ def _connect(scheme, host, port, cadata, timeout_ms):
         s.settimeout(timeout_ms / 1000)
         s.connect(ai[-1])
         if scheme == "https":
-            s = _context(cadata).wrap_socket(s, server_hostname=host)
+            # A context per connection (as the firmware's ssl does for MQTT): nothing of it
+            # (the parsed CA) stays in the IDF heap between sessions.
+            import tls
+
+            ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stub lags firmware
+            ctx.load_verify_locations(cadata)
+            s = ctx.wrap_socket(s, server_hostname=host)
     except BaseException:
         s.close()
         raise

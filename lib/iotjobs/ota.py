@@ -95,14 +95,6 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
 
 
 def handle(ctx, doc):
-    return _run(ctx, doc)
-
-
-def handle_afr(ctx, doc):
-    return _run(ctx, doc)
-
-
-def _run(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
@@ -117,7 +109,7 @@ def _run(ctx, doc):
         ctx.log("step " + step)  # the console's record of where a job got to
         try:
             result = _STEPS[step](ctx, doc)
-        except (Canceled, Failed):
+        except Exception:
             if step in ("download", "verify"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
@@ -147,6 +139,9 @@ def _download(ctx, doc):
     h = _rehash(slot, buf, off)
     tries = [0, 0]
     while off < size:
+        # MQTT closed for the download (one TLS session at a time): check in between two HTTPS
+        # sessions, at every reconnect and every checkin_ms. Canceled ends it here.
+        ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
         ctx.check()
         if off:
             ctx.log("resuming download at %d of %d" % (off, size))
@@ -199,6 +194,7 @@ def open_url(ctx, job, off, tries, reparse):
     from iotjobs import http
 
     cfg = ctx.config
+    ctx.tls_open()
     try:
         r = http.open(
             job["url"],
@@ -215,7 +211,9 @@ def open_url(ctx, job, off, tries, reparse):
             job.update(reparse(ctx.refresh()))
             return None
         raise Failed("download refused: HTTP %d" % e.status)
-    except OSError as e:
+    except (OSError, MemoryError) as e:
+        if http.nomem(e):
+            raise Failed("out of memory for the HTTPS session: %r" % (e,))
         tries[0] = _net_fail(ctx, tries[0], e)
         return None
     tries[1] = 0
@@ -252,6 +250,8 @@ def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
         if ctx.progress_due():
             ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
         ctx.check()
+        if not gz and off < size and ctx.checkin_due():
+            break  # the caller closes the response and checks in
     return off
 
 

@@ -14,7 +14,6 @@ _KEY_MAX = const(128)
 _VALUE_MAX = const(1024)
 _TOKEN_MAX = const(64)
 STEP_TIMEOUT_MAX = const(10080)
-DOC_MAX = const(32768)
 
 # Statuses a device may set, and the terminal ones.
 IN_PROGRESS = "IN_PROGRESS"
@@ -66,22 +65,6 @@ def valid_job_id(job_id):
     return _word(job_id, _JOB_ID_MAX, "")
 
 
-def check_details(details):
-    # statusDetails: a flat map of string to string, keys [a-zA-Z0-9:_-]{1,128}, values 1-1024
-    # characters without control characters. Raises ValueError naming the first bad entry.
-    if not isinstance(details, dict):
-        raise ValueError("statusDetails must be an object")
-    for k, v in details.items():
-        if not _word(k, _KEY_MAX, ":"):
-            raise ValueError("bad statusDetails key %r" % (k,))
-        if not isinstance(v, str) or not 0 < len(v) <= _VALUE_MAX:
-            raise ValueError("statusDetails[%s] must be 1-1024 characters" % k)
-        for c in v:
-            if c < " " or c == "\x7f":
-                raise ValueError("statusDetails[%s] has a control character" % k)
-    return details
-
-
 def clean_details(details):
     # Makes any dict fit the limits: values are str()-ed, cut to 1024 characters and stripped
     # of control characters; bad keys are dropped. For reasons built from exceptions and
@@ -120,10 +103,6 @@ def topic_start_next(thing):
     return prefix(thing) + "start-next"
 
 
-def topic_get_pending(thing):
-    return prefix(thing) + "get"
-
-
 def topic_describe(thing, job_id):
     return prefix(thing) + _job(job_id) + "/get"
 
@@ -138,39 +117,24 @@ def _job(job_id):
     return job_id
 
 
-# Kinds of incoming topics.
-NOTIFY_NEXT = const(1)
-NOTIFY = const(2)
-START_NEXT = const(3)
-GET_PENDING = const(4)
-DESCRIBE = const(5)
-UPDATE = const(6)
+NOTIFY_NEXT = "notify-next"
 
 
 def parse_topic(thing, topic):
-    # -> (kind, job_id or None, accepted: bool or None), or None for a topic that is not a
-    # Jobs topic of this thing.
+    # -> NOTIFY_NEXT, True (a reply accepted) or False (rejected) for the topics the agent
+    # subscribes to; None for anything else.
     p = prefix(thing)
     if not topic.startswith(p):
         return None
     parts = topic[len(p) :].split("/")
     n = len(parts)
     if n == 1:
-        if parts[0] == "notify-next":
-            return (NOTIFY_NEXT, None, None)
-        if parts[0] == "notify":
-            return (NOTIFY, None, None)
+        return NOTIFY_NEXT if parts[0] == NOTIFY_NEXT else None
+    last = parts[-1]
+    if last not in ("accepted", "rejected"):
         return None
-    ok = parts[-1] == "accepted"
-    if not ok and parts[-1] != "rejected":
-        return None
-    if n == 2:
-        if parts[0] == "start-next":
-            return (START_NEXT, None, ok)
-        if parts[0] == "get":
-            return (GET_PENDING, None, ok)
-    elif n == 3 and parts[1] in ("get", "update"):
-        return (DESCRIBE if parts[1] == "get" else UPDATE, parts[0], ok)
+    if n == 2 and parts[0] == "start-next" or n == 3 and parts[1] in ("get", "update"):
+        return last == "accepted"
     return None
 
 
@@ -189,49 +153,26 @@ def _step(minutes):
     return minutes
 
 
-def start_next(token, details=None, step_timeout=None):
+def start_next(token, step_timeout=None):
     req = {"clientToken": _token(token)}
-    if details:
-        req["statusDetails"] = check_details(details)
     if step_timeout is not None:
         req["stepTimeoutInMinutes"] = _step(step_timeout)
     return json.dumps(req)
 
 
-def get_pending(token):
-    return json.dumps({"clientToken": _token(token)})
+def describe(token, include_document=True):
+    return json.dumps({"clientToken": _token(token), "includeJobDocument": include_document})
 
 
-def describe(token, execution_number=None, include_document=True):
-    req = {"clientToken": _token(token), "includeJobDocument": bool(include_document)}
-    if execution_number is not None:
-        req["executionNumber"] = execution_number
-    return json.dumps(req)
-
-
-def update(
-    token,
-    status,
-    details=None,
-    expected_version=None,
-    execution_number=None,
-    include_state=True,
-    include_document=False,
-    step_timeout=None,
-):
+def update(token, status, details=None, expected_version=None, step_timeout=None):
+    # details: passed through clean_details() by the caller.
     if status not in (IN_PROGRESS, SUCCEEDED, FAILED, REJECTED):
         raise ValueError("a device cannot set status %r" % (status,))
-    req = {"clientToken": _token(token), "status": status}
+    req = {"clientToken": _token(token), "status": status, "includeJobExecutionState": True}
     if details:
-        req["statusDetails"] = check_details(details)
+        req["statusDetails"] = details
     if expected_version is not None:
         req["expectedVersion"] = expected_version
-    if execution_number is not None:
-        req["executionNumber"] = execution_number
-    if include_state:
-        req["includeJobExecutionState"] = True
-    if include_document:
-        req["includeJobDocument"] = True
     if step_timeout is not None:
         req["stepTimeoutInMinutes"] = _step(step_timeout)
     return json.dumps(req)
@@ -242,13 +183,11 @@ def update(
 
 class Execution:
     # What the agent needs of a JobExecution (start-next, describe, notify-next).
-    def __init__(self, job_id, status, version, number, document, details):
+    def __init__(self, job_id, status, version, document):
         self.job_id = job_id
         self.status = status
         self.version = version
-        self.number = number
         self.document = document
-        self.details = details
 
     def terminal(self):
         return self.status in TERMINAL
@@ -271,16 +210,13 @@ def parse_execution(obj):
             doc = None
     if not isinstance(doc, dict):
         doc = None
-    details = obj.get("statusDetails")
+    status = obj.get("status")
     version = obj.get("versionNumber")
-    number = obj.get("executionNumber")
     return Execution(
         job_id,
-        obj.get("status") if isinstance(obj.get("status"), str) else None,
+        status if isinstance(status, str) else None,
         version if isinstance(version, int) else None,
-        number if isinstance(number, int) else None,
         doc,
-        details if isinstance(details, dict) else {},
     )
 
 

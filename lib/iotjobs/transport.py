@@ -104,13 +104,16 @@ class Transport:
     def connect(self):
         from umqtt.simple import MQTTClient
 
+        # ssl_params may be a function that reads the PEMs: then they are read for each
+        # connection and not kept as text between connections.
+        p = self._ssl_params
         c = MQTTClient(
             self.client_id,
             self.host,
             self.port,
             keepalive=self._keepalive_ms // 1000,
             ssl=True,
-            ssl_params=self._ssl_params,
+            ssl_params=p() if callable(p) else p,
         )
         c.set_callback(self._cb or _drop)
         try:
@@ -122,6 +125,7 @@ class Transport:
         except Exception:
             _close(c.sock)
             raise
+        c.ssl_params = None  # parsed into the TLS session by now
         self._sock = _Guard(c.sock, self._timeout_ms)
         c.sock = self._sock
         self._c = c
@@ -197,12 +201,14 @@ class Link:
         self.t = None
         self.attempts = 0
         self.connects = 0
+        self.paused = False
 
     def set_on_connect(self, fn):
         self._on_connect = fn
 
     def ensure(self):
-        # Returns a connected Transport, trying until it gets one.
+        # Returns a connected Transport, trying until it gets one (and ends a pause).
+        self.paused = False
         backoff = self._min
         while self.t is None:
             t = self._factory()
@@ -220,6 +226,14 @@ class Link:
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
+
+    def pause(self):
+        # Closes the session (its TLS memory goes back to the heap) without calling it a
+        # failure; the next ensure() connects again. For one TLS session at a time.
+        t, self.t = self.t, None
+        if t is not None:
+            t.close()
+        self.paused = True
 
     def drop(self, why=None):
         if self.t is not None:
