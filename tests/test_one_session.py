@@ -1,0 +1,132 @@
+"""One TLS session at a time: with MQTT closed during the HTTPS download (``tls_sessions: 1``,
+what a plain ESP32 gets by default from its free IDF heap), the OTA job still succeeds, reports
+its progress and learns of a cancellation at the check-ins (at every reconnect of the download
+and every ``checkin_ms``), and an idle agent holds only the modules it uses.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from plugin_agent import OTA_HEAP, final
+from plugin_stack import unique, wait_until
+from test_ota_e2e import assert_old_firmware_boots, persisted_offset, proxied_job, running_version
+
+from jobsctl import image, otajob
+from jobsctl.device import DeviceProcess
+from jobsctl.faultproxy import Fault, FaultProxy
+from jobsctl.stack import Stack
+
+Boards = Callable[..., DeviceProcess]
+ONE = {"tls_sessions": 1, "checkin_ms": 1000}
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return otajob.signing_key(tmp_path_factory.mktemp("signing"))
+
+
+@pytest.fixture()
+def proxy(stack_session: Stack) -> Iterator[FaultProxy]:
+    assert stack_session.objects is not None
+    with FaultProxy("127.0.0.1", stack_session.objects.port) as p:
+        yield p
+
+
+def one_session_board(
+    stack: Stack, boards: Boards, signing: Path, **extra: object
+) -> DeviceProcess:
+    dev = boards(
+        stack,
+        unique("one"),
+        heapsize=OTA_HEAP,
+        start=False,
+        ota_key_file="ota_key.pem",
+        **{**ONE, **extra},
+    )
+    shutil.copy(image.public_key_path(signing), dev.board / "ota_key.pem")
+    dev.start()
+    dev.wait_for("no pending job")
+    return dev
+
+
+def between(lines: list[str], first: str, last: str) -> list[str]:
+    i = next(n for n, line in enumerate(lines) if first in line)
+    j = next(n for n, line in enumerate(lines) if n > i and last in line)
+    return lines[i:j]
+
+
+def test_download_with_mqtt_closed_checks_in_and_succeeds(
+    stack_session: Stack, boards: Boards, signing: Path, proxy: FaultProxy
+) -> None:
+    dev = one_session_board(stack_session, boards, signing)
+    data = image.build_app_image("2.0.0", size=600_000)
+    proxy.plan(Fault.stall(300_000, seconds=2))  # longer than checkin_ms: at least one check-in
+    job = proxied_job(stack_session, dev.board.name, data, signing, proxy)
+    ex = final(stack_session, dev.board.name, job, timeout=120)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "2.0.0"
+    # Each HTTPS session after the first follows a check-in (MQTT connected again, progress
+    # reported, the job described); the last MQTT connection is the one that reports "verify".
+    during = between(dev.lines, "step download", "step verify")
+    checkins = [line for line in during if "connected, subscribed" in line]
+    assert proxy.stats.connections >= 2, "\n".join(during)
+    assert len(checkins) == proxy.stats.connections, "\n".join(during)
+    resumed = [line for line in during if "resuming download at" in line]
+    assert len(resumed) == proxy.stats.connections - 1
+
+
+def test_cancel_with_mqtt_closed_is_seen_at_the_next_checkin(
+    stack_session: Stack, boards: Boards, signing: Path, proxy: FaultProxy
+) -> None:
+    dev = one_session_board(stack_session, boards, signing, timeout_ms=1500)
+    data = image.build_app_image("2.0.0", size=600_000)
+    proxy.plan(Fault.stall(300_000, seconds=30))
+    job = proxied_job(stack_session, dev.board.name, data, signing, proxy)
+    wait_until(lambda: persisted_offset(dev) >= 131072, timeout=30, what="a persisted offset")
+    stack_session.iot_client().cancel_job(jobId=job, force=True)
+    dev.wait_for(f"{job}: canceled, handler stopped", timeout=30)
+    assert final(stack_session, dev.board.name, job)["status"] == "CANCELED"
+    assert_old_firmware_boots(dev)
+    # ... and the agent goes on: the next job runs.
+    nxt = proxied_job(stack_session, dev.board.name, data, signing, proxy)
+    assert final(stack_session, dev.board.name, nxt, timeout=120)["status"] == "SUCCEEDED"
+
+
+UNLOAD = """
+import gc, sys
+import iotjobs.agent as agent
+from iotjobs import protocol, store
+agent.register("ota", "iotjobs.ota:handle")
+gc.collect()
+idle = gc.mem_alloc()
+mods = list(sys.modules)
+fn, _ = agent._resolve("ota")
+gc.collect()
+loaded = gc.mem_alloc()
+print("LOADED", sorted(n for n in sys.modules if n not in mods))
+fn = None
+agent._forget(mods)
+import iotjobs
+print("AFTER", sorted(n for n in sys.modules if n not in mods), hasattr(iotjobs, "ota"))
+gc.collect()
+after = gc.mem_alloc()
+fn, _ = agent._resolve("ota")  # the next job imports it again...
+fn = None
+agent._forget(mods)
+print("HEAP", idle, loaded, after, gc.mem_alloc())
+"""
+
+
+def test_a_handler_module_is_unloaded_when_its_job_ends(micropython: Callable[..., object]) -> None:
+    out = micropython(UNLOAD, heapsize="128k").check().out  # type: ignore[attr-defined]
+    assert "LOADED ['iotjobs.ota']" in out, out
+    assert "AFTER [] False" in out, out
+    idle, loaded, after, again = (int(x) for x in out.split("HEAP ")[1].split())
+    # The handler's bytecode is given back; its names stay interned (MicroPython never frees
+    # qstrs), so a second job adds nothing more.
+    assert after - idle < (loaded - idle) / 2, out
+    assert abs(again - after) < 256, out
