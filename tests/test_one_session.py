@@ -99,7 +99,7 @@ def test_cancel_with_mqtt_closed_is_seen_at_the_next_checkin(
 UNLOAD = """
 import gc, sys
 import iotjobs.agent as agent
-from iotjobs import protocol, store
+from iotjobs import protocol
 agent.register("ota", "iotjobs.ota:handle")
 gc.collect()
 idle = gc.mem_alloc()

@@ -16,9 +16,10 @@
 # and on_connect re-subscribes and re-syncs from the persisted state.
 import gc
 import json
+import os
 import sys
 
-from iotjobs import protocol, store
+from iotjobs import protocol
 from micropython import const
 
 STATE_FILE = "jobstate.json"
@@ -88,7 +89,6 @@ class Context:
         self._a = agent
         self.job_id = job_id
         self.op = op
-        self.thing_name = agent.thing
         self.board = agent.board
         self.config = agent.cfg
         self.state = state  # the handler's own dict, persisted by save()
@@ -226,7 +226,6 @@ class Agent:
         self._stale = False  # the running job may have been canceled: describe it
         self._sync = False  # (re)connected: resubscribed, must resynchronise
         self._job = {}  # the persisted state of the running job; empty when there is none
-        self.jobs_done = 0
         link.set_on_connect(self._on_connect)
 
     def log(self, level, msg):
@@ -364,18 +363,25 @@ class Agent:
     # ---- persisted state
 
     def _persist(self):
-        store.save(STATE_FILE, self._job)
+        save(STATE_FILE, self._job)
 
     def _clear(self):
         self._job = {}
-        store.remove(STATE_FILE)
+        try:
+            os.remove(STATE_FILE)
+        except OSError:
+            pass
 
     # ---- the state machine
 
     def run(self, cycles=-1):
         # The main loop; cycles < 0 runs forever (a board), else that many turns (tests).
         self.board.start_watchdog()
-        j = store.load(STATE_FILE)
+        try:
+            with open(STATE_FILE) as f:
+                j = json.load(f)
+        except (OSError, ValueError):  # none, or corrupted some other way than by save()
+            j = None
         if j is not None and not (
             isinstance(j, dict)
             and protocol.valid_job_id(j.get("job"))
@@ -476,7 +482,8 @@ class Agent:
         except Exception as e:  # a handler bug must not take the agent down
             self.log("error", "%s: handler raised %r" % (ex.job_id, e))
             details = {"reason": "handler error: %r" % (e,)}
-        fn = ctx = None
+        fn = None
+        del ctx
         _forget(mods)
         if details is not None or status == protocol.SUCCEEDED:
             self._finish(status, details if isinstance(details, dict) else {})
@@ -499,9 +506,27 @@ class Agent:
                 break
             except OSError as e:
                 self.link.drop(e)
-        self.jobs_done += 1
         self._clear()
         self._want_next = True
+
+
+def save(path, obj):
+    # Small JSON files that survive power loss: write a temporary file, then rename it over
+    # the old one (atomic on LittleFS and POSIX): after a power cut the file holds the old or
+    # the new content, never a mix.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, path)
+
+
+def reboot(ctx, doc):
+    # The reboot job, {"operation": "reboot"}: report, reset, and SUCCEEDED once the board is
+    # back.
+    if ctx.state.get("rebooted"):
+        return {"reason": "rebooted", "firmware": ctx.board.firmware_version()}
+    ctx.state["rebooted"] = True
+    ctx.reboot({"step": "rebooting"})
 
 
 def _forget(mods):

@@ -40,8 +40,8 @@ def build(cfg, board=None):
     # Handlers by name: each module is imported when its first job arrives and unloaded when
     # the job ends (agent._run), so an idle agent holds none of them.
     for op, fn in (
-        ("reboot", "handlers:reboot"),
-        ("config", "handlers:config"),
+        ("reboot", "agent:reboot"),
+        ("config", "config:job"),
         ("ota", "ota:handle"),
         ("afr_ota", "ota:handle"),
         ("bundle", "bundle:handle"),

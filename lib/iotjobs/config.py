@@ -137,6 +137,25 @@ def merge_settings(cfg, new, strict=True):
     return out
 
 
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
+def job(ctx, doc):
+    # The config job, {"operation": "config", "set": {"log_level": "debug", "settings": {...}}}:
+    # validate, then merge into config.json atomically. Identity and endpoint keys are refused:
+    # a job that could point the device elsewhere could take it off the fleet for good.
+    import json
+
+    from iotjobs.agent import Rejected, save
+
+    new = doc.get("set")
+    if not isinstance(new, dict) or not new:
+        raise Rejected("a config job needs a non-empty object 'set'")
+    try:
+        merged = merge_settings(ctx.config, new)
+    except ConfigError as e:
+        raise Rejected(str(e))
+    with open(PATH) as f:
+        raw = json.load(f)
+    for k in new:
+        raw[k] = merged[k]
+    save(PATH, raw)
+    ctx.config.update(merged)
+    return {"reason": "applied", "changed": ",".join(sorted(new))}
