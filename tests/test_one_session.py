@@ -11,9 +11,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from plugin_agent import OTA_HEAP, final
+from plugin_agent import OTA_HEAP, create_job, details, final
 from plugin_stack import unique, wait_until
-from test_ota_e2e import assert_old_firmware_boots, persisted_offset, proxied_job, running_version
+from test_ota_e2e import (
+    assert_old_firmware_boots,
+    ota_job,
+    persisted_offset,
+    proxied_job,
+    running_version,
+)
 
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
@@ -37,13 +43,18 @@ def proxy(stack_session: Stack) -> Iterator[FaultProxy]:
 
 
 def one_session_board(
-    stack: Stack, boards: Boards, signing: Path, **extra: object
+    stack: Stack,
+    boards: Boards,
+    signing: Path,
+    profile: str = "esp32-plain",
+    **extra: object,
 ) -> DeviceProcess:
     dev = boards(
         stack,
         unique("one"),
         heapsize=OTA_HEAP,
         start=False,
+        profile=profile,
         ota_key_file="ota_key.pem",
         **{**ONE, **extra},
     )
@@ -70,13 +81,13 @@ def test_download_with_mqtt_closed_checks_in_and_succeeds(
     assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
     assert running_version(dev) == "2.0.0"
     # Each HTTPS session after the first follows a check-in (MQTT connected again, progress
-    # reported, the job described); the last MQTT connection is the one that reports "verify".
+    # reported, the job described), and MQTT is closed again before it opens.
     during = between(dev.lines, "step download", "step verify")
-    checkins = [line for line in during if "connected, subscribed" in line]
+    checkins = [n for n, line in enumerate(during) if "connected, subscribed" in line]
+    resumed = [n for n, line in enumerate(during) if "resuming download at" in line]
     assert proxy.stats.connections >= 2, "\n".join(during)
-    assert len(checkins) == proxy.stats.connections, "\n".join(during)
-    resumed = [line for line in during if "resuming download at" in line]
-    assert len(resumed) == proxy.stats.connections - 1
+    assert len(checkins) == len(resumed) == proxy.stats.connections - 1, "\n".join(during)
+    assert all(c < r for c, r in zip(checkins, resumed, strict=True))
 
 
 def test_cancel_with_mqtt_closed_is_seen_at_the_next_checkin(
@@ -130,3 +141,43 @@ def test_a_handler_module_is_unloaded_when_its_job_ends(micropython: Callable[..
     # qstrs), so a second job adds nothing more.
     assert after - idle < (loaded - idle) / 2, out
     assert abs(again - after) < 256, out
+
+
+def test_a_job_that_cannot_fit_fails_naming_memory_and_the_agent_takes_the_next(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    # Two TLS sessions at once (tls_sessions 2: MQTT kept open during the download) do not fit
+    # a plain ESP32: the job ends FAILED with a reason that names memory, before anything is
+    # written; the old firmware still boots and the agent goes on with the next job.
+    dev = one_session_board(stack_session, boards, signing, profile="esp32-plain", tls_sessions=2)
+    data = image.build_app_image("2.0.0", size=300_000)
+    job = ota_job(stack_session, dev.board.name, data, signing)
+    ex = final(stack_session, dev.board.name, job, timeout=60)
+    reason = details(ex).get("reason", "")
+    assert ex["status"] == "FAILED" and reason.startswith("out of memory"), reason
+    assert "IDF heap" in reason
+    assert_old_firmware_boots(dev)
+    assert image.slot_image(dev.board, "ota_1")[:4096] == b"\xff" * 4096  # never written
+    assert dev.boots == 1  # no reset, no crash loop
+    nxt = create_job(
+        stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"a": 1}}}
+    )
+    assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
+
+
+NOMEM = """
+from iotjobs import http
+cases = [MemoryError(), OSError(12), OSError(-17040), OSError(-0x7F00), OSError(-0x2880),
+         OSError(-0x4D80), OSError(110), OSError(-0x2700), OSError(-1), OSError("x")]
+print(" ".join("1" if http.nomem(e) else "0" for e in cases))
+"""
+
+
+def test_memory_failures_of_a_tls_session_are_told_from_network_errors(
+    micropython: Callable[..., object],
+) -> None:
+    # MemoryError, ENOMEM (no room for the record buffers) and mbedTLS's allocation failures
+    # (e.g. -17040, RSA_PUBLIC_FAILED + MPI_ALLOC_FAILED) end the job naming memory; a timeout,
+    # a certificate that does not verify (-0x2700) or a closed socket are retried as before.
+    out = micropython(NOMEM).check().out.split()  # type: ignore[attr-defined]
+    assert out == ["1", "1", "1", "1", "1", "1", "0", "0", "0", "0"]

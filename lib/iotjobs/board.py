@@ -13,11 +13,11 @@ _DESC_MAGIC = const(0xABCD5432)
 _WIFI_WAIT_MS = const(30000)
 _FEED_SLICE_MS = const(500)
 # What one TLS client session takes from the ESP-IDF heap (mbedTLS allocates there, not from the
-# GC heap), docs/memory.md: the 16 KB input record buffer in one block (16,717 bytes with
-# mbedTLS's overhead), and at the handshake's peak ~36 KB in all (that buffer, the 4 KB output
-# buffer, certificates and key exchange).
+# GC heap; docs/board-model.md): the 16 KB input record buffer in one block (16,717 bytes with
+# mbedTLS's overhead), and at the handshake's peak ~30 KB in all with an ECDSA P-256 chain (that
+# buffer, the 4 KB output buffer, certificates, key exchange): 32 KB with a margin.
 _TLS_BLOCK = const(16717)
-_TLS_PEAK = const(36864)
+_TLS_PEAK = const(32768)
 # Free IDF heap that must remain beside a second session's peak for the agent to keep MQTT open
 # during a download (a board with PSRAM; a plain ESP32 never has it).
 _SPARE = const(65536)

@@ -13,7 +13,9 @@
 # The handler is a table of steps; the current step and the download offset are persisted
 # (ctx.save) so that a reset at any point continues from there, and the boot slot is only
 # switched (set_boot) after the whole image has been verified.
-from iotjobs.agent import Canceled, Failed, Rejected
+import sys
+
+from iotjobs.agent import Canceled, Failed, Rejected, _forget
 from micropython import const
 
 _BLOCK = const(4096)
@@ -107,12 +109,16 @@ def handle(ctx, doc):
     while True:
         step = st["step"]
         ctx.log("step " + step)  # the console's record of where a job got to
+        mods = list(sys.modules)
         try:
             result = _STEPS[step](ctx, doc)
         except Exception:
             if step in ("download", "verify"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
+        # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
+        # next step connects MQTT again.
+        _forget(mods)
         if isinstance(result, dict):
             return result
         st["step"] = result
@@ -167,10 +173,7 @@ def _download(ctx, doc):
         finally:
             r.close()
     st["off"] = size
-    digest = h.digest()
-    st["sha256"] = _tohex(digest)
-    ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
-    del buf, tail
+    st["sha256"] = _tohex(h.digest())
     b.feed()
     return "verify"
 
@@ -267,6 +270,7 @@ def _net_fail(ctx, fails, e):
 
 def _verify(ctx, doc):
     st = ctx.state
+    ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     slot = _slot(ctx)
     job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
     digest = bytes.fromhex(st["sha256"])
