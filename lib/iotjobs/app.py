@@ -56,17 +56,39 @@ def _read(path):
 
 
 def run(path="config.json"):
+    global build, _start
+    a = _start(path)
+    # Boot-time code is not kept while the agent runs (.mpy code lives in the heap).
+    del build, _start
+    if a is None:
+        return
+    try:
+        a.board.start_watchdog()
+        a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
+        a.run()
+    except Exception as e:
+        # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
+        # state makes the restart pick up where this one stopped.
+        import sys
+
+        sys.print_exception(e)
+        a.board.sleep_ms(_CRASH_WAIT_MS)
+        a.board.reset()
+
+
+def _start(path):
     import sys
 
-    from iotjobs import config
+    from iotjobs import agent, config
 
     try:
         cfg = config.load(path)
     except config.ConfigError as e:
         # Nothing to connect with: say so on the console and stay up for a REPL/deploy.
         print("E config: %s" % e)
-        return
-    del config, sys.modules["iotjobs.config"]  # a config job imports it again
+        return None
+    del config
+    agent.unload(("iotjobs.config",))  # a config job imports it again
     a = build(cfg)
     if cfg["app_dir"] not in sys.path:
         sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)
@@ -76,13 +98,4 @@ def run(path="config.json"):
         a.board.self_test = selftest.run
     except ImportError:
         pass
-    try:
-        a.board.start_watchdog()
-        a.board.connect_network(cfg.get("wifi_ssid"), cfg.get("wifi_password"))
-        a.run()
-    except Exception as e:
-        # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
-        # state makes the restart pick up where this one stopped.
-        sys.print_exception(e)
-        a.board.sleep_ms(_CRASH_WAIT_MS)
-        a.board.reset()
+    return a

@@ -21,6 +21,8 @@ _TLS_PEAK = const(32768)
 # Free IDF heap that must remain beside a second session's peak for the agent to keep MQTT open
 # during a download (a board with PSRAM; a plain ESP32 never has it).
 _SPARE = const(65536)
+# GC heap a session's objects take (the SSLContext, the socket, the response): 4 KB.
+_TLS_GC = const(4096)
 
 
 class Board:
@@ -87,6 +89,8 @@ class Board:
         # None when one more TLS session fits in the IDF heap now (with spare: and 64 KB would
         # remain beside it), else why not, naming memory.
         g, free, big = self.mem()
+        if g < _TLS_GC:  # on ESP32 gc.mem_free() counts what the heap could still grow by
+            return "out of memory for a TLS session: %d KB of GC heap free" % (g >> 10)
         if free is None:
             return None
         need = _TLS_PEAK + (_SPARE if spare else 0)
