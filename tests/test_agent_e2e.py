@@ -2,17 +2,16 @@
 service on a real mosquitto with mutual TLS, jobs created with boto3.
 
 Each test waits on what the board prints or what the service records, never on time.
-The boards run the device code frozen into the port, as a custom firmware carries it, in
-64 KB of heap (plugin_agent.FROZEN_HEAP).
+The boards run the device code as .mpy files on the stock-firmware board, as `make deploy` puts
+it on a board, with the esp32-plain memory profile (plugin_agent.BOARD_PROFILE); the
+custom-firmware board (library frozen in) keeps its smoke test in test_ota_e2e.py.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 
-import pytest
 from plugin_agent import create_job, details, execution, final
 from plugin_stack import unique, wait_until
 
@@ -20,11 +19,6 @@ from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]
-
-
-@pytest.fixture()
-def boards(boards: Boards) -> Boards:
-    return functools.partial(boards, frozen=True)
 
 
 def test_config_job_created_with_boto3_ends_succeeded_and_changes_the_config(
