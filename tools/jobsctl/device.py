@@ -17,6 +17,7 @@ from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -231,7 +232,8 @@ class DeviceProcess:
             (self.board / stale).unlink(missing_ok=True)
         with self._cond:
             self.boots += 1
-            self._emit(f"-- power on (boot {self.boots})")
+            memory = f", {self.profile}" if self.profile else ""
+            self._emit(f"-- power on (boot {self.boots}{memory})")
             self._proc = subprocess.Popen(
                 cmd,
                 cwd=self.board,
@@ -305,6 +307,18 @@ class DeviceProcess:
             self._thread.join(10)
 
     def stop(self) -> None:
+        self.kill()
+
+    def power_off(self, timeout: float = 10) -> None:
+        """Switch off cleanly (SIGTERM): the port writes its memory report (``mem_report``)
+        first; a board that does not go within ``timeout`` s loses its power."""
+        with self._cond:
+            proc = self._proc
+            self._stopping = True
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
         self.kill()
 
     @property
