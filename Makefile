@@ -17,7 +17,7 @@ PORT_SOURCES := firmware/unix-port.sh $(wildcard firmware/board/*.h firmware/boa
 BOARD_SOURCES := $(wildcard sim/*.py) firmware/unix-board-manifest.py
 FROZEN_SOURCES := $(shell find lib -name '*.py' 2>/dev/null) firmware/unix-frozen-manifest.py
 UMQTT := $(BUILD)/upylib/umqtt/simple.py
-STUBS := $(BUILD)/stubs/esp32.pyi
+STUBS := $(BUILD)/stubs/esp32.pyi $(BUILD)/stubs-newest/esp32.pyi
 STATE ?= .local
 DEVICES ?= 5
 PORT ?=
@@ -68,10 +68,14 @@ umqtt: $(UMQTT) ## fetch umqtt.simple 1.3.4 (pinned) for the Unix port
 $(UMQTT): firmware/fetch-umqtt.sh | $(BIN)/jobsctl
 	@PIP=$(BIN)/pip bash firmware/fetch-umqtt.sh $(BUILD)
 
-stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25) for checking device code
-$(STUBS): | $(BIN)/jobsctl
+stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25 and the newest, 1.29) for checking device code
+$(BUILD)/stubs/esp32.pyi: | $(BIN)/jobsctl
 	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs \
 	  micropython-esp32-stubs==1.25.0.post5 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
+	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
+$(BUILD)/stubs-newest/esp32.pyi: | $(BIN)/jobsctl
+	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs-newest \
+	  micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
 	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
 
 check: lint typecheck ## lint, type-check and mpy-cross compile all code

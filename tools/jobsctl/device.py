@@ -322,6 +322,12 @@ class DeviceProcess:
         self.kill()
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the board's port while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
