@@ -33,10 +33,9 @@ from jobsctl.stack import Stack
 # first GC area and the ESP-IDF heap that TLS sessions and the GC heap's growth take from.
 # BOARD_PROFILE is what every e2e board runs unless a test names another; the heaps below are
 # None (the profile's own first area, 56 KB as on ESP32) unless SIM_E2E_HEAPS says otherwise.
-# Today esp32-psram: on esp32-plain the agent's .mpy modules grow the GC heap into the IDF heap
-# and an OTA job's HTTPS session then fails to open (OSError(ENOMEM), as on a board) until the
-# device library fits (issue 14, the device half); SIM_E2E_PROFILE=esp32-plain shows it.
-BOARD_PROFILE = os.environ.get("SIM_E2E_PROFILE", "esp32-psram")
+# (boardmodel.DEFAULT says why it is not esp32-plain yet; SIM_E2E_PROFILE=esp32-plain runs the
+# e2e tests on the plain board.)
+BOARD_PROFILE = os.environ.get("SIM_E2E_PROFILE", boardmodel.DEFAULT)
 assert BOARD_PROFILE in boardmodel.PROFILES, BOARD_PROFILE
 _LEGACY = os.environ.get("SIM_E2E_HEAPS") == "1"
 # The first GC area of the agent's boards (.mpy, `make deploy` onto stock firmware) and of the

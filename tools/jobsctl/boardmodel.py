@@ -68,7 +68,11 @@ PROFILES = {
         ),
     )
 }
-DEFAULT = "esp32-plain"
+# The profile simulated boards, the demo, the benches and the end-to-end tests use unless told
+# otherwise. esp32-plain is the board this project targets; today an OTA or bundle job does not
+# fit it yet (its HTTPS session fails beside the MQTT one, as on such a board: issue 14's device
+# half), so the default is esp32-psram, where every job fits, until the library does.
+DEFAULT = "esp32-psram"
 
 
 def profile(name: str) -> Profile:
