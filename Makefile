@@ -26,13 +26,13 @@ FIRMWARE ?=
 # are 32-bit, as an ESP32 is).
 APT_PKGS := mosquitto libffi-dev pkg-config curl xz-utils patch build-essential gcc-multilib
 
-.PHONY: help setup apt venv micropython micropython-frozen micropython-1.26 umqtt stubs test check lint typecheck unit demo serve bench \
+.PHONY: help setup apt venv micropython micropython-frozen micropython-newest umqtt stubs test check lint typecheck unit demo serve bench \
         reliability deploy flash firmware clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-19s %s\n", $$1, $$2}'
 
-setup: apt venv micropython umqtt stubs micropython-frozen micropython-1.26 ## install and build everything the project needs
+setup: apt venv micropython umqtt stubs micropython-frozen micropython-newest ## install and build everything the project needs
 
 apt: $(BUILD)/.apt ## install the Debian packages (when missing)
 $(BUILD)/.apt:
@@ -60,7 +60,7 @@ micropython-frozen: $(MICROPYTHON_FROZEN) ## the custom-firmware board: the devi
 $(MICROPYTHON_FROZEN): $(FROZEN_SOURCES) $(MICROPYTHON)
 	@bash firmware/unix-port.sh $(BUILD) frozen
 
-micropython-1.26: $(MICROPYTHON_NEWEST) ## the stock-firmware board on MicroPython 1.26.1 (Debian sid)
+micropython-newest: $(MICROPYTHON_NEWEST) ## the stock-firmware board on MicroPython 1.26.1 (Debian sid, newest)
 $(MICROPYTHON_NEWEST): $(PORT_SOURCES) $(BOARD_SOURCES) $(UMQTT) | $(BUILD)/.apt
 	@bash firmware/unix-port.sh $(BUILD) board-1.26
 

@@ -71,7 +71,7 @@ def frozen_port() -> Path:
 @pytest.fixture(scope="session")
 def newest_port() -> Path:
     """build/micropython-1.26: the stock-firmware board on the newest MicroPython in Debian."""
-    _made("micropython-1.26")
+    _made("micropython-newest")
     return unix_port(newest=True)
 
 

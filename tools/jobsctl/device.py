@@ -40,7 +40,7 @@ MICROPYTHON = ROOT / "build" / "micropython"
 # The custom-firmware board: the same with the device library frozen in too, as
 # firmware/manifest.py freezes it into a custom ESP32 firmware (`make micropython-frozen`).
 MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
-# The stock-firmware board on the newest MicroPython in Debian (`make micropython-1.26`).
+# The stock-firmware board on the newest MicroPython in Debian (`make micropython-newest`).
 MICROPYTHON_NEWEST = ROOT / "build" / "micropython-1.26"
 
 
@@ -48,7 +48,9 @@ def unix_port(frozen: bool = False, newest: bool = False) -> Path:
     """The Unix port a simulated board runs on; a clear error if it has not been built."""
     port = MICROPYTHON_FROZEN if frozen else MICROPYTHON_NEWEST if newest else MICROPYTHON
     if not port.exists():
-        target = {MICROPYTHON: "setup"}.get(port, port.name)
+        target = {MICROPYTHON: "setup", MICROPYTHON_NEWEST: "micropython-newest"}.get(
+            port, port.name
+        )
         raise JobsctlError(f"{port} is missing: run `make {target}`")
     return port
 
