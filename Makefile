@@ -17,7 +17,7 @@ PORT_SOURCES := firmware/unix-port.sh $(wildcard firmware/board/*.h firmware/boa
 BOARD_SOURCES := $(wildcard sim/*.py) firmware/unix-board-manifest.py
 FROZEN_SOURCES := $(shell find lib -name '*.py' 2>/dev/null) firmware/unix-frozen-manifest.py
 UMQTT := $(BUILD)/upylib/umqtt/simple.py
-STUBS := $(BUILD)/stubs/esp32.pyi
+STUBS := $(BUILD)/stubs/esp32.pyi $(BUILD)/stubs-newest/esp32.pyi
 STATE ?= .local
 DEVICES ?= 5
 DEMO_DIR ?= build/demo
@@ -27,13 +27,13 @@ FIRMWARE ?=
 # are 32-bit, as an ESP32 is).
 APT_PKGS := mosquitto libffi-dev pkg-config curl xz-utils patch build-essential gcc-multilib
 
-.PHONY: help setup apt venv micropython micropython-frozen micropython-1.26 umqtt stubs test check lint typecheck unit demo serve bench \
+.PHONY: help setup apt venv micropython micropython-frozen micropython-newest umqtt stubs test check lint typecheck unit demo serve bench \
         reliability deploy flash firmware clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-19s %s\n", $$1, $$2}'
 
-setup: apt venv micropython umqtt stubs micropython-frozen micropython-1.26 ## install and build everything the project needs
+setup: apt venv micropython umqtt stubs micropython-frozen micropython-newest ## install and build everything the project needs
 
 apt: $(BUILD)/.apt ## install the Debian packages (when missing)
 $(BUILD)/.apt:
@@ -61,7 +61,7 @@ micropython-frozen: $(MICROPYTHON_FROZEN) ## the custom-firmware board: the devi
 $(MICROPYTHON_FROZEN): $(FROZEN_SOURCES) $(MICROPYTHON)
 	@bash firmware/unix-port.sh $(BUILD) frozen
 
-micropython-1.26: $(MICROPYTHON_NEWEST) ## the stock-firmware board on MicroPython 1.26.1 (Debian sid)
+micropython-newest: $(MICROPYTHON_NEWEST) ## the stock-firmware board on MicroPython 1.26.1 (Debian sid, newest)
 $(MICROPYTHON_NEWEST): $(PORT_SOURCES) $(BOARD_SOURCES) $(UMQTT) | $(BUILD)/.apt
 	@bash firmware/unix-port.sh $(BUILD) board-1.26
 
@@ -69,10 +69,14 @@ umqtt: $(UMQTT) ## fetch umqtt.simple 1.3.4 (pinned) for the Unix port
 $(UMQTT): firmware/fetch-umqtt.sh | $(BIN)/jobsctl
 	@PIP=$(BIN)/pip bash firmware/fetch-umqtt.sh $(BUILD)
 
-stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25) for checking device code
-$(STUBS): | $(BIN)/jobsctl
+stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25 and the newest, 1.29) for checking device code
+$(BUILD)/stubs/esp32.pyi: | $(BIN)/jobsctl
 	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs \
 	  micropython-esp32-stubs==1.25.0.post5 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
+	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
+$(BUILD)/stubs-newest/esp32.pyi: | $(BIN)/jobsctl
+	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs-newest \
+	  micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
 	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
 
 check: lint typecheck ## lint, type-check and mpy-cross compile all code

@@ -4,8 +4,11 @@
 board folder and powers it on (a :class:`jobsctl.device.DeviceProcess`); every board is
 powered off after the test. With ``app=True`` the board runs the test application below
 (its own main.py registering extra handlers, as a product would) instead of the plain main.py.
-With ``frozen=True`` it runs ``build/micropython-frozen`` (the device code frozen in, as
-firmware/manifest.py freezes it for a board), rebuilt first if lib/ or sim/ changed.
+Boards run ``build/micropython``, the stock-firmware board (lib/ as .mpy files), with the memory
+of ``profile`` (default BOARD_PROFILE below; jobsctl.boardmodel). With ``frozen=True`` they run
+``build/micropython-frozen`` (the device code frozen in, as firmware/manifest.py freezes it for a
+board); with ``newest=True`` ``build/micropython-1.26``. Each port is rebuilt first if lib/, sim/
+or the model changed.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from jobsctl.stack import Stack
 # first GC area and the ESP-IDF heap that TLS sessions and the GC heap's growth take from.
 # BOARD_PROFILE is what every e2e board runs unless a test names another; the heaps below are
 # None (the profile's own first area, 56 KB as on ESP32) unless SIM_E2E_HEAPS says otherwise.
-# esp32-plain: the device library holds one TLS session at a time (MQTT closed during a
-# download), which is what fits a plain ESP32; SIM_E2E_PROFILE picks another profile.
-BOARD_PROFILE = os.environ.get("SIM_E2E_PROFILE", "esp32-plain")
+# (boardmodel.DEFAULT says why it is not esp32-plain yet; SIM_E2E_PROFILE=esp32-plain runs the
+# e2e tests on the plain board.)
+BOARD_PROFILE = os.environ.get("SIM_E2E_PROFILE", boardmodel.DEFAULT)
 assert BOARD_PROFILE in boardmodel.PROFILES, BOARD_PROFILE
 _LEGACY = os.environ.get("SIM_E2E_HEAPS") == "1"
 # The first GC area of the agent's boards (.mpy, `make deploy` onto stock firmware) and of the
@@ -43,16 +46,33 @@ OTA_HEAP: str | None = "192k" if _LEGACY else None
 FROZEN_OTA_HEAP: str | None = "112k" if _LEGACY else None
 
 
-@pytest.fixture(scope="session")
-def frozen_port() -> Path:
-    """build/micropython-frozen, up to date with lib/ and sim/ (make decides, one at a time)."""
+def _made(target: str) -> None:
+    # make decides whether the port is stale (lib/, sim/, the model changed), one at a time.
     with open(ROOT / "build" / ".frozen.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            ["make", "-s", "micropython-frozen"], cwd=ROOT, capture_output=True, text=True
-        )
+        proc = subprocess.run(["make", "-s", target], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def board_port() -> Path:
+    """build/micropython (the stock-firmware board), up to date with sim/ and the model."""
+    _made("micropython")
+    return unix_port()
+
+
+@pytest.fixture(scope="session")
+def frozen_port() -> Path:
+    """build/micropython-frozen, up to date with lib/ and sim/."""
+    _made("micropython-frozen")
     return unix_port(frozen=True)
+
+
+@pytest.fixture(scope="session")
+def newest_port() -> Path:
+    """build/micropython-1.26: the stock-firmware board on the newest MicroPython in Debian."""
+    _made("micropython-newest")
+    return unix_port(newest=True)
 
 
 # A product's main.py: its own handlers, then the agent. `wait` runs until the file named by
@@ -100,10 +120,12 @@ def boards(request: pytest.FixtureRequest) -> Iterator[Callable[..., DeviceProce
         start: bool = True,
         frozen: bool = False,
         profile: str | None = None,
+        newest: bool = False,
         **extra: Any,
     ) -> DeviceProcess:
-        if frozen:
-            request.getfixturevalue("frozen_port")
+        request.getfixturevalue(
+            "frozen_port" if frozen else "newest_port" if newest else "board_port"
+        )
         stack.create_thing(name, group=group)
         board = setup_board(stack.state_dir, name, extra=extra or None)
         root = None
@@ -114,7 +136,12 @@ def boards(request: pytest.FixtureRequest) -> Iterator[Callable[..., DeviceProce
             (root / "main.py").write_text(TEST_APP)
         heapsize = heapsize or (FROZEN_HEAP if frozen else HEAP)
         dev = DeviceProcess(
-            board, heapsize=heapsize, root=root, frozen=frozen, profile=profile or BOARD_PROFILE
+            board,
+            heapsize=heapsize,
+            root=root,
+            frozen=frozen,
+            newest=newest,
+            profile=profile or BOARD_PROFILE,
         )
         started.append(dev)
         if start:

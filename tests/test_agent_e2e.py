@@ -2,9 +2,9 @@
 service on a real mosquitto with mutual TLS, jobs created with boto3.
 
 Each test waits on what the board prints or what the service records, never on time.
-The boards run the device code as .mpy files on the stock-firmware board, as `make deploy` puts
-it on a board, with the esp32-plain memory profile (plugin_agent.BOARD_PROFILE); the
-custom-firmware board (library frozen in) keeps its smoke test in test_ota_e2e.py.
+The boards run the device code as `make deploy` puts it on a stock firmware (.mpy files) on
+the simulated board's memory (plugin_agent.BOARD_PROFILE); the config job also runs once on the
+custom-firmware board (the library frozen in).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import pytest
 from plugin_agent import create_job, details, execution, final
 from plugin_stack import unique, wait_until
 
@@ -21,11 +22,12 @@ from jobsctl.stack import Stack
 Boards = Callable[..., DeviceProcess]
 
 
+@pytest.mark.parametrize("frozen", [False, True], ids=["mpy", "frozen"])
 def test_config_job_created_with_boto3_ends_succeeded_and_changes_the_config(
-    stack_session: Stack, boards: Boards
+    stack_session: Stack, boards: Boards, frozen: bool
 ) -> None:
     thing = unique("agent")
-    dev = boards(stack_session, thing)
+    dev = boards(stack_session, thing, frozen=frozen)
     dev.wait_for("no pending job")
     job = create_job(stack_session, thing, {"operation": "config", "set": {"keepalive_s": 45}})
     ex = final(stack_session, thing, job)

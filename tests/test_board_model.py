@@ -4,13 +4,14 @@ and the GC heap's growth take from, the profiles, and TLS failing where the firm
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 import upy
-from jobsctl import boardmodel
+from jobsctl import bench_memory, boardmodel
 from jobsctl.device import MICROPYTHON_FROZEN, MICROPYTHON_NEWEST
 from jobsctl.errors import JobsctlError
 
@@ -201,3 +202,38 @@ def test_every_board_port_is_32_bit_with_the_memory_model(port: str) -> None:
 def test_an_unknown_profile_is_one_clear_error() -> None:
     with pytest.raises(JobsctlError, match=r"no board profile 'esp32-huge'.*esp32-plain"):
         boardmodel.profile("esp32-huge")
+
+
+def test_device_run_takes_the_board_profile(stack_session, tmp_path) -> None:
+    # `jobsctl device run --profile`: the board powers on with that memory, and says so.
+    stack_session.create_thing("profile-cli")
+    jobsctl = str(upy.ROOT / ".venv" / "bin" / "jobsctl")
+    state = str(stack_session.state_dir)
+    proc = subprocess.Popen(
+        [jobsctl, "device", "run", "--state-dir", state, "profile-cli", "--profile", "esp32-tight"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if "no pending job" in line:
+                break
+        assert "[profile-cli] -- power on (boot 1, esp32-tight)\n" in lines, lines
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert proc.returncode == 0
+
+
+def test_bench_memory_reports_high_water_marks_and_headroom(capsys) -> None:
+    # `python -m jobsctl.bench_memory`, the memory rows of `make bench`, on one job and profile.
+    assert bench_memory.main(["--profile", "esp32-psram", "--job", "config"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| esp32-psram |" in line]
+    cells = [c.strip() for c in rows[-1].strip("|").split("|")]
+    assert cells[:3] == ["esp32-psram", "config", "SUCCEEDED"], rows
+    assert cells[3].endswith("(first area 56.0 KB)") and cells[4].endswith("%"), rows
+    assert cells[5].endswith("of 4184.0 KB") and cells[6].endswith("%"), rows

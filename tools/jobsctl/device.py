@@ -17,6 +17,7 @@ from.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ MICROPYTHON = ROOT / "build" / "micropython"
 # The custom-firmware board: the same with the device library frozen in too, as
 # firmware/manifest.py freezes it into a custom ESP32 firmware (`make micropython-frozen`).
 MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
-# The stock-firmware board on the newest MicroPython in Debian (`make micropython-1.26`).
+# The stock-firmware board on the newest MicroPython in Debian (`make micropython-newest`).
 MICROPYTHON_NEWEST = ROOT / "build" / "micropython-1.26"
 
 
@@ -47,7 +48,9 @@ def unix_port(frozen: bool = False, newest: bool = False) -> Path:
     """The Unix port a simulated board runs on; a clear error if it has not been built."""
     port = MICROPYTHON_FROZEN if frozen else MICROPYTHON_NEWEST if newest else MICROPYTHON
     if not port.exists():
-        target = {MICROPYTHON: "setup"}.get(port, port.name)
+        target = {MICROPYTHON: "setup", MICROPYTHON_NEWEST: "micropython-newest"}.get(
+            port, port.name
+        )
         raise JobsctlError(f"{port} is missing: run `make {target}`")
     return port
 
@@ -235,7 +238,8 @@ class DeviceProcess:
             (self.board / stale).unlink(missing_ok=True)
         with self._cond:
             self.boots += 1
-            self._emit(f"-- power on (boot {self.boots})")
+            memory = f", {self.profile}" if self.profile else ""
+            self._emit(f"-- power on (boot {self.boots}{memory})")
             self._proc = subprocess.Popen(
                 cmd,
                 cwd=self.board,
@@ -310,6 +314,24 @@ class DeviceProcess:
 
     def stop(self) -> None:
         self.kill()
+
+    def power_off(self, timeout: float = 10) -> None:
+        """Switch off cleanly (SIGTERM): the port writes its memory report (``mem_report``)
+        first; a board that does not go within ``timeout`` s loses its power."""
+        with self._cond:
+            proc = self._proc
+            self._stopping = True
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        self.kill()
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the board's port while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
     def running(self) -> bool:

@@ -11,7 +11,9 @@
 // Every block costs its size rounded up to 4 bytes plus a 4-byte header (ESP-IDF's TLSF heap).
 // Its clients: mbedTLS (mbedtls_esp32.h) and the GC's new heap areas (board_port.h).
 //
-// SIM_MEM_REPORT=FILE: at exit one JSON line of high-water marks is appended to FILE.
+// SIM_MEM_REPORT=FILE: at exit (normal, machine.reset(), or SIGTERM: how a bench powers a board
+// off) one JSON line of high-water marks is appended to FILE.
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -61,6 +63,11 @@ static void report(void) {
     fclose(f);
 }
 
+static void on_sigterm(int sig) {
+    report();
+    _exit(128 + sig);
+}
+
 static void add_regions(const char *spec, bool external) {
     while (spec != NULL && *spec && n_regions < MAX_REGIONS) {
         char *end;
@@ -88,6 +95,9 @@ __attribute__((constructor)) static void sim_board_init(void) {
         report_path = NULL;
     }
     atexit(report);
+    if (report_path != NULL) {
+        signal(SIGTERM, on_sigterm);
+    }
 }
 
 static size_t cost(size_t n) {
