@@ -6,12 +6,13 @@ and every ``checkin_ms``), and an idle agent holds only the modules it uses.
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from plugin_agent import OTA_HEAP, create_job, details, final
+from plugin_agent import OTA_HEAP, arn, create_job, details, final
 from plugin_stack import unique, wait_until
 from test_ota_e2e import (
     assert_old_firmware_boots,
@@ -159,12 +160,17 @@ def test_a_job_that_cannot_fit_fails_naming_memory_and_the_agent_takes_the_next(
     dev = one_session_board(stack_session, boards, signing, profile=profile, tls_sessions=sessions)
     data = image.build_app_image("2.0.0", size=300_000)
     job = ota_job(stack_session, dev.board.name, data, signing)
-    ex = final(stack_session, dev.board.name, job, timeout=60)
+    try:
+        ex = final(stack_session, dev.board.name, job, timeout=60)
+    except AssertionError:
+        raise AssertionError("\n".join(dev.lines)) from None
     reason = details(ex).get("reason", "")
     assert ex["status"] == "FAILED" and reason.startswith("out of memory"), reason
     assert_old_firmware_boots(dev)
     assert image.slot_image(dev.board, "ota_1")[:4096] == b"\xff" * 4096  # never written
-    assert dev.boots == 1  # no reset, no crash loop
+    # No crash loop: at most the one reset that gives a grown GC heap's memory back to MQTT
+    # (esp32-tight); none where MQTT stayed connected.
+    assert dev.boots <= (2 if profile == "esp32-tight" else 1), "\n".join(dev.lines)
     nxt = create_job(
         stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"a": 1}}}
     )
@@ -172,10 +178,10 @@ def test_a_job_that_cannot_fit_fails_naming_memory_and_the_agent_takes_the_next(
 
 
 NOMEM = """
-from iotjobs import http
+from iotjobs.board import nomem
 cases = [MemoryError(), OSError(12), OSError(-17040), OSError(-0x7F00), OSError(-0x2880),
          OSError(-0x4D80), OSError(110), OSError(-0x2700), OSError(-1), OSError("x")]
-print(" ".join("1" if http.nomem(e) else "0" for e in cases))
+print(" ".join("1" if nomem(e) else "0" for e in cases))
 """
 
 
@@ -187,3 +193,29 @@ def test_memory_failures_of_a_tls_session_are_told_from_network_errors(
     # a certificate that does not verify (-0x2700) or a closed socket are retried as before.
     out = micropython(NOMEM).check().out.split()  # type: ignore[attr-defined]
     assert out == ["1", "1", "1", "1", "1", "1", "0", "0", "0", "0"]
+
+
+def test_a_bundle_that_cannot_fit_is_reported_from_a_fresh_heap(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    # On esp32-tight a bundle job's code grows the GC heap into the IDF heap and keeps it: its
+    # HTTPS session does not fit (FAILED naming memory, decided and persisted), and then neither
+    # does the MQTT session that would report it. The agent resets once, as a reset gives the
+    # memory back, reports from the fresh boot, and takes the next job; never a loop.
+    dev = one_session_board(stack_session, boards, signing, profile="esp32-tight", tls_sessions=0)
+    doc, extra = otajob.prepare_bundle(
+        stack_session, otajob.build_bundle({"a.py": b"A = 1\n"}), "app-2", key=signing
+    )
+    job = unique("bundle")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, dev.board.name)], document=json.dumps(doc), **extra
+    )
+    ex = final(stack_session, dev.board.name, job, timeout=90)
+    reason = details(ex).get("reason", "")
+    assert ex["status"] == "FAILED" and reason.startswith("out of memory"), reason
+    assert dev.boots <= 2, "\n".join(dev.lines)  # at most the one reset that frees the memory
+    assert not (dev.board / "app").exists()  # nothing of the bundle was used
+    nxt = create_job(
+        stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"b": 2}}}
+    )
+    assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"

@@ -227,6 +227,7 @@ class Agent:
         self._sync = False  # (re)connected: resubscribed, must resynchronise
         self._job = {}  # the persisted state of the running job; empty when there is none
         link.set_on_connect(self._on_connect)
+        link.on_fail = self._link_failed
 
     def log(self, level, msg):
         if _LEVELS.get(level, 1) >= self._level:
@@ -241,6 +242,28 @@ class Agent:
         self._sync = True
         self._stale = bool(self._job)
         self.log("info", "connected, subscribed")
+
+    def _link_failed(self, e):
+        # MQTT cannot connect and the IDF heap has no room for a TLS session: a job's code grew
+        # the GC heap into it, and MicroPython does not always give that back. With a job under
+        # way, reset (its state persisted) so that it goes on, or its report is sent, on a fresh
+        # heap: once to go on, once more with the job FAILED naming memory; never a loop.
+        j = self._job
+        if not j or j.get("memreset", 0) > 1:
+            return
+        from iotjobs.board import nomem
+
+        why = self.board.tls_room()
+        if why is None:
+            if not nomem(e):
+                return
+            why = "out of memory for the MQTT session: %r" % (e,)
+        n = j["memreset"] = j.get("memreset", 0) + 1
+        if n > 1 and "final" not in j:
+            j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
+        self._persist()
+        self.log("error", "%s; resetting for a fresh heap" % why)
+        self.board.reset()
 
     def _on_msg(self, topic, msg):
         try:

@@ -24,6 +24,11 @@ _SPARE = const(65536)
 # GC heap a session's objects take (the SSLContext, the socket, the response): 4 KB.
 _TLS_GC = const(4096)
 
+# mbedTLS's "allocation failed" codes (high-level: SSL, X509, PK, ECP, MD, CIPHER; low-level:
+# MPI, ASN1), which the firmware raises as OSError(code) from a handshake short of memory.
+_NOMEM_HI = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180)
+_NOMEM_LO = (0x10, 0x6A)
+
 
 class Board:
     def __init__(self, wdt_timeout_ms=0, log=None):
@@ -158,3 +163,15 @@ def app_version(part):
     raw = bytes(buf[_DESC_OFFSET + 16 :])
     end = raw.find(b"\0")
     return (raw if end < 0 else raw[:end]).decode()
+
+
+def nomem(e):
+    # Whether opening a session failed for want of memory: MemoryError (GC heap), ENOMEM (no
+    # room for the record buffers) or an mbedTLS allocation failure in the handshake.
+    if isinstance(e, MemoryError):
+        return True
+    c = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+    if c == 12:
+        return True
+    c = -c if c < 0 else 0
+    return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO

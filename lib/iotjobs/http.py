@@ -20,11 +20,6 @@ _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 _EIO = const(5)
 
-# mbedTLS's "allocation failed" codes (high-level: SSL, X509, PK, ECP, MD, CIPHER; low-level:
-# MPI, ASN1), which the firmware raises as OSError(code) from a handshake short of memory.
-_NOMEM_HI = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180)
-_NOMEM_LO = (0x10, 0x6A)
-
 
 class HTTPError(Exception):
     def __init__(self, status, reason=""):
@@ -50,18 +45,6 @@ def parse_url(url):
     ):
         raise ValueError("unsupported URL (http(s)://host[:port]/path only)")
     return scheme, host, port, slash + path or "/"
-
-
-def nomem(e):
-    # Whether opening a session failed for want of memory: MemoryError (GC heap), ENOMEM (no
-    # room for the record buffers) or an mbedTLS allocation failure in the handshake.
-    if isinstance(e, MemoryError):
-        return True
-    c = e.args[0] if e.args and isinstance(e.args[0], int) else 0
-    if c == 12:
-        return True
-    c = -c if c < 0 else 0
-    return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO
 
 
 class Response(io.IOBase):

@@ -236,6 +236,7 @@ def open_url(ctx, job, off, tries, reparse):
     # pre-signed URL; the service signs a new one on every hand-out). tries = [network
     # failures, URL refreshes] in a row, shared across attempts; Failed when they run out.
     from iotjobs import http
+    from iotjobs.board import nomem
 
     cfg = ctx.config
     ctx.tls_open()
@@ -256,7 +257,7 @@ def open_url(ctx, job, off, tries, reparse):
             return None
         raise Failed("download refused: HTTP %d" % e.status)
     except (OSError, MemoryError) as e:
-        if http.nomem(e):
+        if nomem(e):
             raise Failed("out of memory for the HTTPS session: %r" % (e,))
         tries[0] = _net_fail(ctx, tries[0], e)
         return None

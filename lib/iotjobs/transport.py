@@ -202,6 +202,7 @@ class Link:
         self.attempts = 0
         self.connects = 0
         self.paused = False
+        self.on_fail = None  # on_fail(e) after each failed connect (the agent's memory check)
 
     def set_on_connect(self, fn):
         self._on_connect = fn
@@ -220,6 +221,8 @@ class Link:
                 self.connects += 1
             except Exception as e:  # OSError, MQTTException, TLS errors: all mean "try again"
                 t.close()
+                if self.on_fail is not None:
+                    self.on_fail(e)  # may reset the board
                 wait = backoff // 2 + self._rand(backoff // 2 + 1)
                 if self._log:
                     self._log("link: connect failed (%r), retry in %d ms" % (e, wait))
