@@ -275,16 +275,16 @@ class Agent:
         except (ValueError, UnicodeError):
             self.log("warning", "unparsable message on %s" % topic)
             return
-        if kind == protocol.NOTIFY_NEXT:
+        if kind[0] == protocol.NOTIFY_NEXT:
             ex = protocol.reply_execution(body)
             if not self._job:
                 if ex is not None:
                     self._want_next = True
             elif ex is None or ex.job_id != self._job["job"]:
                 self._stale = True
-        elif isinstance(body, dict):
+        elif kind[2] is not None and isinstance(body, dict):
             if self._await is not None and body.get("clientToken") == self._await:
-                self._reply = (kind, body)
+                self._reply = (kind[2], body)
 
     def _pump(self, timeout_ms):
         try:

@@ -117,24 +117,39 @@ def _job(job_id):
     return job_id
 
 
-NOTIFY_NEXT = "notify-next"
+# Kinds of incoming topics.
+NOTIFY_NEXT = const(1)
+NOTIFY = const(2)
+START_NEXT = const(3)
+GET_PENDING = const(4)
+DESCRIBE = const(5)
+UPDATE = const(6)
 
 
 def parse_topic(thing, topic):
-    # -> NOTIFY_NEXT, True (a reply accepted) or False (rejected) for the topics the agent
-    # subscribes to; None for anything else.
+    # -> (kind, job_id or None, accepted: bool or None), or None for a topic that is not a
+    # Jobs topic of this thing.
     p = prefix(thing)
     if not topic.startswith(p):
         return None
     parts = topic[len(p) :].split("/")
     n = len(parts)
     if n == 1:
-        return NOTIFY_NEXT if parts[0] == NOTIFY_NEXT else None
-    last = parts[-1]
-    if last not in ("accepted", "rejected"):
+        if parts[0] == "notify-next":
+            return (NOTIFY_NEXT, None, None)
+        if parts[0] == "notify":
+            return (NOTIFY, None, None)
         return None
-    if n == 2 and parts[0] == "start-next" or n == 3 and parts[1] in ("get", "update"):
-        return last == "accepted"
+    ok = parts[-1] == "accepted"
+    if not ok and parts[-1] != "rejected":
+        return None
+    if n == 2:
+        if parts[0] == "start-next":
+            return (START_NEXT, None, ok)
+        if parts[0] == "get":
+            return (GET_PENDING, None, ok)
+    elif n == 3 and parts[1] in ("get", "update"):
+        return (DESCRIBE if parts[1] == "get" else UPDATE, parts[0], ok)
     return None
 
 
@@ -153,8 +168,10 @@ def _step(minutes):
     return minutes
 
 
-def start_next(token, step_timeout=None):
+def start_next(token, details=None, step_timeout=None):
     req = {"clientToken": _token(token)}
+    if details:
+        req["statusDetails"] = details  # passed through clean_details() by the caller
     if step_timeout is not None:
         req["stepTimeoutInMinutes"] = _step(step_timeout)
     return json.dumps(req)

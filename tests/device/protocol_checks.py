@@ -60,13 +60,14 @@ def t_topic_builders_refuse_bad_names_before_publishing():
 
 
 def t_incoming_topics_are_classified():
-    # notify-next, or a reply (accepted True, rejected False) on the topics the agent uses.
-    assert p.parse_topic(T, PRE + "notify-next") == p.NOTIFY_NEXT
-    assert p.parse_topic(T, PRE + "start-next/accepted") is True
-    assert p.parse_topic(T, PRE + "start-next/rejected") is False
-    assert p.parse_topic(T, PRE + "j1/get/rejected") is False
-    assert p.parse_topic(T, PRE + "j1/update/accepted") is True
-    assert p.parse_topic(T, PRE + "$next/get/accepted") is True
+    assert p.parse_topic(T, PRE + "notify-next") == (p.NOTIFY_NEXT, None, None)
+    assert p.parse_topic(T, PRE + "notify") == (p.NOTIFY, None, None)
+    assert p.parse_topic(T, PRE + "start-next/accepted") == (p.START_NEXT, None, True)
+    assert p.parse_topic(T, PRE + "start-next/rejected") == (p.START_NEXT, None, False)
+    assert p.parse_topic(T, PRE + "get/accepted") == (p.GET_PENDING, None, True)
+    assert p.parse_topic(T, PRE + "j1/get/rejected") == (p.DESCRIBE, "j1", False)
+    assert p.parse_topic(T, PRE + "j1/update/accepted") == (p.UPDATE, "j1", True)
+    assert p.parse_topic(T, PRE + "$next/get/accepted") == (p.DESCRIBE, "$next", True)
 
 
 def t_foreign_and_malformed_topics_are_ignored():
@@ -77,8 +78,6 @@ def t_foreign_and_malformed_topics_are_ignored():
     assert p.parse_topic(T, PRE + "j1/update/maybe") is None
     assert p.parse_topic(T, PRE + "j1/x/accepted") is None
     assert p.parse_topic(T, PRE + "a/b/c/accepted") is None
-    assert p.parse_topic(T, PRE + "notify") is None  # not subscribed
-    assert p.parse_topic(T, PRE + "get/accepted") is None
 
 
 def t_update_request_carries_status_details_and_expected_version():
@@ -103,11 +102,15 @@ def t_update_refuses_statuses_a_device_cannot_set():
 def t_request_limits_are_checked_before_sending():
     raises(ValueError, p.update, "", p.FAILED)
     raises(ValueError, p.update, "t" * 65, p.FAILED)
-    raises(ValueError, p.start_next, "t", 0)
-    raises(ValueError, p.start_next, "t", 10081)
-    assert json.loads(p.start_next("t", 10080))["stepTimeoutInMinutes"] == 10080
-    assert json.loads(p.start_next("t", -1))["stepTimeoutInMinutes"] == -1
+    raises(ValueError, p.start_next, "t", None, 0)
+    raises(ValueError, p.start_next, "t", None, 10081)
+    assert json.loads(p.start_next("t", None, 10080))["stepTimeoutInMinutes"] == 10080
+    assert json.loads(p.start_next("t", None, -1))["stepTimeoutInMinutes"] == -1
     assert json.loads(p.start_next("t")) == {"clientToken": "t"}
+    assert json.loads(p.start_next("t", {"a": "b"})) == {
+        "clientToken": "t",
+        "statusDetails": {"a": "b"},
+    }
     req = json.loads(p.describe("t", False))
     assert req == {"clientToken": "t", "includeJobDocument": False}
 
