@@ -72,8 +72,6 @@ def _resolve(op):
 
 def unload(names):
     # Forgets these modules (sys.modules names): the GC frees their code once nothing uses it.
-    import sys
-
     pkg = sys.modules.get("iotjobs")
     for n in names:
         sys.modules.pop(n, None)
