@@ -62,14 +62,19 @@ def check(ctx, doc, slot_size, what="OTA slot"):
     # only where the device config allows it.
     cfg = ctx.config
     job = parse(doc, slot_size, bool(cfg.get("ota_key_file")), what)
-    if job["url"].startswith("http://") and not cfg.get("ota_allow_http"):
-        raise Rejected("plain http:// download refused: this device allows only https://")
+    for url in (job["url"], job["delta"]["url"] if "delta" in job else None):  # full, patch
+        if url and url.startswith("http://") and not cfg.get("ota_allow_http"):
+            raise Rejected("plain http:// download refused: this device allows only https://")
     return job
 
 
 def parse(doc, slot_size, keyed, what="OTA slot"):
     # -> {"url", "size", "sha256" (bytes or None), "sig" (str or None), "version" (or None)}.
     # Raises Rejected with the reason: nothing is written for a document that fails here.
+    if "delta" in doc:  # a patch against the running image (iotjobs.delta): + "delta" {...}
+        from iotjobs import delta
+
+        return delta.parse(doc, slot_size, keyed, what)
     afr = doc.get("afr_ota")
     if afr is None:
         known = _FIELDS_OTA if what == "OTA slot" else _FIELDS
@@ -136,8 +141,13 @@ def handle(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
-        check(ctx, doc, slot.info()[3])
+        job = check(ctx, doc, slot.info()[3])
         st["step"] = "download"
+        if "delta" in job:
+            from iotjobs import delta
+
+            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+            st["step"] = "delta"
         st["slot"] = slot.info()[4]
         st["off"] = 0
         st["old"] = ctx.board.firmware_version()
@@ -151,10 +161,12 @@ def handle(ctx, doc):
             # unloaded after, below): the download runs without their code in the heap.
             if step == "download":
                 result = _download(ctx, doc)
+            elif step == "delta":
+                result = _delta(ctx, doc)
             else:
                 result = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
         except Exception:
-            if step in ("download", "verify"):
+            if step in ("download", "verify", "delta"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
         # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
@@ -315,6 +327,12 @@ def _erase_head(ctx):
         _slot(ctx).ioctl(6, 0)
     except OSError:
         pass
+
+
+def _delta(ctx, doc):
+    from iotjobs import delta
+
+    return delta.step(ctx, doc)
 
 
 def _read(path):
