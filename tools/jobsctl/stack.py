@@ -33,6 +33,8 @@ from .service.model import ACCOUNT_ID, REGION, Model, thing_arn
 from .service.service import ServiceConfig
 from .service.store import Store
 
+# Held (flock) by a running stack in its state dir: one stack per folder.
+LOCK_FILE = ".stack.lock"
 _NAME_CHARS = set(string.ascii_letters + string.digits + ":_-")
 
 
@@ -108,7 +110,7 @@ class Stack:
 
     def _lock(self) -> None:
         """One running stack per state dir: two would share one SQLite store and broker dir."""
-        self._lock_file = open(self.state_dir / ".stack.lock", "a+")  # noqa: SIM115
+        self._lock_file = open(self.state_dir / LOCK_FILE, "a+")  # noqa: SIM115
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

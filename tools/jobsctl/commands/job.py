@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from ..errors import JobsctlError
 from ..stack import iot_client
 from . import load_endpoints, print_json
+from .image import add_slot_options, slot_size
 
 
 def register(sub: Any) -> None:
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
         return q
 
     c = add("create", "create a job")
-    c.add_argument("job_id")
+    c.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     c.add_argument(
         "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
     )
@@ -49,11 +50,12 @@ def register(sub: Any) -> None:
     c.set_defaults(func=create)
 
     o = add("ota", "sign and upload a firmware image, then create an OTA job for it")
-    o.add_argument("job_id")
+    o.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     o.add_argument(
         "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
     )
     o.add_argument("--file", type=Path, required=True, help="ESP32 app image (.bin, .app-bin)")
+    add_slot_options(o)
     o.add_argument("--key", type=Path, help="ECDSA P-256 private key (PEM): sign the image")
     o.add_argument(
         "--gzip-window",
@@ -68,7 +70,7 @@ def register(sub: Any) -> None:
     o.set_defaults(func=create_ota)
 
     b = add("bundle", "pack a folder of .py/.mpy files, sign, upload, create a bundle job")
-    b.add_argument("job_id")
+    b.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     b.add_argument(
         "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
     )
@@ -80,7 +82,7 @@ def register(sub: Any) -> None:
     b.set_defaults(func=create_bundle)
 
     d = add("describe", "describe a job")
-    d.add_argument("job_id")
+    d.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     d.set_defaults(func=describe)
 
     ls = add("list", "list jobs")
@@ -90,22 +92,31 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=list_jobs)
 
     x = add("cancel", "cancel a job")
-    x.add_argument("job_id")
+    x.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     x.add_argument("--force", action="store_true", help="also cancel IN_PROGRESS executions")
     x.add_argument("--comment")
     x.add_argument("--reason-code")
     x.set_defaults(func=cancel)
 
     rm = add("delete", "delete a job")
-    rm.add_argument("job_id")
+    rm.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     rm.add_argument("--force", action="store_true", help="delete even when IN_PROGRESS")
     rm.set_defaults(func=delete)
 
-    e = add("executions", "list the executions of a job (or of a thing with --thing)")
-    e.add_argument("job_id", nargs="?")
+    e = add(
+        "executions",
+        "list the executions of a job (or of a thing with --thing), each with its "
+        "statusDetails (the reason of a REJECTED or FAILED board)",
+    )
+    e.add_argument("job_id", nargs="?", help="the job (optional with --thing)")
     e.add_argument("--thing", help="list this thing's executions instead")
     e.add_argument("--status")
     e.set_defaults(func=executions)
+
+    one = add("execution", "show one execution in full (status, statusDetails, times, version)")
+    one.add_argument("job_id", help="the job")
+    one.add_argument("thing", help="the thing whose execution it is")
+    one.set_defaults(func=execution)
 
 
 def client(args: argparse.Namespace) -> Any:
@@ -177,8 +188,8 @@ def create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
-    """(s3 client, bucket, account id, role ARN) for the local stack or real AWS."""
+def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None, str]:
+    """(s3 client, bucket, account id, role ARN, region) for the local stack or real AWS."""
     from botocore.config import Config
 
     if args.state_dir is not None:
@@ -193,25 +204,32 @@ def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
             config=Config(s3={"addressing_style": "path"}),
         )
         bucket, account, role = args.bucket or ep["bucket"], str(ep["account_id"]), args.role_arn
+        region = str(ep["region"])
     else:
         if not (args.bucket and args.role_arn):
             raise JobsctlError("real AWS needs --bucket and --role-arn (S3 read access)")
         session = boto3.Session(profile_name=args.profile, region_name=args.region)
+        if not session.region_name:  # the regional pre-signed URL names it
+            raise JobsctlError(
+                "no AWS region: give --region or set AWS_REGION (or a region in the profile)"
+            )
         s3, bucket, account, role = session.client("s3"), args.bucket, "", args.role_arn
-    return s3, bucket, account, role
+        region = session.region_name
+    return s3, bucket, account, role, region
 
 
 def create_bundle(args: argparse.Namespace) -> int:
     from .. import image, otajob
 
     tar = otajob.build_bundle(otajob.bundle_from_dir(args.dir))
+    otajob.check_bundle_size(tar)
     signature = image.sign(tar, args.key) if args.key else None
-    s3, bucket, account, role = _storage(args)
+    s3, bucket, account, role, region = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     key = f"bundles/{args.version}-{hashlib.sha256(tar).hexdigest()[:16]}.tar"
     s3.put_object(Bucket=bucket, Key=key, Body=tar)
-    url = otajob.placeholder(otajob.s3_url(bucket, key))
+    url = otajob.placeholder(otajob.s3_url(bucket, key, region))
     doc = otajob.bundle_document(tar, url, args.version, signature)
     out = iot.create_job(
         jobId=args.job_id,
@@ -227,17 +245,17 @@ def create_bundle(args: argparse.Namespace) -> int:
 def create_ota(args: argparse.Namespace) -> int:
     from .. import image, otajob
 
-    data = otajob.read_image(args.file)
+    data = otajob.read_image(args.file, slot_size(args))
     signature = image.sign(data, args.key) if args.key else None
-    s3, bucket, account, role = _storage(args)
+    s3, bucket, account, role, region = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     if args.gzip_window is None:
-        url = otajob.upload(s3, bucket, data)
+        url = otajob.upload(s3, bucket, data, region)
     else:
         key = otajob.object_key(data) + ".gz"
         s3.put_object(Bucket=bucket, Key=key, Body=otajob.gzip_payload(data, args.gzip_window))
-        url = otajob.s3_url(bucket, key)
+        url = otajob.s3_url(bucket, key, region)
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
@@ -301,5 +319,17 @@ def executions(args: argparse.Namespace) -> int:
     summaries: list[Any] = []
     for page in iot.get_paginator(name).paginate(**kwargs):
         summaries += page.get("executionSummaries", [])
+    # The lists carry no statusDetails; the reason a board gave is what an operator needs.
+    for s in summaries:
+        job_id = s.get("jobId", args.job_id)
+        thing = args.thing or str(s.get("thingArn", "")).rpartition("/")[2]
+        ex = iot.describe_job_execution(jobId=job_id, thingName=thing)["execution"]
+        s["statusDetails"] = ex.get("statusDetails", {}).get("detailsMap", {})
     print_json({"executionSummaries": summaries})
+    return 0
+
+
+def execution(args: argparse.Namespace) -> int:
+    iot = client(args)
+    print_json(iot.describe_job_execution(jobId=args.job_id, thingName=args.thing))
     return 0
