@@ -122,6 +122,15 @@ def prepare(
     return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
 
 
+# What `jobsctl job ota` sets unless told otherwise (README, "Rollout policies"): an execution
+# still IN_PROGRESS an hour after it started ends TIMED_OUT, and the rollout stops (the job is
+# canceled, its QUEUED executions with it) once 20 % of the boards that received it, and at least
+# 5 of them, ended FAILED, REJECTED or TIMED_OUT.
+OTA_IN_PROGRESS_TIMEOUT_MIN = 60
+OTA_ABORT_PERCENT = 20.0
+OTA_ABORT_MIN_EXECUTED = 5
+
+
 # ---------------------------------------------------------------- application-file bundles
 
 

@@ -47,6 +47,7 @@ def register(sub: Any) -> None:
     c.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
     c.add_argument("--presigned-role-arn", help="role for pre-signed URLs (real AWS)")
     c.add_argument("--presigned-expires", type=int, help="pre-signed URL lifetime, 60-3600 s")
+    _policy_arguments(c, ota=False)
     c.set_defaults(func=create)
 
     o = add("ota", "sign and upload a firmware image, then create an OTA job for it")
@@ -67,6 +68,7 @@ def register(sub: Any) -> None:
     o.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
     o.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
+    _policy_arguments(o, ota=True)
     o.set_defaults(func=create_ota)
 
     b = add("bundle", "pack a folder of .py/.mpy files, sign, upload, create a bundle job")
@@ -117,6 +119,94 @@ def register(sub: Any) -> None:
     one.add_argument("job_id", help="the job")
     one.add_argument("thing", help="the thing whose execution it is")
     one.set_defaults(func=execution)
+
+
+def _policy_arguments(p: argparse.ArgumentParser, ota: bool) -> None:
+    """timeoutConfig, abortConfig and jobExecutionsRetryConfig flags (OTA: with defaults)."""
+    from .. import otajob
+
+    timeout = otajob.OTA_IN_PROGRESS_TIMEOUT_MIN if ota else None
+    p.add_argument(
+        "--in-progress-timeout",
+        type=int,
+        metavar="MIN",
+        default=timeout,
+        help="an execution IN_PROGRESS this long ends TIMED_OUT (1-10080)"
+        + (f"; default {timeout}, 0 for none" if ota else ""),
+    )
+    pct = otajob.OTA_ABORT_PERCENT if ota else None
+    p.add_argument(
+        "--abort-percent",
+        type=float,
+        metavar="PCT",
+        default=pct,
+        help="cancel the job once this share of the things that received it ended FAILED,"
+        " REJECTED or TIMED_OUT" + (f" (default {pct:g}; 0 for no abort)" if ota else ""),
+    )
+    least = otajob.OTA_ABORT_MIN_EXECUTED if ota else 1
+    p.add_argument(
+        "--abort-min-things",
+        type=int,
+        metavar="N",
+        default=least,
+        help=f"... but only once at least N things received it (default {least})",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="run a FAILED or TIMED_OUT execution again, up to N times (0-10)",
+    )
+    p.add_argument("--start-time", metavar="UTC", help="roll out from YYYY-MM-DDTHH:MM (UTC)")
+    p.add_argument("--end-time", metavar="UTC", help="stop rolling out at YYYY-MM-DDTHH:MM (UTC)")
+    p.add_argument(
+        "--end-behavior",
+        choices=["STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL"],
+        help="what the end time does (default STOP_ROLLOUT)",
+    )
+    p.add_argument(
+        "--window",
+        nargs=2,
+        action="append",
+        metavar=("CRON", "MINUTES"),
+        help="a maintenance window: release executions only from each CRON start"
+        " ('cron(0 2 ? * SUN *)', UTC) for MINUTES; repeatable",
+    )
+
+
+def _policies(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.in_progress_timeout:
+        params["timeoutConfig"] = {"inProgressTimeoutInMinutes": args.in_progress_timeout}
+    if args.abort_percent:
+        criterion = {
+            "failureType": "ALL",
+            "action": "CANCEL",
+            "thresholdPercentage": args.abort_percent,
+            "minNumberOfExecutedThings": args.abort_min_things,
+        }
+        params["abortConfig"] = {"criteriaList": [criterion]}
+    if args.retries:
+        retry = {"failureType": "ALL", "numberOfRetries": args.retries}
+        params["jobExecutionsRetryConfig"] = {"criteriaList": [retry]}
+    scheduling: dict[str, Any] = {}
+    for flag, key in (
+        ("start_time", "startTime"),
+        ("end_time", "endTime"),
+        ("end_behavior", "endBehavior"),
+    ):
+        if getattr(args, flag):
+            scheduling[key] = getattr(args, flag)
+    if args.window:
+        windows = []
+        for cron, minutes in args.window:
+            if not minutes.isdigit():
+                raise JobsctlError(f"--window {cron} {minutes}: MINUTES must be a number (1-1430)")
+            windows.append({"startTime": cron, "durationInMinutes": int(minutes)})
+        scheduling["maintenanceWindows"] = windows
+    if scheduling:
+        params["schedulingConfig"] = scheduling
+    return params
 
 
 def client(args: argparse.Namespace) -> Any:
@@ -184,6 +274,7 @@ def create(args: argparse.Namespace) -> int:
         if args.presigned_expires is not None:
             presigned["expiresInSec"] = args.presigned_expires
         params["presignedUrlConfig"] = presigned
+    params.update(_policies(args))
     print_json(iot.create_job(**params))
     return 0
 
@@ -270,6 +361,7 @@ def create_ota(args: argparse.Namespace) -> int:
         params["targetSelection"] = args.target_selection
     if args.max_per_minute is not None:
         params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": args.max_per_minute}
+    params.update(_policies(args))
     print_json({**iot.create_job(**params), "document": doc})
     return 0
 
