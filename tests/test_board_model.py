@@ -267,7 +267,7 @@ def test_a_handshake_short_of_memory_fails_the_ways_the_firmware_does(
     script = tmp_path / "one.py"
     script.write_text(ONE_SESSION)
     args = ("localhost", str(https_server.server_port), str(ca.cert_path))
-    seen = {}
+    seen: dict[str, int] = {}
     for size in range(22_000, 32_001, 500):
         env = {"SIM_IDF_HEAP": str(size), "MICROPYPATH": ".frozen"}
         out = upy.run(script=script, args=args, env=env, heapsize="56k").check().out.strip()
