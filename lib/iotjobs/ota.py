@@ -60,14 +60,19 @@ def check(ctx, doc, slot_size, what="OTA slot"):
     # only where the device config allows it.
     cfg = ctx.config
     job = parse(doc, slot_size, bool(cfg.get("ota_key_file")), what)
-    if job["url"].startswith("http://") and not cfg.get("ota_allow_http"):
-        raise Rejected("plain http:// download refused: this device allows only https://")
+    for url in (job["url"], job["delta"]["url"] if "delta" in job else None):  # full, patch
+        if url and url.startswith("http://") and not cfg.get("ota_allow_http"):
+            raise Rejected("plain http:// download refused: this device allows only https://")
     return job
 
 
 def parse(doc, slot_size, keyed, what="OTA slot"):
     # -> {"url", "size", "sha256" (bytes or None), "sig" (str or None), "version" (or None)}.
     # Raises Rejected with the reason: nothing is written for a document that fails here.
+    if "delta" in doc:  # a patch against the running image (iotjobs.delta): + "delta" {...}
+        from iotjobs import delta
+
+        return delta.parse(doc, slot_size, keyed, what)
     afr = doc.get("afr_ota")
     if afr is None:
         known = _FIELDS_OTA if what == "OTA slot" else _FIELDS
@@ -142,8 +147,13 @@ def _run(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
-        check(ctx, doc, slot.info()[3])
+        job = check(ctx, doc, slot.info()[3])
         st["step"] = "download"
+        if "delta" in job:
+            from iotjobs import delta
+
+            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+            st["step"] = "delta"
         st["slot"] = slot.info()[4]
         st["off"] = 0
         st["old"] = ctx.board.firmware_version()
@@ -154,7 +164,7 @@ def _run(ctx, doc):
         try:
             result = _STEPS[step](ctx, doc)
         except (Canceled, Failed):
-            if step in ("download", "verify"):
+            if step in ("download", "verify", "delta"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
         if isinstance(result, dict):
@@ -423,7 +433,14 @@ def _rolledback(ctx, doc):
     raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))
 
 
+def _delta(ctx, doc):
+    from iotjobs import delta
+
+    return delta.step(ctx, doc)
+
+
 _STEPS = {
+    "delta": _delta,
     "download": _download,
     "verify": _verify,
     "activate": _activate,

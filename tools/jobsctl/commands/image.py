@@ -80,6 +80,28 @@ def register(sub: Any) -> None:
     s.add_argument("-o", "--output", type=Path, help="also write the signature here")
     s.set_defaults(func=sign)
 
+    d = isub.add_parser(
+        "delta",
+        help="make a detools sequential patch from OLD to NEW that the device applies (delta OTA)",
+        description=(
+            "A detools sequential (bsdiff) patch; the board rebuilds NEW from the image it runs "
+            "(OLD) while the patch streams in. heatshrink keeps a 2**WINDOW-byte window on the "
+            "board (at most 2**12)."
+        ),
+    )
+    d.add_argument("--from", dest="old", type=Path, required=True, help="the image boards run")
+    d.add_argument("--to", dest="new", type=Path, required=True, help="the new image")
+    d.add_argument("-o", "--output", type=Path, required=True, help="the patch file to write")
+    d.add_argument(
+        "--compression",
+        choices=["heatshrink", "none"],
+        default="heatshrink",
+        help="heatshrink (default) or none",
+    )
+    d.add_argument("--window-bits", type=int, default=None, help="heatshrink window (4-12)")
+    d.add_argument("--lookahead-bits", type=int, default=None, help="heatshrink lookahead")
+    d.set_defaults(func=delta)
+
     i = isub.add_parser("info", help="check an app image (or .app-bin) and print what it holds")
     i.add_argument("file", type=Path, help="the app image to check")
     add_slot_options(i)
@@ -144,4 +166,28 @@ def info(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def delta(args: argparse.Namespace) -> int:
+    from .. import delta as dl
+
+    old, new = _read(args.old), _read(args.new)
+    image.check_app_image(old)
+    image.check_app_image(new)
+    patch = dl.create(
+        old,
+        new,
+        args.compression,
+        args.window_bits if args.window_bits is not None else dl.WINDOW_BITS,
+        args.lookahead_bits if args.lookahead_bits is not None else dl.LOOKAHEAD_BITS,
+    )
+    if args.output.exists():
+        raise JobsctlError(f"{args.output} exists; not overwriting it")
+    args.output.write_bytes(patch.data)
+    out = {"file": str(args.output), **patch.document(""), "new_size": len(new)}
+    del out["url"]
+    out["new_sha256"] = hashlib.sha256(new).hexdigest()
+    out["share"] = round(len(patch.data) / len(new), 4)
+    print(json.dumps(out))
     return 0

@@ -64,6 +64,24 @@ def register(sub: Any) -> None:
         metavar="BITS",
         help="upload gzip-compressed with a 2**BITS-byte window (9-13); the device inflates it",
     )
+    o.add_argument(
+        "--from",
+        dest="delta_from",
+        type=Path,
+        metavar="OLD",
+        help="delta OTA: also upload a patch from OLD (the image boards run) to --file",
+    )
+    o.add_argument(
+        "--delta-compression",
+        choices=["heatshrink", "none"],
+        default="heatshrink",
+        help="with --from: how the patch is compressed (default heatshrink)",
+    )
+    o.add_argument(
+        "--no-full",
+        action="store_true",
+        help="with --from: offer no full image to fall back to when the patch fails",
+    )
     o.add_argument("--bucket", help="S3 bucket for the image (default: the local stack's)")
     o.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
@@ -337,6 +355,7 @@ def create_ota(args: argparse.Namespace) -> int:
     from .. import image, otajob
 
     data = otajob.read_image(args.file, slot_size(args))
+    patch = _delta_patch(args, data)  # before anything is uploaded
     signature = image.sign(data, args.key) if args.key else None
     s3, bucket, account, role, region = _storage(args)
     iot = client(args)
@@ -350,6 +369,8 @@ def create_ota(args: argparse.Namespace) -> int:
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
+    if patch is not None:
+        _add_delta(args, s3, bucket, region, patch, data, doc)
     params: dict[str, Any] = {
         "jobId": args.job_id,
         "targets": targets,
@@ -364,6 +385,36 @@ def create_ota(args: argparse.Namespace) -> int:
     params.update(_policies(args))
     print_json({**iot.create_job(**params), "document": doc})
     return 0
+
+
+def _delta_patch(args: argparse.Namespace, new: bytes) -> Any:
+    """The patch from ``--from`` to ``new`` (a :class:`jobsctl.delta.Patch`), or None."""
+    from .. import delta, otajob
+
+    if args.delta_from is None:
+        if args.no_full:
+            raise JobsctlError("--no-full needs --from OLD (a delta job)")
+        return None
+    return delta.create(otajob.read_image(args.delta_from), new, args.delta_compression)
+
+
+def _add_delta(
+    args: argparse.Namespace,
+    s3: Any,
+    bucket: str,
+    region: str | None,
+    patch: Any,
+    new: bytes,
+    doc: dict[str, Any],
+) -> None:
+    """Upload ``patch`` and put its ``delta`` object into ``doc``."""
+    from .. import delta, otajob
+
+    key = delta.object_key(patch, new)
+    s3.put_object(Bucket=bucket, Key=key, Body=patch.data)
+    doc["delta"] = patch.document(otajob.placeholder(otajob.s3_url(bucket, key, region)))
+    if args.no_full:
+        del doc["url"]
 
 
 def describe(args: argparse.Namespace) -> int:
