@@ -217,12 +217,9 @@ def test_device_run_takes_the_board_profile(stack_session, tmp_path) -> None:
     )
     try:
         assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "no pending job" in line:
-                break
-        assert "[profile-cli] -- power on (boot 1, esp32-tight)\n" in lines, lines
+        # The runner's first line, written as it powers the board on.
+        first = proc.stdout.readline()
+        assert first == "[profile-cli] -- power on (boot 1, esp32-tight)\n", first
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(20)
@@ -237,3 +234,50 @@ def test_bench_memory_reports_high_water_marks_and_headroom(capsys) -> None:
     assert cells[:3] == ["esp32-psram", "config", "SUCCEEDED"], rows
     assert cells[3].endswith("(first area 56.0 KB)") and cells[4].endswith("%"), rows
     assert cells[5].endswith("of 4184.0 KB") and cells[6].endswith("%"), rows
+
+
+ONE_SESSION = """
+import sys, socket, tls
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(ca, "rb") as f:
+    cadata = f.read()
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = tls.CERT_REQUIRED
+ctx.load_verify_locations(cadata)
+s = socket.socket()
+s.connect(socket.getaddrinfo(host, port)[0][-1])
+try:
+    ctx.wrap_socket(s, server_hostname=host)
+    print("open")
+except OSError as e:
+    print("OSError", e.args[0])
+except ValueError as e:
+    print("ValueError", e.args[-1].strip())
+"""
+
+
+def test_a_handshake_short_of_memory_fails_the_ways_the_firmware_does(
+    tmp_path, https_server, ca
+) -> None:
+    # One IDF region of N bytes, from too small for the record buffers to enough for a session:
+    # modtls_mbedtls.c (unchanged) turns each allocation failure into what a board raises.
+    script = tmp_path / "one.py"
+    script.write_text(ONE_SESSION)
+    args = ("localhost", str(https_server.server_port), str(ca.cert_path))
+    seen: dict[str, int] = {}
+    for size in range(22_000, 32_001, 500):
+        env = {"SIM_IDF_HEAP": str(size), "MICROPYPATH": ".frozen"}
+        out = upy.run(script=script, args=args, env=env, heapsize="56k").check().out.strip()
+        seen.setdefault(out, size)
+    expected = {
+        "OSError 12",  # mbedtls_ssl_setup: MBEDTLS_ERR_SSL_ALLOC_FAILED -> ENOMEM
+        "OSError -10368",  # the server's certificate: MBEDTLS_ERR_X509_ALLOC_FAILED
+        "OSError 16",  # a bignum: MBEDTLS_ERR_MPI_ALLOC_FAILED (-0x10), made positive by modtls
+        # The chain's signature check could not allocate: mbedTLS flags it as not trusted.
+        "ValueError The certificate is not correctly signed by the trusted CA",
+        "open",
+    }
+    assert set(seen) <= expected, seen
+    assert "OSError 12" in seen and "open" in seen and len(seen) >= 3, seen
+    # No failure first appears above the budget where the session opens.
+    assert seen["open"] == max(seen.values()), seen
