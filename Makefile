@@ -9,25 +9,31 @@ BIN := $(VENV)/bin
 BUILD := build
 MICROPYTHON := $(BUILD)/micropython
 MICROPYTHON_FROZEN := $(BUILD)/micropython-frozen
-# What build/micropython-frozen freezes: rebuilt (quickly) whenever any of it changes.
-FROZEN_SOURCES := $(shell find lib sim -name '*.py' 2>/dev/null) firmware/unix-frozen-manifest.py
+MICROPYTHON_NEWEST := $(BUILD)/micropython-1.26
+# The board ports' own parts (the memory model, the build script): a change rebuilds them.
+PORT_SOURCES := firmware/unix-port.sh $(wildcard firmware/board/*.h firmware/board/*/*)
+# What the stock-firmware board (build/micropython) freezes, and the custom-firmware board
+# (build/micropython-frozen) on top: each is refrozen (quickly) whenever any of it changes.
+BOARD_SOURCES := $(wildcard sim/*.py) firmware/unix-board-manifest.py
+FROZEN_SOURCES := $(shell find lib -name '*.py' 2>/dev/null) firmware/unix-frozen-manifest.py
 UMQTT := $(BUILD)/upylib/umqtt/simple.py
-STUBS := $(BUILD)/stubs/esp32.pyi
+STUBS := $(BUILD)/stubs/esp32.pyi $(BUILD)/stubs-newest/esp32.pyi
 STATE ?= .local
 DEVICES ?= 5
 DEMO_DIR ?= build/demo
 PORT ?=
 FIRMWARE ?=
-# apt packages the project needs; installed only when missing.
-APT_PKGS := mosquitto libffi-dev pkg-config curl xz-utils patch build-essential
+# apt packages the project needs; installed only when missing (gcc-multilib: the board ports
+# are 32-bit, as an ESP32 is).
+APT_PKGS := mosquitto libffi-dev pkg-config curl xz-utils patch build-essential gcc-multilib
 
-.PHONY: help setup apt venv micropython micropython-frozen umqtt stubs test check lint typecheck unit demo serve bench \
+.PHONY: help setup apt venv micropython micropython-frozen micropython-newest umqtt stubs test check lint typecheck unit demo serve bench \
         reliability deploy flash firmware clean distclean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-19s %s\n", $$1, $$2}'
 
-setup: apt venv micropython umqtt stubs micropython-frozen ## install and build everything the project needs
+setup: apt venv micropython umqtt stubs micropython-frozen micropython-newest ## install and build everything the project needs
 
 apt: $(BUILD)/.apt ## install the Debian packages (when missing)
 $(BUILD)/.apt:
@@ -47,22 +53,30 @@ $(BIN)/jobsctl: requirements.txt pyproject.toml
 	@$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
-micropython: $(MICROPYTHON) ## build the MicroPython 1.25.0 Unix port into build/
-$(MICROPYTHON): firmware/unix-port.sh | $(BUILD)/.apt
-	@bash firmware/unix-port.sh $(BUILD)
+micropython: $(MICROPYTHON) ## build the simulated stock-firmware board (MicroPython 1.25.0 Unix port)
+$(MICROPYTHON): $(PORT_SOURCES) $(BOARD_SOURCES) $(UMQTT) | $(BUILD)/.apt
+	@bash firmware/unix-port.sh $(BUILD) board
 
-micropython-frozen: $(MICROPYTHON_FROZEN) ## the Unix port with the device code frozen in (heap tests)
-$(MICROPYTHON_FROZEN): $(FROZEN_SOURCES) $(MICROPYTHON) $(UMQTT)
+micropython-frozen: $(MICROPYTHON_FROZEN) ## the custom-firmware board: the device code frozen in too
+$(MICROPYTHON_FROZEN): $(FROZEN_SOURCES) $(MICROPYTHON)
 	@bash firmware/unix-port.sh $(BUILD) frozen
+
+micropython-newest: $(MICROPYTHON_NEWEST) ## the stock-firmware board on MicroPython 1.26.1 (Debian sid, newest)
+$(MICROPYTHON_NEWEST): $(PORT_SOURCES) $(BOARD_SOURCES) $(UMQTT) | $(BUILD)/.apt
+	@bash firmware/unix-port.sh $(BUILD) board-1.26
 
 umqtt: $(UMQTT) ## fetch umqtt.simple 1.3.4 (pinned) for the Unix port
 $(UMQTT): firmware/fetch-umqtt.sh | $(BIN)/jobsctl
 	@PIP=$(BIN)/pip bash firmware/fetch-umqtt.sh $(BUILD)
 
-stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25) for checking device code
-$(STUBS): | $(BIN)/jobsctl
+stubs: $(STUBS) ## ESP32 type stubs (micropython-esp32-stubs 1.25 and the newest, 1.29) for checking device code
+$(BUILD)/stubs/esp32.pyi: | $(BIN)/jobsctl
 	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs \
 	  micropython-esp32-stubs==1.25.0.post5 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
+	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
+$(BUILD)/stubs-newest/esp32.pyi: | $(BIN)/jobsctl
+	@$(BIN)/pip install -q --no-deps --target $(BUILD)/stubs-newest \
+	  micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
 	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
 
 check: lint typecheck ## lint, type-check and mpy-cross compile all code

@@ -28,6 +28,21 @@ _APP_BASE = const(0x10000)
 _VALIDATE_FAILED = const(-5379)  # ESP_ERR_OTA_VALIDATE_FAILED (0x1503)
 _DESC_MAGIC = const(0xABCD5432)
 
+# esp32.idf_heap_info: the board's port models the ESP-IDF heap (firmware/board/_board,
+# docs/board-model.md) and answers for HEAP_DATA as the firmware does, one (total, free,
+# largest free block, minimum free) tuple per region; no executable heap is modelled.
+HEAP_DATA = const(4)  # MALLOC_CAP_8BIT
+HEAP_EXEC = const(1)  # MALLOC_CAP_EXEC
+
+
+def idf_heap_info(capabilities):
+    try:
+        from _board import idf_heap_info as info
+    except ImportError:  # a port without the board model
+        return []
+    return info() if capabilities & HEAP_DATA else []
+
+
 _running = None  # the label the bootloader started in this process
 # One open file per slot for the life of the process, and a slot's first write noted once: a
 # block write then allocates nothing, like esp_partition_write, so the device's download loop

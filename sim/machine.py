@@ -20,15 +20,19 @@ DEEPSLEEP_RESET = const(4)
 SOFT_RESET = const(5)
 
 
-# libc's _exit, resolved once when the module is loaded: a reset must not allocate, because on a
-# board machine.reset() is firmware and works with a full heap (boardrun.py loads this module at
+# A reset must not allocate, because on a board machine.reset() is firmware and works with a
+# full heap: the board's port has _board.reset (writes the memory report, then _exit); another
+# port resolves libc's _exit through ffi once, when the module is loaded (boardrun.py loads it at
 # power-on, before the application fills the heap).
 try:
-    import ffi
+    from _board import reset as _exit
+except ImportError:
+    try:
+        import ffi
 
-    _exit = ffi.open("libc.so.6").func("v", "_exit", "i")
-except (ImportError, OSError):
-    _exit = None
+        _exit = ffi.open("libc.so.6").func("v", "_exit", "i")
+    except (ImportError, OSError):
+        _exit = None
 
 
 def _exit_now(status):

@@ -4,14 +4,18 @@
 board folder and powers it on (a :class:`jobsctl.device.DeviceProcess`); every board is
 powered off after the test. With ``app=True`` the board runs the test application below
 (its own main.py registering extra handlers, as a product would) instead of the plain main.py.
-With ``frozen=True`` it runs ``build/micropython-frozen`` (the device code frozen in, as
-firmware/manifest.py freezes it for a board), rebuilt first if lib/ or sim/ changed.
+Boards run ``build/micropython``, the stock-firmware board (lib/ as .mpy files), with the memory
+of ``profile`` (default BOARD_PROFILE below; jobsctl.boardmodel). With ``frozen=True`` they run
+``build/micropython-frozen`` (the device code frozen in, as firmware/manifest.py freezes it for a
+board); with ``newest=True`` ``build/micropython-1.26``. Each port is rebuilt first if lib/, sim/
+or the model changed.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -21,34 +25,54 @@ from typing import Any
 import pytest
 from plugin_stack import unique, wait_until
 
+from jobsctl import boardmodel
 from jobsctl.device import ROOT, DeviceProcess, setup_board, unix_port
 from jobsctl.stack import Stack
 
-# The e2e heaps. HEAP: the device code as `make deploy` puts it on a stock firmware, .mpy
-# files whose bytecode and strings are loaded into the heap (~75 KB with every module loaded).
-# FROZEN_HEAP: the same code frozen into the firmware, where the heap holds only live objects
-# (the modules' dicts and functions, ~21 KB, and what the agent allocates). One tls.SSLContext
-# is ~3 KB of heap here, as on a board. `make bench` finds the smallest heap the agent and an
-# OTA job run in, both ways.
-HEAP = "128k"
-FROZEN_HEAP = "64k"
-# An OTA (or bundle) job: the agent plus a second TLS connection (HTTPS), the block buffer and
-# ECDSA. `make bench` measured its smallest heap at 136 KB as .mpy files and 84 KB frozen; the
-# tests leave room for the heap's fragmentation.
-OTA_HEAP = "192k"
-FROZEN_OTA_HEAP = "112k"
+# The simulated board's memory (jobsctl.boardmodel, docs/board-model.md): a profile gives the
+# first GC area and the ESP-IDF heap that TLS sessions and the GC heap's growth take from.
+# BOARD_PROFILE is what every e2e board runs unless a test names another; the heaps below are
+# None (the profile's own first area, 56 KB as on ESP32) unless SIM_E2E_HEAPS says otherwise.
+# (boardmodel.DEFAULT says why it is not esp32-plain yet; SIM_E2E_PROFILE=esp32-plain runs the
+# e2e tests on the plain board.)
+BOARD_PROFILE = os.environ.get("SIM_E2E_PROFILE", boardmodel.DEFAULT)
+assert BOARD_PROFILE in boardmodel.PROFILES, BOARD_PROFILE
+_LEGACY = os.environ.get("SIM_E2E_HEAPS") == "1"
+# The first GC area of the agent's boards (.mpy, `make deploy` onto stock firmware) and of the
+# custom-firmware boards (library frozen in); of boards running an OTA or bundle job.
+HEAP: str | None = "128k" if _LEGACY else None
+FROZEN_HEAP: str | None = "64k" if _LEGACY else None
+OTA_HEAP: str | None = "192k" if _LEGACY else None
+FROZEN_OTA_HEAP: str | None = "112k" if _LEGACY else None
+
+
+def _made(target: str) -> None:
+    # make decides whether the port is stale (lib/, sim/, the model changed), one at a time.
+    with open(ROOT / "build" / ".frozen.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        proc = subprocess.run(["make", "-s", target], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="session")
+def board_port() -> Path:
+    """build/micropython (the stock-firmware board), up to date with sim/ and the model."""
+    _made("micropython")
+    return unix_port()
 
 
 @pytest.fixture(scope="session")
 def frozen_port() -> Path:
-    """build/micropython-frozen, up to date with lib/ and sim/ (make decides, one at a time)."""
-    with open(ROOT / "build" / ".frozen.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        proc = subprocess.run(
-            ["make", "-s", "micropython-frozen"], cwd=ROOT, capture_output=True, text=True
-        )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    """build/micropython-frozen, up to date with lib/ and sim/."""
+    _made("micropython-frozen")
     return unix_port(frozen=True)
+
+
+@pytest.fixture(scope="session")
+def newest_port() -> Path:
+    """build/micropython-1.26: the stock-firmware board on the newest MicroPython in Debian."""
+    _made("micropython-newest")
+    return unix_port(newest=True)
 
 
 # A product's main.py: its own handlers, then the agent. `wait` runs until the file named by
@@ -95,10 +119,13 @@ def boards(request: pytest.FixtureRequest) -> Iterator[Callable[..., DeviceProce
         heapsize: str | None = None,
         start: bool = True,
         frozen: bool = False,
+        profile: str | None = None,
+        newest: bool = False,
         **extra: Any,
     ) -> DeviceProcess:
-        if frozen:
-            request.getfixturevalue("frozen_port")
+        request.getfixturevalue(
+            "frozen_port" if frozen else "newest_port" if newest else "board_port"
+        )
         stack.create_thing(name, group=group)
         board = setup_board(stack.state_dir, name, extra=extra or None)
         root = None
@@ -108,7 +135,14 @@ def boards(request: pytest.FixtureRequest) -> Iterator[Callable[..., DeviceProce
             shutil.copy(ROOT / "boot.py", root / "boot.py")
             (root / "main.py").write_text(TEST_APP)
         heapsize = heapsize or (FROZEN_HEAP if frozen else HEAP)
-        dev = DeviceProcess(board, heapsize=heapsize, root=root, frozen=frozen)
+        dev = DeviceProcess(
+            board,
+            heapsize=heapsize,
+            root=root,
+            frozen=frozen,
+            newest=newest,
+            profile=profile or BOARD_PROFILE,
+        )
         started.append(dev)
         if start:
             dev.start()

@@ -19,16 +19,16 @@ import pytest
 from jobsctl.rawrepl import RawReplBridge
 
 ROOT = Path(__file__).resolve().parent.parent
-# What official firmware has frozen in and the simulated hardware modules: mounted read-only
-# on the simulated board so that `import machine` (mpremote reset) behaves like a board.
-FROZEN = [p for p in (ROOT / "sim", ROOT / "build" / "upylib") if p.is_dir()]
 
 
 @pytest.fixture()
-def sim_board(tmp_path: Path) -> Iterator[RawReplBridge]:
+def sim_board(tmp_path: Path, board_port: Path) -> Iterator[RawReplBridge]:
+    # build/micropython is the stock-firmware board: what official firmware has frozen in and
+    # the simulated hardware modules are frozen into it, so `import machine` (mpremote reset)
+    # behaves as on a board, and only what is deployed sits in the board's filesystem.
     board = tmp_path / "board"
     board.mkdir()
-    bridge = RawReplBridge(board, frozen_path=FROZEN)
+    bridge = RawReplBridge(board, micropython=board_port)
     bridge.start()
     try:
         yield bridge

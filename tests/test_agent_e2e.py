@@ -2,13 +2,13 @@
 service on a real mosquitto with mutual TLS, jobs created with boto3.
 
 Each test waits on what the board prints or what the service records, never on time.
-The boards run the device code frozen into the port, as a custom firmware carries it, in
-64 KB of heap (plugin_agent.FROZEN_HEAP).
+The boards run the device code as `make deploy` puts it on a stock firmware (.mpy files) on
+the simulated board's memory (plugin_agent.BOARD_PROFILE); the config job also runs once on the
+custom-firmware board (the library frozen in).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable
 
@@ -22,16 +22,12 @@ from jobsctl.stack import Stack
 Boards = Callable[..., DeviceProcess]
 
 
-@pytest.fixture()
-def boards(boards: Boards) -> Boards:
-    return functools.partial(boards, frozen=True)
-
-
+@pytest.mark.parametrize("frozen", [False, True], ids=["mpy", "frozen"])
 def test_config_job_created_with_boto3_ends_succeeded_and_changes_the_config(
-    stack_session: Stack, boards: Boards
+    stack_session: Stack, boards: Boards, frozen: bool
 ) -> None:
     thing = unique("agent")
-    dev = boards(stack_session, thing)
+    dev = boards(stack_session, thing, frozen=frozen)
     dev.wait_for("no pending job")
     job = create_job(stack_session, thing, {"operation": "config", "set": {"keepalive_s": 45}})
     ex = final(stack_session, thing, job)

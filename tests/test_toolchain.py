@@ -19,12 +19,17 @@ def test_unix_port_is_micropython_1_25_0_with_native_tls(micropython):
     assert r.out.strip().endswith("True")
 
 
-def test_unix_port_has_no_ssl_module_of_its_own():
-    # Debian strips micropython-lib: `ssl` must come from sim/, never from the build.
+def test_the_boards_ssl_module_is_the_sim_shim_frozen_in():
+    # Debian strips micropython-lib: the board port's `ssl` is sim/ssl.py (over sim/ussl.py),
+    # frozen in as official firmware freezes micropython-lib's, never one of Debian's build.
     proc = subprocess.run(
-        [str(upy.MICROPYTHON), "-c", "import ssl"], capture_output=True, text=True, timeout=10
+        [str(upy.MICROPYTHON), "-c", "import sys, ssl; print(ssl.__file__, 'ussl' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"MICROPYPATH": ".frozen"},
     )
-    assert proc.returncode != 0 and "ImportError" in proc.stdout + proc.stderr
+    assert proc.stdout.split() == ["ssl.py", "True"], proc.stdout + proc.stderr
 
 
 def test_umqtt_simple_is_the_pinned_unmodified_release():
@@ -38,6 +43,7 @@ def test_make_considers_the_toolchain_up_to_date():
     targets = [
         "build/micropython",
         "build/micropython-frozen",
+        "build/micropython-1.26",
         "build/upylib/umqtt/simple.py",
         ".venv/bin/jobsctl",
     ]

@@ -7,12 +7,14 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobsctl import boardmodel
+
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "micropython"
-# What a board has on its path: the device library, then (Unix only) the simulated hardware
-# and the pinned umqtt.simple that official firmware has frozen in. `.frozen` keeps the
-# port's own frozen modules (asyncio) reachable.
-DEVICE_PATH = [".frozen", str(ROOT / "lib"), str(ROOT / "sim"), str(ROOT / "build" / "upylib")]
+# The device library, the simulated hardware and the pinned umqtt.simple as source, ahead of
+# the port's frozen copies of the last two (build/micropython is the stock-firmware board), so
+# that a snippet always runs the code as it is in the worktree; `.frozen` keeps asyncio.
+DEVICE_PATH = [str(ROOT / "lib"), str(ROOT / "sim"), str(ROOT / "build" / "upylib"), ".frozen"]
 
 
 @dataclass
@@ -43,9 +45,16 @@ def run(
     env: dict[str, str] | None = None,
     stdin: str | None = None,
     port: Path = MICROPYTHON,
+    profile: str | None = None,
 ) -> Result:
-    """Run a snippet (``code``) or a file (``script``) under the Unix port and wait for it."""
+    """Run a snippet (``code``) or a file (``script``) under the Unix port and wait for it.
+
+    ``profile``: a board memory profile (jobsctl.boardmodel: its first GC area unless
+    ``heapsize`` says otherwise, and its IDF heap); None runs a fixed heap without the model.
+    """
     cmd = [str(port)]
+    if profile is not None:
+        heapsize = heapsize or boardmodel.profile(profile).heapsize
     if heapsize:
         cmd += ["-X", f"heapsize={heapsize}"]
     if code is not None:
@@ -54,7 +63,14 @@ def run(
         cmd += [str(script)]
     cmd += list(args)
     full_env = dict(os.environ)
-    full_env["MICROPYPATH"] = os.pathsep.join(DEVICE_PATH)
+    path = DEVICE_PATH
+    if port.name == "micropython-frozen":  # the custom firmware's frozen library comes first
+        path = [".frozen", *DEVICE_PATH[:-1]]
+    full_env["MICROPYPATH"] = os.pathsep.join(path)
+    for key in ("SIM_IDF_HEAP", "SIM_IDF_PSRAM", "SIM_MEM_REPORT"):
+        full_env.pop(key, None)
+    if profile is not None:
+        full_env.update(boardmodel.profile(profile).env())
     if env:
         full_env.update(env)
     proc = subprocess.run(

@@ -14,10 +14,13 @@
 # REFRESH = one describe then decide again, DROP = stop working on the job, BUG = log, report
 # FAILED once, go on. A network error anywhere drops the link; the Link reconnects with backoff
 # and on_connect re-subscribes and re-syncs from the persisted state.
+import gc
 import json
+import os
+import sys
 import time
 
-from iotjobs import protocol, store
+from iotjobs import protocol
 from micropython import const
 
 STATE_FILE = "jobstate.json"
@@ -54,25 +57,29 @@ def register(op, fn, resumable=True):
     _handlers[op] = (fn, resumable)
 
 
-def unregister(op):
-    _handlers.pop(op, None)
-
-
 def _resolve(op):
-    entry = _handlers.get(op)
-    if entry is None:
-        return None, False
-    fn, resumable = entry
+    fn, resumable = _handlers.get(op, (None, False))
     if isinstance(fn, str):
-        # "module:function", imported on first use so that unused handlers cost no RAM. A
-        # module missing from this build means the operation is not supported here.
+        # "module:function", imported when a job needs it (and unloaded after it, in _run) so
+        # that handlers cost no RAM while idle. A module missing from this build means the
+        # operation is not supported here.
         mod, _, name = fn.partition(":")
         try:
             fn = getattr(__import__(mod, None, None, [name]), name)
         except (ImportError, AttributeError):
-            return None, False
-        _handlers[op] = (fn, resumable)
+            fn = None
     return fn, resumable
+
+
+def unload(names):
+    # Forgets these modules (sys.modules names): the GC frees their code once nothing uses it.
+    pkg = sys.modules.get("iotjobs")
+    for n in names:
+        sys.modules.pop(n, None)
+        try:
+            delattr(pkg, n[8:])
+        except (AttributeError, TypeError):
+            pass
 
 
 class Context:
@@ -81,13 +88,13 @@ class Context:
         self._a = agent
         self.job_id = job_id
         self.op = op
-        self.thing_name = agent.thing
         self.board = agent.board
         self.config = agent.cfg
         self.state = state  # the handler's own dict, persisted by save()
         self.resumed = resumed
         self._last_progress = None
         self._last_check = agent.board.ticks_ms()
+        self._paused = None  # ticks when tls_open() closed MQTT for the handler's own session
 
     def log(self, msg, level="info"):
         self._a.log(level, "%s: %s" % (self.job_id, msg))
@@ -99,6 +106,8 @@ class Context:
     def progress_due(self):
         # Whether progress() would report now. Allocates nothing, so that a hot loop builds
         # its details (which allocates) only when they will be sent.
+        if self._paused is not None:  # MQTT is closed: reported at the next check-in
+            return False
         last = self._last_progress
         if last is None:
             return True
@@ -118,6 +127,8 @@ class Context:
         # job was canceled (notify-next stopped naming it, or it is terminal after a describe).
         a = self._a
         a.board.feed()
+        if self._paused is not None:  # MQTT is closed: see checkin()
+            return
         now = a.board.ticks_ms()
         if _diff(now, self._last_check) < _CHECK_EVERY_MS and not a._stale:
             return
@@ -132,6 +143,36 @@ class Context:
             a._stale = False
             if ex is None or ex.terminal():
                 raise Canceled()
+
+    def tls_open(self):
+        # Call before the handler opens a TLS session of its own (HTTPS). A plain ESP32 cannot
+        # hold two: unless the board has room to spare (PSRAM) or tls_sessions says 2, the MQTT
+        # session is closed until the next checkin(). Failed, naming memory, when even the
+        # one session does not fit now.
+        n = self.config["tls_sessions"]
+        b = self.board
+        if n == 1 or n == 0 and b.tls_room(True):
+            self._a.link.pause()
+            if self._paused is None:
+                self._paused = b.ticks_ms()
+        why = b.tls_room()
+        if why:
+            raise Failed(why)
+
+    def checkin_due(self):
+        # Whether MQTT has been closed for checkin_ms: the handler should close its session at
+        # the next good point and call checkin(). Allocates nothing.
+        p = self._paused
+        return p is not None and _diff(self.board.ticks_ms(), p) >= self.config["checkin_ms"]
+
+    def checkin(self, details):
+        # With MQTT closed by tls_open() (and the handler's own session closed): connect, report
+        # details, and learn of a cancellation (Canceled), as check() does while connected.
+        if self._paused is not None:
+            self._paused = None
+            self._a.link.ensure()  # a new session: the agent describes the job at check()
+            self.progress(details, True)
+            self.check()
 
     def refresh(self):
         # A fresh copy of the job document (pre-signed URLs are signed anew on every hand-out).
@@ -184,8 +225,8 @@ class Agent:
         self._stale = False  # the running job may have been canceled: describe it
         self._sync = False  # (re)connected: resubscribed, must resynchronise
         self._job = {}  # the persisted state of the running job; empty when there is none
-        self.jobs_done = 0
         link.set_on_connect(self._on_connect)
+        link.on_fail = self._link_failed
 
     def log(self, level, msg):
         if _LEVELS.get(level, 1) >= self._level:
@@ -200,6 +241,28 @@ class Agent:
         self._sync = True
         self._stale = bool(self._job)
         self.log("info", "connected, subscribed")
+
+    def _link_failed(self, e):
+        # MQTT cannot connect and the IDF heap has no room for a TLS session: a job's code grew
+        # the GC heap into it, and MicroPython does not always give that back. With a job under
+        # way, reset (its state persisted) so that it goes on, or its report is sent, on a fresh
+        # heap: once to go on, once more with the job FAILED naming memory; never a loop.
+        j = self._job
+        if not j or j.get("memreset", 0) > 1:
+            return
+        from iotjobs.board import nomem
+
+        why = self.board.tls_room()
+        if why is None:
+            if not nomem(e):
+                return
+            why = "out of memory for the MQTT session: %r" % (e,)
+        n = j["memreset"] = j.get("memreset", 0) + 1
+        if n > 1 and "final" not in j:
+            j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
+        self._persist()
+        self.log("error", "%s; resetting for a fresh heap" % why)
+        self.board.reset()
 
     def _on_msg(self, topic, msg):
         try:
@@ -272,7 +335,7 @@ class Agent:
         # -> Execution, or None when the service no longer has it for us (ResourceNotFound,
         # TerminalStateReached). Other rejections are our bugs: logged, treated as gone.
         topic = protocol.topic_describe(self.thing, job_id)
-        ok, body = self._request(topic, lambda tok: protocol.describe(tok, None, with_doc))
+        ok, body = self._request(topic, lambda tok: protocol.describe(tok, with_doc))
         if ok:
             return protocol.reply_execution(body)
         code, msg = protocol.reply_error(body)
@@ -331,18 +394,25 @@ class Agent:
     # ---- persisted state
 
     def _persist(self):
-        store.save(STATE_FILE, self._job)
+        save(STATE_FILE, self._job)
 
     def _clear(self):
         self._job = {}
-        store.remove(STATE_FILE)
+        try:
+            os.remove(STATE_FILE)
+        except OSError:
+            pass
 
     # ---- the state machine
 
     def run(self, cycles=-1):
         # The main loop; cycles < 0 runs forever (a board), else that many turns (tests).
         self.board.start_watchdog()
-        j = store.load(STATE_FILE)
+        try:
+            with open(STATE_FILE) as f:
+                j = json.load(f)
+        except (OSError, ValueError):  # none, or corrupted some other way than by save()
+            j = None
         if j is not None and not (
             isinstance(j, dict)
             and protocol.valid_job_id(j.get("job"))
@@ -411,33 +481,43 @@ class Agent:
             return self._finish(protocol.REJECTED, {"reason": "job document is not a JSON object"})
         if op is None:
             return self._finish(protocol.REJECTED, {"reason": "job document has no operation"})
+        mods = list(sys.modules)  # what was loaded before the handler
         fn, resumable = _resolve(op)
         if fn is None:
             return self._finish(protocol.REJECTED, {"reason": "unsupported operation %r" % op})
         if resumed and not resumable:
+            fn = None
+            _forget(mods)
             reason = "interrupted by a reset (%s is not resumable)" % op
             return self._finish(protocol.FAILED, {"reason": reason})
         j["op"] = op
         self._persist()
         self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
         ctx = Context(self, ex.job_id, op, j["data"], resumed)
+        status = protocol.FAILED
         try:
             if not resumed:
                 self._report(protocol.IN_PROGRESS, {"step": "started"})
-            result = fn(ctx, ex.document)
+            details = fn(ctx, ex.document)
+            status = protocol.SUCCEEDED
         except Rejected as e:
-            return self._finish(protocol.REJECTED, {"reason": _reason(e)})
+            status, details = protocol.REJECTED, {"reason": _reason(e)}
         except Failed as e:
-            return self._finish(protocol.FAILED, {"reason": _reason(e)})
+            details = {"reason": _reason(e)}
         except Canceled:
             self.log("info", "%s: canceled, handler stopped" % ex.job_id)
             self._clear()
-            return
+            details = None
+        except MemoryError as e:  # freed below, before the report
+            details = {"reason": "out of memory: %s" % (e,)}
         except Exception as e:  # a handler bug must not take the agent down
             self.log("error", "%s: handler raised %r" % (ex.job_id, e))
-            return self._finish(protocol.FAILED, {"reason": "handler error: %r" % (e,)})
-        details = result if isinstance(result, dict) else {}
-        self._finish(protocol.SUCCEEDED, details)
+            details = {"reason": "handler error: %r" % (e,)}
+        fn = None
+        del ctx
+        _forget(mods)
+        if details is not None or status == protocol.SUCCEEDED:
+            self._finish(status, details if isinstance(details, dict) else {})
 
     def _finish(self, status, details):
         # The final report is persisted before it is sent, so that a reset or a dead link
@@ -457,9 +537,33 @@ class Agent:
                 break
             except OSError as e:
                 self.link.drop(e)
-        self.jobs_done += 1
         self._clear()
         self._want_next = True
+
+
+def save(path, obj):
+    # Small JSON files that survive power loss: write a temporary file, then rename it over
+    # the old one (atomic on LittleFS and POSIX): after a power cut the file holds the old or
+    # the new content, never a mix.
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.rename(tmp, path)
+
+
+def reboot(ctx, doc):
+    # The reboot job, {"operation": "reboot"}: report, reset, and SUCCEEDED once the board is
+    # back.
+    if ctx.state.get("rebooted"):
+        return {"reason": "rebooted", "firmware": ctx.board.firmware_version()}
+    ctx.state["rebooted"] = True
+    ctx.reboot({"step": "rebooting"})
+
+
+def _forget(mods):
+    # Unloads what a handler imported (its module and helpers): an idle agent holds none.
+    unload([n for n in sys.modules if n not in mods])
+    gc.collect()
 
 
 def _reason(e):

@@ -5,25 +5,24 @@ _CRASH_WAIT_MS = const(10000)
 
 
 def build(cfg, board=None):
-    from iotjobs import agent, config, transport
+    from iotjobs import agent, transport
     from iotjobs.board import Board
 
     if board is None:
         board = Board(cfg["wdt_timeout_ms"])
     log = agent.Agent.log
 
-    try:
-        import ssl
-    except ImportError:  # the Unix port before sim/ is on the path
-        import ussl as ssl  # type: ignore[no-redef]
+    import ssl
 
-    params = {
-        "key": config.read(cfg["key_file"]),
-        "cert": config.read(cfg["cert_file"]),
-        "cadata": config.read(cfg["ca_file"]),
-        "cert_reqs": ssl.CERT_REQUIRED,
-        "server_hostname": cfg.get("server_hostname", cfg["endpoint"]),
-    }
+    def params():
+        # Read at each connection: the PEMs are not kept as text between connections.
+        return {
+            "key": _read(cfg["key_file"]),
+            "cert": _read(cfg["cert_file"]),
+            "cadata": _read(cfg["ca_file"]),
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": cfg.get("server_hostname", cfg["endpoint"]),
+        }
 
     def factory():
         return transport.Transport(
@@ -38,37 +37,34 @@ def build(cfg, board=None):
     link = transport.Link(factory, None, board, cfg["backoff_min_ms"], cfg["backoff_max_ms"])
     a = agent.Agent(cfg, board, link, cfg["log_level"])
     link._log = lambda msg: log(a, "warning", msg)
-    agent.register("reboot", "iotjobs.handlers:reboot")
-    agent.register("config", "iotjobs.handlers:config")
-    agent.register("ota", "iotjobs.ota:handle")
-    agent.register("afr_ota", "iotjobs.ota:handle_afr")
-    agent.register("bundle", "iotjobs.bundle:handle")
+    # Handlers by name: each module is imported when its first job arrives and unloaded when
+    # the job ends (agent._run), so an idle agent holds none of them.
+    for op, fn in (
+        ("reboot", "agent:reboot"),
+        ("config", "config:job"),
+        ("ota", "ota:handle"),
+        ("afr_ota", "ota:handle"),
+        ("bundle", "bundle:handle"),
+    ):
+        agent.register(op, "iotjobs." + fn)
     return a
 
 
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def run(path="config.json"):
-    from iotjobs import config
-
-    try:
-        cfg = config.load(path)
-    except config.ConfigError as e:
-        # Nothing to connect with: say so on the console and stay up for a REPL/deploy.
-        print("E config: %s" % e)
+    global build, _start
+    a = _start(path)
+    # Boot-time code is not kept while the agent runs (.mpy code lives in the heap).
+    del build, _start
+    if a is None:
         return
-    a = build(cfg)
-    import sys
-
-    if cfg["app_dir"] not in sys.path:
-        sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)
-    try:
-        import selftest  # type: ignore[import-not-found]  # the application's self-test hook, if it ships one
-
-        a.board.self_test = selftest.run
-    except ImportError:
-        pass
     try:
         a.board.start_watchdog()
-        a.board.connect_network(cfg.get("wifi_ssid"), cfg.get("wifi_password"))
+        a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
         a.run()
     except Exception as e:
         # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
@@ -78,3 +74,28 @@ def run(path="config.json"):
         sys.print_exception(e)
         a.board.sleep_ms(_CRASH_WAIT_MS)
         a.board.reset()
+
+
+def _start(path):
+    import sys
+
+    from iotjobs import agent, config
+
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as e:
+        # Nothing to connect with: say so on the console and stay up for a REPL/deploy.
+        print("E config: %s" % e)
+        return None
+    del config
+    agent.unload(("iotjobs.config",))  # a config job imports it again
+    a = build(cfg)
+    if cfg["app_dir"] not in sys.path:
+        sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)
+    try:
+        import selftest  # type: ignore[import-not-found]  # the application's self-test hook, if it ships one
+
+        a.board.self_test = selftest.run
+    except ImportError:
+        pass
+    return a

@@ -12,6 +12,22 @@ _DESC_OFFSET = const(0x20)  # esp_app_desc_t: after the 24-byte image and 8-byte
 _DESC_MAGIC = const(0xABCD5432)
 _WIFI_WAIT_MS = const(30000)
 _FEED_SLICE_MS = const(500)
+# What one TLS client session takes from the ESP-IDF heap (mbedTLS allocates there, not from the
+# GC heap; docs/board-model.md): the 16 KB input record buffer in one block (16,717 bytes with
+# mbedTLS's overhead), and at the handshake's peak ~30 KB in all with an ECDSA P-256 chain (that
+# buffer, the 4 KB output buffer, certificates, key exchange): 32 KB with a margin.
+_TLS_BLOCK = const(16717)
+_TLS_PEAK = const(32768)
+# Free IDF heap that must remain beside a second session's peak for the agent to keep MQTT open
+# during a download (a board with PSRAM; a plain ESP32 never has it).
+_SPARE = const(65536)
+# GC heap a session's objects take (the SSLContext, the socket, the response): 4 KB.
+_TLS_GC = const(4096)
+
+# mbedTLS's "allocation failed" codes (high-level: SSL, X509, PK, ECP, MD, CIPHER; low-level:
+# MPI, ASN1), which the firmware raises as OSError(code) from a handshake short of memory.
+_NOMEM_HI = (0x7F00, 0x2880, 0x3F80, 0x4D80, 0x5180, 0x6180)
+_NOMEM_LO = (0x10, 0x6A)
 
 
 class Board:
@@ -53,6 +69,42 @@ class Board:
         import machine
 
         machine.reset()
+
+    # ---- memory
+
+    def mem(self):
+        # -> (GC heap free, IDF heap free, its largest free block) after a collection, as the
+        # firmware reports them; the IDF figures are None on a port without idf_heap_info.
+        import gc
+
+        gc.collect()
+        try:
+            import esp32
+
+            regions = esp32.idf_heap_info(esp32.HEAP_DATA)
+        except (ImportError, AttributeError):
+            return gc.mem_free(), None, None
+        free = big = 0
+        for r in regions:
+            free += r[1]
+            big = max(big, r[2])
+        return gc.mem_free(), free, big
+
+    def tls_room(self, spare=False):
+        # None when one more TLS session fits in the IDF heap now (with spare: and 64 KB would
+        # remain beside it), else why not, naming memory.
+        g, free, big = self.mem()
+        if g < _TLS_GC:  # on ESP32 gc.mem_free() counts what the heap could still grow by
+            return "out of memory for a TLS session: %d KB of GC heap free" % (g >> 10)
+        if free is None:
+            return None
+        need = _TLS_PEAK + (_SPARE if spare else 0)
+        if free >= need and big >= _TLS_BLOCK:
+            return None
+        return (
+            "out of memory for a TLS session: %d KB of IDF heap free (largest %d KB), needs %d"
+            % (free >> 10, big >> 10, need >> 10)
+        )
 
     # ---- network and clock
 
@@ -111,3 +163,15 @@ def app_version(part):
     raw = bytes(buf[_DESC_OFFSET + 16 :])
     end = raw.find(b"\0")
     return (raw if end < 0 else raw[:end]).decode()
+
+
+def nomem(e):
+    # Whether opening a session failed for want of memory: MemoryError (GC heap), ENOMEM (no
+    # room for the record buffers) or an mbedTLS allocation failure in the handshake.
+    if isinstance(e, MemoryError):
+        return True
+    c = e.args[0] if e.args and isinstance(e.args[0], int) else 0
+    if c == 12:
+        return True
+    c = -c if c < 0 else 0
+    return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO

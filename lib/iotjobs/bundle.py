@@ -10,7 +10,7 @@
 # its earlier headers).
 from iotjobs import appswap
 from iotjobs.agent import Failed
-from iotjobs.ota import _net_fail, check, check_signature, open_url, parse, self_test
+from iotjobs.ota import _net_fail, check, open_url, parse
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
@@ -34,13 +34,37 @@ def handle(ctx, doc):
 
 
 def _download(ctx, doc, app):
-    import hashlib
-
     keyed = bool(ctx.config.get("ota_key_file"))
     job = parse(doc, _MAX, keyed, "bundle limit")
+    stage, h, files = _fetch(ctx, job, app, keyed)
+    from iotjobs.agent import unload
+
+    unload(("iotjobs.http",))  # the download's code goes before ECDSA comes in
+    digest = h.digest()
+    if job["sha256"] is not None and job["sha256"] != digest:
+        appswap.rmtree(stage)
+        raise Failed("SHA-256 mismatch")
+    details = {"files": str(files)}
+    from iotjobs.otaboot import check_signature
+
+    why = check_signature(ctx, job["sig"], digest, details)
+    if why:
+        appswap.rmtree(stage)
+        raise Failed(why)
+    appswap.stage_done(app, job["version"])
+    ctx.state["new"] = job["version"] or "unknown"
+    ctx.state["verified"] = details
+    return "activate"
+
+
+def _fetch(ctx, job, app, keyed):
+    # The tar, extracted into the staging folder while it streams: (stage, hash, files).
+    import hashlib
+
     buf = bytearray(4096)
     tries = [0, 0]
     while True:
+        ctx.checkin({"step": "download", "progress": "0/%d" % job["size"]})  # see ota
         ctx.check()
         stage = appswap.stage_begin(app)
         r = open_url(ctx, job, 0, tries, lambda d: parse(d, _MAX, keyed, "bundle limit"))
@@ -50,8 +74,7 @@ def _download(ctx, doc, app):
             if r.total != job["size"]:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, job["size"]))
             h = hashlib.sha256()
-            files = _extract(ctx, r, h, buf, stage, job["size"])
-            break
+            return stage, h, _extract(ctx, r, h, buf, stage, job["size"])
         except OSError as e:
             tries[0] = _net_fail(ctx, tries[0], e)
         except Failed:
@@ -59,19 +82,6 @@ def _download(ctx, doc, app):
             raise
         finally:
             r.close()
-    digest = h.digest()
-    if job["sha256"] is not None and job["sha256"] != digest:
-        appswap.rmtree(stage)
-        raise Failed("SHA-256 mismatch")
-    details = {"files": str(files)}
-    why = check_signature(ctx, job["sig"], digest, details)
-    if why:
-        appswap.rmtree(stage)
-        raise Failed(why)
-    appswap.stage_done(app, job["version"])
-    ctx.state["new"] = job["version"] or "unknown"
-    ctx.state["verified"] = details
-    return "activate"
 
 
 def _extract(ctx, r, h, buf, stage, size):
@@ -174,6 +184,8 @@ def _booting(ctx, doc, app):
         # unconfirmed image.
         reason = "reset during the self-test"
     else:
+        from iotjobs.otaboot import self_test
+
         reason = self_test(ctx)
     if reason is None:
         appswap.confirm(app)

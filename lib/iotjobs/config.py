@@ -23,6 +23,8 @@ DEFAULTS = {
     "progress_interval_ms": 2000,  # at most one progress report per interval
     "wdt_timeout_ms": 0,  # 0: no watchdog
     "self_test_timeout_ms": 60000,
+    "tls_sessions": 0,  # during a download: 1 closes MQTT, 2 keeps it, 0 decides from free RAM
+    "checkin_ms": 30000,  # MQTT closed for a download: reconnect, report, see a cancel this often
     "settings": {},  # the application's own settings, untouched by the agent
 }
 _BOUNDS = {
@@ -34,6 +36,8 @@ _BOUNDS = {
     "progress_interval_ms": (0, 3600000),
     "wdt_timeout_ms": (0, 3600000),
     "self_test_timeout_ms": (1000, 3600000),
+    "tls_sessions": (0, 2),
+    "checkin_ms": (1000, 3600000),
 }
 LEVELS = ("debug", "info", "warning", "error")
 
@@ -137,6 +141,25 @@ def merge_settings(cfg, new, strict=True):
     return out
 
 
-def read(path):
-    with open(path, "rb") as f:
-        return f.read()
+def job(ctx, doc):
+    # The config job, {"operation": "config", "set": {"log_level": "debug", "settings": {...}}}:
+    # validate, then merge into config.json atomically. Identity and endpoint keys are refused:
+    # a job that could point the device elsewhere could take it off the fleet for good.
+    import json
+
+    from iotjobs.agent import Rejected, save
+
+    new = doc.get("set")
+    if not isinstance(new, dict) or not new:
+        raise Rejected("a config job needs a non-empty object 'set'")
+    try:
+        merged = merge_settings(ctx.config, new)
+    except ConfigError as e:
+        raise Rejected(str(e))
+    with open(PATH) as f:
+        raw = json.load(f)
+    for k in new:
+        raw[k] = merged[k]
+    save(PATH, raw)
+    ctx.config.update(merged)
+    return {"reason": "applied", "changed": ",".join(sorted(new))}

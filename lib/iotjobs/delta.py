@@ -125,9 +125,11 @@ def _apply(ctx, job, out, limit, keyed):
     p = Patcher(ctx.board.running_partition(), out, d["base_size"], size, d["size"], ob)
     tries = [0, 0]
     while True:
-        ctx.check()
         ck = ctx.state.get("ck")  # the last checkpoint, if any
         at = ck[4] if ck else 0
+        # MQTT closed for the download (ota.open_url): check in at every reconnect (see ota).
+        ctx.checkin({"step": "delta", "progress": "%d/%d" % (at, d["size"])})
+        ctx.check()
         r = ota.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
         if r is None:
             continue

@@ -20,9 +20,6 @@ _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 _EIO = const(5)
 
-_ctx = None  # one TLS client context per CA, reused across connections
-_ctx_ca = None
-
 
 class HTTPError(Exception):
     def __init__(self, status, reason=""):
@@ -32,42 +29,22 @@ class HTTPError(Exception):
 
 def parse_url(url):
     # -> (scheme, host, port, path); ValueError for anything but http(s)://host[:port]/path.
-    if not isinstance(url, str):
-        raise ValueError("URL must be a string")
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme not in ("http", "https"):
-        raise ValueError("only http:// and https:// URLs are supported")
     host, slash, path = rest.partition("/")
-    path = slash + path if slash else "/"
-    if "@" in host:
-        raise ValueError("credentials in URLs are not supported")
-    port = 443 if scheme == "https" else 80
-    if host.startswith("["):
-        raise ValueError("IPv6 literals are not supported")
-    if ":" in host:
-        host, _, p = host.partition(":")
-        try:
-            port = int(p)
-        except ValueError:
-            raise ValueError("bad port in URL")
-        if not 0 < port < 65536:
-            raise ValueError("bad port in URL")
-    if not host or " " in url or "\r" in url or "\n" in url:
-        raise ValueError("bad URL")
-    return scheme, host, port, path
-
-
-def _context(cadata):
-    global _ctx, _ctx_ca
-    if _ctx is None or _ctx_ca != cadata:
-        import tls
-
-        _ctx = None
-        ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stub lags firmware
-        ctx.load_verify_locations(cadata)
-        _ctx, _ctx_ca = ctx, cadata
-    return _ctx
+    host, colon, port = host.partition(":")
+    try:
+        port = int(port) if colon else 443 if scheme == "https" else 80
+    except ValueError:
+        port = 0
+    if (
+        not sep
+        or scheme not in ("http", "https")
+        or not host
+        or not 0 < port < 65536
+        or any(c in url for c in " \r\n@[")
+    ):
+        raise ValueError("unsupported URL (http(s)://host[:port]/path only)")
+    return scheme, host, port, slash + path or "/"
 
 
 class Response(io.IOBase):
@@ -108,8 +85,8 @@ class Response(io.IOBase):
                 pass
 
 
-def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False, max_redirects=4):
-    for _ in range(max_redirects + 1):
+def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
+    for _ in range(5):  # the request and up to 4 redirects
         scheme, host, port, path = parse_url(url)
         if scheme == "http" and not allow_http:
             raise ValueError("plain http refused (set ota_allow_http to allow it)")
@@ -118,60 +95,43 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False, max_redi
         s = _connect(scheme, host, port, cadata, timeout_ms)
         try:
             status, hdr = _request(s, host, port, scheme, path, start)
-            if status in (301, 302, 303, 307, 308) and "location" in hdr:
-                loc = hdr["location"]
-                if loc.startswith("/"):
-                    loc = "%s://%s:%d%s" % (scheme, host, port, loc)
-                url = loc
+            url = hdr.get("location")
+            if status in (301, 302, 303, 307, 308) and url:
+                if url[0] == "/":
+                    url = "%s://%s:%d%s" % (scheme, host, port, url)
                 s.close()
                 continue
             if status not in (200, 206):
-                raise HTTPError(status, hdr.get(":reason", ""))
+                raise HTTPError(status)
             if "chunked" in hdr.get("transfer-encoding", ""):
                 raise HTTPError(status, "chunked transfer encoding is not supported")
             try:
                 length = int(hdr["content-length"])
+                if status == 206:
+                    # "bytes 100-199/1000": the body starts where we asked
+                    unit, _, rng = hdr["content-range"].partition(" ")
+                    span, _, total = rng.partition("/")
+                    if unit != "bytes" or int(span.partition("-")[0]) != start:
+                        raise ValueError
+                    return Response(s, status, start, length, int(total))
             except (KeyError, ValueError):
-                raise HTTPError(status, "no Content-Length")
-            if status == 206:
-                first, total = _content_range(hdr.get("content-range", ""))
-                if first != start:
-                    raise HTTPError(status, "Content-Range starts at %d, asked %d" % (first, start))
-                return Response(s, status, first, length, total)
-            # 200: the server ignored the Range header; the body is the whole object.
-            _skip(s, start, length)
+                raise HTTPError(status, "bad Content-Length or Content-Range")
+            # 200: the server ignored the Range header; the body is the whole object: read and
+            # drop the first bytes through a small buffer.
+            if start > length:
+                raise HTTPError(416, "offset beyond the object")
+            n = start
+            buf = bytearray(512)
+            while n:
+                k = s.readinto(buf, min(n, 512))
+                if not k:
+                    raise OSError(_EIO)
+                n -= k
             return Response(s, status, start, length - start, length)
         except BaseException:
             s.close()
             raise
     raise HTTPError(310, "too many redirects")
-
-
-def _skip(s, n, length):
-    # A server without Range support: read and drop the first n bytes (bounded buffer).
-    if n > length:
-        raise HTTPError(416, "offset beyond the object")
-    if not n:
-        return
-    buf = bytearray(512)
-    while n:
-        k = s.readinto(buf, min(n, 512))
-        if not k:
-            raise OSError(_EIO)
-        n -= k
-
-
-def _content_range(v):
-    # "bytes 100-199/1000" -> (100, 1000)
-    try:
-        unit, _, rng = v.partition(" ")
-        span, _, total = rng.partition("/")
-        first = int(span.partition("-")[0])
-        if unit != "bytes":
-            raise ValueError
-        return first, int(total)
-    except ValueError:
-        raise HTTPError(206, "bad Content-Range %r" % v)
 
 
 def _connect(scheme, host, port, cadata, timeout_ms):
@@ -185,7 +145,14 @@ def _connect(scheme, host, port, cadata, timeout_ms):
         s.settimeout(timeout_ms / 1000)
         s.connect(ai[-1])
         if scheme == "https":
-            s = _context(cadata).wrap_socket(s, server_hostname=host)
+            # A context per connection (as the firmware's ssl does for MQTT): nothing of it
+            # (the parsed CA) stays in the IDF heap between sessions.
+            import tls
+
+            ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = tls.CERT_REQUIRED  # type: ignore[attr-defined]  # stub lags firmware
+            ctx.load_verify_locations(cadata)
+            s = ctx.wrap_socket(s, server_hostname=host)
     except BaseException:
         s.close()
         raise
@@ -207,7 +174,7 @@ def _request(s, host, port, scheme, path, start):
         status = int(parts[1])
     except ValueError:
         raise OSError(_EIO)
-    hdr = {":reason": parts[2].decode().strip() if len(parts) > 2 else ""}
+    hdr = {}  # type: dict
     for _ in range(_HEADERS_MAX):
         line = _line(s)
         if line in (b"\r\n", b"\n"):

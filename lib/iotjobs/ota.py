@@ -13,7 +13,9 @@
 # The handler is a table of steps; the current step and the download offset are persisted
 # (ctx.save) so that a reset at any point continues from there, and the boot slot is only
 # switched (set_boot) after the whole image has been verified.
-from iotjobs.agent import Canceled, Failed, Rejected
+import sys
+
+from iotjobs.agent import Failed, Rejected, _forget
 from micropython import const
 
 _BLOCK = const(4096)
@@ -136,14 +138,6 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
 
 
 def handle(ctx, doc):
-    return _run(ctx, doc)
-
-
-def handle_afr(ctx, doc):
-    return _run(ctx, doc)
-
-
-def _run(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
@@ -161,12 +155,23 @@ def _run(ctx, doc):
     while True:
         step = st["step"]
         ctx.log("step " + step)  # the console's record of where a job got to
+        mods = list(sys.modules)
         try:
-            result = _STEPS[step](ctx, doc)
-        except (Canceled, Failed):
+            # The steps after the download are iotjobs.otaboot's, imported when reached (and
+            # unloaded after, below): the download runs without their code in the heap.
+            if step == "download":
+                result = _download(ctx, doc)
+            elif step == "delta":
+                result = _delta(ctx, doc)
+            else:
+                result = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
+        except Exception:
             if step in ("download", "verify", "delta"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
+        # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
+        # next step connects MQTT again.
+        _forget(mods)
         if isinstance(result, dict):
             return result
         st["step"] = result
@@ -193,6 +198,9 @@ def _download(ctx, doc):
     h = _rehash(slot, buf, off)
     tries = [0, 0]
     while off < size:
+        # MQTT closed for the download (one TLS session at a time): check in between two HTTPS
+        # sessions, at every reconnect and every checkin_ms. Canceled ends it here.
+        ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
         ctx.check()
         if off:
             ctx.log("resuming download at %d of %d" % (off, size))
@@ -218,10 +226,7 @@ def _download(ctx, doc):
         finally:
             r.close()
     st["off"] = size
-    digest = h.digest()
-    st["sha256"] = _tohex(digest)
-    ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
-    del buf, tail
+    st["sha256"] = _tohex(h.digest())
     b.feed()
     return "verify"
 
@@ -243,8 +248,10 @@ def open_url(ctx, job, off, tries, reparse):
     # pre-signed URL; the service signs a new one on every hand-out). tries = [network
     # failures, URL refreshes] in a row, shared across attempts; Failed when they run out.
     from iotjobs import http
+    from iotjobs.board import nomem
 
     cfg = ctx.config
+    ctx.tls_open()
     try:
         r = http.open(
             job["url"],
@@ -261,7 +268,9 @@ def open_url(ctx, job, off, tries, reparse):
             job.update(reparse(ctx.refresh()))
             return None
         raise Failed("download refused: HTTP %d" % e.status)
-    except OSError as e:
+    except (OSError, MemoryError) as e:
+        if nomem(e):
+            raise Failed("out of memory for the HTTPS session: %r" % (e,))
         tries[0] = _net_fail(ctx, tries[0], e)
         return None
     tries[1] = 0
@@ -298,6 +307,8 @@ def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
         if ctx.progress_due():
             ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
         ctx.check()
+        if not gz and off < size and ctx.checkin_due():
+            break  # the caller closes the response and checks in
     return off
 
 
@@ -311,78 +322,6 @@ def _net_fail(ctx, fails, e):
     return fails
 
 
-def _verify(ctx, doc):
-    st = ctx.state
-    slot = _slot(ctx)
-    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
-    digest = bytes.fromhex(st["sha256"])
-    if job["sha256"] is not None and job["sha256"] != digest:
-        return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
-    details: dict = {}
-    why = check_signature(ctx, job["sig"], digest, details)
-    if why:
-        return _fail_before_boot(ctx, why)
-    from iotjobs.board import app_version
-
-    new = app_version(slot)
-    if job["version"] is not None and new != job["version"]:
-        return _fail_before_boot(
-            ctx, "image is version %s, the job says %s" % (new, job["version"])
-        )
-    st["new"] = new
-    st["verified"] = details
-    return "activate"
-
-
-def check_signature(ctx, sig, digest, details):
-    # None when the device has no key or the signature is good; else why not. Adds verify_ms.
-    key_file = ctx.config.get("ota_key_file")
-    if not key_file:
-        return None
-    import binascii
-    import time
-
-    from iotjobs import ecdsa
-
-    try:
-        raw = binascii.a2b_base64(sig)
-    except ValueError:
-        return "signature is not base64"
-    t0 = time.ticks_ms()
-    ok = ecdsa.verify(ecdsa.load_pubkey(_read(key_file)), digest, raw)
-    details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
-    return None if ok else "bad signature"
-
-
-def self_test(ctx):
-    # None when the new code passed: the broker answered (ctx.check) and the application's
-    # hook (board.self_test, from its selftest.py) returned None/True in time; else why not.
-    import time
-
-    b = ctx.board
-    t0 = time.ticks_ms()
-    hook = getattr(b, "self_test", None)
-    try:
-        ctx.check()
-        r = hook(ctx) if hook is not None else None
-        if r is False or isinstance(r, str):
-            return "self-test failed" + (": " + r if r else "")
-    except (Canceled, Failed):
-        raise
-    except Exception as e:
-        return "self-test raised %r" % (e,)
-    if time.ticks_diff(time.ticks_ms(), t0) > ctx.config["self_test_timeout_ms"]:
-        return "self-test took too long"
-    return None
-
-
-def _fail_before_boot(ctx, reason):
-    # Nothing was switched: erase the first block so that a half-good image can never be
-    # booted by accident, and fail the job. The running firmware is untouched.
-    _erase_head(ctx)
-    raise Failed(reason)
-
-
 def _erase_head(ctx):
     try:
         _slot(ctx).ioctl(6, 0)
@@ -390,63 +329,10 @@ def _erase_head(ctx):
         pass
 
 
-def _activate(ctx, doc):
-    # set_boot validates the image the way the bootloader will (ESP-IDF refuses a bad header,
-    # checksum or appended hash) and makes the slot boot next, once, pending verification.
-    st = ctx.state
-    try:
-        _slot(ctx).set_boot()
-    except OSError as e:
-        return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
-    st["step"] = "booting"
-    ctx.save()
-    ctx.reboot({"step": "rebooting", "progress": "%d/%d" % (st["off"], st["off"])})
-    return "booting"  # not reached on a board
-
-
-def _booting(ctx, doc):
-    # After the reset. The bootloader either started the new image (pending verification) or
-    # rolled back by itself because the image did not come up.
-    st = ctx.state
-    b = ctx.board
-    running = b.running_partition().info()[4]
-    if running != st["slot"]:
-        raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
-    reason = self_test(ctx)
-    if reason is None:
-        b.confirm_image()
-        details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
-        details["previous"] = st["old"]
-        details.update(st.get("verified", {}))
-        return details
-    # Roll back: boot the old slot again and report from there.
-    st["reason"] = reason
-    st["step"] = "rolledback"
-    ctx.save()
-    b.running_partition().get_next_update().set_boot()
-    ctx.reboot({"step": "rolling back", "reason": reason})
-    return "rolledback"  # not reached on a board
-
-
-def _rolledback(ctx, doc):
-    st = ctx.state
-    raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))
-
-
 def _delta(ctx, doc):
     from iotjobs import delta
 
     return delta.step(ctx, doc)
-
-
-_STEPS = {
-    "delta": _delta,
-    "download": _download,
-    "verify": _verify,
-    "activate": _activate,
-    "booting": _booting,
-    "rolledback": _rolledback,
-}
 
 
 def _read(path):

@@ -14,7 +14,6 @@ _KEY_MAX = const(128)
 _VALUE_MAX = const(1024)
 _TOKEN_MAX = const(64)
 STEP_TIMEOUT_MAX = const(10080)
-DOC_MAX = const(32768)
 
 # Statuses a device may set, and the terminal ones.
 IN_PROGRESS = "IN_PROGRESS"
@@ -66,22 +65,6 @@ def valid_job_id(job_id):
     return _word(job_id, _JOB_ID_MAX, "")
 
 
-def check_details(details):
-    # statusDetails: a flat map of string to string, keys [a-zA-Z0-9:_-]{1,128}, values 1-1024
-    # characters without control characters. Raises ValueError naming the first bad entry.
-    if not isinstance(details, dict):
-        raise ValueError("statusDetails must be an object")
-    for k, v in details.items():
-        if not _word(k, _KEY_MAX, ":"):
-            raise ValueError("bad statusDetails key %r" % (k,))
-        if not isinstance(v, str) or not 0 < len(v) <= _VALUE_MAX:
-            raise ValueError("statusDetails[%s] must be 1-1024 characters" % k)
-        for c in v:
-            if c < " " or c == "\x7f":
-                raise ValueError("statusDetails[%s] has a control character" % k)
-    return details
-
-
 def clean_details(details):
     # Makes any dict fit the limits: values are str()-ed, cut to 1024 characters and stripped
     # of control characters; bad keys are dropped. For reasons built from exceptions and
@@ -118,10 +101,6 @@ def subscriptions(thing):
 
 def topic_start_next(thing):
     return prefix(thing) + "start-next"
-
-
-def topic_get_pending(thing):
-    return prefix(thing) + "get"
 
 
 def topic_describe(thing, job_id):
@@ -192,46 +171,25 @@ def _step(minutes):
 def start_next(token, details=None, step_timeout=None):
     req = {"clientToken": _token(token)}
     if details:
-        req["statusDetails"] = check_details(details)
+        req["statusDetails"] = details  # passed through clean_details() by the caller
     if step_timeout is not None:
         req["stepTimeoutInMinutes"] = _step(step_timeout)
     return json.dumps(req)
 
 
-def get_pending(token):
-    return json.dumps({"clientToken": _token(token)})
+def describe(token, include_document=True):
+    return json.dumps({"clientToken": _token(token), "includeJobDocument": include_document})
 
 
-def describe(token, execution_number=None, include_document=True):
-    req = {"clientToken": _token(token), "includeJobDocument": bool(include_document)}
-    if execution_number is not None:
-        req["executionNumber"] = execution_number
-    return json.dumps(req)
-
-
-def update(
-    token,
-    status,
-    details=None,
-    expected_version=None,
-    execution_number=None,
-    include_state=True,
-    include_document=False,
-    step_timeout=None,
-):
+def update(token, status, details=None, expected_version=None, step_timeout=None):
+    # details: passed through clean_details() by the caller.
     if status not in (IN_PROGRESS, SUCCEEDED, FAILED, REJECTED):
         raise ValueError("a device cannot set status %r" % (status,))
-    req = {"clientToken": _token(token), "status": status}
+    req = {"clientToken": _token(token), "status": status, "includeJobExecutionState": True}
     if details:
-        req["statusDetails"] = check_details(details)
+        req["statusDetails"] = details
     if expected_version is not None:
         req["expectedVersion"] = expected_version
-    if execution_number is not None:
-        req["executionNumber"] = execution_number
-    if include_state:
-        req["includeJobExecutionState"] = True
-    if include_document:
-        req["includeJobDocument"] = True
     if step_timeout is not None:
         req["stepTimeoutInMinutes"] = _step(step_timeout)
     return json.dumps(req)
@@ -242,13 +200,11 @@ def update(
 
 class Execution:
     # What the agent needs of a JobExecution (start-next, describe, notify-next).
-    def __init__(self, job_id, status, version, number, document, details):
+    def __init__(self, job_id, status, version, document):
         self.job_id = job_id
         self.status = status
         self.version = version
-        self.number = number
         self.document = document
-        self.details = details
 
     def terminal(self):
         return self.status in TERMINAL
@@ -271,16 +227,13 @@ def parse_execution(obj):
             doc = None
     if not isinstance(doc, dict):
         doc = None
-    details = obj.get("statusDetails")
+    status = obj.get("status")
     version = obj.get("versionNumber")
-    number = obj.get("executionNumber")
     return Execution(
         job_id,
-        obj.get("status") if isinstance(obj.get("status"), str) else None,
+        status if isinstance(status, str) else None,
         version if isinstance(version, int) else None,
-        number if isinstance(number, int) else None,
         doc,
-        details if isinstance(details, dict) else {},
     )
 
 

@@ -222,7 +222,7 @@ class Transport:
         self._cb = None
         self._c = None
         self._sock = None
-        self._tx_ticks = 0
+        self._tx_ticks = time.ticks_ms()
         self._ping_ticks = None
 
     def set_callback(self, fn):
@@ -233,13 +233,16 @@ class Transport:
     def connect(self):
         from umqtt.simple import MQTTClient
 
+        # ssl_params may be a function that reads the PEMs: then they are read for each
+        # connection and not kept as text between connections.
+        p = self._ssl_params
         c = MQTTClient(
             self.client_id,
             self.host,
             self.port,
             keepalive=self._keepalive_ms // 1000,
             ssl=True,
-            ssl_params=self._ssl_params,
+            ssl_params=p() if callable(p) else p,
         )
         c.set_callback(self._cb or _drop)
         try:
@@ -251,6 +254,7 @@ class Transport:
         except Exception:
             _close(c.sock)
             raise
+        c.ssl_params = None  # parsed into the TLS session by now
         self._sock = _Guard(c.sock, self._timeout_ms)
         c.sock = self._sock
         self._c = c
@@ -326,12 +330,15 @@ class Link:
         self.t = None
         self.attempts = 0
         self.connects = 0
+        self.paused = False
+        self.on_fail = None  # on_fail(e) after each failed connect (the agent's memory check)
 
     def set_on_connect(self, fn):
         self._on_connect = fn
 
     def ensure(self):
-        # Returns a connected Transport, trying until it gets one.
+        # Returns a connected Transport, trying until it gets one (and ends a pause).
+        self.paused = False
         backoff = self._min
         while self.t is None:
             t = self._factory()
@@ -343,12 +350,22 @@ class Link:
                 self.connects += 1
             except Exception as e:  # OSError, MQTTException, TLS errors: all mean "try again"
                 t.close()
+                if self.on_fail is not None:
+                    self.on_fail(e)  # may reset the board
                 wait = backoff // 2 + self._rand(backoff // 2 + 1)
                 if self._log:
                     self._log("link: connect failed (%r), retry in %d ms" % (e, wait))
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
+
+    def pause(self):
+        # Closes the session (its TLS memory goes back to the heap) without calling it a
+        # failure; the next ensure() connects again. For one TLS session at a time.
+        t, self.t = self.t, None
+        if t is not None:
+            t.close()
+        self.paused = True
 
     def drop(self, why=None):
         if self.t is not None:

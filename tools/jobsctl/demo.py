@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import image
+from . import boardmodel, image
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
 from .stack import LOCK_FILE, Stack
@@ -163,6 +163,7 @@ class Demo:
         heapsize: str | None = None,
         image_size: int = 256 * 1024,
         on_update: Callable[[Demo], None] | None = None,
+        profile: str = boardmodel.DEFAULT,
         minute: float = 60.0,
     ) -> None:
         if devices < 1 or devices > 200:
@@ -177,6 +178,7 @@ class Demo:
         self.max_per_minute = max_per_minute
         self.timeout = timeout
         self.heapsize = heapsize
+        self.profile = boardmodel.profile(profile).name
         self.image_size = image_size
         self.on_update = on_update
         # Seconds of real time per minute of the local service's clock (the rollout rate).
@@ -226,7 +228,12 @@ class Demo:
             if self.kind == "ota":
                 shutil.copy(image.public_key_path(self._signing_key()), path / "ota_key.pem")
             log = (path / "console.log").open("a", buffering=1)
-            proc = DeviceProcess(path, heapsize=self.heapsize, on_line=self._console(name, log))
+            proc = DeviceProcess(
+                path,
+                heapsize=self.heapsize,
+                profile=self.profile,
+                on_line=self._console(name, log),
+            )
             self.boards.append(Board(name, proc))
         self.phase = "powering on"
         for b in self.boards:

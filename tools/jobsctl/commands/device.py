@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from ..boardmodel import DEFAULT, PROFILES
 from ..device import DeviceProcess, setup_board
 from ..errors import JobsctlError
 
@@ -30,7 +31,16 @@ def register(sub: Any) -> None:
     r.add_argument("--state-dir", type=Path, required=True)
     r.add_argument("name", help="the thing (made with jobsctl thing create)")
     r.add_argument("--version", default="1.0.0", help="firmware version of a new board's ota_0")
-    r.add_argument("--heapsize", help="MicroPython heap, e.g. 64k (default: the port's)")
+    r.add_argument(
+        "--profile",
+        default=DEFAULT,
+        choices=list(PROFILES),
+        help=f"the board's memory (docs/board-model.md; default {DEFAULT}): "
+        + "; ".join(f"{p.name}: {p.summary}" for p in PROFILES.values()),
+    )
+    r.add_argument(
+        "--heapsize", help="the first GC heap area, e.g. 64k (default: the profile's, 56k)"
+    )
     r.add_argument(
         "--ota-key",
         type=Path,
@@ -56,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     prefix = f"[{args.name}] "
     dev = DeviceProcess(
-        board, heapsize=args.heapsize, on_line=lambda line: print(prefix + line, flush=True)
+        board,
+        heapsize=args.heapsize,
+        profile=args.profile,
+        on_line=lambda line: print(prefix + line, flush=True),
     )
     try:
         dev.start()

@@ -1,0 +1,13 @@
+# The stock-firmware board: what official ESP32 firmware has built in or frozen, frozen into the
+# Unix port (build/micropython), so that only the device library is loaded into the heap, as
+# `make deploy` puts it on a board (.mpy files in /lib). firmware/unix-port.sh builds it;
+# relative paths are relative to this file.
+include("$(MPY_DIR)/extmod/asyncio")
+
+# Frozen into official ESP32 firmware since 1.25 (fetched, pinned and unmodified, into build/).
+package("umqtt", base_path="../build/upylib")
+
+# The stand-ins for what is built into the firmware (esp32, machine, network, ntptime and the
+# ssl shim): on a board they cost no heap to import.
+for name in ("esp32", "machine", "network", "ntptime", "ssl", "ussl"):
+    module(name + ".py", base_path="../sim")

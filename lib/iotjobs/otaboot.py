@@ -1,0 +1,122 @@
+# The OTA job's steps after the download (iotjobs.ota imports this module when it reaches them,
+# so that the download runs without this code in the heap): verify the image (SHA-256, ECDSA
+# P-256 signature, version), activate it (set_boot, reset), self-test it after the reset and
+# confirm or roll back. check_signature() and self_test() serve the bundle job too.
+from iotjobs.agent import Canceled, Failed
+from iotjobs.ota import _erase_head, _read, _slot, parse
+
+
+def verify(ctx, doc):
+    st = ctx.state
+    ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
+    slot = _slot(ctx)
+    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+    digest = bytes.fromhex(st["sha256"])
+    if job["sha256"] is not None and job["sha256"] != digest:
+        return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
+    details: dict = {}
+    why = check_signature(ctx, job["sig"], digest, details)
+    if why:
+        return _fail_before_boot(ctx, why)
+    from iotjobs.board import app_version
+
+    new = app_version(slot)
+    if job["version"] is not None and new != job["version"]:
+        return _fail_before_boot(
+            ctx, "image is version %s, the job says %s" % (new, job["version"])
+        )
+    st["new"] = new
+    st["verified"] = details
+    return "activate"
+
+
+def check_signature(ctx, sig, digest, details):
+    # None when the device has no key or the signature is good; else why not. Adds verify_ms.
+    key_file = ctx.config.get("ota_key_file")
+    if not key_file:
+        return None
+    import binascii
+    import time
+
+    from iotjobs import ecdsa
+
+    try:
+        raw = binascii.a2b_base64(sig)
+    except ValueError:
+        return "signature is not base64"
+    t0 = time.ticks_ms()
+    ok = ecdsa.verify(ecdsa.load_pubkey(_read(key_file)), digest, raw)
+    details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
+    return None if ok else "bad signature"
+
+
+def self_test(ctx):
+    # None when the new code passed: the broker answered (ctx.check) and the application's
+    # hook (board.self_test, from its selftest.py) returned None/True in time; else why not.
+    import time
+
+    b = ctx.board
+    t0 = time.ticks_ms()
+    hook = getattr(b, "self_test", None)
+    try:
+        ctx.check()
+        r = hook(ctx) if hook is not None else None
+        if r is False or isinstance(r, str):
+            return "self-test failed" + (": " + r if r else "")
+    except (Canceled, Failed):
+        raise
+    except Exception as e:
+        return "self-test raised %r" % (e,)
+    if time.ticks_diff(time.ticks_ms(), t0) > ctx.config["self_test_timeout_ms"]:
+        return "self-test took too long"
+    return None
+
+
+def _fail_before_boot(ctx, reason):
+    # Nothing was switched: erase the first block so that a half-good image can never be
+    # booted by accident, and fail the job. The running firmware is untouched.
+    _erase_head(ctx)
+    raise Failed(reason)
+
+
+def activate(ctx, doc):
+    # set_boot validates the image the way the bootloader will (ESP-IDF refuses a bad header,
+    # checksum or appended hash) and makes the slot boot next, once, pending verification.
+    st = ctx.state
+    try:
+        _slot(ctx).set_boot()
+    except OSError as e:
+        return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
+    st["step"] = "booting"
+    ctx.save()
+    ctx.reboot({"step": "rebooting", "progress": "%d/%d" % (st["off"], st["off"])})
+    return "booting"  # not reached on a board
+
+
+def booting(ctx, doc):
+    # After the reset. The bootloader either started the new image (pending verification) or
+    # rolled back by itself because the image did not come up.
+    st = ctx.state
+    b = ctx.board
+    running = b.running_partition().info()[4]
+    if running != st["slot"]:
+        raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
+    reason = self_test(ctx)
+    if reason is None:
+        b.confirm_image()
+        details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
+        details["previous"] = st["old"]
+        details.update(st.get("verified", {}))
+        return details
+    # Roll back: boot the old slot again and report from there.
+    st["reason"] = reason
+    st["step"] = "rolledback"
+    ctx.save()
+    b.running_partition().get_next_update().set_boot()
+    ctx.reboot({"step": "rolling back", "reason": reason})
+    return "rolledback"  # not reached on a board
+
+
+def rolledback(ctx, doc):
+    st = ctx.state
+    raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))

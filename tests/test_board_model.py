@@ -1,0 +1,283 @@
+"""The simulated board's memory (docs/board-model.md): 32-bit ports, the ESP-IDF heap that mbedTLS
+and the GC heap's growth take from, the profiles, and TLS failing where the firmware fails."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import upy
+from jobsctl import bench_memory, boardmodel
+from jobsctl.device import MICROPYTHON_FROZEN, MICROPYTHON_NEWEST
+from jobsctl.errors import JobsctlError
+
+# Opens N TLS sessions at once to the server (CA-verified, as the device does), after filling
+# the GC heap with BALLAST KB of live objects (as the agent's loaded modules fill it); prints the
+# IDF heap after each step and how the first session that could not open failed.
+SESSIONS = """
+import sys, gc, socket, esp32, tls
+host, ca = sys.argv[1], sys.argv[3]
+port, n, ballast = int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[5])
+keep = [bytearray(1000) for _ in range(ballast)]
+with open(ca, "rb") as f:
+    cadata = f.read()
+
+def free():
+    return sum(t[1] for t in esp32.idf_heap_info(esp32.HEAP_DATA))
+
+def session():
+    ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = tls.CERT_REQUIRED
+    ctx.load_verify_locations(cadata)
+    s = socket.socket()
+    s.connect(socket.getaddrinfo(host, port)[0][-1])
+    try:
+        return ctx.wrap_socket(s, server_hostname=host)
+    except Exception:
+        s.close()
+        raise
+
+print("gc", gc.mem_free() + gc.mem_alloc(), "idf", free())
+open_ = []
+for i in range(n):
+    try:
+        open_.append(session())
+        print("open", i, free())
+    except OSError as e:
+        print("failed", i, e.args[0])
+        break
+for s in open_:
+    s.close()
+gc.collect()
+print("closed", free())
+try:
+    open_ = [session()]
+    print("again", free())
+except OSError as e:
+    print("again failed", e.args[0])
+"""
+
+
+def sessions(tmp_path: Path, https_server, ca, n: int, ballast: int, profile: str) -> list[str]:
+    script = tmp_path / "sessions.py"
+    script.write_text(SESSIONS)
+    args = ("localhost", str(https_server.server_port), str(ca.cert_path), str(n), str(ballast))
+    return upy.run(script=script, args=args, profile=profile).check().out.splitlines()
+
+
+def test_two_tls_sessions_at_once_fail_on_esp32_plain_as_the_firmware_does_and_one_fits(
+    tmp_path, https_server, ca
+):
+    # The agent's .mpy modules fill the first 56 KB GC area, so the heap grows once (56 KB
+    # more, from the IDF heap) as on a board; what is left holds one TLS session, not two.
+    out = sessions(tmp_path, https_server, ca, 2, 60, "esp32-plain")
+    gc_total = int(out[0].split()[1])
+    assert gc_total > 100_000, out  # grown once: 56 KB + 56 KB
+    assert out[1].startswith("open 0"), out
+    # No room for the second session's record buffers: mbedtls_ssl_setup fails with
+    # MBEDTLS_ERR_SSL_ALLOC_FAILED, modtls collects once, retries, and raises OSError(ENOMEM).
+    assert out[2] == "failed 1 12", out
+    # Closing the first session gives its memory back: a new one opens.
+    assert out[3].startswith("closed") and out[4].startswith("again"), out
+
+
+def test_two_tls_sessions_fit_while_the_gc_heap_has_not_grown(tmp_path, https_server, ca):
+    # The same board with a small application: the IDF heap holds both sessions, which is why
+    # the device code must keep its GC heap in its first area to afford a second session.
+    out = sessions(tmp_path, https_server, ca, 2, 20, "esp32-plain")
+    assert [line.split()[0] for line in out[1:3]] == ["open", "open"], out
+    one, two = int(out[1].split()[2]), int(out[2].split()[2])
+    # A session holds ~16.7 KB in + ~4.2 KB out record buffers and its certificates.
+    assert 20_000 < one - two < 32_000, out
+
+
+def test_a_session_that_does_not_fit_fails_the_same_way_on_the_tight_profile(
+    tmp_path, https_server, ca
+):
+    out = sessions(tmp_path, https_server, ca, 2, 60, "esp32-tight")
+    assert out[1] == "failed 0 12" and out[3] == "again failed 12", out
+
+
+def test_the_psram_profile_holds_several_sessions_beside_a_grown_heap(tmp_path, https_server, ca):
+    out = sessions(tmp_path, https_server, ca, 3, 200, "esp32-psram")
+    assert [line.split()[0] for line in out[1:4]] == ["open"] * 3, out
+
+
+BUILT_IN = {"MICROPYPATH": ".frozen"}
+GROW = """
+import gc, esp32
+def show():
+    info = esp32.idf_heap_info(esp32.HEAP_DATA)
+    # gc.mem_free() on ESP32 (MICROPY_GC_SPLIT_HEAP_AUTO, py/modgc.c) counts what the heap could
+    # still grow by, the largest free IDF block, beside the free space of its areas.
+    total = gc.mem_free() - max(t[2] for t in info) + gc.mem_alloc()
+    print(total, [t[1] for t in info])
+show()
+keep = [bytearray(1000) for _ in range(70)]
+show()
+keep = None
+gc.collect()
+show()
+try:
+    big = [bytearray(1000) for _ in range(200)]
+except MemoryError:
+    print("MemoryError")
+"""
+
+
+def test_the_gc_heap_grows_from_the_idf_heap_and_gives_the_area_back(micropython):
+    # The hardware modules as the board has them: built in (frozen), not compiled into the heap.
+    out = micropython(GROW, profile="esp32-plain", env=BUILT_IN).check().out.splitlines()
+    first, grown, back = (json.loads("[" + line.replace(" ", ",", 1) + "]") for line in out[:3])
+    # The first area, 56000 bytes as mem_info() shows it on a board (give or take the few
+    # bytes show() allocates between its calls), nothing taken from the IDF heap.
+    assert abs(first[0] - 56000) < 512 and first[1] == [14336, 83968]
+    # One growth doubles the heap (py/gc.c), taken from the largest free IDF block.
+    assert grown[0] > 110_000 and grown[1][0] == 14336 and grown[1][1] < 83968 - 57344
+    # An emptied area is freed back to the IDF heap.
+    assert abs(back[0] - 56000) < 512 and back[1] == first[1]
+    # No IDF block is large enough for a further growth: MemoryError, as on a board.
+    assert out[3] == "MemoryError"
+
+
+def test_idf_heap_info_lists_the_profiles_regions(micropython):
+    for name, p in boardmodel.PROFILES.items():
+        r = micropython(
+            "import esp32\n"
+            "print(esp32.idf_heap_info(esp32.HEAP_DATA), esp32.idf_heap_info(esp32.HEAP_EXEC))",
+            profile=name,
+            env=BUILT_IN,
+        ).check()
+        sizes = list(p.internal) + ([p.psram] if p.psram else [])
+        assert r.out.split(" [")[0] == repr([(n, n, n - 4, n) for n in sizes]), name
+        assert r.out.strip().endswith("[]")
+
+
+def test_without_a_profile_the_heap_is_fixed_and_nothing_is_modelled(micropython):
+    r = micropython(
+        "import gc, esp32\n"
+        "try:\n    x = bytearray(100_000)\nexcept MemoryError:\n    print('MemoryError')\n"
+        "print(esp32.idf_heap_info(esp32.HEAP_DATA))",
+        heapsize="64k",
+    ).check()
+    assert r.out.split() == ["MemoryError", "[]"]
+
+
+def test_the_port_appends_its_high_water_marks_at_exit_and_at_a_reset(micropython, tmp_path):
+    report = tmp_path / "mem.jsonl"
+    env = {"SIM_MEM_REPORT": str(report)}
+    micropython(
+        "import gc\nkeep = [bytearray(1000) for _ in range(70)]\ngc.collect()",
+        profile="esp32-plain",
+        env=env,
+    ).check()
+    r = micropython("import machine\nmachine.reset()", profile="esp32-plain", env=env)
+    assert r.rc == 3
+    first, second = (json.loads(line) for line in report.read_text().splitlines())
+    assert first["modelled"] and first["idf_total"] == 98304 and first["gc_first"] == 57344
+    assert first["gc_max_total"] > 110_000 and first["gc_max_live"] > 70_000
+    assert first["idf_min_free"] < 98304 - 57344
+    assert second["gc_max_total"] == 57344
+
+
+@pytest.mark.parametrize("port", ["micropython", "micropython-frozen", "micropython-1.26"])
+def test_every_board_port_is_32_bit_with_the_memory_model(port: str) -> None:
+    path = {"micropython": upy.MICROPYTHON, "micropython-frozen": MICROPYTHON_FROZEN}.get(
+        port, MICROPYTHON_NEWEST
+    )
+    proc = subprocess.run(
+        [str(path), "-c", "import sys, _board; print(sys.maxsize)"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"MICROPYPATH": ".frozen"},
+    )
+    assert proc.stdout.split() == [str(2**31 - 1)], proc.stdout + proc.stderr
+
+
+def test_an_unknown_profile_is_one_clear_error() -> None:
+    with pytest.raises(JobsctlError, match=r"no board profile 'esp32-huge'.*esp32-plain"):
+        boardmodel.profile("esp32-huge")
+
+
+def test_device_run_takes_the_board_profile(stack_session, tmp_path) -> None:
+    # `jobsctl device run --profile`: the board powers on with that memory, and says so.
+    stack_session.create_thing("profile-cli")
+    jobsctl = str(upy.ROOT / ".venv" / "bin" / "jobsctl")
+    state = str(stack_session.state_dir)
+    proc = subprocess.Popen(
+        [jobsctl, "device", "run", "--state-dir", state, "profile-cli", "--profile", "esp32-tight"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        # The runner's first line, written as it powers the board on.
+        first = proc.stdout.readline()
+        assert first == "[profile-cli] -- power on (boot 1, esp32-tight)\n", first
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    assert proc.returncode == 0
+
+
+def test_bench_memory_reports_high_water_marks_and_headroom(capsys) -> None:
+    # `python -m jobsctl.bench_memory`, the memory rows of `make bench`, on one job and profile.
+    assert bench_memory.main(["--profile", "esp32-psram", "--job", "config"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| esp32-psram |" in line]
+    cells = [c.strip() for c in rows[-1].strip("|").split("|")]
+    assert cells[:3] == ["esp32-psram", "config", "SUCCEEDED"], rows
+    assert cells[3].endswith("(first area 56.0 KB)") and cells[4].endswith("%"), rows
+    assert cells[5].endswith("of 4184.0 KB") and cells[6].endswith("%"), rows
+
+
+ONE_SESSION = """
+import sys, socket, tls
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(ca, "rb") as f:
+    cadata = f.read()
+ctx = tls.SSLContext(tls.PROTOCOL_TLS_CLIENT)
+ctx.verify_mode = tls.CERT_REQUIRED
+ctx.load_verify_locations(cadata)
+s = socket.socket()
+s.connect(socket.getaddrinfo(host, port)[0][-1])
+try:
+    ctx.wrap_socket(s, server_hostname=host)
+    print("open")
+except OSError as e:
+    print("OSError", e.args[0])
+except ValueError as e:
+    print("ValueError", e.args[-1].strip())
+"""
+
+
+def test_a_handshake_short_of_memory_fails_the_ways_the_firmware_does(
+    tmp_path, https_server, ca
+) -> None:
+    # One IDF region of N bytes, from too small for the record buffers to enough for a session:
+    # modtls_mbedtls.c (unchanged) turns each allocation failure into what a board raises.
+    script = tmp_path / "one.py"
+    script.write_text(ONE_SESSION)
+    args = ("localhost", str(https_server.server_port), str(ca.cert_path))
+    seen: dict[str, int] = {}
+    for size in range(22_000, 32_001, 500):
+        env = {"SIM_IDF_HEAP": str(size), "MICROPYPATH": ".frozen"}
+        out = upy.run(script=script, args=args, env=env, heapsize="56k").check().out.strip()
+        seen.setdefault(out, size)
+    expected = {
+        "OSError 12",  # mbedtls_ssl_setup: MBEDTLS_ERR_SSL_ALLOC_FAILED -> ENOMEM
+        "OSError -10368",  # the server's certificate: MBEDTLS_ERR_X509_ALLOC_FAILED
+        "OSError 16",  # a bignum: MBEDTLS_ERR_MPI_ALLOC_FAILED (-0x10), made positive by modtls
+        # The chain's signature check could not allocate: mbedTLS flags it as not trusted.
+        "ValueError The certificate is not correctly signed by the trusted CA",
+        "open",
+    }
+    assert set(seen) <= expected, seen
+    assert "OSError 12" in seen and "open" in seen and len(seen) >= 3, seen
+    # No failure first appears above the budget where the session opens.
+    assert seen["open"] == max(seen.values()), seen

@@ -1,0 +1,221 @@
+"""One TLS session at a time: with MQTT closed during the HTTPS download (``tls_sessions: 1``,
+what a plain ESP32 gets by default from its free IDF heap), the OTA job still succeeds, reports
+its progress and learns of a cancellation at the check-ins (at every reconnect of the download
+and every ``checkin_ms``), and an idle agent holds only the modules it uses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from plugin_agent import OTA_HEAP, arn, create_job, details, final
+from plugin_stack import unique, wait_until
+from test_ota_e2e import (
+    assert_old_firmware_boots,
+    ota_job,
+    persisted_offset,
+    proxied_job,
+    running_version,
+)
+
+from jobsctl import image, otajob
+from jobsctl.device import DeviceProcess
+from jobsctl.faultproxy import Fault, FaultProxy
+from jobsctl.stack import Stack
+
+Boards = Callable[..., DeviceProcess]
+ONE = {"tls_sessions": 1, "checkin_ms": 1000}
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return otajob.signing_key(tmp_path_factory.mktemp("signing"))
+
+
+@pytest.fixture()
+def proxy(stack_session: Stack) -> Iterator[FaultProxy]:
+    assert stack_session.objects is not None
+    with FaultProxy("127.0.0.1", stack_session.objects.port) as p:
+        yield p
+
+
+def one_session_board(
+    stack: Stack,
+    boards: Boards,
+    signing: Path,
+    profile: str = "esp32-plain",
+    **extra: object,
+) -> DeviceProcess:
+    dev = boards(
+        stack,
+        unique("one"),
+        heapsize=OTA_HEAP,
+        start=False,
+        profile=profile,
+        ota_key_file="ota_key.pem",
+        **{**ONE, **extra},
+    )
+    shutil.copy(image.public_key_path(signing), dev.board / "ota_key.pem")
+    dev.start()
+    dev.wait_for("no pending job")
+    return dev
+
+
+def between(lines: list[str], first: str, last: str) -> list[str]:
+    i = next(n for n, line in enumerate(lines) if first in line)
+    j = next(n for n, line in enumerate(lines) if n > i and last in line)
+    return lines[i:j]
+
+
+def test_download_with_mqtt_closed_checks_in_and_succeeds(
+    stack_session: Stack, boards: Boards, signing: Path, proxy: FaultProxy
+) -> None:
+    dev = one_session_board(stack_session, boards, signing)
+    data = image.build_app_image("2.0.0", size=600_000)
+    proxy.plan(Fault.stall(300_000, seconds=2))  # longer than checkin_ms: at least one check-in
+    job = proxied_job(stack_session, dev.board.name, data, signing, proxy)
+    ex = final(stack_session, dev.board.name, job, timeout=120)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "2.0.0"
+    # Each HTTPS session after the first follows a check-in (MQTT connected again, progress
+    # reported, the job described), and MQTT is closed again before it opens.
+    during = between(dev.lines, "step download", "step verify")
+    checkins = [n for n, line in enumerate(during) if "connected, subscribed" in line]
+    resumed = [n for n, line in enumerate(during) if "resuming download at" in line]
+    assert proxy.stats.connections >= 2, "\n".join(during)
+    assert len(checkins) == len(resumed) == proxy.stats.connections - 1, "\n".join(during)
+    assert all(c < r for c, r in zip(checkins, resumed, strict=True))
+
+
+def test_cancel_with_mqtt_closed_is_seen_at_the_next_checkin(
+    stack_session: Stack, boards: Boards, signing: Path, proxy: FaultProxy
+) -> None:
+    dev = one_session_board(stack_session, boards, signing, timeout_ms=1500)
+    data = image.build_app_image("2.0.0", size=600_000)
+    proxy.plan(Fault.stall(300_000, seconds=30))
+    job = proxied_job(stack_session, dev.board.name, data, signing, proxy)
+    wait_until(lambda: persisted_offset(dev) >= 131072, timeout=30, what="a persisted offset")
+    stack_session.iot_client().cancel_job(jobId=job, force=True)
+    dev.wait_for(f"{job}: canceled, handler stopped", timeout=30)
+    assert final(stack_session, dev.board.name, job)["status"] == "CANCELED"
+    assert_old_firmware_boots(dev)
+    # ... and the agent goes on: the next job runs.
+    nxt = proxied_job(stack_session, dev.board.name, data, signing, proxy)
+    assert final(stack_session, dev.board.name, nxt, timeout=120)["status"] == "SUCCEEDED"
+
+
+UNLOAD = """
+import gc, sys
+import iotjobs.agent as agent
+from iotjobs import protocol
+agent.register("ota", "iotjobs.ota:handle")
+gc.collect()
+idle = gc.mem_alloc()
+mods = list(sys.modules)
+fn, _ = agent._resolve("ota")
+gc.collect()
+loaded = gc.mem_alloc()
+print("LOADED", sorted(n for n in sys.modules if n not in mods))
+fn = None
+agent._forget(mods)
+import iotjobs
+print("AFTER", sorted(n for n in sys.modules if n not in mods), hasattr(iotjobs, "ota"))
+gc.collect()
+after = gc.mem_alloc()
+fn, _ = agent._resolve("ota")  # the next job imports it again...
+fn = None
+agent._forget(mods)
+print("HEAP", idle, loaded, after, gc.mem_alloc())
+"""
+
+
+def test_a_handler_module_is_unloaded_when_its_job_ends(micropython: Callable[..., object]) -> None:
+    out = micropython(UNLOAD, heapsize="128k").check().out  # type: ignore[attr-defined]
+    assert "LOADED ['iotjobs.ota']" in out, out
+    assert "AFTER [] False" in out, out
+    idle, loaded, after, again = (int(x) for x in out.split("HEAP ")[1].split())
+    # The handler's bytecode is given back; its names stay interned (MicroPython never frees
+    # qstrs), so a second job adds nothing more.
+    assert after - idle < (loaded - idle) / 2, out
+    assert abs(again - after) < 256, out
+
+
+@pytest.mark.parametrize(
+    "profile, sessions",
+    [("esp32-tight", 0), ("esp32-plain", 2)],
+    ids=["tight-profile", "two-sessions-on-plain"],
+)
+def test_a_job_that_cannot_fit_fails_naming_memory_and_the_agent_takes_the_next(
+    stack_session: Stack, boards: Boards, signing: Path, profile: str, sessions: int
+) -> None:
+    # esp32-tight (77 KB of IDF heap) holds the agent but not an OTA download beside the GC
+    # heap the job grows; esp32-plain does not hold two TLS sessions at once (tls_sessions 2:
+    # MQTT kept open during the download). Either way the job ends FAILED with a reason that
+    # names memory, before anything is written; the old firmware still boots, the board never
+    # resets, and the agent goes on with the next job.
+    dev = one_session_board(stack_session, boards, signing, profile=profile, tls_sessions=sessions)
+    data = image.build_app_image("2.0.0", size=300_000)
+    job = ota_job(stack_session, dev.board.name, data, signing)
+    try:
+        ex = final(stack_session, dev.board.name, job, timeout=60)
+    except AssertionError:
+        raise AssertionError("\n".join(dev.lines)) from None
+    reason = details(ex).get("reason", "")
+    assert ex["status"] == "FAILED" and reason.startswith("out of memory"), reason
+    assert_old_firmware_boots(dev)
+    assert image.slot_image(dev.board, "ota_1")[:4096] == b"\xff" * 4096  # never written
+    # No crash loop: at most the one reset that gives a grown GC heap's memory back to MQTT
+    # (esp32-tight); none where MQTT stayed connected.
+    assert dev.boots <= (2 if profile == "esp32-tight" else 1), "\n".join(dev.lines)
+    nxt = create_job(
+        stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"a": 1}}}
+    )
+    assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
+
+
+NOMEM = """
+from iotjobs.board import nomem
+cases = [MemoryError(), OSError(12), OSError(-17040), OSError(-0x7F00), OSError(-0x2880),
+         OSError(-0x4D80), OSError(110), OSError(-0x2700), OSError(-1), OSError("x")]
+print(" ".join("1" if nomem(e) else "0" for e in cases))
+"""
+
+
+def test_memory_failures_of_a_tls_session_are_told_from_network_errors(
+    micropython: Callable[..., object],
+) -> None:
+    # MemoryError, ENOMEM (no room for the record buffers) and mbedTLS's allocation failures
+    # (e.g. -17040, RSA_PUBLIC_FAILED + MPI_ALLOC_FAILED) end the job naming memory; a timeout,
+    # a certificate that does not verify (-0x2700) or a closed socket are retried as before.
+    out = micropython(NOMEM).check().out.split()  # type: ignore[attr-defined]
+    assert out == ["1", "1", "1", "1", "1", "1", "0", "0", "0", "0"]
+
+
+def test_a_bundle_that_cannot_fit_is_reported_from_a_fresh_heap(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    # On esp32-tight a bundle job's code grows the GC heap into the IDF heap and keeps it: its
+    # HTTPS session does not fit (FAILED naming memory, decided and persisted), and then neither
+    # does the MQTT session that would report it. The agent resets once, as a reset gives the
+    # memory back, reports from the fresh boot, and takes the next job; never a loop.
+    dev = one_session_board(stack_session, boards, signing, profile="esp32-tight", tls_sessions=0)
+    doc, extra = otajob.prepare_bundle(
+        stack_session, otajob.build_bundle({"a.py": b"A = 1\n"}), "app-2", key=signing
+    )
+    job = unique("bundle")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, dev.board.name)], document=json.dumps(doc), **extra
+    )
+    ex = final(stack_session, dev.board.name, job, timeout=90)
+    reason = details(ex).get("reason", "")
+    assert ex["status"] == "FAILED" and reason.startswith("out of memory"), reason
+    assert dev.boots <= 2, "\n".join(dev.lines)  # at most the one reset that frees the memory
+    assert not (dev.board / "app").exists()  # nothing of the bundle was used
+    nxt = create_job(
+        stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"b": 2}}}
+    )
+    assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"

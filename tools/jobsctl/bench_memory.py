@@ -1,0 +1,212 @@
+"""Memory per job type and board profile, a part of ``make bench`` (not a test).
+
+    python -m jobsctl.bench_memory [--profile P ...] [--job J ...] [--frozen]
+
+For each profile (jobsctl.boardmodel) and job, a fresh simulated board on the stock-firmware
+port (``lib/`` as .mpy files, as ``make deploy`` puts it on a board; ``--frozen``: the custom
+firmware) takes one job on a local stack, then is switched off; its port's memory report
+(``SIM_MEM_REPORT``, one line per power cycle, docs/board-model.md) gives:
+
+- GC heap: the largest live size after a collection (``gc_max_live``) and the largest size the
+  heap reached (``gc_max_total``: the first area plus what it grew by from the IDF heap);
+  headroom = 1 - live / size reached;
+- IDF heap: the high-water (total - the lowest free seen, GC growth and TLS sessions both
+  counted); headroom = lowest free / total, what ``idf_heap_info``'s minimum-free field gives.
+
+The goal (issue 14): at least 15 % headroom on both for every job on ``esp32-plain``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import boardmodel, image, otajob
+from .device import DeviceProcess, setup_board
+from .errors import JobsctlError
+from .stack import Stack
+
+JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "bundle")
+GOAL = 0.15
+SLOT = 0x180000  # the OTA slot of the simulated board (1.5 MiB)
+APP_V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
+APP_V2 = {"sensor.py": b"VERSION = 2\n", "selftest.py": b"def run(ctx):\n    return None\n"}
+
+
+@dataclass
+class Measure:
+    profile: str
+    job: str
+    status: str
+    reason: str
+    gc_first: int
+    gc_max_total: int
+    gc_max_live: int
+    idf_total: int
+    idf_min_free: int
+
+    @property
+    def gc_headroom(self) -> float:
+        return 1 - self.gc_max_live / self.gc_max_total if self.gc_max_total else 0.0
+
+    @property
+    def idf_high_water(self) -> int:
+        return self.idf_total - self.idf_min_free
+
+    @property
+    def idf_headroom(self) -> float:
+        return self.idf_min_free / self.idf_total if self.idf_total else 0.0
+
+    @property
+    def meets_goal(self) -> bool:
+        return self.status == "SUCCEEDED" and min(self.gc_headroom, self.idf_headroom) >= GOAL
+
+
+def _arn(stack: Stack, thing: str) -> str:
+    ep = stack.endpoints
+    return f"arn:aws:iot:{ep['region']}:{ep['account_id']}:thing/{thing}"
+
+
+def _final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    iot = stack.iot_client()
+    while time.monotonic() < deadline:
+        ex = iot.describe_job_execution(jobId=job, thingName=thing)["execution"]
+        if ex["status"] not in ("QUEUED", "IN_PROGRESS"):
+            return dict(ex)
+        time.sleep(0.2)  # polling the service's record, as an operator would
+    return {"status": "TIMEOUT"}
+
+
+def _document(stack: Stack, job: str, signing: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    if job == "reboot":
+        return {"operation": "reboot"}, {}
+    if job == "config":
+        return {"operation": "config", "set": {"log_level": "debug"}}, {}
+    if job.startswith("ota-"):
+        size = 1 * 1024 * 1024 if job == "ota-1MiB" else SLOT
+        return otajob.prepare(stack, image.build_app_image("2.0.0", size=size), key=signing)
+    if job == "bundle":
+        bundle = otajob.build_bundle(APP_V2)
+        return otajob.prepare_bundle(stack, bundle, "app-2", key=signing)
+    raise JobsctlError(f"no job {job!r} (known: {', '.join(JOBS)})")
+
+
+def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = False) -> Measure:
+    """One fresh board of ``profile`` takes ``job``; its memory report, read after power-off."""
+    name = f"mem-{profile}-{job.replace('.', '_')}{'-frozen' if frozen else ''}"
+    stack.create_thing(name)
+    board = setup_board(stack.state_dir, name, partition_size=SLOT, extra={"ota_key_file": "k.pem"})
+    shutil.copy(image.public_key_path(signing), board / "k.pem")
+    app = board / "app"
+    app.mkdir(exist_ok=True)
+    for fname, data in APP_V1.items():
+        (app / fname).write_bytes(data)
+    (app / ".version").write_text("app-1")
+    report = board / "mem.jsonl"
+    report.unlink(missing_ok=True)
+    doc, extra = _document(stack, job, signing)
+    dev = DeviceProcess(board, profile=profile, mem_report=report, frozen=frozen)
+    try:
+        dev.start()
+        dev.wait_for("no pending job", timeout=60)
+        mark = dev.mark()
+        stack.iot_client().create_job(
+            jobId=name, targets=[_arn(stack, name)], document=json.dumps(doc), **extra
+        )
+        ex = _final(stack, name, name, timeout=180)
+        if ex["status"] == "SUCCEEDED":
+            # Idle again (after the reboot, for the jobs that reboot): the agent's steady state
+            # after the job is part of what it must fit.
+            dev.wait_for("no pending job", since=mark, timeout=30)
+    except JobsctlError as exc:
+        ex = {"status": "BOARD FAILED", "statusDetails": {"detailsMap": {"reason": str(exc)}}}
+    finally:
+        dev.power_off()
+    lines = (
+        [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    )
+    if not lines:
+        raise JobsctlError(f"{name}: no memory report in {report}")
+    reason = ex.get("statusDetails", {}).get("detailsMap", {}).get("reason", "")
+    return Measure(
+        profile,
+        job,
+        str(ex["status"]),
+        str(reason).splitlines()[0][:80] if reason else "",
+        int(lines[0]["gc_first"]),
+        max(int(r["gc_max_total"]) for r in lines),
+        max(int(r["gc_max_live"]) for r in lines),
+        int(lines[0]["idf_total"]),
+        min(int(r["idf_min_free"]) for r in lines),
+    )
+
+
+def run(tmp: Path, profiles: list[str], jobs: list[str], frozen: bool = False) -> list[Measure]:
+    out = []
+    with Stack(tmp / "stack") as stack:
+        signing = otajob.signing_key(tmp / "signing")
+        for profile in profiles:
+            for job in jobs:
+                m = measure(stack, signing, profile, job, frozen)
+                print(row(m), flush=True)
+                out.append(m)
+    return out
+
+
+def kb(n: float) -> str:
+    return f"{n / 1024:.1f} KB"
+
+
+def row(m: Measure) -> str:
+    status = m.status + (f" ({m.reason})" if m.status != "SUCCEEDED" and m.reason else "")
+    goal = "yes" if m.meets_goal else "**no**"
+    return (
+        f"| {m.profile} | {m.job} | {status} | {kb(m.gc_max_live)} of {kb(m.gc_max_total)} "
+        f"(first area {kb(m.gc_first)}) | {m.gc_headroom:.0%} | {kb(m.idf_high_water)} of "
+        f"{kb(m.idf_total)} | {m.idf_headroom:.0%} | {goal} |"
+    )
+
+
+HEADER = (
+    "| profile | job | status | GC heap: live high-water of size reached | GC headroom "
+    "| IDF heap high-water of budget | IDF headroom | ≥ 15 % both |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def table(measures: list[Measure]) -> str:
+    return "\n".join([HEADER] + [row(m) for m in measures])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_memory", description=__doc__)
+    parser.add_argument("--profile", action="append", choices=list(boardmodel.PROFILES))
+    parser.add_argument("--job", action="append", choices=JOBS)
+    parser.add_argument("--frozen", action="store_true", help="the custom-firmware board")
+    args = parser.parse_args(argv)
+    try:
+        with tempfile.TemporaryDirectory(prefix="jobsctl-bench-memory-") as tmp:
+            measures = run(
+                Path(tmp),
+                args.profile or list(boardmodel.PROFILES),
+                args.job or list(JOBS),
+                args.frozen,
+            )
+    except JobsctlError as exc:
+        print(f"jobsctl bench: {exc}", file=sys.stderr)
+        return 1
+    print()
+    print(table(measures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
