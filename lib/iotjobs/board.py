@@ -84,6 +84,8 @@ class Board:
             regions = esp32.idf_heap_info(esp32.HEAP_DATA)
         except (ImportError, AttributeError):
             return gc.mem_free(), None, None
+        if not regions:  # no figures (the simulated board without a memory model): unknown
+            return gc.mem_free(), None, None
         free = big = 0
         for r in regions:
             free += r[1]
