@@ -76,7 +76,7 @@ def test_an_import_back_in_a_hot_path_fails_the_device_check(tmp_path):
             1,
         )
     )
-    assert any("import select in _Guard._wait" in p for p in dc.hot_imports(lib))
+    assert any("import select in _Guard.ready" in p for p in dc.hot_imports(lib))
 
 
 def test_a_renamed_hot_function_is_reported_not_skipped(tmp_path):

@@ -15,37 +15,15 @@ from micropython import const
 _ETIMEDOUT = const(110)
 _ENOTCONN = const(107)
 _POLLIN = const(1)
-_POLLOUT = const(4)
 _POLL_BAD = const(0x18)  # POLLHUP | POLLERR
-_WBUF = const(512)  # one outgoing packet gathered here (a Jobs update fits)
-# The one-byte reads umqtt.simple makes, as read(1) hands them out (constants: no allocation
-# per message): the first byte of PUBLISH QoS 0/1, PUBACK, SUBACK, PINGRESP, and the
-# remaining lengths of PINGRESP, PUBACK and SUBACK.
-_BYTE = {
-    0x30: b"\x30",
-    0x32: b"\x32",
-    0x40: b"\x40",
-    0x90: b"\x90",
-    0xD0: b"\xd0",
-    0x00: b"\x00",
-    0x02: b"\x02",
-    0x03: b"\x03",
-}
 
 
 class _Guard:
     # Stands in for the TLS socket inside umqtt.simple so that no read blocks forever.
     # Why: umqtt.simple's wait_msg() calls sock.setblocking(True) after every read, which on
     # ESP32 also clears any socket timeout, and the native TLS socket has no settimeout().
-    # So the TLS socket stays non-blocking under the guard: a read takes what TLS already
-    # holds without a poll (a poll costs ~1 ms on a TLS socket) and polls only when nothing
-    # is there. It remembers when bytes last arrived (the keepalive check needs that, since
-    # umqtt.simple swallows PINGRESP).
-    # Writes: umqtt.simple writes one packet as up to four small writes (header, topic
-    # length, topic, payload); Nagle then holds the later ones until the broker's delayed
-    # ACK (~40 ms). The guard gathers one packet (its length is in its fixed header) in one
-    # preallocated buffer and sends it in one write; a packet larger than the buffer goes
-    # out as it comes.
+    # So the guard polls before each read, and remembers when bytes last arrived (the
+    # keepalive check needs that, since umqtt.simple swallows PINGRESP).
     def __init__(self, sock, timeout_ms):
         import select
 
@@ -55,76 +33,35 @@ class _Guard:
         self._poll = select.poll()
         self._poll.register(sock, _POLLIN)
         self._poll.ipoll(0)  # ipoll allocates its result tuple on its first call: now
-        self._one = bytearray(1)  # a byte read by ready(), handed out by the next read()
-        self._pend = 0  # 1: _one holds a byte; -1: the peer closed
-        self._w = bytearray(_WBUF)
-        self._wv = memoryview(self._w)
-        self._wn = 0  # bytes of the current packet in _w
-        self._left = 0  # bytes of the current packet still to come
-        sock.setblocking(False)
         self.rx_ticks = time.ticks_ms()
 
-    def _wait(self, timeout_ms, ev_want=_POLLIN):
-        # Poll until the socket is readable (or writable); False after timeout_ms.
-        # ipoll: no list per call, so an idle poll allocates nothing.
-        for _, ev in self._poll.ipoll(timeout_ms):
-            if ev & _POLL_BAD and not ev & ev_want:
+    def ready(self, timeout_ms):
+        for _, ev in self._poll.ipoll(
+            timeout_ms
+        ):  # no list per call: an idle poll allocates nothing
+            if ev & _POLL_BAD and not ev & _POLLIN:
                 raise OSError(_ENOTCONN)
             return True
         return False
-
-    def ready(self, timeout_ms):
-        # True once a byte has arrived (kept for the next read()), False after timeout_ms.
-        if self._pend:
-            return True
-        deadline = time.ticks_add(time.ticks_ms(), timeout_ms)
-        while True:
-            n = self._s.readinto(self._one)
-            if n is not None:
-                self._pend = 1 if n else -1
-                if n:
-                    self.rx_ticks = time.ticks_ms()
-                return True
-            left = time.ticks_diff(deadline, time.ticks_ms())
-            if left < 0 or not self._wait(left):
-                return False
 
     def setblocking(self, flag):
         self._blocking = flag
 
     def read(self, n):
-        # n bytes; None when non-blocking and nothing is there. A byte TLS already holds is
-        # taken without a poll; the socket is polled only when there is nothing to take.
-        if self._pend:
-            p, self._pend = self._pend, 0
-            if p < 0:
-                return b""  # orderly close: umqtt.simple turns b"" into OSError(-1)
-            if n == 1:
-                return _BYTE.get(self._one[0]) or bytes(self._one)
-            return bytes(self._one) + self.read(n - 1)
+        if not self._blocking and not self.ready(0):
+            return None
         parts = None
         got = 0
         while True:
-            if n == 1:  # into the preallocated byte: no buffer allocated for it
-                k = self._s.readinto(self._one)
-                if k is None:
-                    data = None
-                elif k:
-                    data = _BYTE.get(self._one[0]) or bytes(self._one)
-                else:
-                    data = b""
-            else:
-                data = self._s.read(n - got)  # what is there, or None (non-blocking)
-            if data is None:
-                if not self._blocking and not got:
-                    return None
-                if not self._wait(self._t):
-                    raise OSError(_ETIMEDOUT)
-                continue
+            if not self.ready(self._t):
+                raise OSError(_ETIMEDOUT)
+            # recv() is one underlying read: it returns what is there, at least one byte once
+            # poll said so, where read() would block until all n bytes came.
+            data = self._s.recv(n - got)
             if not data:
                 if got:
                     raise OSError(_ENOTCONN)  # closed in the middle of a packet
-                return b""
+                return b""  # orderly close: umqtt.simple turns b"" into OSError(-1)
             self.rx_ticks = time.ticks_ms()
             if not got and len(data) == n:
                 return data
@@ -136,56 +73,9 @@ class _Guard:
                 return b"".join(parts)
 
     def write(self, buf, n=None):
-        if isinstance(buf, str):  # a topic given as str: its bytes (ASCII, as MQTT counts it)
-            buf = buf.encode()
-        if n is None:
-            n = len(buf)
-        if not self._left:  # a new packet: its length from its fixed header
-            size = _packet_size(buf, n)
-            if size is None:  # not a header we can read: pass it through
-                return self._send(buf, n)
-            self._left = size
-        self._left -= n
-        w = self._wn
-        if w + n > _WBUF:  # larger than the buffer: what is gathered, then this, as they come
-            self._flush()
-            self._send(buf, n)
-        elif n <= 16:  # headers: byte by byte, no slice object
-            b = self._w
-            i = 0
-            while i < n:
-                b[w + i] = buf[i]
-                i += 1
-            self._wn = w + n
-        else:
-            self._wv[w : w + n] = buf if n == len(buf) else memoryview(buf)[:n]
-            self._wn = w + n
-        if self._left <= 0:
-            self._left = 0
-            self._flush()
-        return n
-
-    def _flush(self):
-        if self._wn:
-            self._send(self._w, self._wn)
-            self._wn = 0
-
-    def _send(self, buf, n):
-        # All n bytes, waiting for room when the (non-blocking) socket has none.
-        # write(buf, off, len): no memoryview or slice allocated for the part.
-        off = 0
-        while off < n:
-            k = self._s.write(buf, off, n - off)
-            if not k:
-                self._poll.modify(self._s, _POLLOUT)
-                try:
-                    if not self._wait(self._t, _POLLOUT):
-                        raise OSError(_ETIMEDOUT)
-                finally:
-                    self._poll.modify(self._s, _POLLIN)
-                continue
-            off += k
-        return n
+        if n is not None:
+            buf = memoryview(buf)[:n]
+        return self._s.write(buf)
 
     def close(self):
         try:
@@ -193,22 +83,6 @@ class _Guard:
         except Exception:
             pass
         self._s.close()
-
-
-def _packet_size(buf, n):
-    # Whole length of the MQTT packet that starts buf: 1 + its Remaining Length field + the
-    # length it gives; None when buf[:n] ends inside that field.
-    size = 0
-    shift = 0
-    i = 1
-    while i < n:
-        d = buf[i]
-        size |= (d & 0x7F) << shift
-        i += 1
-        if not d & 0x80:
-            return i + size
-        shift += 7
-    return None
 
 
 class Transport:

@@ -80,16 +80,6 @@ elif mode == "hot":
         micropython.heap_unlock()
     print("IDLE-POLLS-LOCKED", 500, "imports", seen[0])
 
-    def pong():
-        # A ping written and its PINGRESP read through the guard, with the heap locked.
-        micropython.heap_lock()
-        try:
-            t._c.ping()
-            return t.poll(3000)
-        finally:
-            micropython.heap_unlock()
-
-    print("PING-PONG-LOCKED", pong())
     t.publish(topic, b"x" * 300)
     while not got:
         t.poll(1000)
