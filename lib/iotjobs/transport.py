@@ -16,6 +16,7 @@ _ETIMEDOUT = const(110)
 _ENOTCONN = const(107)
 _POLLIN = const(1)
 _POLL_BAD = const(0x18)  # POLLHUP | POLLERR
+_WBUF = const(512)  # one outgoing packet gathered here (a Jobs update fits)
 
 
 class _Guard:
@@ -24,6 +25,10 @@ class _Guard:
     # ESP32 also clears any socket timeout, and the native TLS socket has no settimeout().
     # So the guard polls before each read, and remembers when bytes last arrived (the
     # keepalive check needs that, since umqtt.simple swallows PINGRESP).
+    # Writes: umqtt.simple writes one packet as up to four small writes (header, topic
+    # length, topic, payload); Nagle then holds the later ones until the broker's delayed
+    # ACK (~40 ms). The guard gathers one packet (its length is in its fixed header) in one
+    # preallocated buffer and sends it in one write; a larger packet goes out as it comes.
     def __init__(self, sock, timeout_ms):
         import select
 
@@ -33,6 +38,10 @@ class _Guard:
         self._poll = select.poll()
         self._poll.register(sock, _POLLIN)
         self._poll.ipoll(0)  # ipoll allocates its result tuple on its first call: now
+        self._w = bytearray(_WBUF)
+        self._wv = memoryview(self._w)
+        self._wn = 0  # bytes of the current packet in _w
+        self._left = 0  # bytes of the current packet still to come
         self.rx_ticks = time.ticks_ms()
 
     def ready(self, timeout_ms):
@@ -73,9 +82,46 @@ class _Guard:
                 return b"".join(parts)
 
     def write(self, buf, n=None):
-        if n is not None:
-            buf = memoryview(buf)[:n]
-        return self._s.write(buf)
+        if isinstance(buf, str):  # a topic given as str: its bytes (ASCII, as MQTT counts it)
+            buf = buf.encode()
+        if n is None:
+            n = len(buf)
+        if not self._left:  # a new packet: its length from its fixed header
+            size = _packet_size(buf, n)
+            if size is None:  # not a header we can read: pass it through
+                return self._send(buf, n)
+            self._left = size
+        self._left -= n
+        w = self._wn
+        if w + n > _WBUF:  # larger than the buffer: what is gathered, then this, as they come
+            self._flush()
+            self._send(buf, n)
+        elif n <= 16:  # headers: byte by byte, no slice object
+            b = self._w
+            i = 0
+            while i < n:
+                b[w + i] = buf[i]
+                i += 1
+            self._wn = w + n
+        else:
+            self._wv[w : w + n] = buf if n == len(buf) else memoryview(buf)[:n]
+            self._wn = w + n
+        if self._left <= 0:
+            self._left = 0
+            self._flush()
+        return n
+
+    def _flush(self):
+        if self._wn:
+            self._send(self._w, self._wn)
+            self._wn = 0
+
+    def _send(self, buf, n):
+        # All n bytes (the socket blocks); write(buf, off, len): no slice allocated.
+        off = 0
+        while off < n:
+            off += self._s.write(buf, off, n - off)
+        return n
 
     def close(self):
         try:
@@ -83,6 +129,22 @@ class _Guard:
         except Exception:
             pass
         self._s.close()
+
+
+def _packet_size(buf, n):
+    # Whole length of the MQTT packet that starts buf: 1 + its Remaining Length field + the
+    # length it gives; None when buf[:n] ends inside that field.
+    size = 0
+    shift = 0
+    i = 1
+    while i < n:
+        d = buf[i]
+        size |= (d & 0x7F) << shift
+        i += 1
+        if not d & 0x80:
+            return i + size
+        shift += 7
+    return None
 
 
 class Transport:
