@@ -1,9 +1,13 @@
 """A mosquitto broker that behaves like AWS IoT Core's for the Jobs topics.
 
 Mutual TLS only: every client presents a certificate from the local CA, its CN becomes the
-MQTT username (``use_identity_as_username``), and the ACL lets a thing use only
-``$aws/things/<its name>/...``. The Jobs service connects as the privileged user
-``SERVICE_IDENTITY``. A plaintext listener exists only when asked for explicitly.
+MQTT username (``use_identity_as_username``) and also its client id, whatever id it asked for
+(``use_username_as_clientid``): as AWS IoT's policy binds ``client/${iot:Connection.Thing.
+ThingName}``, a thing can neither take another thing's session nor the service's. The ACL lets
+a thing use only ``$aws/things/<its name>/...``. The Jobs service connects as the privileged
+user ``SERVICE_IDENTITY``, a name no thing can have (a '.' is not allowed in thing names), and
+``RESERVED_NAMES`` are refused as thing names. A plaintext listener exists only when asked for
+explicitly.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from .errors import JobsctlError
 from .netutil import LogPump, free_port
 from .pki import CertificateAuthority, Credentials
 
-SERVICE_IDENTITY = "jobs-service"
+SERVICE_IDENTITY = "jobs.service"
+# Thing names refused because they look like the service (its identity before issue 21).
+RESERVED_NAMES = frozenset({"jobs-service", "jobs_service"})
 
 _ACL = """\
 # Written by jobsctl. The Jobs service may use every thing's topics; a thing only its own.
@@ -100,6 +106,7 @@ def write_config(
         f"keyfile {server.key}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
     ]
     if plaintext_port:

@@ -116,9 +116,7 @@ class ControlPlane:
                 p.get("nextToken"),
             ),
             "CancelJobExecution": self._cancel_execution,
-            "CreateThing": lambda p: model.create_thing(
-                p["thingName"], (p.get("attributePayload") or {}).get("attributes")
-            ),
+            "CreateThing": self._create_thing,
             "DescribeThing": lambda p: model.describe_thing(p["thingName"]),
             "ListThings": lambda p: model.list_things(p.get("maxResults"), p.get("nextToken")),
             "CreateThingGroup": lambda p: model.create_group(
@@ -147,6 +145,15 @@ class ControlPlane:
             p.get("statusDetails"),
         )
         return {}
+
+    def _create_thing(self, p: dict[str, Any]) -> dict[str, Any]:
+        from ..broker import RESERVED_NAMES
+
+        if p["thingName"].lower() in RESERVED_NAMES:
+            raise invalid(f"Thing name {p['thingName']} is reserved for the Jobs service.")
+        return self.model.create_thing(
+            p["thingName"], (p.get("attributePayload") or {}).get("attributes")
+        )
 
     def _add_to_group(self, p: dict[str, Any]) -> dict[str, Any]:
         group = p.get("thingGroupName") or _arn_name(p.get("thingGroupArn"), "thinggroup")

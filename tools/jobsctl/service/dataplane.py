@@ -75,7 +75,7 @@ class DataPlane:
         key_file: Path,
         presign: Presigner | None = None,
         throttle_per_second: float | None = None,
-        client_id: str = "jobs-service",
+        client_id: str = "jobs.service",  # the broker uses the certificate's CN anyway
     ) -> None:
         self.model = model
         self.host, self.port = host, port
