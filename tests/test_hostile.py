@@ -55,3 +55,111 @@ def test_a_job_that_resets_the_board_at_every_boot_ends_failed_and_the_agent_goe
     assert not (dev.board / "jobstate.json").exists()
     ok = create_job(stack_session, thing, {"operation": "config", "set": {"keepalive_s": 50}})
     assert final(stack_session, thing, ok)["status"] == "SUCCEEDED"
+
+
+# ---------------------------------------------------------------- the control plane
+
+
+def _signed_headers(stack: Stack, method: str, path: str, body: bytes) -> dict[str, str]:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    e = stack.endpoints
+    req = AWSRequest(method=method, url=e["control_plane_url"] + path, data=body)
+    req.headers["Content-Type"] = "application/json"
+    SigV4Auth(
+        Credentials(e["aws_access_key_id"], e["aws_secret_access_key"]), "iot", e["region"]
+    ).add_auth(req)
+    return dict(req.headers.items())
+
+
+def _raw(stack: Stack, head: str, body: bytes = b"", timeout: float = 10) -> tuple[int, str, bytes]:
+    """Send a request's head (and the start of a body that is never finished), read the
+    answer: (status, x-amzn-ErrorType, body). A server that waits for the rest of the body
+    instead of answering fails with a timeout."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    e = stack.endpoints
+    url = urlsplit(e["control_plane_url"])
+    ctx = ssl.create_default_context(cafile=e["ca_file"])
+    with (
+        socket.create_connection((url.hostname, url.port), timeout=timeout) as raw,
+        ctx.wrap_socket(raw, server_hostname=url.hostname) as s,
+    ):
+        s.sendall(head.encode() + b"\r\n" + body)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = s.recv(65536)
+            assert chunk, f"closed without an answer: {got!r}"
+            got += chunk
+        top, _, rest = got.partition(b"\r\n\r\n")
+        lines = top.decode().split("\r\n")
+        headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(rest) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        return int(lines[0].split()[1]), headers.get("x-amzn-errortype", ""), rest
+
+
+def _head(method: str, path: str, host: str, headers: dict[str, str]) -> str:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() != "host"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_an_unsigned_chunked_body_is_refused_before_it_is_read(stack_session: Stack) -> None:
+    host = stack_session.endpoints["control_plane_url"].split("//")[1]
+    head = _head("PUT", "/jobs/x", host, {"Transfer-Encoding": "chunked"})
+    # A chunk announced as 4 GB, of which a few bytes come: reading it would hang (or, with
+    # a body that keeps coming, take the service's memory).
+    status, name, body = _raw(stack_session, head, b"FFFFFFFF\r\n" + b"x" * 1000)
+    assert status == 403 and name == "UnrecognizedClientException", (status, name, body)
+
+
+def test_signed_chunked_and_oversized_bodies_get_invalid_request_without_being_read(
+    stack_session: Stack,
+) -> None:
+    host = stack_session.endpoints["control_plane_url"].split("//")[1]
+    headers = _signed_headers(stack_session, "PUT", "/jobs/big", b"{}")
+    chunked = dict(headers, **{"Transfer-Encoding": "chunked"})
+    status, name, body = _raw(stack_session, _head("PUT", "/jobs/big", host, chunked), b"10\r\n")
+    assert (status, name) == (400, "InvalidRequestException"), body
+    assert "Chunked" in json.loads(body)["message"]
+    huge = dict(headers, **{"Content-Length": str(300 * 1024 * 1024)})
+    status, name, body = _raw(stack_session, _head("PUT", "/jobs/big", host, huge), b"{")
+    assert (status, name) == (400, "InvalidRequestException"), body
+    assert str(300 * 1024 * 1024) in json.loads(body)["message"]
+
+
+def test_deeply_nested_documents_and_bodies_get_the_validation_error_never_a_500(
+    stack_session: Stack,
+) -> None:
+    from botocore.exceptions import ClientError
+
+    thing = unique("deep")
+    stack_session.create_thing(thing)
+    iot = stack_session.iot_client()
+    target = f"arn:aws:iot:us-east-1:123456789012:thing/{thing}"
+    for depth in (65, 1000, 5000):
+        doc = '{"operation": "x", "a": ' + "[" * depth + "]" * depth + "}"
+        with pytest.raises(ClientError) as exc:
+            iot.create_job(jobId=unique("deep"), targets=[target], document=doc)
+        err = exc.value.response["Error"]
+        assert err["Code"] == "InvalidRequestException", err
+        assert "nest deeper than 64" in err["Message"], err
+    # 64 levels are fine.
+    doc = '{"operation": "x", "a": ' + "[" * 63 + "]" * 63 + "}"
+    iot.create_job(jobId=unique("deep"), targets=[target], document=doc)
+    # A request body nested past any parser's limit, signed.
+    host = stack_session.endpoints["control_plane_url"].split("//")[1]
+    data = b'{"targets": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    headers = _signed_headers(stack_session, "PUT", "/jobs/deep", data)
+    headers["Content-Length"] = str(len(data))
+    status, name, body = _raw(stack_session, _head("PUT", "/jobs/deep", host, headers), data)
+    assert (status, name) == (400, "InvalidRequestException"), body

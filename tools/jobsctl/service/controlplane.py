@@ -26,7 +26,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import sigv4
 from .model import ApiError, Model, invalid
-from .validate import document_parameter_errors, message, validate
+from .validate import MAX_DEPTH, document_parameter_errors, json_depth, message, validate
 
 log = logging.getLogger("jobsctl.controlplane")
 
@@ -50,6 +50,10 @@ OPERATIONS = (
 )
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+# The largest request body read (bytes). CreateJob's is the largest: a 32768-character
+# document, JSON-escaped (up to 6 bytes a character), plus its other members.
+MAX_BODY = 256 * 1024
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -172,6 +176,10 @@ class ControlPlane:
             response = Response(json.dumps(body), 200, content_type="application/json")
         except ApiError as exc:
             response = _error(exc.status, exc.name, exc.message)
+            if not environ.get("jobsctl.body_read"):
+                # What the client sent after the headers was not read: the connection cannot
+                # carry another request.
+                response.headers["Connection"] = "close"
         except Exception as exc:  # a bug must not take the server down; AWS answers 500
             log.exception("control plane failed on %s %s", request.method, request.path)
             response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
@@ -181,7 +189,19 @@ class ControlPlane:
     def _handle(self, request: Request, environ: dict[str, Any]) -> dict[str, Any]:
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
         raw_path, _, raw_query = raw.partition("?")
-        body = request.get_data()
+        # The headers first: a stranger's request is refused before a byte of its body is
+        # read, and nobody's body is read past MAX_BODY.
+        lower = {k.lower(): v for k, v in request.headers.items()}
+        sigv4.verify_headers(lower, self.access_key, self.region)
+        if "chunked" in lower.get("transfer-encoding", "").lower():
+            raise invalid("Chunked request bodies are not accepted: send a Content-Length.")
+        length = request.content_length or 0
+        if length > MAX_BODY:
+            raise invalid(
+                f"The request body of {length} bytes is larger than the {MAX_BODY} accepted."
+            )
+        body = request.stream.read(length) if length else b""
+        environ["jobsctl.body_read"] = True
         host = request.headers.get("Host", "localhost")
         sigv4.verify(
             method=request.method,
@@ -211,9 +231,11 @@ class ControlPlane:
         shape = op.input_shape
         assert shape is not None
         if body.strip():
+            if json_depth(body) > MAX_DEPTH:
+                raise invalid(f"The request body nests deeper than {MAX_DEPTH} levels.")
             try:
                 params = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ApiError(
                     "InvalidRequestException", 400, "The request body is not valid JSON."
                 ) from None
@@ -233,6 +255,12 @@ class ControlPlane:
                 params.pop(name, None)
         seeded = params.pop("documentParameters", None) if op.name == "CreateJob" else None
         errors = validate(shape, params)
+        document = params.get("document") if op.name == "CreateJob" else None
+        if isinstance(document, str) and json_depth(document) > MAX_DEPTH:
+            errors.append(
+                f"Value at 'document' failed to satisfy constraint: Member must not nest"
+                f" deeper than {MAX_DEPTH} levels"
+            )
         if seeded is not None:
             errors += document_parameter_errors(seeded)
             params["documentParameters"] = seeded
