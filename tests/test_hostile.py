@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from plugin_agent import create_job, details, final
@@ -163,3 +164,45 @@ def test_deeply_nested_documents_and_bodies_get_the_validation_error_never_a_500
     headers["Content-Length"] = str(len(data))
     status, name, body = _raw(stack_session, _head("PUT", "/jobs/deep", host, headers), data)
     assert (status, name) == (400, "InvalidRequestException"), body
+
+
+# ---------------------------------------------------------------- the data plane
+
+
+def test_an_oversized_client_token_is_refused_and_every_other_thing_still_gets_replies(
+    stack_session: Stack, jobs_device: Callable[..., Any]
+) -> None:
+    from jobsctl.broker import MAX_PACKET_SIZE
+
+    attacker = jobs_device(stack_session)
+    other = jobs_device(stack_session)
+    for _ in range(12):
+        create_job(stack_session, attacker.name, {"operation": "reboot"})
+    # A token as long as the broker lets a request be: echoed with the pending list, the
+    # reply could not be delivered.
+    token = "t" * (MAX_PACKET_SIZE - 1000)
+    since = attacker.mark()
+    attacker.publish("get", json.dumps({"clientToken": token}))
+    reply = attacker.wait_for("get/rejected", since=since)
+    assert reply["code"] == "InvalidRequest" and "clientToken" not in reply, reply
+    assert other.request("get", {})[0] == "accepted"
+    # 64 characters is AWS's limit, and fine; the pending list is capped as AWS caps it.
+    kind, body = attacker.request("get", {"clientToken": "k" * 64})
+    assert kind == "accepted" and len(body["queuedJobs"]) + len(body["inProgressJobs"]) == 10
+    since = attacker.mark()
+    attacker.publish("get", json.dumps({"clientToken": "k" * 65}))
+    assert attacker.wait_for("get/rejected", since=since)["code"] == "InvalidRequest"
+
+
+def test_a_reply_too_large_for_the_broker_is_dropped_and_logged_not_resent_for_ever(
+    stack_session: Stack, jobs_device: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert stack_session.service is not None
+    data = stack_session.service.data
+    dev = jobs_device(stack_session)
+    before = data.dropped
+    data._publish(f"$aws/things/{dev.name}/jobs/get/accepted", {"pad": "x" * 200_000})
+    assert data.dropped == before + 1
+    assert "dropped a reply" in caplog.text
+    # The service's connection is intact: requests are answered at once.
+    assert dev.request("get", {})[0] == "accepted"

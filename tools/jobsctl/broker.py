@@ -26,6 +26,8 @@ from .pki import CertificateAuthority, Credentials
 SERVICE_IDENTITY = "jobs.service"
 # Thing names refused because they look like the service (its identity before issue 21).
 RESERVED_NAMES = frozenset({"jobs-service", "jobs_service"})
+# AWS IoT caps an MQTT message at 128 KB of payload; the broker allows for topic and header.
+MAX_PACKET_SIZE = 132096
 
 _ACL = """\
 # Written by jobsctl. The Jobs service may use every thing's topics; a thing only its own.
@@ -98,8 +100,7 @@ def write_config(
         # the keys in a private folder; stay the user that started it instead.
         "user root" if os.geteuid() == 0 else "",
         f"acl_file {acl}",
-        # AWS IoT caps an MQTT message at 128 KB of payload; allow for topic and header.
-        "max_packet_size 132096",
+        f"max_packet_size {MAX_PACKET_SIZE}",
         f"listener {port} 127.0.0.1",
         f"cafile {ca.cert_path}",
         f"certfile {server.cert}",
