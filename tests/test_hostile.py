@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from plugin_agent import create_job, details, final
-from plugin_stack import unique
+from plugin_stack import unique, wait_until
 
 from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]
+JOBSCTL = Path(sys.executable).parent / "jobsctl"
 
 
 @pytest.fixture()
@@ -206,3 +212,95 @@ def test_a_reply_too_large_for_the_broker_is_dropped_and_logged_not_resent_for_e
     assert "dropped a reply" in caplog.text
     # The service's connection is intact: requests are answered at once.
     assert dev.request("get", {})[0] == "accepted"
+
+
+# ---------------------------------------------------------------- the stack's processes
+
+
+def _gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
+def _serve(state: Path, *ports: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(JOBSCTL), "serve", "--state-dir", str(state), *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "serving" in line:
+            return proc
+    raise AssertionError("serve did not start: " + "".join(seen[-5:]))
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def test_kill_9_of_serve_takes_its_children_along_and_the_next_serve_starts(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    procs = [_serve(state)]
+    children = _children(procs[0].pid)  # mosquitto and the object store
+    try:
+        assert len(children) == 2, children
+        endpoints = json.loads((state / "endpoints.json").read_text())
+        procs[0].kill()  # SIGKILL: no clean-up of any kind
+        procs[0].wait()
+        wait_until(lambda: all(_gone(pid) for pid in children), 15, "the children to exit")
+        # The same ports again: nothing of the dead stack holds them.
+        s3_port = endpoints["s3_url"].rsplit(":", 1)[1]
+        ports = ["--mqtt-port", str(endpoints["mqtt_port"]), "--s3-port", s3_port]
+        procs.append(_serve(state, *ports))
+        again = json.loads((state / "endpoints.json").read_text())
+        assert (again["mqtt_port"], again["s3_url"]) == (
+            endpoints["mqtt_port"],
+            endpoints["s3_url"],
+        )
+        procs[1].send_signal(signal.SIGTERM)
+        assert procs[1].wait(timeout=30) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        for pid in children:  # what the old code left behind, so that no test leaks it
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_child_left_running_by_a_dead_stack_is_ended_by_the_next_start(tmp_path: Path) -> None:
+    # Where PR_SET_PDEATHSIG could not act (another OS, a stack started from a thread that
+    # ended): the pid files let the next start end what still holds the ports.
+    from jobsctl.netutil import reap_stale, write_pid
+
+    code = "import sys; sys.stdin.read()"  # runs until its stdin closes
+    stray = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "marker")], stdin=subprocess.PIPE
+    )
+    try:
+        cmdline = Path(f"/proc/{stray.pid}/cmdline")
+        wait_until(lambda: b"marker" in cmdline.read_bytes(), 10, "the stray to run")
+        write_pid(tmp_path / "x.pid", stray.pid)
+        reap_stale(tmp_path / "x.pid", "/nonexistent")  # not ours: left alone
+        assert stray.poll() is None
+        write_pid(tmp_path / "x.pid", stray.pid)
+        reap_stale(tmp_path / "x.pid", str(tmp_path / "marker"))
+        assert stray.wait(timeout=10) == -signal.SIGKILL
+        assert not (tmp_path / "x.pid").exists()
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()

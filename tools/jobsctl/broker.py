@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import JobsctlError
-from .netutil import LogPump, free_port
+from .netutil import LogPump, dies_with_parent, free_port, reap_stale, write_pid
 from .pki import CertificateAuthority, Credentials
 
 SERVICE_IDENTITY = "jobs.service"
@@ -127,12 +127,19 @@ def start_broker(
     """Start mosquitto on ``port`` (a free one when 0) and return once it listens."""
     binary = mosquitto_binary()
     last = ""
+    pid_file = Path(folder) / "mosquitto.pid"
+    # A broker left running on this folder by a stack that was killed holds its port.
+    reap_stale(pid_file, str(Path(folder) / "mosquitto.conf"))
     for _ in range(attempts):
         use_port = port or free_port()
         conf = write_config(Path(folder), ca, use_port, plaintext_port)
         proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=dies_with_parent(),  # SIGKILLed if we die, even by kill -9
         )
+        write_pid(pid_file, proc.pid)
         log = LogPump(proc)
         if log.wait_for(" running", timeout=15) and proc.poll() is None:
             return Broker(
