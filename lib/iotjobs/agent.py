@@ -94,8 +94,8 @@ class Context:
         self._a.log(level, "%s: %s" % (self.job_id, msg))
 
     def save(self):
-        # Persists ctx.state atomically: after a reset the handler runs again with it.
-        self._a._job.pop("boots", None)  # a clean step: the boot-loop count starts again
+        # Persists ctx.state atomically: after a reset the handler runs again with it. A clean
+        # step: the boot-loop count starts again.
         self._a._persist()
 
     def progress_due(self):
@@ -368,7 +368,10 @@ class Agent:
 
     # ---- persisted state
 
-    def _persist(self):
+    def _persist(self, step=True):
+        # step: the handler got somewhere (its own save), which ends a boot loop's count.
+        if step:
+            self._job.pop("boots", None)
         store.save(STATE_FILE, self._job)
 
     def _clear(self):
@@ -413,10 +416,10 @@ class Agent:
             reason = "boot loop: the board reset %d times in a row during this job" % (boots - 1)
             self.log("error", "%s: %s" % (j["job"], reason))
             j["final"] = [protocol.FAILED, {"reason": reason}]
-        self._persist()
+        self._persist(False)
 
     def _clean_step(self):
-        if self._job.pop("boots", None) is not None:
+        if "boots" in self._job:
             self._persist()
 
     def turn(self):
@@ -492,7 +495,7 @@ class Agent:
             reason = "interrupted by a reset (%s is not resumable)" % op
             return self._finish(protocol.FAILED, {"reason": reason})
         j["op"] = op
-        self._persist()
+        self._persist(False)
         self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
         ctx = Context(self, ex.job_id, op, j["data"], resumed)
         try:
@@ -520,7 +523,7 @@ class Agent:
         details = protocol.clean_details(details)
         if j.get("final") != [status, details]:
             j["final"] = [status, details]
-            self._persist()
+            self._persist(False)
         while True:
             try:
                 self._update(status, details)
