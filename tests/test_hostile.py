@@ -42,6 +42,8 @@ def test_a_document_too_large_for_the_board_ends_rejected_naming_the_size_withou
     reason = details(ex)["reason"]
     assert "too large" in reason and str(len(json.dumps(doc)) // 1000) in reason, reason
     assert dev.boots == 1, dev.lines[-20:]
+    # Memory trouble is never taken for a network error: the connection stayed up.
+    assert not any("link: dropped" in line for line in dev.lines), dev.lines[-20:]
     # ...and the agent goes on: a normal job still succeeds.
     ok = create_job(stack_session, thing, {"operation": "config", "set": {"keepalive_s": 50}})
     assert final(stack_session, thing, ok)["status"] == "SUCCEEDED"
@@ -304,3 +306,34 @@ def test_a_child_left_running_by_a_dead_stack_is_ended_by_the_next_start(tmp_pat
         if stray.poll() is None:
             stray.kill()
             stray.wait()
+
+
+# ---------------------------------------------------------------- the reliability suite itself
+
+
+def test_the_reliability_table_and_its_seed_are_printed_under_xdist_and_the_seed_replays(
+    tmp_path: Path,
+) -> None:
+    # What `make test` runs (-n 2) prints the table, and --reliability-seed (make reliability
+    # SEED=N) gives the run that seed.
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-n",
+        "2",
+        "-p",
+        "no:cacheprovider",
+        "--reliability-seed",
+        "12345",
+        "-k",
+        "collisions",
+        str(Path(__file__).parent / "test_reliability_hostile.py"),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "seed 12345: replay with" in out.stdout
+    row = next(line for line in out.stdout.splitlines() if line.startswith("identity "))
+    assert row.split()[1:3] == ["6", "6"], row  # 3 reserved names + 3 quick trials, all passed
+    assert "peak memory of the service" in out.stdout

@@ -352,6 +352,10 @@ def test_hostile_control_plane_bodies_get_aws_errors_never_a_500_or_a_hang(
             message = ""
         if mode in ("unsigned", "chunked-unsigned", "bad-signature"):
             ok = r.status == 403 and name in DENIED and bool(message)
+            # The signature needs the body, which is not read past the cap: a request with our
+            # key id but a wrong signature learns only that its body is too large.
+            if mode == "bad-signature" and len(body) > MAX_BODY:
+                ok = r.status == 400 and name == "InvalidRequestException"
         else:
             ok = r.status == 200 or (CREATE_JOB_ERRORS.get(r.status) == name and bool(message))
         why = "" if ok else f"{mode}: {r.status} {name!r} {r.data[:80]!r} for {body[:40]!r}"

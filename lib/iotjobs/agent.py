@@ -400,6 +400,11 @@ class Agent:
                 self.turn()
             except OSError as e:
                 self.link.drop(e)
+            except MemoryError as e:
+                # Not the network's fault; whatever was in flight is re-synced from the
+                # persisted state on the fresh connection, without a reset.
+                self.log("error", "out of memory, re-syncing")
+                self.link.drop(e)
 
     def _count_boot(self, j):
         # Boot-loop detection: every boot inside a job counts, a clean step (the handler saving

@@ -270,7 +270,8 @@ class Link:
                 t.close()
                 wait = backoff // 2 + self._rand(backoff // 2 + 1)
                 if self._log:
-                    self._log("link: connect failed (%r), retry in %d ms" % (e, wait))
+                    why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
+                    self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
