@@ -173,9 +173,10 @@ class _Drop(Exception):
     pass
 
 
-class _TooBig(Exception):
+class _TooBig(OSError):
     # The reply to our request was larger than the device can hold (args[0]: its size); it
-    # was drained from the socket unread.
+    # was drained from the socket unread. Where nobody expects it, it is handled like a lost
+    # reply (an OSError): the link is re-made and the state re-synced.
     pass
 
 
@@ -193,6 +194,7 @@ class Agent:
         self._tag = "%05x" % board.rand(0xFFFFF)
         self._n = 0
         self._await = None  # clientToken of the request in flight
+        self._await_kind = None  # its topic kind (protocol.START_NEXT, DESCRIBE, ...)
         self._reply = None  # (accepted, body) for it; (None, size) when it was too large
         self._want_next = False
         self._stale = False  # the running job may have been canceled: describe it
@@ -258,7 +260,7 @@ class Agent:
                 self._stale = True
             else:
                 self._want_next = True
-        elif kind[2] and self._await is not None:
+        elif kind[2] and self._await is not None and kind[0] == self._await_kind:
             # The accepted reply to the request in flight (one at a time), unread.
             self._reply = (None, n)
 
@@ -278,6 +280,7 @@ class Agent:
         # reply comes in time, raises OSError (the link is then dropped and re-synced).
         backoff = self.cfg["backoff_min_ms"]
         attempt = 0
+        self._await_kind = protocol.parse_topic(self.thing, topic + "/accepted")[0]
         while True:
             self._n += 1
             token = "%s-%d" % (self._tag, self._n)
