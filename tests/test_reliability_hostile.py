@@ -94,6 +94,11 @@ class Served:
 
         return dict(wait_until(done, timeout, f"{job} to end"))
 
+    def note_memory(self, peak_memory: Callable[[str, int], int]) -> None:
+        peak_memory("the service (jobsctl serve)", self.proc.pid)
+        broker = int((self.state_dir / "broker" / "mosquitto.pid").read_text())
+        peak_memory("mosquitto", broker)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -189,7 +194,7 @@ def test_hostile_documents_never_reset_the_board_and_each_ends_with_a_reason(
             failures.extend([why] if why else [])
 
         one()
-        peak_memory("the service (jobsctl serve)", served.proc.pid)
+        served.note_memory(peak_memory)
         assert not failures, failures[:3]
         # The board never reset, never crashed, and still does a normal job.
         assert dev.boots == 1 and not any("Traceback" in line for line in dev.lines)
@@ -289,7 +294,7 @@ def test_hostile_data_plane_payloads_up_to_and_past_the_packet_limit_poison_noth
             assert not why, why
 
         one()
-        peak_memory("the service (jobsctl serve)", served.proc.pid)
+        served.note_memory(peak_memory)
         assert normal_job_by_hand(served, dev) == ""
     finally:
         dev.close()
@@ -363,7 +368,7 @@ def test_hostile_control_plane_bodies_get_aws_errors_never_a_500_or_a_hang(
         assert ok, why
 
     one()
-    peak_memory("the service (jobsctl serve)", served.proc.pid)
+    served.note_memory(peak_memory)
     # The service still takes a well-formed job, and the thing still does it.
     dev = served.device(unique("hcp"))
     try:
@@ -428,7 +433,7 @@ def test_client_id_collisions_and_reserved_names_take_over_nobody(
             assert not why, why
 
         one()
-        peak_memory("the service (jobsctl serve)", served.proc.pid)
+        served.note_memory(peak_memory)
         assert normal_job_by_hand(served, victim) == ""
     finally:
         victim.close()
