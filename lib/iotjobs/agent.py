@@ -230,6 +230,7 @@ class Agent:
         except MemoryError:
             n = len(msg)
             msg = None
+            self.log("warning", "no memory to parse a %d-byte message on %s" % (n, topic))
             self._big(kind, n)
             return
         if kind[0] == protocol.NOTIFY_NEXT:
