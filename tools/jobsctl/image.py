@@ -59,15 +59,19 @@ def _app_desc(version: str, project: str) -> bytes:
     )
 
 
-def build_app_image(version: str, size: int | None = None, project: str = "iotjobs-sim") -> bytes:
-    """A valid ESP32 app image of about ``size`` bytes (at least ~400) carrying ``version``."""
+def build_app_image(
+    version: str, size: int | None = None, project: str = "iotjobs-sim", seed: str | None = None
+) -> bytes:
+    """A valid ESP32 app image of about ``size`` bytes (at least ~400) carrying ``version``.
+    ``seed`` (default ``project/version``) picks the code bytes: two versions built with one
+    seed differ only in their descriptor, checksum and hash, like a small change does."""
     desc = _app_desc(version, project)
     drom = desc + bytes(256)  # rodata after the descriptor
     dram = b"\x00" * 64
     overhead = 24 + 3 * 8 + len(drom) + len(dram) + 16 + 32
     bulk_len = max(64, ((size or 0) - overhead) // 4 * 4)
     # Deterministic per version, so the same build twice gives the same bytes and hash.
-    iram = random.Random(f"{project}/{version}").randbytes(bulk_len)
+    iram = random.Random(seed or f"{project}/{version}").randbytes(bulk_len)
     segments = [(_DROM, drom), (_DRAM, dram), (_IRAM, iram)]
     header = struct.pack(
         "<BBBBIB3sHBHH4sB",
