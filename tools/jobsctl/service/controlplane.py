@@ -202,7 +202,7 @@ class ControlPlane:
         # The headers first: a stranger's request is refused before a byte of its body is
         # read, and nobody's body is read past MAX_BODY.
         lower = {k.lower(): v for k, v in request.headers.items()}
-        sigv4.verify_headers(lower, self.access_key, self.region)
+        sigv4.verify_headers(lower, self.access_key, self.region, self.SIGNING_NAME)
         if "chunked" in lower.get("transfer-encoding", "").lower():
             raise invalid("Chunked request bodies are not accepted: send a Content-Length.")
         length = request.content_length or 0
