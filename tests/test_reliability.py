@@ -573,11 +573,11 @@ class TestDeltaPowerLoss:
         signing: Path,
         trials: Callable[[str, int], int],
         record: Callable[[str, bool, str], None],
+        rng: random.Random,
     ) -> None:
         from jobsctl import delta
 
         base = image.build_app_image("1.0.0", size=64 * 1024)  # what a new simulated board runs
-        rng = random.Random(20)
         n = trials("delta-power", 2)
         failures = []
         for i in range(n):
