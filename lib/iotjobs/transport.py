@@ -16,6 +16,9 @@ _ETIMEDOUT = const(110)
 _ENOTCONN = const(107)
 _POLLIN = const(1)
 _POLL_BAD = const(0x18)  # POLLHUP | POLLERR
+_DRAIN = const(256)  # the chunk a message too large to hold is drained through
+_DRAIN_MIN = const(64)  # smaller reads (headers, lengths) are never dropped
+MAX_MSG = const(131072)  # AWS IoT's largest MQTT message
 
 
 class _Guard:
@@ -24,14 +27,21 @@ class _Guard:
     # ESP32 also clears any socket timeout, and the native TLS socket has no settimeout().
     # So the guard polls before each read, and remembers when bytes last arrived (the
     # keepalive check needs that, since umqtt.simple swallows PINGRESP).
-    def __init__(self, sock, timeout_ms):
+    # A read the device cannot hold (longer than limit, or MemoryError allocating it) is
+    # drained from the socket through one small preallocated buffer and returns b"";
+    # `dropped` then says how many bytes were thrown away (Transport tells its owner).
+    def __init__(self, sock, timeout_ms, limit):
         import select
 
         self._s = sock
         self._t = timeout_ms
+        self._limit = limit
         self._blocking = True
         self._poll = select.poll()
         self._poll.register(sock, _POLLIN)
+        self._chunk = bytearray(_DRAIN)
+        self.dropped = 0
+        self._got = 0
         self.rx_ticks = time.ticks_ms()
 
     def ready(self, timeout_ms):
@@ -47,8 +57,33 @@ class _Guard:
     def read(self, n):
         if not self._blocking and not self.ready(0):
             return None
+        if n >= _DRAIN_MIN:
+            if n > self._limit:
+                return self._drain(n, 0)
+            try:
+                return self._read(n)
+            except MemoryError:
+                # Nothing of it was kept: the parts read so far are garbage now.
+                return self._drain(n, self._got)
+        return self._read(n)
+
+    def _drain(self, n, got):
+        self.dropped += n
+        buf = self._chunk
+        while got < n:
+            if not self.ready(self._t):
+                raise OSError(_ETIMEDOUT)
+            k = n - got
+            k = self._s.readinto(buf, k if k < _DRAIN else _DRAIN)
+            if not k:
+                raise OSError(_ENOTCONN)
+            got += k
+            self.rx_ticks = time.ticks_ms()
+        return b""
+
+    def _read(self, n):
         parts = None
-        got = 0
+        got = self._got = 0
         while True:
             if not self.ready(self._t):
                 raise OSError(_ETIMEDOUT)
@@ -60,12 +95,13 @@ class _Guard:
                     raise OSError(_ENOTCONN)  # closed in the middle of a packet
                 return b""  # orderly close: umqtt.simple turns b"" into OSError(-1)
             self.rx_ticks = time.ticks_ms()
-            if not got and len(data) == n:
+            got += len(data)
+            self._got = got  # consumed from the socket, whatever happens next
+            if got == n and parts is None:
                 return data
             if parts is None:
                 parts = []
             parts.append(data)
-            got += len(data)
             if got == n:
                 return b"".join(parts)
 
@@ -83,23 +119,41 @@ class _Guard:
 
 
 class Transport:
-    def __init__(self, client_id, host, port, ssl_params, keepalive_s=60, timeout_ms=10000):
+    # max_msg: the longest MQTT read the device tries to hold (AWS IoT caps a message at
+    # 128 KB); longer ones, and any it has no memory for, are drained and reported to the
+    # oversize callback as (topic, bytes dropped) instead of the message callback.
+    def __init__(
+        self, client_id, host, port, ssl_params, keepalive_s=60, timeout_ms=10000, max_msg=MAX_MSG
+    ):
         self.client_id = client_id
         self.host = host
         self.port = port
         self._ssl_params = ssl_params
         self._keepalive_ms = keepalive_s * 1000
         self._timeout_ms = timeout_ms
+        self._max_msg = max_msg
         self._cb = None
+        self._big = None
         self._c = None
         self._sock = None
         self._tx_ticks = time.ticks_ms()
         self._ping_ticks = None
 
-    def set_callback(self, fn):
+    def set_callback(self, fn, oversize=None):
         self._cb = fn
-        if self._c:
-            self._c.set_callback(fn)
+        self._big = oversize
+
+    def _deliver(self, topic, msg):
+        s = self._sock
+        n = 0
+        if s is not None:
+            n = s.dropped
+            s.dropped = 0
+        if n:
+            if self._big is not None:
+                self._big(topic, n)
+        elif self._cb is not None:
+            self._cb(topic, msg)
 
     def connect(self):
         from umqtt.simple import MQTTClient
@@ -115,7 +169,7 @@ class Transport:
             ssl=True,
             ssl_params=p() if callable(p) else p,
         )
-        c.set_callback(self._cb or _drop)
+        c.set_callback(self._deliver)
         try:
             # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
             # take no timeout and are bounded by the watchdog on a board.
@@ -126,7 +180,7 @@ class Transport:
             _close(c.sock)
             raise
         c.ssl_params = None  # parsed into the TLS session by now
-        self._sock = _Guard(c.sock, self._timeout_ms)
+        self._sock = _Guard(c.sock, self._timeout_ms, self._max_msg)
         c.sock = self._sock
         self._c = c
         self._tx_ticks = time.ticks_ms()
@@ -225,7 +279,8 @@ class Link:
                     self.on_fail(e)  # may reset the board
                 wait = backoff // 2 + self._rand(backoff // 2 + 1)
                 if self._log:
-                    self._log("link: connect failed (%r), retry in %d ms" % (e, wait))
+                    why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
+                    self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
@@ -257,10 +312,6 @@ class Link:
             self._board.sleep_ms(ms)
         else:
             time.sleep_ms(ms)
-
-
-def _drop(topic, msg):
-    pass
 
 
 def _close(sock):
