@@ -71,7 +71,7 @@ def run(path="config.json"):
     try:
         a.board.start_watchdog()
         a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
-        hold = None
+        del hold
         a.run()
     except Exception as e:
         # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
