@@ -269,8 +269,10 @@ class Agent:
         self.log("info", "connected, subscribed")
 
     def _link_failed(self, e):
+        # A rare path (mishap.link_failed): with a job under way, at most twice; with none,
+        # only once MQTT has connected in this boot.
         j = self._job
-        if j and j.get("memreset", 0) < 2:
+        if j.get("memreset", 0) < 2 if j else self.link.connects:
             _rare("link_failed", self, e)
 
     def _on_msg(self, topic, msg):

@@ -2,7 +2,12 @@
 # so that an idle agent does not hold their code: messages too large to hold, boot loops, and
 # an MQTT session that no longer fits in memory.
 from iotjobs import protocol
-from iotjobs.agent import BOOT_LOOP
+from iotjobs.agent import BOOT_LOOP, save
+from micropython import const
+
+# The last reset for memory with no job (time.time()), and the least time between two.
+IDLE_FILE = "memreset.json"
+_IDLE_GAP_S = const(600)
 
 
 def too_big(n):
@@ -38,6 +43,10 @@ def link_failed(a, e):
     # the GC heap into it, and MicroPython does not always give that back. With a job under
     # way, reset (its state persisted) so that it goes on, or its report is sent, on a fresh
     # heap: once to go on, once more with the job FAILED naming memory; never a loop.
+    # With no job, a board whose MQTT session fitted earlier in this boot resets too, at most
+    # once per _IDLE_GAP_S (persisted in IDLE_FILE): never wedged, never a reset loop.
+    import time
+
     from iotjobs.board import nomem
 
     j = a._job
@@ -46,6 +55,19 @@ def link_failed(a, e):
         if not nomem(e):
             return
         why = "out of memory for the MQTT session: %r" % (e,)
+    if not j:
+        now = time.time()
+        try:
+            with open(IDLE_FILE) as f:
+                last = int(f.read())
+        except (OSError, ValueError):
+            last = None
+        if last is not None and 0 <= now - last < _IDLE_GAP_S:
+            return
+        save(IDLE_FILE, now)
+        a.log("error", "%s with no job; resetting for a fresh heap" % why)
+        a.board.reset()
+        return
     n = j["memreset"] = j.get("memreset", 0) + 1
     if n > 1 and "final" not in j:
         j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
