@@ -97,7 +97,13 @@ def wait(ctx, doc):
     return {"reason": "done", "runs": str(ctx.state["runs"])}
 
 
+def crash(ctx, doc):
+    ctx.log("resetting in the middle of the job")
+    ctx.board.reset()  # a hard reset with no clean step first, at every run
+
+
 agent.register("wait", wait)
+agent.register("crash", crash)
 agent.register("wait-once", wait, resumable=False)
 app.run()
 """

@@ -45,7 +45,7 @@ class JobsDevice:
     def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             body: Any = json.loads(msg.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # its own hostile requests come back too
             body = bytes(msg.payload)
         with self._cond:
             self.messages.append((msg.topic, body))

@@ -17,14 +17,32 @@ class _Client:
         self.cond = threading.Condition()
         self.subacks: dict[int, list[int]] = {}
         self.got: list[tuple[str, bytes]] = []
+        self.connects = 0
+        self.disconnects = 0
         self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.c.tls_set(
             ca_certs=str(broker.ca_file), certfile=str(creds.cert), keyfile=str(creds.key)
         )
         self.c.on_subscribe = self._on_subscribe
         self.c.on_message = self._on_message
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = self._on_disconnect
         self.c.connect("localhost", broker.port)
         self.c.loop_start()
+
+    def _on_connect(self, *args: Any) -> None:
+        with self.cond:
+            self.connects += 1
+            self.cond.notify_all()
+
+    def _on_disconnect(self, *args: Any) -> None:
+        with self.cond:
+            self.disconnects += 1
+            self.cond.notify_all()
+
+    def wait_connected(self) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.connects > 0, 10), "no CONNACK"
 
     def _on_subscribe(self, c: Any, u: Any, mid: int, codes: Any, props: Any) -> None:
         with self.cond:
@@ -95,3 +113,42 @@ def test_publish_to_another_things_topic_never_reaches_the_service(
     finally:
         a.close()
         service.close()
+
+
+def test_a_thing_taking_another_client_id_or_the_services_throws_nobody_off(
+    broker: Broker, thing_creds: Any, ca: CertificateAuthority, tmp_path: Any
+) -> None:
+    # The broker gives every connection its certificate's CN as client id (as AWS binds
+    # client/${iot:Connection.Thing.ThingName}): an impostor asking for the victim's id or the
+    # service's gets its own, and takes over nobody's session.
+    service = _Client(broker, ca.issue(SERVICE_IDENTITY, tmp_path / "svc"), SERVICE_IDENTITY)
+    victim = _Client(broker, thing_creds("id-victim"), "id-victim")
+    impostors = []
+    try:
+        service.wait_connected()
+        victim.wait_connected()
+        assert service.subscribe("$aws/things/+/jobs/#") == [1]
+        for stolen in ("id-victim", SERVICE_IDENTITY, "jobs-service"):
+            imp = _Client(broker, thing_creds("id-impostor"), stolen)
+            imp.wait_connected()
+            impostors.append(imp)
+            # Each impostor with the same certificate replaces the previous one (one session
+            # per identity, as on AWS); the victim and the service stay connected.
+            victim.publish("$aws/things/id-victim/jobs/get", stolen.encode())
+            service.wait_payload(stolen.encode())
+        assert victim.disconnects == 0 and victim.connects == 1
+        assert service.disconnects == 0 and service.connects == 1
+    finally:
+        for c in (*impostors, victim, service):
+            c.close()
+
+
+def test_the_services_identity_is_not_a_name_a_thing_can_have() -> None:
+    import pytest
+
+    from jobsctl.errors import JobsctlError
+    from jobsctl.stack import check_name
+
+    for name in (SERVICE_IDENTITY, "jobs-service", "Jobs-Service"):
+        with pytest.raises(JobsctlError):
+            check_name(name)

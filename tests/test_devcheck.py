@@ -91,3 +91,21 @@ def test_a_renamed_hot_function_is_reported_not_skipped(tmp_path):
         ota.read_text().replace("def _stream(", "def _stream2(").replace("_stream(", "_stream2(")
     )
     assert any("hot path _stream not found" in p for p in dc.hot_imports(lib))
+
+
+def test_only_the_listed_rare_path_loader_may_import_under_a_hot_path(tmp_path):
+    # agent._rare imports iotjobs.mishap (oversize messages, memory trouble) on purpose and is
+    # reached from Agent._on_msg; the same import in an unlisted helper is reported.
+    import shutil
+
+    from jobsctl import devcheck as dc
+
+    lib = tmp_path / "lib"
+    shutil.copytree(dc.ROOT / "lib", lib)
+    agent = lib / "iotjobs" / "agent.py"
+    text = agent.read_text()
+    assert "def _rare(fn, *args):\n" in text and "from iotjobs import mishap" in text
+    assert dc.hot_imports(lib) == []
+    agent.write_text(text.replace("def _rare(fn, *args):", "def _rarely(fn, *args):", 1))
+    agent.write_text(agent.read_text().replace("_rare(", "_rarely("))
+    assert any("import mishap in _rarely" in p for p in dc.hot_imports(lib))

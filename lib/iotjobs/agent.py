@@ -28,6 +28,8 @@ _RETRIES = const(5)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
 _CHECK_EVERY_MS = const(200)
+# Boots in a row inside one job (no clean step between) after which it ends FAILED.
+BOOT_LOOP = const(3)
 _LEVELS = {"debug": 0, "info": 1, "warning": 2, "error": 3}
 
 
@@ -100,7 +102,8 @@ class Context:
         self._a.log(level, "%s: %s" % (self.job_id, msg))
 
     def save(self):
-        # Persists ctx.state atomically: after a reset the handler runs again with it.
+        # Persists ctx.state atomically: after a reset the handler runs again with it. A clean
+        # step: the boot-loop count starts again.
         self._a._persist()
 
     def progress_due(self):
@@ -180,6 +183,8 @@ class Context:
             try:
                 ex = self._a._describe(self.job_id, True)
                 break
+            except _TooBig as e:
+                raise Rejected(_too_big(e)["reason"])
             except OSError as e:  # no way on without a new URL: wait for the network
                 self._a.link.drop(e)
         if ex is None or ex.terminal():
@@ -210,6 +215,27 @@ class _Drop(Exception):
     pass
 
 
+class _TooBig(OSError):
+    # The reply to our request was larger than the device can hold (args[0]: its size); it
+    # was drained from the socket unread. Where nobody expects it, it is handled like a lost
+    # reply (an OSError): the link is re-made and the state re-synced.
+    pass
+
+
+def _too_big(e):
+    return _rare("too_big", e.args[0])
+
+
+def _rare(fn, *args):
+    # A rarely taken path (mishap.py), its code loaded only while it runs.
+    from iotjobs import mishap
+
+    try:
+        return getattr(mishap, fn)(*args)
+    finally:
+        unload(("iotjobs.mishap",))
+
+
 class Agent:
     def __init__(self, cfg, board, link, log_level="info"):
         self.cfg = cfg
@@ -220,7 +246,8 @@ class Agent:
         self._tag = "%05x" % board.rand(0xFFFFF)
         self._n = 0
         self._await = None  # clientToken of the request in flight
-        self._reply = None  # (accepted, body) for it
+        self._await_kind = None  # its topic kind (protocol.START_NEXT, DESCRIBE, ...)
+        self._reply = None  # (accepted, body) for it; (None, size) when it was too large
         self._want_next = False
         self._stale = False  # the running job may have been canceled: describe it
         self._sync = False  # (re)connected: resubscribed, must resynchronise
@@ -235,7 +262,7 @@ class Agent:
     # ---- MQTT plumbing
 
     def _on_connect(self, t):
-        t.set_callback(self._on_msg)
+        t.set_callback(self._on_msg, self._on_big)
         for topic in protocol.subscriptions(self.thing):
             t.subscribe(topic)
         self._sync = True
@@ -243,26 +270,11 @@ class Agent:
         self.log("info", "connected, subscribed")
 
     def _link_failed(self, e):
-        # MQTT cannot connect and the IDF heap has no room for a TLS session: a job's code grew
-        # the GC heap into it, and MicroPython does not always give that back. With a job under
-        # way, reset (its state persisted) so that it goes on, or its report is sent, on a fresh
-        # heap: once to go on, once more with the job FAILED naming memory; never a loop.
+        # A rare path (mishap.link_failed): with a job under way, at most twice; with none,
+        # only once MQTT has connected in this boot.
         j = self._job
-        if not j or j.get("memreset", 0) > 1:
-            return
-        from iotjobs.board import nomem
-
-        why = self.board.tls_room()
-        if why is None:
-            if not nomem(e):
-                return
-            why = "out of memory for the MQTT session: %r" % (e,)
-        n = j["memreset"] = j.get("memreset", 0) + 1
-        if n > 1 and "final" not in j:
-            j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
-        self._persist()
-        self.log("error", "%s; resetting for a fresh heap" % why)
-        self.board.reset()
+        if j.get("memreset", 0) < 2 if j else self.link.connects:
+            _rare("link_failed", self, e)
 
     def _on_msg(self, topic, msg):
         try:
@@ -273,6 +285,12 @@ class Agent:
             body = json.loads(msg)
         except (ValueError, UnicodeError):
             self.log("warning", "unparsable message on %s" % topic)
+            return
+        except MemoryError:
+            n = len(msg)
+            msg = None
+            self.log("warning", "no memory to parse a %d-byte message on %s" % (n, topic))
+            _rare("big", self, kind, n)
             return
         if kind[0] == protocol.NOTIFY_NEXT:
             ex = protocol.reply_execution(body)
@@ -285,9 +303,16 @@ class Agent:
             if self._await is not None and body.get("clientToken") == self._await:
                 self._reply = (kind[2], body)
 
+    def _on_big(self, topic, n):
+        _rare("on_big", self, topic, n)
+
     def _pump(self, timeout_ms):
         try:
             self.link.ensure().poll(timeout_ms)
+        except MemoryError as e:
+            # Not a network error, but the MQTT stream is mid-packet: start it afresh.
+            self.log("error", "out of memory reading MQTT")
+            self.link.drop(e)
         except Exception as e:
             self.link.drop(e)
 
@@ -297,6 +322,7 @@ class Agent:
         # reply comes in time, raises OSError (the link is then dropped and re-synced).
         backoff = self.cfg["backoff_min_ms"]
         attempt = 0
+        self._await_kind = protocol.parse_topic(self.thing, topic + "/accepted")[0]
         while True:
             self._n += 1
             token = "%s-%d" % (self._tag, self._n)
@@ -317,6 +343,8 @@ class Agent:
             self._await = None
             ok, body = self._reply
             self._reply = None
+            if ok is None:
+                raise _TooBig(body)
             if ok:
                 return True, body
             code, msg = protocol.reply_error(body)
@@ -385,6 +413,7 @@ class Agent:
         # progress report is harmless), but the service saying "over" stops the handler.
         try:
             self._update(status, protocol.clean_details(details or {}))
+            self._clean_step()
         except _Drop as e:
             self.log("info", str(e))
             raise Canceled()
@@ -393,7 +422,10 @@ class Agent:
 
     # ---- persisted state
 
-    def _persist(self):
+    def _persist(self, step=True):
+        # step: the handler got somewhere (its own save), which ends a boot loop's count.
+        if step:
+            self._job.pop("boots", None)
         save(STATE_FILE, self._job)
 
     def _clear(self):
@@ -421,12 +453,23 @@ class Agent:
             self.log("warning", "ignoring a malformed %s" % STATE_FILE)
             j = None
         self._job = j or {}
+        if j:
+            _rare("count_boot", self, j)
         while cycles != 0:
             cycles -= 1
             try:
                 self.turn()
             except OSError as e:
                 self.link.drop(e)
+            except MemoryError as e:
+                # Not the network's fault; whatever was in flight is re-synced from the
+                # persisted state on the fresh connection, without a reset.
+                self.log("error", "out of memory, re-syncing")
+                self.link.drop(e)
+
+    def _clean_step(self):
+        if "boots" in self._job:
+            self._persist()
 
     def turn(self):
         self.link.ensure()
@@ -445,7 +488,16 @@ class Agent:
 
     def _start_next(self):
         topic = protocol.topic_start_next(self.thing)
-        ok, body = self._request(topic, lambda tok: protocol.start_next(tok))
+        try:
+            ok, body = self._request(topic, lambda tok: protocol.start_next(tok))
+        except _TooBig as e:
+            # The execution is ours now (IN_PROGRESS) but its document was dropped unread:
+            # ask which job it is without the document, and reject it.
+            ex = self._describe("$next", False)
+            if ex is None or ex.terminal():
+                return
+            self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
+            return self._finish(protocol.REJECTED, _too_big(e))
         if not ok:
             code, msg = protocol.reply_error(body)
             self.log("error", "start-next refused: %s %s" % (code, msg))
@@ -462,7 +514,11 @@ class Agent:
 
     def _resume(self):
         j = self._job
-        ex = self._describe(j["job"], True)
+        try:
+            # A decided job needs no document (and one that looped the board is not read).
+            ex = self._describe(j["job"], "final" not in j)
+        except _TooBig as e:
+            return self._finish(protocol.REJECTED, _too_big(e))
         if ex is None or ex.terminal():
             self.log("info", "%s: %s while we were away" % (j["job"], ex.status if ex else "gone"))
             self._clear()
@@ -491,7 +547,7 @@ class Agent:
             reason = "interrupted by a reset (%s is not resumable)" % op
             return self._finish(protocol.FAILED, {"reason": reason})
         j["op"] = op
-        self._persist()
+        self._persist(False)
         self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
         ctx = Context(self, ex.job_id, op, j["data"], resumed)
         status = protocol.FAILED
@@ -526,7 +582,7 @@ class Agent:
         details = protocol.clean_details(details)
         if j.get("final") != [status, details]:
             j["final"] = [status, details]
-            self._persist()
+            self._persist(False)
         while True:
             try:
                 self._update(status, details)

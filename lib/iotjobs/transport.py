@@ -17,6 +17,9 @@ _ENOTCONN = const(107)
 _POLLIN = const(1)
 _POLL_BAD = const(0x18)  # POLLHUP | POLLERR
 _WBUF = const(512)  # one outgoing packet gathered here (a Jobs update fits)
+_DRAIN = const(256)  # the chunk a message too large to hold is drained through
+_DRAIN_MIN = const(64)  # smaller reads (headers, lengths) are never dropped
+MAX_MSG = const(131072)  # AWS IoT's largest MQTT message
 
 
 class _Guard:
@@ -29,11 +32,15 @@ class _Guard:
     # length, topic, payload); Nagle then holds the later ones until the broker's delayed
     # ACK (~40 ms). The guard gathers one packet (its length is in its fixed header) in one
     # preallocated buffer and sends it in one write; a larger packet goes out as it comes.
-    def __init__(self, sock, timeout_ms):
+    # A read the device cannot hold (longer than limit, or MemoryError allocating it) is
+    # drained from the socket through one small preallocated buffer and returns b"";
+    # `dropped` then says how many bytes were thrown away (Transport tells its owner).
+    def __init__(self, sock, timeout_ms, limit):
         import select
 
         self._s = sock
         self._t = timeout_ms
+        self._limit = limit
         self._blocking = True
         self._poll = select.poll()
         self._poll.register(sock, _POLLIN)
@@ -42,12 +49,14 @@ class _Guard:
         self._wv = memoryview(self._w)
         self._wn = 0  # bytes of the current packet in _w
         self._left = 0  # bytes of the current packet still to come
+        self._chunk = bytearray(_DRAIN)
+        self.dropped = 0
+        self._got = 0
         self.rx_ticks = time.ticks_ms()
 
     def ready(self, timeout_ms):
-        for _, ev in self._poll.ipoll(
-            timeout_ms
-        ):  # no list per call: an idle poll allocates nothing
+        # ipoll: no list per call, so an idle poll allocates nothing.
+        for _, ev in self._poll.ipoll(timeout_ms):
             if ev & _POLL_BAD and not ev & _POLLIN:
                 raise OSError(_ENOTCONN)
             return True
@@ -59,8 +68,33 @@ class _Guard:
     def read(self, n):
         if not self._blocking and not self.ready(0):
             return None
+        if n >= _DRAIN_MIN:
+            if n > self._limit:
+                return self._drain(n, 0)
+            try:
+                return self._read(n)
+            except MemoryError:
+                # Nothing of it was kept: the parts read so far are garbage now.
+                return self._drain(n, self._got)
+        return self._read(n)
+
+    def _drain(self, n, got):
+        self.dropped += n
+        buf = self._chunk
+        while got < n:
+            if not self.ready(self._t):
+                raise OSError(_ETIMEDOUT)
+            k = n - got
+            k = self._s.readinto(buf, k if k < _DRAIN else _DRAIN)
+            if not k:
+                raise OSError(_ENOTCONN)
+            got += k
+            self.rx_ticks = time.ticks_ms()
+        return b""
+
+    def _read(self, n):
         parts = None
-        got = 0
+        got = self._got = 0
         while True:
             if not self.ready(self._t):
                 raise OSError(_ETIMEDOUT)
@@ -72,12 +106,13 @@ class _Guard:
                     raise OSError(_ENOTCONN)  # closed in the middle of a packet
                 return b""  # orderly close: umqtt.simple turns b"" into OSError(-1)
             self.rx_ticks = time.ticks_ms()
-            if not got and len(data) == n:
+            got += len(data)
+            self._got = got  # consumed from the socket, whatever happens next
+            if got == n and parts is None:
                 return data
             if parts is None:
                 parts = []
             parts.append(data)
-            got += len(data)
             if got == n:
                 return b"".join(parts)
 
@@ -148,23 +183,41 @@ def _packet_size(buf, n):
 
 
 class Transport:
-    def __init__(self, client_id, host, port, ssl_params, keepalive_s=60, timeout_ms=10000):
+    # max_msg: the longest MQTT read the device tries to hold (AWS IoT caps a message at
+    # 128 KB); longer ones, and any it has no memory for, are drained and reported to the
+    # oversize callback as (topic, bytes dropped) instead of the message callback.
+    def __init__(
+        self, client_id, host, port, ssl_params, keepalive_s=60, timeout_ms=10000, max_msg=MAX_MSG
+    ):
         self.client_id = client_id
         self.host = host
         self.port = port
         self._ssl_params = ssl_params
         self._keepalive_ms = keepalive_s * 1000
         self._timeout_ms = timeout_ms
+        self._max_msg = max_msg
         self._cb = None
+        self._big = None
         self._c = None
         self._sock = None
         self._tx_ticks = time.ticks_ms()
         self._ping_ticks = None
 
-    def set_callback(self, fn):
+    def set_callback(self, fn, oversize=None):
         self._cb = fn
-        if self._c:
-            self._c.set_callback(fn)
+        self._big = oversize
+
+    def _deliver(self, topic, msg):
+        s = self._sock
+        n = 0
+        if s is not None:
+            n = s.dropped
+            s.dropped = 0
+        if n:
+            if self._big is not None:
+                self._big(topic, n)
+        elif self._cb is not None:
+            self._cb(topic, msg)
 
     def connect(self):
         from umqtt.simple import MQTTClient
@@ -180,7 +233,7 @@ class Transport:
             ssl=True,
             ssl_params=p() if callable(p) else p,
         )
-        c.set_callback(self._cb or _drop)
+        c.set_callback(self._deliver)
         try:
             # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
             # take no timeout and are bounded by the watchdog on a board.
@@ -191,7 +244,7 @@ class Transport:
             _close(c.sock)
             raise
         c.ssl_params = None  # parsed into the TLS session by now
-        self._sock = _Guard(c.sock, self._timeout_ms)
+        self._sock = _Guard(c.sock, self._timeout_ms, self._max_msg)
         c.sock = self._sock
         self._c = c
         self._tx_ticks = time.ticks_ms()
@@ -290,7 +343,8 @@ class Link:
                     self.on_fail(e)  # may reset the board
                 wait = backoff // 2 + self._rand(backoff // 2 + 1)
                 if self._log:
-                    self._log("link: connect failed (%r), retry in %d ms" % (e, wait))
+                    why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
+                    self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
                 self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
@@ -322,10 +376,6 @@ class Link:
             self._board.sleep_ms(ms)
         else:
             time.sleep_ms(ms)
-
-
-def _drop(topic, msg):
-    pass
 
 
 def _close(sock):

@@ -1,9 +1,13 @@
 """A mosquitto broker that behaves like AWS IoT Core's for the Jobs topics.
 
 Mutual TLS only: every client presents a certificate from the local CA, its CN becomes the
-MQTT username (``use_identity_as_username``), and the ACL lets a thing use only
-``$aws/things/<its name>/...``. The Jobs service connects as the privileged user
-``SERVICE_IDENTITY``. A plaintext listener exists only when asked for explicitly.
+MQTT username (``use_identity_as_username``) and also its client id, whatever id it asked for
+(``use_username_as_clientid``): as AWS IoT's policy binds ``client/${iot:Connection.Thing.
+ThingName}``, a thing can neither take another thing's session nor the service's. The ACL lets
+a thing use only ``$aws/things/<its name>/...``. The Jobs service connects as the privileged
+user ``SERVICE_IDENTITY``, a name no thing can have (a '.' is not allowed in thing names), and
+``RESERVED_NAMES`` are refused as thing names. A plaintext listener exists only when asked for
+explicitly.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import JobsctlError
-from .netutil import LogPump, free_port
+from .netutil import LogPump, dies_with_parent, free_port, reap_stale, write_pid
 from .pki import CertificateAuthority, Credentials
 
-SERVICE_IDENTITY = "jobs-service"
+SERVICE_IDENTITY = "jobs.service"
+# Thing names refused because they look like the service (its identity before issue 21).
+RESERVED_NAMES = frozenset({"jobs-service", "jobs_service"})
+# AWS IoT caps an MQTT message at 128 KB of payload; the broker allows for topic and header.
+MAX_PACKET_SIZE = 132096
 
 _ACL = """\
 # Written by jobsctl. The Jobs service may use every thing's topics; a thing only its own.
@@ -98,8 +106,7 @@ def write_config(
         # the keys in a private folder; stay the user that started it instead.
         "user root" if os.geteuid() == 0 else "",
         f"acl_file {acl}",
-        # AWS IoT caps an MQTT message at 128 KB of payload; allow for topic and header.
-        "max_packet_size 132096",
+        f"max_packet_size {MAX_PACKET_SIZE}",
         # Every packet out at once: a Jobs reply is one small packet, and Nagle would hold
         # it until the client's delayed ACK (~40 ms) whenever one is still unacknowledged.
         "set_tcp_nodelay true",
@@ -109,6 +116,7 @@ def write_config(
         f"keyfile {server.key}",
         "require_certificate true",
         "use_identity_as_username true",
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
     ]
     if plaintext_port:
@@ -128,12 +136,19 @@ def start_broker(
     """Start mosquitto on ``port`` (a free one when 0) and return once it listens."""
     binary = mosquitto_binary()
     last = ""
+    pid_file = Path(folder) / "mosquitto.pid"
+    # A broker left running on this folder by a stack that was killed holds its port.
+    reap_stale(pid_file, str(Path(folder) / "mosquitto.conf"))
     for _ in range(attempts):
         use_port = port or free_port()
         conf = write_config(Path(folder), ca, use_port, plaintext_port)
         proc = subprocess.Popen(
-            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [binary, "-c", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            preexec_fn=dies_with_parent(),  # SIGKILLed if we die, even by kill -9
         )
+        write_pid(pid_file, proc.pid)
         log = LogPump(proc)
         if log.wait_for(" running", timeout=15) and proc.poll() is None:
             return Broker(

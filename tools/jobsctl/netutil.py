@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
+import signal
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO
+
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,6 +36,58 @@ def wait_for_port(host: str, port: int, timeout: float, alive: Callable[[], bool
         except OSError:
             time.sleep(0.02)  # polling a port that is not open yet; not synchronisation of a test
     return False
+
+
+def dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child SIGKILLed when its parent dies, however it dies
+    (``kill -9`` too): Linux's PR_SET_PDEATHSIG. The signal comes when the *thread* that
+    started the child ends, so start children from a thread that lives as long as they must
+    (the stack's are started by the thread that starts the stack). None where there is no
+    prctl (not Linux)."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here, not in the child
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the prctl: nothing to serve
+            os._exit(1)
+
+    return preexec
+
+
+def reap_stale(pid_file: Path, marker: str, timeout: float = 10) -> None:
+    """End the process ``pid_file`` names if it is still running and its command line holds
+    ``marker`` (a child a killed stack left behind on this state dir); forget the file."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        pid_file.unlink(missing_ok=True)
+        return
+    if marker.encode() in cmdline.split(b"\0"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for a process exit that init reaps, not synchronisation
+    pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def write_pid(pid_file: Path, pid: int) -> None:
+    tmp = pid_file.with_name(pid_file.name + ".tmp")
+    tmp.write_text(f"{pid}\n")
+    os.replace(tmp, pid_file)
 
 
 class LogPump:

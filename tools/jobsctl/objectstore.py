@@ -27,7 +27,7 @@ import boto3
 from botocore.config import Config
 
 from .errors import JobsctlError
-from .netutil import LogPump, free_port, wait_for_port
+from .netutil import LogPump, dies_with_parent, free_port, reap_stale, wait_for_port, write_pid
 from .pki import CertificateAuthority
 
 DEFAULT_BUCKET = "jobs-payloads"
@@ -71,6 +71,9 @@ class ObjectStore:
         return self.folder / "objects"
 
     def start(self, attempts: int = 5) -> str:
+        pid_file = self.folder / "moto.pid"
+        # A store left running on this folder by a stack that was killed holds its port.
+        reap_stale(pid_file, str(self.folder / "server.pem"))
         creds = self.ca.issue_server(self.folder)
         last = ""
         for _ in range(attempts):
@@ -91,7 +94,9 @@ class ObjectStore:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=env,
+                preexec_fn=dies_with_parent(),  # SIGKILLed if we die, even by kill -9
             )
+            write_pid(pid_file, proc.pid)
             log = LogPump(proc)
             if wait_for_port("127.0.0.1", port, 30, lambda p=proc: p.poll() is None):  # type: ignore[misc]
                 self.proc, self._log, self.port = proc, log, port

@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import boto3
 
-from .broker import SERVICE_IDENTITY, Broker, start_broker
+from .broker import RESERVED_NAMES, SERVICE_IDENTITY, Broker, start_broker
 from .errors import JobsctlError
 from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority, certificate_id
@@ -42,6 +42,8 @@ _NAME_CHARS = set(string.ascii_letters + string.digits + ":_-")
 def check_name(name: str, what: str = "thing") -> None:
     if not 1 <= len(name) <= 128 or not set(name) <= _NAME_CHARS:
         raise JobsctlError(f"invalid {what} name {name!r}: use 1-128 characters of [a-zA-Z0-9:_-]")
+    if what == "thing" and name.lower() in RESERVED_NAMES:
+        raise JobsctlError(f"invalid thing name {name!r}: it is reserved for the Jobs service")
 
 
 def credentials(store: Store) -> tuple[str, str]:
@@ -60,6 +62,7 @@ def issue_thing(
     state_dir: Path, ca: CertificateAuthority, model: Model, name: str
 ) -> dict[str, Any]:
     """Issue (or reuse) the thing's certificate into DIR/things/NAME and record it."""
+    check_name(name)  # never a certificate for a reserved or malformed name
     folder = Path(state_dir) / "things" / name
     cert, key = folder / "device.pem", folder / "device.key"
     if not (cert.exists() and key.exists()):

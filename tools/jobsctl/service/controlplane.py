@@ -27,7 +27,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import operations, quotas, sigv4, templates
 from .model import ApiError, Model, invalid
-from .validate import document_parameter_errors, message, validate
+from .validate import MAX_DEPTH, document_parameter_errors, json_depth, message, validate
 
 log = logging.getLogger("jobsctl.controlplane")
 
@@ -52,6 +52,10 @@ OPERATIONS = (
 )
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+
+# The largest request body read (bytes). CreateJob's is the largest: a 32768-character
+# document, JSON-escaped (up to 6 bytes a character), plus its other members.
+MAX_BODY = 256 * 1024
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -121,9 +125,7 @@ class ControlPlane:
                 p.get("nextToken"),
             ),
             "CancelJobExecution": self._cancel_execution,
-            "CreateThing": lambda p: model.create_thing(
-                p["thingName"], (p.get("attributePayload") or {}).get("attributes")
-            ),
+            "CreateThing": self._create_thing,
             "DescribeThing": lambda p: model.describe_thing(p["thingName"]),
             "ListThings": lambda p: model.list_things(p.get("maxResults"), p.get("nextToken")),
             "CreateThingGroup": lambda p: model.create_group(
@@ -155,6 +157,15 @@ class ControlPlane:
         )
         return {}
 
+    def _create_thing(self, p: dict[str, Any]) -> dict[str, Any]:
+        from ..broker import RESERVED_NAMES
+
+        if p["thingName"].lower() in RESERVED_NAMES:
+            raise invalid(f"Thing name {p['thingName']} is reserved for the Jobs service.")
+        return self.model.create_thing(
+            p["thingName"], (p.get("attributePayload") or {}).get("attributes")
+        )
+
     def _add_to_group(self, p: dict[str, Any]) -> dict[str, Any]:
         group = p.get("thingGroupName") or _arn_name(p.get("thingGroupArn"), "thinggroup")
         thing = p.get("thingName") or _arn_name(p.get("thingArn"), "thing")
@@ -172,6 +183,10 @@ class ControlPlane:
             response = Response(json.dumps(body), 200, content_type="application/json")
         except ApiError as exc:
             response = _error(exc.status, exc.name, exc.message)
+            if not environ.get("jobsctl.body_read"):
+                # What the client sent after the headers was not read: the connection cannot
+                # carry another request.
+                response.headers["Connection"] = "close"
         except Exception as exc:  # a bug must not take the server down; AWS answers 500
             if isinstance(exc, sqlite3.OperationalError):  # the store locked past its timeout
                 response = _error(503, "ServiceUnavailableException", f"The store is busy: {exc}")
@@ -184,7 +199,19 @@ class ControlPlane:
     def _handle(self, request: Request, environ: dict[str, Any]) -> dict[str, Any]:
         raw = environ.get("RAW_URI") or environ.get("REQUEST_URI") or request.full_path
         raw_path, _, raw_query = raw.partition("?")
-        body = request.get_data()
+        # The headers first: a stranger's request is refused before a byte of its body is
+        # read, and nobody's body is read past MAX_BODY.
+        lower = {k.lower(): v for k, v in request.headers.items()}
+        sigv4.verify_headers(lower, self.access_key, self.region, self.SIGNING_NAME)
+        if "chunked" in lower.get("transfer-encoding", "").lower():
+            raise invalid("Chunked request bodies are not accepted: send a Content-Length.")
+        length = request.content_length or 0
+        if length > MAX_BODY:
+            raise invalid(
+                f"The request body of {length} bytes is larger than the {MAX_BODY} accepted."
+            )
+        body = request.stream.read(length) if length else b""
+        environ["jobsctl.body_read"] = True
         host = request.headers.get("Host", "localhost")
         sigv4.verify(
             method=request.method,
@@ -217,9 +244,11 @@ class ControlPlane:
         shape = op.input_shape
         assert shape is not None
         if body.strip():
+            if json_depth(body) > MAX_DEPTH:
+                raise invalid(f"The request body nests deeper than {MAX_DEPTH} levels.")
             try:
                 params = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ApiError(
                     "InvalidRequestException", 400, "The request body is not valid JSON."
                 ) from None
@@ -239,6 +268,12 @@ class ControlPlane:
                 params.pop(name, None)
         seeded = params.pop("documentParameters", None) if op.name == "CreateJob" else None
         errors = validate(shape, params)
+        document = params.get("document") if op.name == "CreateJob" else None
+        if isinstance(document, str) and json_depth(document) > MAX_DEPTH:
+            errors.append(
+                f"Value at 'document' failed to satisfy constraint: Member must not nest"
+                f" deeper than {MAX_DEPTH} levels"
+            )
         if seeded is not None:
             errors += document_parameter_errors(seeded)
             params["documentParameters"] = seeded

@@ -25,6 +25,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ..broker import MAX_PACKET_SIZE
 from .model import (
     DEVICE_STATUSES,
     JobsError,
@@ -61,6 +62,15 @@ Reply = tuple[str, dict[str, Any]]
 # is a batch of one and waits for nothing.
 BATCH_MAX = 64
 
+# AWS's limits on what the data plane takes and gives: a clientToken of 1-64 characters
+# (REFERENCE §1), and at most 10 executions in a GetPendingJobExecutions reply or a
+# ListNotification (AWS IoT Jobs limits, without scheduling configuration).
+TOKEN_MAX = 64
+PENDING_MAX = 10
+# Fixed header (5), topic length (2), packet id (2), MQTT 5 properties (1): what a PUBLISH
+# adds to its topic and payload.
+_PUBLISH_OVERHEAD = 10
+
 # Requests per second per thing (token bucket, burst = rate) beyond which the data plane
 # answers RequestThrottled; 0 turns throttling off.
 DEFAULT_THROTTLE_PER_SECOND = 20.0
@@ -84,7 +94,7 @@ class DataPlane:
         key_file: Path,
         presign: Presigner | None = None,
         throttle_per_second: float | None = None,
-        client_id: str = "jobs-service",
+        client_id: str = "jobs.service",  # the broker uses the certificate's CN anyway
     ) -> None:
         self.model = model
         self.host, self.port = host, port
@@ -101,6 +111,7 @@ class DataPlane:
         self.handled = 0
         self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
+        self.dropped = 0  # replies too large to deliver
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         client.tls_set(ca_certs=str(ca_file), certfile=str(cert_file), keyfile=str(key_file))
         client.max_inflight_messages_set(0)  # unlimited: replies must never wait on acks
@@ -259,10 +270,12 @@ class DataPlane:
         token: str | None = None
         try:
             request = json.loads(payload) if payload.strip() else {}
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return self._reject(topic, None, "InvalidJson", "The request is not valid UTF-8 JSON.")
-        if isinstance(request, dict) and isinstance(request.get("clientToken"), str):
-            token = request["clientToken"]
+        # Echoed only when valid: a reply must never carry what an attacker sized.
+        sent = request.get("clientToken") if isinstance(request, dict) else None
+        if isinstance(sent, str) and 0 < len(sent) <= TOKEN_MAX:
+            token = sent
         try:
             with self.model.request():  # a rejected request's writes are rolled back
                 reply = self._operate(thing, op, job_id, request)
@@ -288,8 +301,11 @@ class DataPlane:
             raise JobsError("InvalidRequest", f"Thing name {thing[:140]} is not valid.")
         if job_id is not None and job_id != "$next" and not _JOB_ID.fullmatch(job_id):
             raise JobsError("InvalidRequest", f"Job id {job_id[:80]} is not valid.")
-        if "clientToken" in request and not isinstance(request["clientToken"], str):
-            raise JobsError("InvalidRequest", "clientToken must be a string.")
+        sent = request.get("clientToken", "")
+        if "clientToken" in request and not (isinstance(sent, str) and 0 < len(sent) <= TOKEN_MAX):
+            raise JobsError(
+                "InvalidRequest", f"clientToken must be a string of 1-{TOKEN_MAX} characters."
+            )
         if op == "get":
             reply = self._get(thing)
         elif op == "start-next":
@@ -331,10 +347,23 @@ class DataPlane:
         return topic + "/rejected", body
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
-        self.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        size = len(payload) + len(topic.encode()) + _PUBLISH_OVERHEAD
+        if size > MAX_PACKET_SIZE:
+            # The broker would drop the service's connection for it, and paho would send it
+            # again at every reconnect: nobody would get a reply any more. Drop it here.
+            log.error(
+                "dropped a reply of %d bytes on %s: larger than the broker's %d",
+                size,
+                topic,
+                MAX_PACKET_SIZE,
+            )
+            self.dropped += 1
+            return
+        self.client.publish(topic, payload, qos=1)
 
     def _get(self, thing: str) -> dict[str, Any]:
-        rows = self.model.pending(thing)
+        rows = self.model.pending(thing)[:PENDING_MAX]
         return {
             "inProgressJobs": [self.model.summary_of(r) for r in rows if r["status"] != "QUEUED"],
             "queuedJobs": [self.model.summary_of(r) for r in rows if r["status"] == "QUEUED"],
@@ -475,7 +504,7 @@ class DataPlane:
             if self._last_list.get(thing) != listing:
                 self._last_list[thing] = listing
                 jobs: dict[str, list[dict[str, Any]]] = {}
-                for r in rows:
+                for r in rows[:PENDING_MAX]:
                     jobs.setdefault(r["status"], []).append(self.model.summary_of(r))
                 self._publish(f"{_PREFIX}{thing}/jobs/notify", {"timestamp": now, "jobs": jobs})
             key = (rows[0]["job_id"], rows[0]["execution_number"]) if rows else None

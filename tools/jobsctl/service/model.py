@@ -402,7 +402,7 @@ class Model:
             raise invalid(f"The job document is longer than {MAX_DOCUMENT} characters.")
         try:
             parsed = json.loads(document)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise invalid(f"The job document is not valid JSON: {exc}") from None
         if not isinstance(parsed, dict):
             raise invalid("The job document must be a JSON object.")

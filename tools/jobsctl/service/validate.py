@@ -129,6 +129,35 @@ def message(errors: list[str]) -> str:
     return f"{n} validation error{'s' if n > 1 else ''} detected: " + "; ".join(errors)
 
 
+# The deepest JSON nesting the local service takes (a job document, a request body): deeper
+# would overflow the parsers' recursion (CPython's json: ~1000 levels) somewhere downstream.
+MAX_DEPTH = 64
+
+
+def json_depth(text: str | bytes) -> int:
+    """How deep the arrays and objects of a JSON text nest, without parsing (no recursion);
+    brackets inside strings do not count."""
+    data = text.encode() if isinstance(text, str) else text
+    depth = deepest = 0
+    in_string = escaped = False
+    for c in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                in_string = False
+        elif c == 0x22:
+            in_string = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
 _PARAM_KEY = re.compile(r"[a-zA-Z0-9:_-]+")
 
 
