@@ -12,6 +12,7 @@ from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
 from .model import Model
 from .store import Store
+from .streams import StreamPlane, Streams
 
 log = logging.getLogger("jobsctl.service")
 
@@ -44,11 +45,13 @@ class Service:
         self.config = config
         self.store = Store(config.db_path)
         self.model = Model(self.store, fetch_object=fetch_object)  # type: ignore[arg-type]
+        self.streams = Streams(self.model, fetch_object)  # type: ignore[arg-type]
         self.control = ControlPlane(
             self.model,
             access_key=config.access_key,
             secret_key=config.secret_key,
             region=config.region,
+            extra=self.streams.handlers(),
         )
         self.data = DataPlane(
             self.model,
@@ -59,6 +62,13 @@ class Service:
             key_file=config.service_key,
             presign=presign,
             throttle_per_second=config.throttle_per_second,
+        )
+        self.stream_plane = StreamPlane(
+            self.streams,
+            port=config.mqtt_port,
+            ca_file=config.ca_file,
+            cert_file=config.service_cert,
+            key_file=config.service_key,
         )
         self.model.on_change = self._changed
         self._wake = threading.Event()
@@ -72,6 +82,7 @@ class Service:
     def start(self) -> int:
         """Start both planes; returns the control-plane port."""
         self.data.start()
+        self.stream_plane.start()
         port = self.control.start(
             self.config.control_port,
             self.config.server_cert,
@@ -101,6 +112,7 @@ class Service:
         if self._timer.is_alive():
             self._timer.join(timeout=10)
         self.control.stop()
+        self.stream_plane.stop()
         self.data.stop()
         with self.model.lock:
             self.store.close()
