@@ -45,18 +45,36 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
         if not isinstance(files, list) or len(files) != 1 or not isinstance(files[0], dict):
             raise Rejected("afr_ota: exactly one file is supported")
         protos = afr.get("protocols", ["HTTP"])
-        if not isinstance(protos, list) or "HTTP" not in protos:
-            raise Rejected("afr_ota: only the HTTP protocol is supported")
+        if (
+            not isinstance(protos, list)
+            or not protos
+            or [p for p in protos if p not in ("HTTP", "MQTT")]
+        ):
+            raise Rejected("afr_ota: protocols must be MQTT and/or HTTP")
         f = files[0]
         doc = {
-            "url": f.get("update_data_url"),
+            "url": f.get("update_data_url") if "HTTP" in protos else None,
             "size": f.get("filesize"),
             "signature": f.get("sig-sha256-ecdsa"),
         }
+        if "MQTT" in protos:
+            doc["stream"] = afr.get("streamname") or 0  # 0: fails the name check below
+            doc["file_id"] = f.get("fileid", 0)
+    stream = doc.get("stream")
+    fid = doc.get("file_id", 0)
+    if stream is not None:
+        if not _name(stream):
+            raise Rejected("'stream' must be a stream name (1-128 of [a-zA-Z0-9_-])")
+        if not isinstance(fid, int) or not 0 <= fid <= 255:
+            raise Rejected("'file_id' must be an integer 0-255")
+        if doc.get("compression") is not None:
+            raise Rejected("gzip payloads are not supported over MQTT streams")
     url = doc.get("url")
-    if not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
+    if url is None and stream is not None:
+        pass  # MQTT only
+    elif not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
         raise Rejected("'url' must be a URL string")
-    if url.startswith("${"):
+    elif url.startswith("${"):
         raise Rejected("the URL placeholder was not replaced by the service")
     size = doc.get("size")
     if not isinstance(size, int) or size <= 0:
@@ -88,7 +106,33 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
             # The decompressor keeps a window of 2**window_bits bytes: the document states it
             # so that the device can refuse what it cannot afford before downloading.
             raise Rejected("gzip needs 'window_bits' 9-%d" % _MAX_WBITS)
-    return {"url": url, "size": size, "sha256": digest, "sig": sig, "version": version, "gz": gz}
+    return {
+        "url": url,
+        "size": size,
+        "sha256": digest,
+        "sig": sig,
+        "version": version,
+        "gz": gz,
+        "stream": stream,
+        "fileid": fid,
+    }
+
+
+def _name(s):
+    if not isinstance(s, str) or not 0 < len(s) <= 128:
+        return False
+    for c in s:
+        if not (c.isalpha() and c < "\x80" or "0" <= c <= "9" or c in "_-"):
+            return False
+    return True
+
+
+def protocols(ctx, job):
+    # The download protocols this job offers, the configured preference first.
+    both = ["MQTT", "HTTP"]
+    if ctx.config.get("ota_protocol", "mqtt") == "http":
+        both = ["HTTP", "MQTT"]
+    return [p for p in both if (job["stream"] if p == "MQTT" else job["url"]) is not None]
 
 
 # ---------------------------------------------------------------- the handler
@@ -145,6 +189,22 @@ def _download(ctx, doc):
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
     h = _rehash(slot, buf, off)
+    protos = protocols(ctx, job)
+    if st.get("proto") not in protos:
+        st["proto"] = protos[0]  # persisted: a reset continues with the same protocol
+    if st["proto"] == "MQTT":
+        from iotjobs import stream
+
+        try:
+            off = stream.download(ctx, job, slot, h, buf, tail, off, size)
+        except (Failed, OSError) as e:
+            if len(protos) < 2:
+                raise
+            ctx.log("MQTT stream failed (%s), falling back to HTTP" % (e,), "warning")
+            st["proto"] = "HTTP"
+            ctx.save()
+            off = st["off"]
+            h = _rehash(slot, buf, off)
     tries = [0, 0]
     while off < size:
         ctx.check()
