@@ -51,6 +51,8 @@ class _Reader:
         self.back = -1  # one byte pushed back by the JSON scanner
         self.p = select.poll()
         self.p.register(sock, _POLLIN)
+        for _ in self.p.ipoll(0):  # the first ipoll() allocates the tuple it reuses after
+            pass
 
     def _fill(self, k):
         # Reads 1..k bytes (k <= bytes left in the packet) into rx; waits up to timeout.
@@ -135,20 +137,23 @@ class Session:
         self.topic = bytearray(_TOPIC_MAX)
         self.tlen = 0
         self.connects = -1
-        self.r = None
+        self.r = None  # the packet reader of the current connection
         self.blocks = 0  # blocks received (for the log and the bench)
         self.requests = 0
         self._len = 0  # every attribute exists before the heap is locked
 
-    def _link(self):
-        # The connected transport, subscribed to the stream's topics (again after a reconnect).
+    def link(self):
+        # The connected transport, subscribed to the stream's topics (again after a reconnect),
+        # and the packet reader over its TLS socket.
         link = self.ctx._a.link
         t = link.ensure()
         if link.connects != self.connects:
             t.subscribe(self.data)
             t.subscribe(self.rej)
             self.connects = link.connects
-            self.r = None
+        sock = t._sock._s  # the TLS socket under the transport's guard
+        if self.r is None or self.r.s is not sock:
+            self.r = _Reader(sock, self.ctx.config["timeout_ms"])
         return t
 
     def _request(self, t, first, n):
@@ -171,10 +176,10 @@ class Session:
         if n > _WINDOW:
             n = _WINDOW
         self._request(t, first, n)
-        sock = t._sock._s  # the TLS socket under the transport's guard
         r = self.r
-        if r is None or r.s is not sock:
-            r = self.r = _Reader(sock, self.ctx.config["timeout_ms"])
+        if r is None:
+            raise OSError(_ENOTCONN)
+        sock = r.s
         st = self.ctx.state
         board = self.ctx.board
         sock.setblocking(False)
@@ -344,29 +349,35 @@ class Session:
 
 def download(ctx, job, slot, h, buf, tail, off, size):
     # The whole file from off (a multiple of 4096) into the slot, hashing as it goes; -> size.
-    # Raises Failed (the caller may fall back to HTTP), Canceled, or OSError after too many
-    # failures in a row.
-    from iotjobs import ota
-
+    # Raises Failed (the caller may fall back to HTTP), Canceled, or Failed after too many
+    # network failures in a row.
     s = Session(ctx, job)
-    fails = 0
     if off:
         ctx.log("resuming download at %d of %d" % (off, size))
+    off = fetch(ctx, s, slot, h, buf, tail, off, size)
+    ctx.log("stream: %d blocks in %d requests" % (s.blocks, s.requests))
+    return off
+
+
+def fetch(ctx, s, slot, h, buf, tail, off, size):
+    # The loop (bench/ota_mqtt_pipeline.py runs it under heap_lock): a window at a time.
+    fails = 0
     while off < size:
         ctx.check()  # between windows: the agent reads MQTT, a cancel is noticed here
         try:
-            t = s._link()
+            t = s.link()
             new = s.window(t, off, size, buf, slot, h, tail)
             if new > off:
                 fails = 0
             off = new
         except OSError as e:
+            from iotjobs import ota
+
             ctx._a.link.drop(e)
             fails = ota._net_fail(ctx, fails, e)
             continue
         if ctx.progress_due():
             ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
-    ctx.log("stream: %d blocks in %d requests" % (s.blocks, s.requests))
     return off
 
 
