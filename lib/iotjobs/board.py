@@ -111,3 +111,16 @@ def app_version(part):
     raw = bytes(buf[_DESC_OFFSET + 16 :])
     end = raw.find(b"\0")
     return (raw if end < 0 else raw[:end]).decode()
+
+
+def app_secure_version(part):
+    # The descriptor's secure_version (anti-rollback counter); 0 without a descriptor.
+    buf = bytearray(_DESC_OFFSET + 8)
+    part.readblocks(0, buf, 0)
+    d = _DESC_OFFSET
+    if (
+        buf[0] != 0xE9
+        or buf[d] | buf[d + 1] << 8 | buf[d + 2] << 16 | buf[d + 3] << 24 != _DESC_MAGIC
+    ):
+        return 0
+    return buf[d + 4] | buf[d + 5] << 8 | buf[d + 6] << 16 | buf[d + 7] << 24

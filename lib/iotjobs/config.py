@@ -47,6 +47,7 @@ _OPTIONAL = {
     "ota_allow_http": bool,  # plain-http downloads; off unless provisioning says so
     "ota_protocol": str,  # "mqtt" (default) or "http": the one tried first when a job offers both
     "ota_stream_format": str,  # "json" (default) or "cbor": MQTT stream messages
+    "ota_allow_downgrade": bool,  # with a job's "allow_downgrade": an older secure_version
     "app_dir": str,
 }
 

@@ -96,6 +96,9 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
     version = doc.get("version")
     if version is not None and not isinstance(version, str):
         raise Rejected("'version' must be a string")
+    down = doc.get("allow_downgrade", False)
+    if not isinstance(down, bool):
+        raise Rejected("'allow_downgrade' must be true or false")
     gz = None
     comp = doc.get("compression")
     if comp is not None:
@@ -115,6 +118,7 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
         "gz": gz,
         "stream": stream,
         "fileid": fid,
+        "down": down,
     }
 
 
@@ -343,9 +347,34 @@ def _verify(ctx, doc):
         return _fail_before_boot(
             ctx, "image is version %s, the job says %s" % (new, job["version"])
         )
+    _check_downgrade(ctx, job, slot)
     st["new"] = new
     st["verified"] = details
     return "activate"
+
+
+def _check_downgrade(ctx, job, slot):
+    # The image's secure_version against the device's floor (iotjobs.secver), after the
+    # signature: a descriptor is only believed once the image is known to be genuine.
+    from iotjobs import secver
+    from iotjobs.board import app_secure_version
+
+    new = app_secure_version(slot)
+    ctx.state["sv"] = new
+    try:
+        low = secver.floor(ctx.board)
+    except OSError as e:
+        _fail_before_boot(ctx, "security counter unreadable (%r): update refused" % (e,))
+    if new >= low:
+        return
+    if job["down"] and ctx.config.get("ota_allow_downgrade") is True:
+        ctx.log("downgrade to secure_version %d (floor %d): allowed" % (new, low), "warning")
+        return
+    _erase_head(ctx)
+    why = "downgrade: secure_version %d is below this device's %d" % (new, low)
+    if job["down"]:
+        why += " (the device config does not allow downgrades)"
+    raise Rejected(why)
 
 
 def check_signature(ctx, sig, digest, details):
@@ -430,6 +459,15 @@ def _booting(ctx, doc):
     if reason is None:
         b.confirm_image()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
+        sv = st.get("sv", 0)
+        details["secure_version"] = str(sv)
+        try:
+            from iotjobs import secver
+
+            secver.confirm(sv)
+        except OSError as e:  # the image runs and is confirmed; say the counter did not move
+            ctx.log("security counter not raised: %r" % (e,), "error")
+            details["secver_error"] = repr(e)
         details["previous"] = st["old"]
         details.update(st.get("verified", {}))
         return details

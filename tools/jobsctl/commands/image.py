@@ -38,6 +38,14 @@ def register(sub: Any) -> None:
         "--size", type=parse_size, help="approximate image size, e.g. 1M (default: small)"
     )
     b.add_argument("--project", default="iotjobs-sim")
+    b.add_argument(
+        "--secure-version",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the app descriptor's secure_version: devices refuse images below the highest"
+        " they have confirmed (default 0)",
+    )
     b.add_argument("-o", "--output", type=Path, required=True)
     b.set_defaults(func=build)
 
@@ -68,13 +76,16 @@ def _read(path: Path) -> bytes:
 
 
 def build(args: argparse.Namespace) -> int:
-    data = image.build_app_image(args.version, size=args.size, project=args.project)
+    data = image.build_app_image(
+        args.version, size=args.size, project=args.project, secure_version=args.secure_version
+    )
     args.output.write_bytes(data)
     print(
         json.dumps(
             {
                 "file": str(args.output),
                 "version": args.version,
+                "secure_version": args.secure_version,
                 "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
@@ -105,6 +116,7 @@ def info(args: argparse.Namespace) -> int:
             {
                 "file": str(args.file),
                 "version": image.read_app_version(data),
+                "secure_version": image.read_secure_version(data),
                 "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "valid": True,
