@@ -11,6 +11,7 @@ from pathlib import Path
 from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
 from .model import Model
+from .otaupdates import OtaUpdates
 from .store import Store
 from .streams import StreamPlane, Streams
 
@@ -46,12 +47,13 @@ class Service:
         self.store = Store(config.db_path)
         self.model = Model(self.store, fetch_object=fetch_object)  # type: ignore[arg-type]
         self.streams = Streams(self.model, fetch_object)  # type: ignore[arg-type]
+        self.ota_updates = OtaUpdates(self.model, self.streams)
         self.control = ControlPlane(
             self.model,
             access_key=config.access_key,
             secret_key=config.secret_key,
             region=config.region,
-            extra=self.streams.handlers(),
+            extra={**self.streams.handlers(), **self.ota_updates.handlers()},
         )
         self.data = DataPlane(
             self.model,
