@@ -147,3 +147,27 @@ def test_cancel_during_a_stream_download_stops_before_set_boot(
     dev.wait_for(f"{job}: canceled, handler stopped", timeout=60)
     assert final(stack_session, thing_of(dev), job)["status"] == "CANCELED"
     assert_old_firmware_boots(dev)
+
+
+@pytest.mark.parametrize("protocol", ["mqtt", "both"])
+def test_jobsctl_job_ota_protocol_makes_a_stream_the_device_downloads(
+    stack_session: Stack, boards: Boards, signing: Path, tmp_path: Path, capsys: Any, protocol: str
+) -> None:
+    from jobsctl import cli
+
+    dev = ota_board(stack_session, boards, signing)
+    f = tmp_path / "app.bin"
+    f.write_bytes(image.build_app_image("4.1.0", size=120_000))
+    job = unique("cli")
+    argv = ["job", "ota", job, "--state-dir", str(stack_session.state_dir)]
+    argv += ["--targets", thing_of(dev), "--file", str(f), "--key", str(signing)]
+    assert cli.main([*argv, "--protocol", protocol]) == 0
+    doc = json.loads(capsys.readouterr().out)["document"]
+    assert doc["stream"] == job and doc["file_id"] == 0
+    assert ("url" in doc) == (protocol == "both")
+    ex = final(stack_session, thing_of(dev), job, timeout=120)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "4.1.0"
+    assert any("stream:" in line for line in dev.lines)  # both: the default preference, MQTT
+    assert cli.main([*argv, "--protocol", "mqtt", "--gzip-window", "12"]) == 1
+    assert "--gzip-window works with --protocol http only" in capsys.readouterr().err
