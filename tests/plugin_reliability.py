@@ -17,6 +17,8 @@ FULL = {
     "mqtt": 20,
     "power": 50,
     "server": 10,
+    "stream-cut": 30,
+    "stream-power": 30,
     "fuzz": 10_000,
     "dataplane": 2_000,
     "controlplane": 2_000,

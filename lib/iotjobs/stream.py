@@ -141,6 +141,7 @@ class Session:
         self.blocks = 0  # blocks received (for the log and the bench)
         self.requests = 0
         self._len = 0  # every attribute exists before the heap is locked
+        self.off = 0  # bytes written and hashed so far: what a failed window leaves behind
 
     def link(self):
         # The connected transport, subscribed to the stream's topics (again after a reconnect),
@@ -208,6 +209,7 @@ class Session:
                     h.update(buf)
                 slot.writeblocks(i, buf)
                 off += want
+                self.off = off
                 self.blocks += 1
                 board.feed()
                 if (i + 1) % _SAVE_EVERY == 0 and off < size:
@@ -362,20 +364,24 @@ def download(ctx, job, slot, h, buf, tail, off, size):
 def fetch(ctx, s, slot, h, buf, tail, off, size):
     # The loop (bench/ota_mqtt_pipeline.py runs it under heap_lock): a window at a time.
     fails = 0
+    s.off = off
     while off < size:
         ctx.check()  # between windows: the agent reads MQTT, a cancel is noticed here
         try:
             t = s.link()
-            new = s.window(t, off, size, buf, slot, h, tail)
-            if new > off:
-                fails = 0
-            off = new
+            s.window(t, off, size, buf, slot, h, tail)
         except OSError as e:
             from iotjobs import ota
 
+            if s.off > off:
+                fails = 0
+            off = s.off  # the blocks of the window that did arrive are written and hashed
             ctx._a.link.drop(e)
             fails = ota._net_fail(ctx, fails, e)
             continue
+        if s.off > off:
+            fails = 0
+        off = s.off
         if ctx.progress_due():
             ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
     return off
