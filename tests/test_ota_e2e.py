@@ -339,7 +339,7 @@ def test_afr_ota_document_from_create_ota_update_is_understood(
                     "filepath": "/",
                     "filesize": len(data),
                     "fileid": 0,
-                    "certfile": "ota-signer",
+                    "certfile": "ota_key.pem",
                     "fileType": 0,
                     "update_data_url": otajob.placeholder(url),
                     "auth_scheme": "aws.s3.presigned",

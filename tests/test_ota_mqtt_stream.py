@@ -23,6 +23,8 @@ from jobsctl import image, otajob
 from jobsctl.device import setup_board
 from jobsctl.stack import Stack
 
+WINDOW = 16  # iotjobs.stream._WINDOW: blocks asked for per request
+
 SCRIPT = Path(__file__).parent.parent / "bench" / "ota_mqtt_pipeline.py"
 
 
@@ -71,7 +73,7 @@ def test_stream_loop_writes_the_image_with_the_heap_locked(
     assert out[3] == hashlib.sha256(data).hexdigest()
     blocks = -(-len(data) // 4096)
     assert int(out[11]) == blocks
-    assert int(out[10]) == -(-blocks // 8)  # one request per window of 8 blocks
+    assert int(out[10]) == -(-blocks // WINDOW)  # one request per window of blocks
     assert int(out[7]) == (blocks - 1) // 16  # an offset checkpoint every 16 blocks
     slot = image.slot_image(board, "ota_1")
     assert slot[: len(data)] == data

@@ -155,6 +155,7 @@ def _run(ctx, doc):
     if "step" not in st:
         slot = ctx.board.next_partition()
         parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+        _check_certfile(ctx, doc)
         st["step"] = "download"
         st["slot"] = slot.info()[4]
         st["off"] = 0
@@ -173,6 +174,26 @@ def _run(ctx, doc):
             return result
         st["step"] = result
         ctx.save()
+
+
+def _check_certfile(ctx, doc):
+    # afr_ota's certfile names the signer's key or certificate on the device: only the one
+    # the device config trusts (ota_key_file) is accepted, never a file a job could choose.
+    afr = doc.get("afr_ota")
+    if not isinstance(afr, dict):
+        return
+    cf = afr["files"][0].get("certfile")
+    if not cf:
+        return
+    key = ctx.config.get("ota_key_file")
+    if not isinstance(cf, str) or key is None or _basename(cf) != _basename(key):
+        raise Rejected(
+            "certfile %r is not this device's signing key (%s)" % (cf, _basename(key or "none"))
+        )
+
+
+def _basename(path):
+    return path[path.rfind("/") + 1 :]
 
 
 def _slot(ctx):
@@ -443,7 +464,15 @@ def _activate(ctx, doc):
         return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
     st["step"] = "booting"
     ctx.save()
-    ctx.reboot({"step": "rebooting", "progress": "%d/%d" % (st["off"], st["off"])})
+    # self_test and updatedBy as AWS's OTA agent reports them across the reboot.
+    ctx.reboot(
+        {
+            "step": "rebooting",
+            "progress": "%d/%d" % (st["off"], st["off"]),
+            "self_test": "ready",
+            "updatedBy": st["old"],
+        }
+    )
     return "booting"  # not reached on a board
 
 
@@ -455,10 +484,12 @@ def _booting(ctx, doc):
     running = b.running_partition().info()[4]
     if running != st["slot"]:
         raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
+    ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
     reason = self_test(ctx)
     if reason is None:
         b.confirm_image()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
+        details["updatedBy"] = st["old"]
         sv = st.get("sv", 0)
         details["secure_version"] = str(sv)
         try:

@@ -18,7 +18,7 @@ from iotjobs.agent import Failed
 from micropython import const
 
 _BLOCK = const(4096)
-_WINDOW = const(8)  # blocks per request
+_WINDOW = const(16)  # blocks per request
 _RX = const(512)
 _TOPIC_MAX = const(320)
 _SAVE_EVERY = const(16)
@@ -131,7 +131,7 @@ class Session:
         self.ctx = ctx
         self.fid = job["fileid"]
         self.cbor = fmt == "cbor"
-        self.get = base + "get/" + fmt
+        self.get = (base + "get/" + fmt).encode()
         self.data = (base + "data/" + fmt).encode()
         self.rej = (base + "rejected/" + fmt).encode()
         self.topic = bytearray(_TOPIC_MAX)
@@ -158,14 +158,25 @@ class Session:
         return t
 
     def _request(self, t, first, n):
+        # One PUBLISH (QoS 0) written in one piece: umqtt.simple writes a packet in four small
+        # writes, and TCP's Nagle + delayed ACK then cost ~40 ms per request (REFERENCE 5).
         fid = self.fid
         if self.cbor:
             msg = (
                 b"\xa4af" + _cbor_uint(fid) + b"al\x19\x10\x00ao" + _cbor_uint(first) + b"an"
             ) + _cbor_uint(n)
         else:
-            msg = '{"f":%d,"l":%d,"o":%d,"n":%d}' % (fid, _BLOCK, first, n)
-        t.publish(self.get, msg)
+            msg = b'{"f":%d,"l":%d,"o":%d,"n":%d}' % (fid, _BLOCK, first, n)
+        topic = self.get
+        size = 2 + len(topic) + len(msg)
+        head = bytearray(b"\x30")
+        while True:
+            b = size & 0x7F
+            size >>= 7
+            head.append(b | 0x80 if size else b)
+            if not size:
+                break
+        t._sock.write(bytes(head) + len(topic).to_bytes(2, "big") + topic + msg)
         self.requests += 1
 
     def window(self, t, off, size, buf, slot, h, tail):

@@ -18,6 +18,8 @@ are noisy and ratios travel better than absolute numbers:
   custom firmware built from firmware/manifest.py carries it);
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
   the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
+- OTA over MQTT streams (JSON and CBOR) vs HTTPS on the same 1 MiB image: time, bytes on the
+  wire, TLS sessions open at once, smallest heap for the whole job (``bench_streams``);
 - service: 1,000 simulated devices doing start-next + two updates (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
 - ECDSA P-256 verify time on the Unix port.
@@ -273,6 +275,116 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
         )
 
 
+def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
+    """The same signed 1 MiB image to fresh boards over HTTPS (pre-signed URL) and over MQTT
+    streams (JSON, CBOR): interleaved, ``runs`` times each, every byte through a counting proxy
+    (one in front of the broker, one in front of the object store); TLS sessions open at once
+    sampled from the proxies; the smallest heap for each whole job (frozen, 4 KB steps)."""
+    from .faultproxy import FaultProxy
+
+    with Stack(tmp / "stack") as stack:
+        assert stack.objects is not None
+        signing = otajob.signing_key(tmp / "signing")
+        data = image.build_app_image("2.0.0", size=1 * MiB)
+        key = otajob.object_key(data)
+        stack.upload(key, data)
+        signature = image.sign(data, signing)
+        iot = stack.iot_client()
+        iot.create_stream(
+            streamId="bench-image",
+            files=otajob.stream_files(stack.endpoints["bucket"], key),
+            roleArn=otajob.stream_role(stack.endpoints["account_id"]),
+        )
+        variants = ("https", "mqtt-json", "mqtt-cbor")
+        with (
+            FaultProxy("127.0.0.1", stack.mqtt_port) as broker,
+            FaultProxy("127.0.0.1", stack.objects.port) as s3,
+        ):
+
+            def document(variant: str) -> dict[str, Any]:
+                if variant != "https":
+                    doc = otajob.document(data, "", signature)
+                    del doc["url"]
+                    return {**doc, "stream": "bench-image", "file_id": 0}
+                assert stack.objects is not None
+                url = stack.objects.presign(stack.objects.bucket, key, 3600)
+                url = url.replace(f"localhost:{stack.objects.port}", f"localhost:{s3.port}")
+                return otajob.document(data, url, signature)
+
+            def run(variant: str, name: str, heap: str) -> tuple[str, float, int, int]:
+                stack.create_thing(name)
+                extra = {"ota_key_file": "ota_key.pem", "port": broker.port}
+                if variant != "https":
+                    extra["ota_stream_format"] = variant.split("-")[1]
+                board = setup_board(stack.state_dir, name, extra=extra)
+                shutil.copy(image.public_key_path(signing), board / "ota_key.pem")
+                with DeviceProcess(board, heapsize=heap, frozen=True) as dev:
+                    try:
+                        dev.wait_for("no pending job", timeout=20)
+                    except JobsctlError:
+                        return "NOSTART", 0.0, 0, 0
+                    wire0 = _wire(broker) + _wire(s3)
+                    peak = [0]
+                    done = threading.Event()
+
+                    def sample() -> None:
+                        while not done.wait(0.005):  # sampling, not synchronisation
+                            peak[0] = max(peak[0], (len(broker._open) + len(s3._open)) // 2)
+
+                    sampler = threading.Thread(target=sample, daemon=True)
+                    sampler.start()
+                    t0 = time.monotonic()
+                    iot.create_job(
+                        jobId=name,
+                        targets=[_arn(stack, name)],
+                        document=json.dumps(document(variant)),
+                    )
+                    status = _final(stack, name, name, timeout=120)
+                    seconds = time.monotonic() - t0
+                    done.set()
+                    sampler.join()
+                    return status, seconds, _wire(broker) + _wire(s3) - wire0, peak[0]
+
+            figures: dict[str, list[tuple[float, int, int]]] = {v: [] for v in variants}
+            for r in range(runs):
+                for v in variants:
+                    status, sec, wire, tls = run(v, f"cmp-{v}-{r}", "112k")
+                    if status != "SUCCEEDED":
+                        raise JobsctlError(f"bench: OTA over {v} ended {status}")
+                    figures[v].append((sec, wire, tls))
+
+            def heap_ok(variant: str, k: int) -> bool:
+                return run(variant, f"cmph-{variant}-{k}", f"{k}k")[0] == "SUCCEEDED"
+
+            heaps = {v: smallest(partial(heap_ok, v), 32, 256, 4) for v in variants}
+
+        def cell(v: str) -> str:
+            secs = [f[0] for f in figures[v]]
+            wire = statistics.median(f[1] for f in figures[v])
+            tls = max(f[2] for f in figures[v])
+            return (
+                f"{min(secs):.2f} s min, {statistics.median(secs):.2f} s median; "
+                f"{wire / MiB:.2f} MiB on the wire; {tls} TLS session{'s' if tls > 1 else ''} "
+                f"open at once; smallest heap {_kb_or(heaps[v])}"
+            )
+
+        for v in ("mqtt-json", "mqtt-cbor"):
+            rows.append(
+                (
+                    f"OTA job, 1 MiB signed, over MQTT streams ({v.split('-')[1].upper()}), "
+                    "frozen, created → SUCCEEDED",
+                    cell(v),
+                    f"HTTPS (pre-signed URL), same image, same run: {cell('https')}; "
+                    f"{runs} runs each, interleaved; bytes both ways through counting proxies "
+                    "(broker and object store); heap: smallest -X heapsize (frozen, 4 KB steps)",
+                )
+            )
+
+
+def _wire(proxy: Any) -> int:
+    return int(proxy.stats.bytes_down + proxy.stats.bytes_up)
+
+
 def _arn(stack: Stack, thing: str) -> str:
     ep = stack.endpoints
     return f"arn:aws:iot:{ep['region']}:{ep['account_id']}:thing/{thing}"
@@ -466,6 +578,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobsctl.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, 100 service devices")
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--only",
+        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet"],
+        action="append",
+        help="run only these benchmarks (repeatable; default: all)",
+    )
     args = parser.parse_args(argv)
     runs, jobs, devices = (1, 5, 100) if args.quick else (3, 20, 1000)
     rows: list[Row] = []
@@ -473,13 +591,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="jobsctl-bench-") as tmpdir:
             tmp = Path(tmpdir)
-            for step in (
-                lambda: bench_pipeline(tmp / "pipeline", runs, rows),
-                lambda: bench_ecdsa(tmp, 20, rows),
-                lambda: bench_footprint(tmp, rows),
-                lambda: bench_stack(tmp / "stack", jobs, rows),
-                lambda: bench_fleet(devices, rows),
-            ):
+            steps: dict[str, Callable[[], None]] = {
+                "pipeline": lambda: bench_pipeline(tmp / "pipeline", runs, rows),
+                "ecdsa": lambda: bench_ecdsa(tmp, 20, rows),
+                "footprint": lambda: bench_footprint(tmp, rows),
+                "stack": lambda: bench_stack(tmp / "stack", jobs, rows),
+                "streams": lambda: bench_streams(tmp / "streams", runs, rows),
+                "fleet": lambda: bench_fleet(devices, rows),
+            }
+            for name, step in steps.items():
+                if args.only and name not in args.only:
+                    continue
                 (tmp / "pipeline").mkdir(exist_ok=True)
                 step()
                 print(table(rows[-1:]).splitlines()[-1], flush=True)

@@ -100,6 +100,7 @@ def write_config(
         f"keyfile {server.key}",
         "require_certificate true",
         "use_identity_as_username true",
+        "set_tcp_nodelay true",
         "tls_version tlsv1.2",
     ]
     if plaintext_port:

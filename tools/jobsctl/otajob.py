@@ -177,7 +177,7 @@ def afr_document(
     url: str | None = None,
     stream: str | None = None,
     file_id: int = 0,
-    certfile: str = "ota_signer_pub",
+    certfile: str = "",
 ) -> dict[str, Any]:
     """The ``afr_ota`` job document ``CreateOTAUpdate`` makes for one file: HTTP when ``url``
     is given, MQTT when ``stream`` is (both: the device picks by its ``ota_protocol``)."""

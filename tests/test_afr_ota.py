@@ -1,0 +1,124 @@
+"""afr_ota in full: the code-signing fields AWS sends (sig-sha256-ecdsa with a certfile naming
+the device's key or certificate), and the statusDetails keys AWS's OTA agent reports across the
+reboot (self_test, updatedBy), seen on the wire as the service receives them."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+from paho.mqtt.enums import CallbackAPIVersion
+from plugin_agent import OTA_HEAP, arn, details, final
+from plugin_stack import unique
+from test_ota_e2e import Boards, ota_board, running_version, thing_of
+
+from jobsctl import image, otajob
+from jobsctl.stack import Stack
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return otajob.signing_key(tmp_path_factory.mktemp("signing"))
+
+
+def afr_job(stack: Stack, thing: str, data: bytes, key: Path, certfile: str) -> str:
+    url = stack.upload(otajob.object_key(data), data)
+    doc = otajob.afr_document(
+        data, image.sign(data, key), url=otajob.placeholder(url), certfile=certfile
+    )
+    job = "AFR_OTA-" + unique("c")
+    stack.iot_client().create_job(
+        jobId=job,
+        targets=[arn(stack, thing)],
+        document=json.dumps(doc),
+        presignedUrlConfig=otajob.presigned_config(stack.endpoints["account_id"]),
+    )
+    return job
+
+
+def test_a_certfile_other_than_the_devices_key_is_refused(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    dev = ota_board(stack_session, boards, signing)
+    data = image.build_app_image("6.0.0", size=40_000)
+    job = afr_job(stack_session, thing_of(dev), data, signing, "/certs/attacker.pem")
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] == "REJECTED"
+    assert details(ex)["reason"] == (
+        "certfile '/certs/attacker.pem' is not this device's signing key (ota_key.pem)"
+    )
+    assert running_version(dev) == "1.0.0"
+
+
+def signer_certificate(key_path: Path) -> bytes:
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ota signer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())  # type: ignore[arg-type]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .sign(key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_certfile_naming_a_signer_certificate_verifies_with_its_key_and_reports_like_aws(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    thing = unique("afrc")
+    dev = boards(
+        stack_session, thing, heapsize=OTA_HEAP, start=False, ota_key_file="certs/signer.crt"
+    )
+    (dev.board / "certs").mkdir()
+    (dev.board / "certs" / "signer.crt").write_bytes(signer_certificate(signing))
+    # What the service receives from the device: its update requests, as the service sees them.
+    seen: list[dict[str, Any]] = []
+    cond = threading.Condition()
+    ep = stack_session.endpoints
+    creds = stack_session.service_creds
+    spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="spy-" + thing)
+    spy.tls_set(ca_certs=ep["ca_file"], certfile=str(creds.cert), keyfile=str(creds.key))
+
+    def on_message(c: Any, u: Any, msg: mqtt.MQTTMessage) -> None:
+        with cond:
+            seen.append(json.loads(msg.payload).get("statusDetails") or {})
+            cond.notify_all()
+
+    spy.on_message = on_message
+    subscribed = threading.Event()
+    spy.on_subscribe = lambda *a: subscribed.set()
+    spy.connect("localhost", stack_session.mqtt_port)
+    spy.loop_start()
+    try:
+        spy.subscribe(f"$aws/things/{thing}/jobs/+/update", qos=1)
+        assert subscribed.wait(10)
+        dev.start()
+        dev.wait_for("no pending job")
+        data = image.build_app_image("6.1.0", size=60_000)
+        job = afr_job(stack_session, thing, data, signing, "/certs/signer.crt")
+        ex = final(stack_session, thing, job, timeout=120)
+        assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+        assert details(ex)["updatedBy"] == "1.0.0" and running_version(dev) == "6.1.0"
+        with cond:
+            assert cond.wait_for(lambda: any(d.get("firmware") for d in seen), 10)
+        ready = [d for d in seen if d.get("self_test") == "ready"]
+        active = [d for d in seen if d.get("self_test") == "active"]
+        assert ready and ready[0]["updatedBy"] == "1.0.0" and ready[0]["step"] == "rebooting"
+        assert active and active[0]["updatedBy"] == "1.0.0"
+        assert seen.index(ready[0]) < seen.index(active[0])
+    finally:
+        spy.disconnect()
+        spy.loop_stop()
