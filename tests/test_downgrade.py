@@ -152,3 +152,22 @@ def test_image_build_secure_version_flag(tmp_path: Path, capsys: Any) -> None:
         == 1
     )
     assert "secure_version must be" in capsys.readouterr().err
+
+
+def test_jobsctl_job_ota_allow_downgrade_flag(
+    stack_session: Stack, boards: Boards, signing: Path, tmp_path: Path, capsys: Any
+) -> None:
+    dev = ota_board(stack_session, boards, signing, ota_allow_downgrade=True)
+    assert update(stack_session, dev, signing, "3.0.0", 3)["status"] == "SUCCEEDED"
+    f = tmp_path / "old.bin"
+    argv = ["image", "build", "--version", "2.0.0", "--secure-version", "2", "-o", str(f)]
+    assert cli.main(argv) == 0
+    job = "dg-" + dev.board.name
+    argv = ["job", "ota", job, "--state-dir", str(stack_session.state_dir), "--targets"]
+    argv += [thing_of(dev), "--file", str(f), "--key", str(signing), "--allow-downgrade"]
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["document"]["allow_downgrade"] is True
+    ex = final(stack_session, thing_of(dev), job, timeout=120)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    assert running_version(dev) == "2.0.0"
