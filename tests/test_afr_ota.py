@@ -4,6 +4,7 @@ reboot (self_test, updatedBy), seen on the wire as the service receives them."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import threading
@@ -122,3 +123,70 @@ def test_certfile_naming_a_signer_certificate_verifies_with_its_key_and_reports_
     finally:
         spy.disconnect()
         spy.loop_stop()
+
+
+def test_an_update_with_firmware_and_app_bundle_installs_both(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    # CreateOTAUpdate with two files (fileType 0: firmware, 1: app bundle) over HTTP: the
+    # board installs the firmware (reset, self-test), then the app files (reset, self-test).
+    dev = boards(
+        stack_session, unique("afr2"), heapsize=OTA_HEAP, start=False, ota_key_file="k.pem"
+    )
+    (dev.board / "k.pem").write_bytes(image.public_key_path(signing).read_bytes())
+    dev.start()
+    dev.wait_for("no pending job")
+    fw = image.build_app_image("7.0.0", size=120_000)
+    tar = otajob.build_bundle({"sensor.py": b"VERSION = 7\n"})
+    bucket = stack_session.endpoints["bucket"]
+    files = []
+    for kind, data, key in ((0, fw, "multi/fw.bin"), (1, tar, "multi/app.tar")):
+        stack_session.upload(key, data)
+        sig = image.sign(data, signing)
+        files.append(
+            {
+                "fileName": key,
+                "fileType": kind,
+                "fileLocation": {"s3Location": {"bucket": bucket, "key": key}},
+                "codeSigning": {
+                    "customCodeSigning": {
+                        "signature": {"inlineDocument": base64.b64decode(sig)},
+                        "certificateChain": {"certificateName": "k.pem"},
+                        "hashAlgorithm": "SHA256",
+                        "signatureAlgorithm": "ECDSA",
+                    }
+                },
+            }
+        )
+    ota_id = unique("two")
+    out = stack_session.iot_client().create_ota_update(
+        otaUpdateId=ota_id,
+        targets=[arn(stack_session, dev.board.name)],
+        protocols=["HTTP"],
+        files=files,
+        roleArn="arn:aws:iam::123456789012:role/ota",
+    )
+    ex = final(stack_session, dev.board.name, out["awsIotJobId"], timeout=180)
+    assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
+    d = details(ex)
+    assert d["firmware"] == "7.0.0" and d["files_done"] == "2"
+    assert running_version(dev) == "7.0.0"
+    assert (dev.board / "app" / "sensor.py").read_bytes() == b"VERSION = 7\n"
+    assert dev.boots == 3  # power-on, the firmware's reset, the bundle's reset
+
+
+def test_several_files_that_are_not_one_firmware_and_one_bundle_are_rejected(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    dev = ota_board(stack_session, boards, signing)
+    data = image.build_app_image("7.1.0", size=20_000)
+    one = otajob.afr_document(data, image.sign(data, signing), url="https://x.example/a.bin")
+    entry = one["afr_ota"]["files"][0]
+    doc = {"afr_ota": {**one["afr_ota"], "files": [entry, dict(entry, fileid=1)]}}
+    job = unique("afr2")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc)
+    )
+    ex = final(stack_session, thing_of(dev), job)
+    assert ex["status"] == "REJECTED"
+    assert details(ex)["reason"].startswith("afr_ota: several files must be one firmware")
