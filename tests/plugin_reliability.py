@@ -19,6 +19,7 @@ FULL = {
     "server": 10,
     "stream-cut": 30,
     "stream-power": 30,
+    "streamfuzz": 1_000,
     "fuzz": 10_000,
     "dataplane": 2_000,
     "controlplane": 2_000,

@@ -1,26 +1,35 @@
 """Reliability of OTA over MQTT streams: the MQTT connection cut at a random byte of the block
-traffic (a proxy in front of the broker), and power loss at random moments of a stream OTA.
+traffic (a proxy in front of the broker), power loss at random moments of a stream OTA, and
+fuzzed requests on the stream topics.
 Every trial asserts the end state as tests/test_reliability.py does: terminal with a reason,
 a valid image booting, and after a success the slot holding exactly the image. `make test`
 runs one trial of each; `make reliability` the full counts (tests/plugin_reliability.py)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import random
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import cbor2
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from plugin_agent import OTA_HEAP
 from plugin_stack import unique
 from test_ota_mqtt import stream_job
-from test_reliability import SIZE, conclude
+from test_reliability import SIZE, conclude, fuzz_settings
+from test_streams import StreamClient
 
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
 from jobsctl.faultproxy import Fault, FaultProxy
+from jobsctl.service.streams import CODES
 from jobsctl.stack import Stack
 
 pytestmark = pytest.mark.reliability
@@ -34,6 +43,19 @@ def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def firmware() -> bytes:
     return image.build_app_image("2.0.0", size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def image_stream(stack_session: Stack) -> str:
+    data = bytes(range(256)) * 64  # 16 KB: four 4 KB blocks
+    stack_session.upload("fuzz/stream.bin", data)
+    sid = unique("fuzzs")
+    stack_session.iot_client().create_stream(
+        streamId=sid,
+        files=otajob.stream_files(stack_session.endpoints["bucket"], "fuzz/stream.bin"),
+        roleArn=otajob.stream_role(stack_session.endpoints["account_id"]),
+    )
+    return sid
 
 
 def stream_board(
@@ -107,3 +129,67 @@ def test_power_loss_during_a_stream_ota_never_leaves_a_job_stuck(
         record("stream-power", not why, f"{fmt} cut at {delay:.2f}s: {why}" if why else "")
         failures += [why] if why else []
     assert not failures
+
+
+STREAM_KEYS = st.sampled_from(["c", "s", "f", "l", "o", "n", "b", "x"])
+STREAM_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.text(max_size=80),
+    st.binary(max_size=40),
+    st.lists(st.integers(), max_size=3),
+)
+
+
+def _encode(value: Any, fmt: str) -> bytes:
+    if fmt == "cbor":
+        return cbor2.dumps(value)
+    return json.dumps(value, default=lambda b: base64.b64encode(b).decode()).encode()
+
+
+def test_fuzzed_stream_requests_get_documented_codes_and_the_service_stays_up(
+    stack_session: Stack,
+    image_stream: str,
+    trials: Callable[[str, int], int],
+    record: Callable[[str, bool, str], None],
+) -> None:
+    # Hypothesis-made payloads (raw bytes, or maps of the request keys with odd values) on
+    # get/describe and on unknown verbs, in JSON and CBOR; after each, a well-formed describe
+    # must be answered: every rejection in between carries one of the documented codes.
+    clients = {fmt: StreamClient(stack_session, image_stream, fmt) for fmt in ("json", "cbor")}
+    n = trials("streamfuzz", 25)
+    bad: list[str] = []
+    try:
+
+        @fuzz_settings(n)
+        @given(
+            fmt=st.sampled_from(["json", "cbor"]),
+            verb=st.sampled_from(["get", "describe", "bogus"]),
+            payload=st.one_of(
+                st.binary(max_size=64),
+                st.dictionaries(STREAM_KEYS, STREAM_VALUES, max_size=7),
+            ),
+        )
+        def trial(fmt: str, verb: str, payload: Any) -> None:
+            c = clients[fmt]
+            raw = payload if isinstance(payload, bytes) else _encode(payload, fmt)
+            if isinstance(payload, dict) and payload.get("n") and isinstance(payload["n"], int):
+                raw = _encode({**payload, "n": min(payload["n"], 4)}, fmt)  # a few blocks
+            since = c.send(verb, None, raw=raw)
+            token = f"probe-{since}"
+            c.send("describe", {"c": token})
+            got = c.wait(
+                since, lambda m: any(b.get("c") == token for _, b in m if isinstance(b, dict))
+            )
+            codes = [b.get("o") for t, b in got if t.startswith("rejected/")]
+            wrong = [x for x in codes if x not in CODES]
+            record("streamfuzz", not wrong, f"{verb} {raw[:40]!r}: {wrong}" if wrong else "")
+            if wrong:
+                bad.append(f"{verb} {raw[:40]!r}: {wrong}")
+
+        trial()
+    finally:
+        for c in clients.values():
+            c.close()
+    assert not bad, bad[:5]

@@ -52,6 +52,7 @@ from .pki import CertificateAuthority
 from .stack import Stack
 
 PIPELINE = ROOT / "bench" / "ota_pipeline.py"
+MQTT_PIPELINE = ROOT / "bench" / "ota_mqtt_pipeline.py"
 RESULTS = ROOT / "bench" / "results.md"
 MiB = 1 << 20
 
@@ -276,10 +277,12 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
 
 
 def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
-    """The same signed 1 MiB image to fresh boards over HTTPS (pre-signed URL) and over MQTT
-    streams (JSON, CBOR): interleaved, ``runs`` times each, every byte through a counting proxy
-    (one in front of the broker, one in front of the object store); TLS sessions open at once
-    sampled from the proxies; the smallest heap for each whole job (frozen, 4 KB steps)."""
+    """The same signed 1 MiB image over HTTPS (pre-signed URL) and over MQTT streams (JSON,
+    CBOR), interleaved, ``runs`` times each: the download loop alone (the two pipeline scripts,
+    the library frozen), and whole jobs on fresh boards with every byte through a counting
+    proxy (one in front of the broker, one in front of the object store), TLS sessions open at
+    once sampled from the proxies, the board process's peak RSS (VmHWM: the GC heap *and*
+    mbedTLS's buffers, which live outside it), and the smallest -X heapsize for each job."""
     from .faultproxy import FaultProxy
 
     with Stack(tmp / "stack") as stack:
@@ -296,6 +299,29 @@ def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
             roleArn=otajob.stream_role(stack.endpoints["account_id"]),
         )
         variants = ("https", "mqtt-json", "mqtt-cbor")
+
+        # -- the download loop alone: HTTPS -> flash vs MQTT stream -> flash, same image
+        stack.create_thing("pipe")
+        pipe_board = setup_board(stack.state_dir, "pipe")
+        www = tmp / "www"
+        www.mkdir()
+        (www / "image.bin").write_bytes(data)
+        ca = CertificateAuthority(tmp / "ca")
+        loop: dict[str, list[float]] = {v: [] for v in variants}
+        with https_files(ca, www) as base:
+            for _ in range(runs):
+                for v in variants:
+                    if v == "https":
+                        args = [str(PIPELINE), f"{base}/image.bin", str(ca.cert_path)]
+                    else:
+                        fmt = v.split("-")[1]
+                        args = [str(MQTT_PIPELINE), "bench-image", str(len(data)), fmt]
+                    text = upy(args, pipe_board, "112k", frozen=True)
+                    ok = [x.split() for x in text.splitlines() if x.startswith("OK ")]
+                    if not ok or int(ok[0][1]) != len(data):
+                        raise JobsctlError(f"bench: {v} pipeline: {text[-200:]}")
+                    loop[v].append(int(ok[0][2]) / 1000)
+
         with (
             FaultProxy("127.0.0.1", stack.mqtt_port) as broker,
             FaultProxy("127.0.0.1", stack.objects.port) as s3,
@@ -311,7 +337,7 @@ def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
                 url = url.replace(f"localhost:{stack.objects.port}", f"localhost:{s3.port}")
                 return otajob.document(data, url, signature)
 
-            def run(variant: str, name: str, heap: str) -> tuple[str, float, int, int]:
+            def run(variant: str, name: str, heap: str) -> tuple[str, float, int, int, int]:
                 stack.create_thing(name)
                 extra = {"ota_key_file": "ota_key.pem", "port": broker.port}
                 if variant != "https":
@@ -322,36 +348,41 @@ def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
                     try:
                         dev.wait_for("no pending job", timeout=20)
                     except JobsctlError:
-                        return "NOSTART", 0.0, 0, 0
+                        return "NOSTART", 0.0, 0, 0, 0
                     wire0 = _wire(broker) + _wire(s3)
-                    peak = [0]
+                    peak = [0, 0]  # TLS sessions at once, VmHWM (KB)
                     done = threading.Event()
 
                     def sample() -> None:
                         while not done.wait(0.005):  # sampling, not synchronisation
-                            peak[0] = max(peak[0], (len(broker._open) + len(s3._open)) // 2)
+                            tls = (len(broker._open) + len(s3._open)) // 2
+                            proc = dev._proc
+                            rss = _vm_hwm(proc.pid) if proc is not None else 0
+                            peak[0], peak[1] = max(peak[0], tls), max(peak[1], rss)
 
                     sampler = threading.Thread(target=sample, daemon=True)
                     sampler.start()
-                    t0 = time.monotonic()
                     iot.create_job(
                         jobId=name,
                         targets=[_arn(stack, name)],
                         document=json.dumps(document(variant)),
                     )
                     status = _final(stack, name, name, timeout=120)
-                    seconds = time.monotonic() - t0
                     done.set()
                     sampler.join()
-                    return status, seconds, _wire(broker) + _wire(s3) - wire0, peak[0]
+                    created = iot.describe_job(jobId=name)["job"]["createdAt"]
+                    ex = iot.describe_job_execution(jobId=name, thingName=name)["execution"]
+                    seconds = (ex["lastUpdatedAt"] - created).total_seconds()
+                    wire = _wire(broker) + _wire(s3) - wire0
+                    return status, seconds, wire, peak[0], peak[1]
 
-            figures: dict[str, list[tuple[float, int, int]]] = {v: [] for v in variants}
+            figures: dict[str, list[tuple[float, int, int, int]]] = {v: [] for v in variants}
             for r in range(runs):
                 for v in variants:
-                    status, sec, wire, tls = run(v, f"cmp-{v}-{r}", "112k")
+                    status, sec, wire, tls, rss = run(v, f"cmp-{v}-{r}", "112k")
                     if status != "SUCCEEDED":
                         raise JobsctlError(f"bench: OTA over {v} ended {status}")
-                    figures[v].append((sec, wire, tls))
+                    figures[v].append((sec, wire, tls, rss))
 
             def heap_ok(variant: str, k: int) -> bool:
                 return run(variant, f"cmph-{variant}-{k}", f"{k}k")[0] == "SUCCEEDED"
@@ -362,23 +393,40 @@ def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
             secs = [f[0] for f in figures[v]]
             wire = statistics.median(f[1] for f in figures[v])
             tls = max(f[2] for f in figures[v])
+            rss = statistics.median(f[3] for f in figures[v])
             return (
-                f"{min(secs):.2f} s min, {statistics.median(secs):.2f} s median; "
-                f"{wire / MiB:.2f} MiB on the wire; {tls} TLS session{'s' if tls > 1 else ''} "
-                f"open at once; smallest heap {_kb_or(heaps[v])}"
+                f"download loop {min(loop[v]):.2f} s min, {statistics.median(loop[v]):.2f} s "
+                f"median; whole job {min(secs):.2f} s min, {statistics.median(secs):.2f} s "
+                f"median; {wire / MiB:.2f} MiB on the wire; {tls} TLS "
+                f"session{'s' if tls > 1 else ''} open at once; peak RSS {rss:.0f} KB; "
+                f"smallest heap {_kb_or(heaps[v])}"
             )
 
         for v in ("mqtt-json", "mqtt-cbor"):
             rows.append(
                 (
-                    f"OTA job, 1 MiB signed, over MQTT streams ({v.split('-')[1].upper()}), "
-                    "frozen, created → SUCCEEDED",
+                    f"OTA, 1 MiB signed, over MQTT streams ({v.split('-')[1].upper()}), "
+                    "library frozen",
                     cell(v),
-                    f"HTTPS (pre-signed URL), same image, same run: {cell('https')}; "
-                    f"{runs} runs each, interleaved; bytes both ways through counting proxies "
-                    "(broker and object store); heap: smallest -X heapsize (frozen, 4 KB steps)",
+                    f"HTTPS (pre-signed URL), same image, same run: {cell('https')}. "
+                    f"{runs} runs each, interleaved; loop: the pipeline scripts; job: created → "
+                    "SUCCEEDED by the service's timestamps (download, verify, reset, self-test); "
+                    "bytes both ways through counting proxies; RSS: the board process's VmHWM "
+                    "(GC heap of 112 KB plus mbedTLS's buffers, outside it); heap: smallest -X "
+                    "heapsize, 4 KB steps",
                 )
             )
+
+
+def _vm_hwm(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def _wire(proxy: Any) -> int:
