@@ -151,62 +151,9 @@ def handle_afr(ctx, doc):
     files = afr.get("files") if isinstance(afr, dict) else None
     if not isinstance(files, list) or len(files) < 2:
         return _run(ctx, doc)
-    return _several(ctx, afr, files)
+    from iotjobs.multi import several
 
-
-_FIRMWARE = const(0)  # afr_ota fileType of an app image (AWS's default)
-_APP_BUNDLE = const(1)  # fileType of an application-file bundle (a tar, see iotjobs.bundle)
-
-
-def _several(ctx, afr, files):
-    # Several files in one update (a firmware image and an app bundle), one after the other in
-    # the document's order, each a whole update of its own (download, verify, activate, reset,
-    # self-test, confirm) with its own persisted state; a file that fails ends the job FAILED
-    # naming it, files before it stay installed (each was verified and self-tested).
-    from iotjobs.agent import Context
-
-    st = ctx.state
-    if "i" not in st:
-        kinds = [f.get("fileType", _FIRMWARE) if isinstance(f, dict) else -1 for f in files]
-        if len(kinds) != 2 or _FIRMWARE not in kinds or _APP_BUNDLE not in kinds:
-            raise Rejected(
-                "afr_ota: several files must be one firmware (fileType 0) and one app bundle"
-                " (fileType 1)"
-            )
-        for i, f in enumerate(files):
-            sub = {"afr_ota": dict(afr, files=[f])}
-            if kinds[i] == _APP_BUNDLE:
-                if "HTTP" not in afr.get("protocols", ["HTTP"]):
-                    raise Rejected("afr_ota: an app bundle is fetched over HTTP only")
-                parse(sub, 1048576, bool(ctx.config.get("ota_key_file")), "bundle limit")
-            else:
-                slot = ctx.board.next_partition()
-                parse(sub, slot.info()[3], bool(ctx.config.get("ota_key_file")))
-            _check_certfile(ctx, sub)
-        st["i"] = 0
-        st["out"] = {}
-        ctx.save()
-    out = st["out"]
-    while st["i"] < len(files):
-        i = st["i"]
-        f = files[i]
-        sub = {"afr_ota": dict(afr, files=[f])}
-        if f.get("fileType", _FIRMWARE) == _APP_BUNDLE:
-            from iotjobs.bundle import handle as fn
-        else:
-            fn = _run
-        part = st.setdefault("f%d" % i, {})
-        try:
-            r = fn(Context(ctx._a, ctx.job_id, ctx.op, part, ctx.resumed), sub)
-        except (Failed, Rejected) as e:
-            raise Failed("file %d (%s): %s" % (i, f.get("filepath", "?"), e))
-        for k, v in (r or {}).items():
-            out[k if k not in out else "%s_%d" % (k, i)] = v
-        st["i"] = i + 1
-        del st["f%d" % i]
-        ctx.save()
-    out["files_done"] = str(len(files))
-    return out
+    return several(ctx, afr, files)
 
 
 def _run(ctx, doc):
@@ -427,34 +374,12 @@ def _verify(ctx, doc):
         return _fail_before_boot(
             ctx, "image is version %s, the job says %s" % (new, job["version"])
         )
-    _check_downgrade(ctx, job, slot)
+    from iotjobs import secver
+
+    secver.check(ctx, job, slot)
     st["new"] = new
     st["verified"] = details
     return "activate"
-
-
-def _check_downgrade(ctx, job, slot):
-    # The image's secure_version against the device's floor (iotjobs.secver), after the
-    # signature: a descriptor is only believed once the image is known to be genuine.
-    from iotjobs import secver
-    from iotjobs.board import app_secure_version
-
-    new = app_secure_version(slot)
-    ctx.state["sv"] = new
-    try:
-        low = secver.floor(ctx.board)
-    except OSError as e:
-        _fail_before_boot(ctx, "security counter unreadable (%r): update refused" % (e,))
-    if new >= low:
-        return
-    if job["down"] and ctx.config.get("ota_allow_downgrade") is True:
-        ctx.log("downgrade to secure_version %d (floor %d): allowed" % (new, low), "warning")
-        return
-    _erase_head(ctx)
-    why = "downgrade: secure_version %d is below this device's %d" % (new, low)
-    if job["down"]:
-        why += " (the device config does not allow downgrades)"
-    raise Rejected(why)
 
 
 def check_signature(ctx, sig, digest, details):

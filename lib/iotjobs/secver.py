@@ -39,3 +39,28 @@ def confirm(n):
     nvs = esp32.NVS(_NS)
     nvs.set_i32(_KEY, n)
     nvs.commit()
+
+
+def check(ctx, job, slot):
+    # The image's secure_version against the floor, after the signature (a descriptor is only
+    # believed once the image is known to be genuine). Returns when the image may be booted.
+    from iotjobs.agent import Rejected
+    from iotjobs.board import app_secure_version
+    from iotjobs.ota import _erase_head, _fail_before_boot
+
+    new = app_secure_version(slot)
+    ctx.state["sv"] = new
+    try:
+        low = floor(ctx.board)
+    except OSError as e:
+        _fail_before_boot(ctx, "security counter unreadable (%r): update refused" % (e,))
+    if new >= low:
+        return
+    if job["down"] and ctx.config.get("ota_allow_downgrade") is True:
+        ctx.log("downgrade to secure_version %d (floor %d): allowed" % (new, low), "warning")
+        return
+    _erase_head(ctx)
+    why = "downgrade: secure_version %d is below this device's %d" % (new, low)
+    if job["down"]:
+        why += " (the device config does not allow downgrades)"
+    raise Rejected(why)
