@@ -14,6 +14,8 @@
 # is not a data block of ours (a Jobs notify, a rejection) is read whole and handed to the agent,
 # as umqtt.simple would have. Between windows (what allocates: the request's publish, the
 # agent's MQTT poll, checkpoints and progress reports) the socket is blocking again.
+import time
+
 from iotjobs.agent import Failed
 from micropython import const
 
@@ -38,10 +40,13 @@ del _i, _c
 
 
 class _Reader:
-    # One MQTT packet at a time from the non-blocking TLS socket, never past its end.
-    def __init__(self, sock, timeout_ms):
+    # One MQTT packet at a time from the non-blocking TLS socket, never past its end. Bytes
+    # read here count as traffic for the transport's keepalive (guard.rx_ticks), as if
+    # umqtt.simple had read them: a PINGRESP consumed here still answers the ping.
+    def __init__(self, guard, sock, timeout_ms):
         import select
 
+        self.g = guard
         self.s = sock
         self.t = timeout_ms
         self.rx = bytearray(_RX)
@@ -63,6 +68,7 @@ class _Reader:
             if n:
                 self.i = 0
                 self.n = n
+                self.g.rx_ticks = time.ticks_ms()
                 return
             if n == 0:
                 raise OSError(_ENOTCONN)  # closed
@@ -152,9 +158,10 @@ class Session:
             t.subscribe(self.data)
             t.subscribe(self.rej)
             self.connects = link.connects
-        sock = t._sock._s  # the TLS socket under the transport's guard
+        guard = t._sock  # the transport's guard around the TLS socket
+        sock = guard._s
         if self.r is None or self.r.s is not sock:
-            self.r = _Reader(sock, self.ctx.config["timeout_ms"])
+            self.r = _Reader(guard, sock, self.ctx.config["timeout_ms"])
         return t
 
     def _request(self, t, first, n):
@@ -177,6 +184,7 @@ class Session:
             if not size:
                 break
         t._sock.write(bytes(head) + len(topic).to_bytes(2, "big") + topic + msg)
+        t._tx_ticks = time.ticks_ms()  # for the transport's keepalive, as its publish() does
         self.requests += 1
 
     def window(self, t, off, size, buf, slot, h, tail):
