@@ -44,7 +44,7 @@ def test_older_secure_version_is_rejected_and_the_running_firmware_untouched(
     assert details(ex)["secure_version"] == "2"
     assert nvs(dev) == {"iotjobs": {"secver": ["i32", 2]}}
     ex = update(stack_session, dev, signing, "2.1.0", 1)
-    assert ex["status"] == "REJECTED"
+    assert ex["status"] == "REJECTED", details(ex)
     assert details(ex)["reason"] == "downgrade: secure_version 1 is below this device's 2"
     assert running_version(dev) == "2.0.0"
     flash = json.loads((dev.board / "flash" / "otadata.json").read_text())

@@ -22,23 +22,17 @@ _SPKI = (
 def load_pubkey(data):
     # PEM "PUBLIC KEY", its DER, or the 65-byte uncompressed point -> (x, y). ValueError if it
     # is none of these or the point is not on the curve.
-    # Also a PEM CERTIFICATE (AWS's certfile): its subject key is used, nothing else of it.
     if isinstance(data, str):
         data = data.encode()
-    head = data.lstrip()
-    cert = head.startswith(b"-----BEGIN CERTIFICATE-----")
-    if cert or head.startswith(b"-----BEGIN PUBLIC KEY-----"):
+    if data.lstrip().startswith(b"-----BEGIN CERTIFICATE-----"):
+        data = _cert_key(data)  # AWS's certfile: the certificate's subject key, nothing else
+    elif data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
         import binascii
 
         lines = data.strip().split(b"\n")
-        if not lines[-1].strip().startswith(b"-----END "):
-            raise ValueError("PEM has no END line")
+        if not lines[-1].strip().startswith(b"-----END PUBLIC KEY-----"):
+            raise ValueError("PEM public key has no END line")
         data = binascii.a2b_base64(b"".join(x.strip() for x in lines[1:-1]))
-        if cert:
-            i = data.find(_SPKI)
-            if i < 0:
-                raise ValueError("the certificate's key is not a P-256 key")
-            data = data[i : i + 91]
     if len(data) == 91 and data[:26] == _SPKI:
         data = data[26:]
     if len(data) != 65 or data[0] != 4:
@@ -48,6 +42,21 @@ def load_pubkey(data):
     if x >= _P or y >= _P or (y * y - (x * x * x - 3 * x + _B)) % _P:
         raise ValueError("the public key is not a point of P-256")
     return (x, y)
+
+
+def _cert_key(pem):
+    # The P-256 SubjectPublicKeyInfo inside a PEM certificate (kept out of load_pubkey: every
+    # function's bytecode is one heap block when the module is loaded from .mpy).
+    import binascii
+
+    lines = pem.strip().split(b"\n")
+    if not lines[-1].strip().startswith(b"-----END CERTIFICATE-----"):
+        raise ValueError("PEM certificate has no END line")
+    der = binascii.a2b_base64(b"".join(x.strip() for x in lines[1:-1]))
+    i = der.find(_SPKI)
+    if i < 0:
+        raise ValueError("the certificate's key is not a P-256 key")
+    return der[i : i + 91]
 
 
 def _der_int(sig, i):

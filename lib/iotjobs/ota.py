@@ -131,14 +131,6 @@ def _name(s):
     return True
 
 
-def protocols(ctx, job):
-    # The download protocols this job offers, the configured preference first.
-    both = ["MQTT", "HTTP"]
-    if ctx.config.get("ota_protocol", "mqtt") == "http":
-        both = ["HTTP", "MQTT"]
-    return [p for p in both if (job["stream"] if p == "MQTT" else job["url"]) is not None]
-
-
 # ---------------------------------------------------------------- the handler
 
 
@@ -147,13 +139,9 @@ def handle(ctx, doc):
 
 
 def handle_afr(ctx, doc):
-    afr = doc.get("afr_ota")
-    files = afr.get("files") if isinstance(afr, dict) else None
-    if not isinstance(files, list) or len(files) < 2:
-        return _run(ctx, doc)
-    from iotjobs.multi import several
+    from iotjobs import afr
 
-    return several(ctx, afr, files)
+    return afr.handle(ctx, doc)
 
 
 def _run(ctx, doc):
@@ -161,7 +149,6 @@ def _run(ctx, doc):
     if "step" not in st:
         slot = ctx.board.next_partition()
         parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
-        _check_certfile(ctx, doc)
         st["step"] = "download"
         st["slot"] = slot.info()[4]
         st["off"] = 0
@@ -182,26 +169,6 @@ def _run(ctx, doc):
         ctx.save()
 
 
-def _check_certfile(ctx, doc):
-    # afr_ota's certfile names the signer's key or certificate on the device: only the one
-    # the device config trusts (ota_key_file) is accepted, never a file a job could choose.
-    afr = doc.get("afr_ota")
-    if not isinstance(afr, dict):
-        return
-    cf = afr["files"][0].get("certfile")
-    if not cf:
-        return
-    key = ctx.config.get("ota_key_file")
-    if not isinstance(cf, str) or key is None or _basename(cf) != _basename(key):
-        raise Rejected(
-            "certfile %r is not this device's signing key (%s)" % (cf, _basename(key or "none"))
-        )
-
-
-def _basename(path):
-    return path[path.rfind("/") + 1 :]
-
-
 def _slot(ctx):
     import esp32
 
@@ -220,22 +187,25 @@ def _download(ctx, doc):
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
     h = _rehash(slot, buf, off)
-    protos = protocols(ctx, job)
-    if st.get("proto") not in protos:
-        st["proto"] = protos[0]  # persisted: a reset continues with the same protocol
-    if st["proto"] == "MQTT":
+    if job["stream"] is None:
+        off, h = _http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+    else:  # MQTT streams, or both (by preference, with a fallback)
         from iotjobs import stream
 
-        try:
-            off = stream.download(ctx, job, slot, h, buf, tail, off, size)
-        except (Failed, OSError) as e:
-            if len(protos) < 2:
-                raise
-            ctx.log("MQTT stream failed (%s), falling back to HTTP" % (e,), "warning")
-            st["proto"] = "HTTP"
-            ctx.save()
-            off = st["off"]
-            h = _rehash(slot, buf, off)
+        off, h = stream.either(ctx, job, slot, h, buf, tail, off, limit, keyed)
+    st["off"] = size
+    digest = h.digest()
+    st["sha256"] = _tohex(digest)
+    ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
+    del buf, tail  # the block buffer is free before verify needs the heap
+    b.feed()
+    return "verify"
+
+
+def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
+    # The whole image over HTTPS from off: -> (size, hash). Resumes with Range after a cut.
+    st = ctx.state
+    size = job["size"]
     tries = [0, 0]
     while off < size:
         ctx.check()
@@ -262,13 +232,7 @@ def _download(ctx, doc):
             tries[0] = _net_fail(ctx, tries[0], e)
         finally:
             r.close()
-    st["off"] = size
-    digest = h.digest()
-    st["sha256"] = _tohex(digest)
-    ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
-    del buf, tail
-    b.feed()
-    return "verify"
+    return off, h
 
 
 def _rehash(slot, buf, off):

@@ -368,6 +368,34 @@ class Session:
         return i
 
 
+def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
+    # A job with a stream (and maybe a URL): the device config's ota_protocol first ("mqtt"
+    # unless it says "http"), the other once if that fails, from the last persisted block.
+    # -> (size, hash).
+    from iotjobs import ota
+
+    st = ctx.state
+    order = ("HTTP", "MQTT") if ctx.config.get("ota_protocol") == "http" else ("MQTT", "HTTP")
+    protos = [p for p in order if p == "MQTT" or job["url"] is not None]
+    if st.get("proto") not in protos:
+        st["proto"] = protos[0]  # persisted: a reset continues with the same protocol
+    while True:
+        try:
+            if st["proto"] == "MQTT":
+                return download(ctx, job, slot, h, buf, tail, off, job["size"]), h
+            return ota._http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+        except (Failed, OSError) as e:
+            other = [p for p in protos if p != st["proto"]]
+            if not other or st.get("fell"):
+                raise
+            ctx.log("%s download failed (%s), falling back to %s" % (st["proto"], e, other[0]))
+            st["proto"] = other[0]
+            st["fell"] = True
+            ctx.save()
+            off = st["off"]
+            h = ota._rehash(slot, buf, off)
+
+
 def download(ctx, job, slot, h, buf, tail, off, size):
     # The whole file from off (a multiple of 4096) into the slot, hashing as it goes; -> size.
     # Raises Failed (the caller may fall back to HTTP), Canceled, or Failed after too many

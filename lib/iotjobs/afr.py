@@ -1,15 +1,47 @@
-# Several files in one afr_ota update (a firmware image and an application-file bundle), one
-# after the other in the document's order, each a whole update of its own (download, verify,
-# activate, reset, self-test, confirm) with its own persisted state; a file that fails ends the
-# job FAILED naming it, files before it stay installed (each was verified and self-tested).
-# Imported only for such documents.
+# AWS's afr_ota documents (from `aws iot create-ota-update`), on top of iotjobs.ota: the
+# certfile rule, and several files in one update (a firmware image and an application-file
+# bundle), one after the other in the document's order, each a whole update of its own
+# (download, verify, activate, reset, self-test, confirm) with its own persisted state; a file
+# that fails ends the job FAILED naming it, files before it stay installed (each was verified
+# and self-tested). Imported only for afr_ota jobs.
 from iotjobs.agent import Context, Failed, Rejected
-from iotjobs.ota import _check_certfile, _run, parse
+from iotjobs.ota import _run, parse
 from micropython import const
 
 _FIRMWARE = const(0)  # afr_ota fileType of an app image (AWS's default)
 _APP_BUNDLE = const(1)  # fileType of an application-file bundle (a tar, see iotjobs.bundle)
 _BUNDLE_MAX = const(1048576)
+
+
+def handle(ctx, doc):
+    afr = doc.get("afr_ota")
+    files = afr.get("files") if isinstance(afr, dict) else None
+    if not isinstance(files, list) or len(files) < 2:
+        if "step" not in ctx.state:
+            _check_certfile(ctx, doc)
+        return _run(ctx, doc)
+    return several(ctx, afr, files)
+
+
+def _check_certfile(ctx, doc):
+    # afr_ota's certfile names the signer's key or certificate on the device: only the one
+    # the device config trusts (ota_key_file) is accepted, never a file a job could choose.
+    afr = doc.get("afr_ota")
+    files = afr.get("files") if isinstance(afr, dict) else None
+    if not isinstance(files, list) or len(files) != 1 or not isinstance(files[0], dict):
+        return  # iotjobs.ota.parse rejects it
+    cf = files[0].get("certfile")
+    if not cf:
+        return
+    key = ctx.config.get("ota_key_file")
+    if not isinstance(cf, str) or key is None or _basename(cf) != _basename(key):
+        raise Rejected(
+            "certfile %r is not this device's signing key (%s)" % (cf, _basename(key or "none"))
+        )
+
+
+def _basename(path):
+    return path[path.rfind("/") + 1 :]
 
 
 def several(ctx, afr, files):
