@@ -15,6 +15,7 @@ UMQTT := $(BUILD)/upylib/umqtt/simple.py
 STUBS := $(BUILD)/stubs/esp32.pyi
 STATE ?= .local
 DEVICES ?= 5
+DEMO_DIR ?= build/demo
 PORT ?=
 FIRMWARE ?=
 # apt packages the project needs; installed only when missing.
@@ -75,8 +76,8 @@ typecheck: setup
 test: setup check ## the full quick suite (what CI runs)
 	@$(BIN)/pytest -q -n 2 -m "not slow"
 
-demo: setup ## run the main job (a signed OTA rollout) on simulated devices against a local stack
-	@$(BIN)/jobsctl demo --devices $(DEVICES)
+demo: setup ## a signed OTA rollout to DEVICES (5) simulated boards on a local stack in DEMO_DIR
+	@$(BIN)/jobsctl demo --devices $(DEVICES) --state-dir $(DEMO_DIR)
 
 serve: setup ## run the local AWS IoT Jobs stack in the foreground (state in .local/)
 	@$(BIN)/jobsctl serve --state-dir $(STATE)
@@ -87,10 +88,13 @@ bench: setup ## run the benchmarks; writes bench/results.md
 reliability: setup ## the full fault-injection, fuzzing and security suite
 	@$(BIN)/pytest -q -m reliability --reliability-full --timeout 7200
 
-deploy: setup ## compile lib/ and copy it to a board: make deploy PORT=/dev/ttyUSB0
+deploy: setup ## compile lib/ and copy it to a board: make deploy PORT=/dev/ttyUSB0 [BUNDLE=dir]
+	@test -n "$(PORT)" || { echo "make deploy: PORT is missing: make deploy PORT=/dev/ttyUSB0 [BUNDLE=bundles/NAME]" >&2; exit 2; }
 	@$(BIN)/jobsctl deploy --port "$(PORT)" $(if $(BUNDLE),--bundle "$(BUNDLE)")
 
 flash: setup ## write MicroPython firmware: make flash PORT=/dev/ttyUSB0 FIRMWARE=x.bin [DRY_RUN=1]
+	@test -n "$(FIRMWARE)" || { echo "make flash: FIRMWARE is missing: make flash PORT=/dev/ttyUSB0 FIRMWARE=ESP32_GENERIC-OTA-DATE-vX.Y.Z.bin" >&2; exit 2; }
+	@test -n "$(PORT)" || { echo "make flash: PORT is missing: make flash PORT=/dev/ttyUSB0 FIRMWARE=$(FIRMWARE)" >&2; exit 2; }
 	@$(BIN)/jobsctl flash --port "$(PORT)" --firmware "$(FIRMWARE)" $(if $(DRY_RUN),--dry-run)
 
 firmware: ## build a custom ESP32 firmware with the agent frozen in (needs ESP-IDF)

@@ -16,6 +16,7 @@ FULL = {
     "network": 50,
     "mqtt": 20,
     "power": 50,
+    "delta-power": 50,
     "server": 10,
     "stream-cut": 30,
     "stream-power": 30,

@@ -114,22 +114,40 @@ def test_description_of_2028_characters_is_accepted_and_2029_refused(iot: Any, t
     assert "pattern" in _invalid(lambda: _create(iot, thing, description="bell\x07"))
 
 
+MANAGED = "arn:aws:iot:us-east-1::jobtemplate/AWS-Download-File:1.0"
+
+
+def _params(**params: str) -> dict[str, Any]:
+    """CreateJob arguments for the managed template with ``params`` (filePath filled in)."""
+    return {
+        "document": None,
+        "jobTemplateArn": MANAGED,
+        "documentParameters": {"filePath": "/f", **params},
+    }
+
+
 def test_document_parameters_follow_the_seed_limits(iot: Any, thing: str) -> None:
-    doc = json.dumps({"url": "${aws:iot:parameter:a:b}"})
-    job = _create(iot, thing, document=doc, documentParameters={"a:b": "v" * 1024})
-    assert json.loads(iot.get_job_document(jobId=job["jobId"])["document"]) == {"url": "v" * 1024}
-    assert "1024" in _invalid(
-        lambda: _create(iot, thing, document=doc, documentParameters={"a:b": "v" * 1025})
-    )
-    _create(iot, thing, documentParameters={"k" * 128: "v"})
-    assert "128" in _invalid(lambda: _create(iot, thing, documentParameters={"k" * 129: "v"}))
-    assert "pattern" in _invalid(lambda: _create(iot, thing, documentParameters={"a b": "v"}))
-    assert "pattern" in _invalid(lambda: _create(iot, thing, documentParameters={"k": "\n"}))
+    job = _create(iot, thing, **_params(downloadUrl="v" * 1024))
+    doc = json.loads(iot.get_job_document(jobId=job["jobId"])["document"])
+    assert doc["url"] == "v" * 1024 and doc["path"] == "/f"
+    assert "1024" in _invalid(lambda: _create(iot, thing, **_params(downloadUrl="v" * 1025)))
+    _create(iot, thing, **_params(downloadUrl="u", **{"k" * 128: "v"}))
+    assert "128" in _invalid(lambda: _create(iot, thing, **_params(**{"k" * 129: "v"})))
+    assert "pattern" in _invalid(lambda: _create(iot, thing, **_params(**{"a b": "v"})))
+    assert "pattern" in _invalid(lambda: _create(iot, thing, **_params(downloadUrl="\n")))
 
 
 def test_document_parameters_keys_and_values_may_not_be_empty(raw_iot: Any, thing: str) -> None:
-    assert "1" in _invalid(lambda: _create(raw_iot, thing, documentParameters={"": "v"}))
-    assert "1" in _invalid(lambda: _create(raw_iot, thing, documentParameters={"k": ""}))
+    assert "1" in _invalid(lambda: _create(raw_iot, thing, **_params(**{"": "v"})))
+    assert "1" in _invalid(lambda: _create(raw_iot, thing, **_params(downloadUrl="")))
+
+
+def test_document_parameters_need_a_managed_template(iot: Any, thing: str) -> None:
+    doc = json.dumps({"url": "${aws:iot:parameter:u}"})
+    msg = _invalid(lambda: _create(iot, thing, document=doc, documentParameters={"u": "x"}))
+    assert "managed" in msg
+    missing = _invalid(lambda: _create(iot, thing, document=None, jobTemplateArn=MANAGED))
+    assert "documentParameters" in missing
 
 
 def test_document_source_is_read_from_the_object_store(
@@ -406,22 +424,9 @@ def test_rollout_maximum_per_minute_holds_back_executions_until_their_minute(
 
 def test_unsupported_job_features_are_refused_clearly(iot: Any, thing: str) -> None:
     msg = _invalid(
-        lambda: _create(
-            iot,
-            thing,
-            abortConfig={
-                "criteriaList": [
-                    {
-                        "failureType": "FAILED",
-                        "action": "CANCEL",
-                        "thresholdPercentage": 50,
-                        "minNumberOfExecutedThings": 1,
-                    }
-                ]
-            },
-        )
+        lambda: _create(iot, thing, namespaceId="AWS"),
     )
-    assert "abortConfig is not supported" in msg
+    assert "namespaceId is not supported" in msg
 
 
 def test_in_progress_timeout_of_the_job_times_executions_out(

@@ -34,6 +34,8 @@ def test_built_images_pass_esptool_image_info(tmp_path, capsys, size):
         f"{size >> 20}M",
         "-o",
         str(out_file),
+        "--slot-size",  # larger than a 4 MiB board's OTA slot: say which slot it is for
+        "16M",
     )
     assert rc == 0
     meta = json.loads(out)

@@ -409,7 +409,9 @@ def test_jobsctl_job_ota_signs_uploads_and_creates_a_job_the_device_runs(
     ]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["document"]["url"].startswith("${aws:iot:s3-presigned-url:https://s3.amazonaws")
+    assert out["document"]["url"].startswith(
+        "${aws:iot:s3-presigned-url-v2:https://s3.us-east-1.amazonaws.com/"
+    )
     assert out["document"]["compression"] == "gzip" and out["document"]["window_bits"] == 12
     ex = final(stack_session, thing_of(dev), job)
     assert ex["status"] == "SUCCEEDED" and running_version(dev) == "4.0.0"

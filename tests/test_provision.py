@@ -397,3 +397,50 @@ def test_cli_provision_reports_bad_input_and_missing_profile_in_one_line(
     err = capsys.readouterr().err
     assert rc == 1 and "nope" in err and err.count("\n") == 1
     assert not (tmp_path / "o" / "device.key").exists()
+
+
+def test_provision_writes_a_complete_bundle_with_the_ota_key_and_wifi(
+    iot: tuple[Any, Stubber], tmp_path: Path
+) -> None:
+    from jobsctl import image
+
+    client, stubber = iot
+    _expect_up_to_keys(stubber)
+    _expect_rest(stubber)
+    pub = image.keygen(tmp_path / "signing.pem")
+    out = tmp_path / "bundle"
+    info = provision_aws(
+        ME, out, client, ota_key=pub, wifi_ssid="home", wifi_password="wifi secret"
+    )
+    stubber.assert_no_pending_responses()
+    config = json.loads((out / "config.json").read_text())
+    assert config["ota_key_file"] == "ota_key.pem" and (out / "ota_key.pem").read_bytes() == (
+        pub.read_bytes()
+    )
+    assert config["wifi_ssid"] == "home" and config["wifi_password"] == "wifi secret"
+    assert stat.S_IMODE((out / "config.json").stat().st_mode) == 0o600  # holds a secret
+    assert str(out / "ota_key.pem") in info["files"]
+
+
+def test_provision_refuses_a_private_or_foreign_ota_key_before_calling_aws(
+    iot: tuple[Any, Stubber], tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from jobsctl import image
+
+    client, _stubber = iot  # no responses queued: any AWS call would fail the stubber
+    image.keygen(tmp_path / "signing.pem")
+    with pytest.raises(JobsctlError, match="is a private key: give its public half"):
+        provision_aws(ME, tmp_path / "b1", client, ota_key=tmp_path / "signing.pem")
+    other = ec.generate_private_key(ec.SECP384R1()).public_key()
+    (tmp_path / "p384.pem").write_bytes(
+        other.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    with pytest.raises(JobsctlError, match="not an ECDSA P-256 key"):
+        provision_aws(ME, tmp_path / "b2", client, ota_key=tmp_path / "p384.pem")
+    with pytest.raises(JobsctlError, match="--wifi-password needs --wifi-ssid"):
+        provision_aws(ME, tmp_path / "b3", client, wifi_password="x")
+    assert not any((tmp_path / d).exists() for d in ("b1", "b2", "b3"))

@@ -535,3 +535,56 @@ def test_malformed_control_plane_requests_get_the_seed_errors_and_the_service_st
         jobId=job, targets=[arn(stack, thing)], document=json.dumps({"operation": "reboot"})
     )
     assert stack.iot_client().describe_job(jobId=job)["job"]["status"] == "IN_PROGRESS"
+
+
+class TestDeltaPowerLoss:
+    """Power loss at random moments of a delta OTA job (lib/iotjobs/delta.py): half the trials
+    cut the power while the patch is being applied (after the board logs ``step delta``), half
+    at a random moment of the whole job. A patch is applied again from its start after a reset;
+    the execution must end SUCCEEDED (slot = the new image) or FAILED/REJECTED with a reason,
+    the board booting a valid image, no job state left. Trials alternate a version bump (a
+    small patch, no checkpoint) and a larger image (mostly new bytes: a patch with checkpoints,
+    so a cut while applying it resumes from one), with and without a full image to fall back
+    to."""
+
+    def test_power_loss_during_a_delta_job_never_leaves_it_stuck(
+        self,
+        stack_session: Stack,
+        boards: Callable[..., DeviceProcess],
+        signing: Path,
+        trials: Callable[[str, int], int],
+        record: Callable[[str, bool, str], None],
+    ) -> None:
+        from jobsctl import delta
+
+        base = image.build_app_image("1.0.0", size=64 * 1024)  # what a new simulated board runs
+        rng = random.Random(20)
+        n = trials("delta-power", 2)
+        failures = []
+        for i in range(n):
+            size = SIZE if i // 2 % 2 else 64 * 1024  # a 400 KB image: checkpoints
+            new = image.build_app_image("2.0.0", size=size, seed="iotjobs-sim/1.0.0")
+            dev = board(stack_session, boards, signing)
+            doc, extra = otajob.prepare(stack_session, new, key=signing)
+            patch = delta.create(base, new)
+            url = stack_session.upload(delta.object_key(patch, new), patch.data)
+            doc["delta"] = patch.document(otajob.placeholder(url))
+            if i % 8 >= 4:
+                del doc["url"]  # no full image to fall back to
+            mark = dev.mark()
+            job = create(stack_session, dev.board.name, doc, extra)
+            if i % 2 == 0:
+                dev.wait_for("step delta", since=mark, timeout=60)
+                delay = rng.uniform(0.0, 0.3)
+            else:
+                delay = rng.uniform(0.0, 2.5)
+            time.sleep(delay)  # the fault itself: when the power goes
+            dev.kill()
+            dev.start()
+            why = conclude(stack_session, dev, job, new, False, 90)
+            what = f"{len(patch.data)} B patch, cut {delay:.2f}s" + (
+                " into step delta" if i % 2 == 0 else " after the job was created"
+            )
+            record("delta-power", not why, f"{what}: {why}" if why else "")
+            failures += [why] if why else []
+        assert not failures

@@ -284,7 +284,9 @@ class Agent:
         topic = protocol.topic_update(self.thing, j["job"])
         ok, body = self._request(
             topic,
-            lambda tok: protocol.update(tok, status, details, j.get("version")),
+            lambda tok: protocol.update(
+                tok, status, details, j.get("version"), step_timeout=self._step(status)
+            ),
         )
         if ok:
             v = protocol.reply_state(body)[1]
@@ -306,6 +308,13 @@ class Agent:
             self._update(protocol.FAILED, reason, False)
             raise _Drop("failed after the service refused an update: %s" % code)
         raise _Drop("update refused: %s %s" % (code, msg))
+
+    def _step(self, status):
+        # Every IN_PROGRESS (re)starts the service's step timer; a board that dies mid-job
+        # ends TIMED_OUT instead of IN_PROGRESS for ever.
+        return (
+            (self.cfg.get("step_timeout_min") or None) if status == protocol.IN_PROGRESS else None
+        )
 
     def _report(self, status, details):
         # IN_PROGRESS reports from a running handler: best effort on the network (a lost

@@ -10,7 +10,7 @@
 # its earlier headers).
 from iotjobs import appswap
 from iotjobs.agent import Failed
-from iotjobs.ota import _net_fail, check_signature, open_url, parse, self_test
+from iotjobs.ota import _net_fail, check, check_signature, open_url, parse, self_test
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
@@ -21,7 +21,7 @@ def handle(ctx, doc):
     st = ctx.state
     app = ctx.config["app_dir"]
     if "step" not in st:
-        parse(doc, _MAX, bool(ctx.config.get("ota_key_file")), "bundle limit")
+        check(ctx, doc, _MAX, "bundle limit")
         st["step"] = "download"
         st["old"] = appswap.version(app)
         ctx.save()

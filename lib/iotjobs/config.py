@@ -14,6 +14,9 @@ _MAX_INT = const(0x3FFFFFFF)
 DEFAULTS = {
     "log_level": "info",  # debug, info, warning, error
     "keepalive_s": 60,
+    # stepTimeoutInMinutes sent with every IN_PROGRESS: the service ends the execution
+    # TIMED_OUT when no report comes for this long (a board that died mid-job); 0: none.
+    "step_timeout_min": 15,
     "timeout_ms": 10000,  # socket reads, replies to requests
     "backoff_min_ms": 1000,
     "backoff_max_ms": 640000,
@@ -24,6 +27,7 @@ DEFAULTS = {
 }
 _BOUNDS = {
     "keepalive_s": (5, 1200),
+    "step_timeout_min": (0, 10080),
     "timeout_ms": (500, 120000),
     "backoff_min_ms": (10, 600000),
     "backoff_max_ms": (10, 3600000),

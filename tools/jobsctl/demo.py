@@ -9,6 +9,7 @@ every board now runs the new version.
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import shutil
@@ -22,9 +23,11 @@ from typing import Any
 from . import image
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
-from .stack import Stack
+from .stack import LOCK_FILE, Stack
 
 GROUP = "demo-fleet"
+# Written into a state dir the demo made: the only kind of folder it ever empties.
+MARKER = ".jobsctl-demo"
 OLD_VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
 TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
@@ -32,8 +35,9 @@ TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED
 # The phases of a job in the order a board goes through them. A board's console (read as it is
 # printed) is ahead of the service's record (polled), so a phase the poll reports late never
 # moves a board back.
-PHASES = ("QUEUED", "IN_PROGRESS", "download", "verify", "rebooting", "self-test")
+PHASES = ("waiting", "QUEUED", "IN_PROGRESS", "download", "verify", "rebooting", "self-test")
 COLOURS = {
+    "waiting": "#e4e4e4",  # targeted, not yet released by the rollout rate
     "QUEUED": "#b0b0b0",
     "IN_PROGRESS": "#4a90d9",
     "download": "#7fb3e6",
@@ -98,6 +102,56 @@ def ota_available() -> bool:
     return (root / "lib" / "iotjobs" / "ota.py").exists()
 
 
+# What a demo run leaves in its state dir (rollout.* only a demo writes).
+_DEMO_ENTRIES = {
+    *(MARKER, LOCK_FILE, "broker", "ca", "devices", "jobs.sqlite3", "jobs.sqlite3-wal"),
+    *("jobs.sqlite3-shm", "rollout.json", "rollout.png", "s3", "service", "signing", "things"),
+    "endpoints.json",
+}
+
+
+def _earlier_demo(state_dir: Path) -> bool:
+    """A folder made by a demo from before the marker: nothing in it but what a demo writes,
+    and the timeline only a demo draws (a `jobsctl serve` folder has no rollout.json)."""
+    if not state_dir.is_dir():
+        return False
+    names = {p.name for p in state_dir.iterdir()}
+    return "rollout.json" in names and names <= _DEMO_ENTRIES
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Empty ``state_dir`` for a new demo, or refuse: only a folder that a demo made (it holds
+    :data:`MARKER`) and that no running stack holds is ever emptied; a missing or empty folder
+    is simply used. Nothing is deleted before both checks pass."""
+    state_dir = Path(state_dir)
+    if state_dir.exists() and not state_dir.is_dir():
+        raise JobsctlError(f"--state-dir {state_dir} is not a folder")
+    ours = (state_dir / MARKER).is_file() or _earlier_demo(state_dir)
+    if state_dir.is_dir() and any(state_dir.iterdir()) and not ours:
+        raise JobsctlError(
+            f"{state_dir} is not a demo folder (it has no {MARKER}): the demo empties its "
+            "state dir first, so give it a new or empty folder; nothing was deleted"
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = state_dir / LOCK_FILE
+    with open(lock, "a+") as f:  # locked while the folder is emptied
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise JobsctlError(
+                f"a running stack holds {state_dir} (jobsctl serve or another demo): stop it "
+                "or give the demo another --state-dir; nothing was deleted"
+            ) from None
+        for child in state_dir.iterdir():
+            if child.name in (LOCK_FILE, MARKER):
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        (state_dir / MARKER).write_text("made by `jobsctl demo`; emptied by the next demo run\n")
+
+
 class Demo:
     def __init__(
         self,
@@ -109,9 +163,12 @@ class Demo:
         heapsize: str | None = None,
         image_size: int = 256 * 1024,
         on_update: Callable[[Demo], None] | None = None,
+        minute: float = 60.0,
     ) -> None:
         if devices < 1 or devices > 200:
             raise JobsctlError("--devices must be 1-200")
+        if not 1 <= minute <= 60:
+            raise JobsctlError("--minute must be 1-60 seconds")
         if kind == "ota" and not ota_available():
             raise JobsctlError("the OTA job needs lib/iotjobs/ota.py and jobsctl.image")
         self.state_dir = Path(state_dir)
@@ -122,18 +179,20 @@ class Demo:
         self.heapsize = heapsize
         self.image_size = image_size
         self.on_update = on_update
+        # Seconds of real time per minute of the local service's clock (the rollout rate).
+        self.minute = minute
         self.boards: list[Board] = []
         self.stack: Stack | None = None
         self.job_id = ""
         self.t0 = time.monotonic()
         self.phase = "starting"
+        self._created = self.t0
         self._lock = threading.Lock()
 
     # ---------------------------------------------------------------- running
 
     def run(self) -> Result:
-        if self.state_dir.exists():
-            shutil.rmtree(self.state_dir)
+        prepare_state_dir(self.state_dir)
         self.stack = Stack(self.state_dir)
         try:
             self.stack.start()
@@ -232,8 +291,11 @@ class Demo:
         self.t0 = time.monotonic()
         with self._lock:  # before the job exists: a board's console may report it at once
             for b in self.boards:
-                b.mark(0.0, "QUEUED")
+                b.status = "waiting"
+                b.mark(0.0, "waiting")
         iot.create_job(**params)
+        self._created = time.monotonic()
+        self._changed()
         self.phase = f"job {self.job_id}"
 
     def _follow(self) -> None:
@@ -241,7 +303,18 @@ class Demo:
         iot = self.stack.iot_client()
         deadline = time.monotonic() + self.timeout
         while True:
+            self._run_clock()
+            # A staged rollout creates a board's execution only when the rate releases it (as
+            # AWS IoT does: until then DescribeJobExecution answers ResourceNotFound). Describe
+            # only the executions that exist; the others are still waiting.
+            released = set()
+            for page in iot.get_paginator("list_job_executions_for_job").paginate(
+                jobId=self.job_id
+            ):
+                released |= {e["thingArn"].rpartition("/")[2] for e in page["executionSummaries"]}
             for b in self.boards:
+                if b.name not in released:
+                    continue
                 ex = iot.describe_job_execution(jobId=self.job_id, thingName=b.name)["execution"]
                 self._update(b, ex)
             self._changed()
@@ -253,6 +326,16 @@ class Demo:
             time.sleep(0.25)  # refresh rate of the live view, not synchronisation
         self.phase = "done"
         self._changed()
+
+    def _run_clock(self) -> None:
+        """With ``minute`` < 60 the service's clock runs 60/minute times faster than real time
+        (only the demo's own stack: rollout minutes pass in ``minute`` seconds)."""
+        if self.minute >= 60 or self.stack is None:
+            return
+        real = time.monotonic() - self._created
+        ahead = real * (60.0 / self.minute - 1.0)
+        if ahead > self.stack.model.skew:
+            self.stack.advance_clock(ahead - self.stack.model.skew)
 
     def _update(self, b: Board, ex: dict[str, Any]) -> None:
         details = ex.get("statusDetails", {}).get("detailsMap", {})

@@ -1,7 +1,7 @@
 """``jobsctl flash``: write a MicroPython ESP32 firmware with an OTA partition table.
 
-    info = check_firmware(Path("ESP32_GENERIC-OTA-v1.25.0.bin"))
-    flash("/dev/ttyUSB0", Path("ESP32_GENERIC-OTA-v1.25.0.bin"), dry_run=True)
+    info = check_firmware(Path("ESP32_GENERIC-OTA-20250415-v1.25.0.bin"))
+    flash("/dev/ttyUSB0", Path("ESP32_GENERIC-OTA-20250415-v1.25.0.bin"), dry_run=True)
 
 The firmware is the combined download image (``firmware.bin``): bootloader, partition table
 at 0x8000 and the application at 0x10000, in one file that is written at the bootloader's
@@ -248,3 +248,41 @@ def flash(
             step = cmd[cmd.index(str(baud)) + 1]
             raise JobsctlError(f"esptool {step} failed (exit code {proc.returncode}) on {port}")
     return info
+
+
+def _csv_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20}.get(text[-1:], 1)
+    digits = text[:-1] if mult > 1 else text
+    return int(digits, 0) * mult
+
+
+def ota_slot_size(path: Path) -> int:
+    """The size of the smallest OTA app slot (ota_0, ota_1, ...) in a partition layout: an
+    ESP-IDF ``partitions.csv`` (sizes given), a binary partition table, or a combined firmware
+    image with its table at 0x8000. What an OTA image must fit on boards flashed with it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise JobsctlError(f"cannot read --partitions {path}: {exc.strerror}") from None
+    sizes: list[int] = []
+    if data[:2] == struct.pack("<H", _MAGIC):
+        parts = parse_partition_table(data)
+    elif data[:1] == b"\xe9":  # a combined firmware image, written at 0x1000 on an ESP32
+        table_at = PARTITION_TABLE_OFFSET - BOOTLOADER_OFFSET["esp32"]
+        parts = parse_partition_table(data[table_at : table_at + PARTITION_TABLE_SIZE])
+    else:
+        parts = []
+        for n, line in enumerate(data.decode(errors="replace").splitlines(), 1):
+            cols = [c.strip() for c in line.split("#", 1)[0].split(",")]
+            if len(cols) < 5 or cols[1] != "app" or not cols[2].startswith("ota_"):
+                continue
+            try:
+                sizes.append(_csv_size(cols[4]))
+            except ValueError:
+                raise JobsctlError(f"{path}:{n}: bad size {cols[4]!r}") from None
+    sizes += [p.size for p in parts if p.type == APP and 0x10 <= p.subtype <= 0x1F]
+    if not sizes:
+        raise JobsctlError(f"{path} has no OTA app slot (ota_0): not an OTA partition layout")
+    return min(sizes)

@@ -65,18 +65,24 @@ def _app_desc(version: str, project: str, secure_version: int = 0) -> bytes:
 
 
 def build_app_image(
-    version: str, size: int | None = None, project: str = "iotjobs-sim", secure_version: int = 0
+    version: str,
+    size: int | None = None,
+    project: str = "iotjobs-sim",
+    seed: str | None = None,
+    secure_version: int = 0,
 ) -> bytes:
     """A valid ESP32 app image of about ``size`` bytes (at least ~400) carrying ``version``
-    and ``secure_version``."""
+    and ``secure_version``. ``seed`` (default ``project/version``) picks the code bytes: two
+    versions built with one seed differ only in their descriptor, checksum and hash, like a
+    small change does."""
     desc = _app_desc(version, project, secure_version)
     drom = desc + bytes(256)  # rodata after the descriptor
     dram = b"\x00" * 64
     overhead = 24 + 3 * 8 + len(drom) + len(dram) + 16 + 32
     bulk_len = max(64, ((size or 0) - overhead) // 4 * 4)
     # Deterministic per version, so the same build twice gives the same bytes and hash.
-    seed = f"{project}/{version}" + (f"/{secure_version}" if secure_version else "")
-    iram = random.Random(seed).randbytes(bulk_len)
+    default = f"{project}/{version}" + (f"/{secure_version}" if secure_version else "")
+    iram = random.Random(seed or default).randbytes(bulk_len)
     segments = [(_DROM, drom), (_DRAM, dram), (_IRAM, iram)]
     header = struct.pack(
         "<BBBBIB3sHBHH4sB",

@@ -1,9 +1,11 @@
 """OTA jobs: sign a firmware image, upload it, and create the job the device's ``ota`` handler runs.
 
 The job document (native schema, see the README) names the image by a pre-signed URL
-placeholder, ``${aws:iot:s3-presigned-url:https://s3.amazonaws.com/BUCKET/KEY}``: AWS IoT
-(and the local service) replaces it with a freshly signed URL each time it hands the document
-to a device, which is why the job also needs a ``presignedUrlConfig``.
+placeholder, ``${aws:iot:s3-presigned-url-v2:https://s3.REGION.amazonaws.com/BUCKET/KEY}`` (the
+regional form AWS documents now; the older global ``${aws:iot:s3-presigned-url:https://s3.
+amazonaws.com/...}`` is still understood): AWS IoT (and the local service) replaces it with a
+freshly signed URL each time it hands the document to a device, which is why the job also needs
+a ``presignedUrlConfig``.
 """
 
 from __future__ import annotations
@@ -16,14 +18,22 @@ from . import image
 from .errors import JobsctlError
 
 URL_LIFETIME_S = 3600  # the most AWS allows; a device asks for a new URL when one expires
+# The largest bundle (tar) a board takes: lib/iotjobs/bundle.py's _MAX (a test pins the two).
+BUNDLE_MAX = 1 << 20
 
 
-def s3_url(bucket: str, key: str) -> str:
-    return f"https://s3.amazonaws.com/{bucket}/{key}"
+def s3_url(bucket: str, key: str, region: str | None = None) -> str:
+    """The object's S3 URL: regional (``s3.REGION.amazonaws.com``) when ``region`` is given."""
+    host = f"s3.{region}.amazonaws.com" if region else "s3.amazonaws.com"
+    return f"https://{host}/{bucket}/{key}"
 
 
 def placeholder(url: str) -> str:
-    return "${aws:iot:s3-presigned-url:" + url + "}"
+    """The pre-signed URL placeholder for an S3 URL: AWS's regional ``-v2`` form for a regional
+    URL, the older global form for ``s3.amazonaws.com``."""
+    regional = url.startswith("https://s3.") and not url.startswith("https://s3.amazonaws.com/")
+    kind = "s3-presigned-url-v2" if regional else "s3-presigned-url"
+    return "${aws:iot:" + kind + ":" + url + "}"
 
 
 def object_key(data: bytes) -> str:
@@ -53,13 +63,24 @@ def signing_key(key_dir: Path) -> Path:
     return key
 
 
-def read_image(path: Path) -> bytes:
+def read_image(path: Path, slot_size: int | None = None) -> bytes:
+    """The app image in ``path``, checked (and, with ``slot_size``, that it fits the slot)."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise JobsctlError(f"cannot read {path}: {exc.strerror}") from None
-    image.check_app_image(data)  # a bad image never becomes a job (real .app-bin files pass)
+    # A bad image never becomes a job (real .app-bin files pass); one too big for the boards'
+    # OTA slot is refused here, before the upload, not by every board after the job exists.
+    image.check_app_image(data, slot_size)
     return data
+
+
+def check_bundle_size(tar: bytes) -> None:
+    if len(tar) > BUNDLE_MAX:
+        raise JobsctlError(
+            f"the bundle is {len(tar)} bytes; a board takes at most {BUNDLE_MAX} "
+            "(ship fewer or .mpy files)"
+        )
 
 
 def presigned_config(account_id: str, role_arn: str | None = None) -> dict[str, Any]:
@@ -67,11 +88,11 @@ def presigned_config(account_id: str, role_arn: str | None = None) -> dict[str, 
     return {"roleArn": role, "expiresInSec": URL_LIFETIME_S}
 
 
-def upload(s3: Any, bucket: str, data: bytes) -> str:
+def upload(s3: Any, bucket: str, data: bytes, region: str | None = None) -> str:
     """Put ``data`` into ``bucket`` (content-addressed key); the object's S3 URL."""
     key = object_key(data)
     s3.put_object(Bucket=bucket, Key=key, Body=data)
-    return s3_url(bucket, key)
+    return s3_url(bucket, key, region)
 
 
 def prepare(
@@ -99,6 +120,15 @@ def prepare(
     if window_bits is not None:
         doc.update(compression="gzip", window_bits=window_bits)
     return doc, {"presignedUrlConfig": presigned_config(stack.endpoints["account_id"])}
+
+
+# What `jobsctl job ota` sets unless told otherwise (README, "Rollout policies"): an execution
+# still IN_PROGRESS an hour after it started ends TIMED_OUT, and the rollout stops (the job is
+# canceled, its QUEUED executions with it) once 20 % of the boards that received it, and at least
+# 5 of them, ended FAILED, REJECTED or TIMED_OUT.
+OTA_IN_PROGRESS_TIMEOUT_MIN = 60
+OTA_ABORT_PERCENT = 20.0
+OTA_ABORT_MIN_EXECUTED = 5
 
 
 # ---------------------------------------------------------------- application-file bundles

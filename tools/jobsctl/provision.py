@@ -6,7 +6,9 @@
 ``provision_aws`` creates the thing (and adds it to a group), a key pair and an active
 certificate, a least-privilege policy (:func:`policy_document`), attaches both, looks up the
 account's ``iot:Data-ATS`` endpoint and writes the bundle that ``jobsctl deploy`` copies to a
-board: ``config.json``, ``device.pem``, ``device.key`` and ``AmazonRootCA1.pem``.
+board: ``config.json``, ``device.pem``, ``device.key``, ``AmazonRootCA1.pem`` and, with an OTA
+signing key, ``ota_key.pem`` (the public key every OTA image must be signed for). Wi-Fi
+settings given to it go into ``config.json``: the bundle is complete, nothing to edit by hand.
 
 AWS hands out a certificate's private key exactly once, so the key is written to disk right
 after it is created, before any later call that could fail; the output folder is checked
@@ -32,8 +34,9 @@ CONFIG_FILE = "config.json"
 CERT_FILE = "device.pem"
 KEY_FILE = "device.key"
 CA_FILE = "AmazonRootCA1.pem"
+OTA_KEY_FILE = "ota_key.pem"
 MQTT_PORT = 8883
-BUNDLE_FILES = (CONFIG_FILE, CERT_FILE, KEY_FILE, CA_FILE)
+BUNDLE_FILES = (CONFIG_FILE, CERT_FILE, KEY_FILE, CA_FILE, OTA_KEY_FILE)
 
 # Amazon Root CA 1: the public root that signs every AWS IoT Core ATS endpoint
 # (https://www.amazontrust.com/repository/AmazonRootCA1.pem). Valid until 2038-01-17.
@@ -115,6 +118,29 @@ def amazon_root_ca() -> bytes:
     return pem
 
 
+def ota_public_key(path: Path) -> bytes:
+    """The PEM public key of an ECDSA P-256 signing key pair (``jobsctl image keygen``'s
+    ``*.pub.pem``), checked: a board given anything else could never accept an image."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as exc:
+        raise JobsctlError(f"cannot read --ota-key {path}: {exc.strerror}") from None
+    if b"PRIVATE KEY" in pem:
+        raise JobsctlError(
+            f"--ota-key {path} is a private key: give its public half (e.g. signing.pub.pem); "
+            "the signing key never goes onto a board"
+        )
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except ValueError:
+        raise JobsctlError(f"--ota-key {path} is not a PEM public key") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise JobsctlError(f"--ota-key {path} is not an ECDSA P-256 key (jobsctl image keygen)")
+    return pem
+
+
 def _prepare_out_dir(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,8 +164,16 @@ def _write(path: Path, data: bytes, private: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def bundle_config(thing_name: str, endpoint: str) -> dict[str, Any]:
-    return {
+def bundle_config(
+    thing_name: str,
+    endpoint: str,
+    *,
+    ota_key: bool = False,
+    wifi_ssid: str | None = None,
+    wifi_password: str | None = None,
+) -> dict[str, Any]:
+    """The board's config.json (every key: docs/configuration.md)."""
+    config: dict[str, Any] = {
         "thing_name": thing_name,
         "client_id": thing_name,
         "endpoint": endpoint,
@@ -148,6 +182,13 @@ def bundle_config(thing_name: str, endpoint: str) -> dict[str, Any]:
         "cert_file": CERT_FILE,
         "key_file": KEY_FILE,
     }
+    if ota_key:
+        config["ota_key_file"] = OTA_KEY_FILE
+    if wifi_ssid is not None:
+        config["wifi_ssid"] = wifi_ssid
+    if wifi_password is not None:
+        config["wifi_password"] = wifi_password
+    return config
 
 
 def _code(exc: ClientError) -> str:
@@ -173,16 +214,43 @@ def _ensure_policy(iot: Any, name: str, document: dict[str, Any]) -> str:
 
 
 def provision_aws(
-    thing_name: str, out_dir: Path, iot_client: Any, group: str | None = None
+    thing_name: str,
+    out_dir: Path,
+    iot_client: Any,
+    group: str | None = None,
+    *,
+    ota_key: Path | None = None,
+    wifi_ssid: str | None = None,
+    wifi_password: str | None = None,
 ) -> dict[str, Any]:
     """Register ``thing_name`` on AWS IoT Core and write its device bundle into ``out_dir``."""
     check_thing_name(thing_name)
     if group is not None:
         check_thing_name(group)
+    if wifi_password is not None and wifi_ssid is None:
+        raise JobsctlError("--wifi-password needs --wifi-ssid")
+    ota_pem = ota_public_key(ota_key) if ota_key is not None else None
     out_dir = Path(out_dir)
+    made = not out_dir.exists()
     _prepare_out_dir(out_dir)
-    iot = iot_client
+    try:
+        return _provision(thing_name, out_dir, iot_client, group, ota_pem, wifi_ssid, wifi_password)
+    except BaseException:
+        # Nothing written yet (e.g. no credentials at the first call): leave no empty --out.
+        if made and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
 
+
+def _provision(
+    thing_name: str,
+    out_dir: Path,
+    iot: Any,
+    group: str | None,
+    ota_pem: bytes | None,
+    wifi_ssid: str | None,
+    wifi_password: str | None,
+) -> dict[str, Any]:
     thing = iot.create_thing(thingName=thing_name)
     m = _ARN.match(str(thing.get("thingArn", "")))
     if not m:
@@ -220,8 +288,21 @@ def provision_aws(
         ) from None
 
     _write(out_dir / CA_FILE, amazon_root_ca())
-    config = bundle_config(thing_name, endpoint)
-    _write(out_dir / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    if ota_pem is not None:
+        _write(out_dir / OTA_KEY_FILE, ota_pem)
+    config = bundle_config(
+        thing_name,
+        endpoint,
+        ota_key=ota_pem is not None,
+        wifi_ssid=wifi_ssid,
+        wifi_password=wifi_password,
+    )
+    # The Wi-Fi password is a secret too: the file is readable by its owner only.
+    _write(
+        out_dir / CONFIG_FILE,
+        (json.dumps(config, indent=2) + "\n").encode(),
+        private=wifi_password is not None,
+    )
     return {
         "thing_name": thing_name,
         "thing_arn": thing["thingArn"],
@@ -233,5 +314,5 @@ def provision_aws(
         "endpoint": endpoint,
         "port": MQTT_PORT,
         "bundle": str(out_dir),
-        "files": [str(out_dir / name) for name in BUNDLE_FILES],
+        "files": [str(out_dir / name) for name in BUNDLE_FILES if (out_dir / name).exists()],
     }

@@ -30,9 +30,12 @@ from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority, certificate_id
 from .service import Service
 from .service.model import ACCOUNT_ID, REGION, Model, thing_arn
+from .service.quotas import Quotas
 from .service.service import ServiceConfig
 from .service.store import Store
 
+# Held (flock) by a running stack in its state dir: one stack per folder.
+LOCK_FILE = ".stack.lock"
 _NAME_CHARS = set(string.ascii_letters + string.digits + ":_-")
 
 
@@ -87,11 +90,14 @@ class Stack:
         s3_port: int = 0,
         throttle_per_second: float | None = None,
         plaintext_control: bool = False,
+        quotas: Quotas | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.mqtt_port, self.control_port, self.s3_port = mqtt_port, control_port, s3_port
+        self.jobs_data_port = 0
         self.throttle_per_second = throttle_per_second
         self.plaintext_control = plaintext_control
+        self.quotas = quotas or Quotas()
         self.endpoints: dict[str, Any] = {}
         self.broker: Broker | None = None
         self.objects: ObjectStore | None = None
@@ -108,7 +114,7 @@ class Stack:
 
     def _lock(self) -> None:
         """One running stack per state dir: two would share one SQLite store and broker dir."""
-        self._lock_file = open(self.state_dir / ".stack.lock", "a+")  # noqa: SIM115
+        self._lock_file = open(self.state_dir / LOCK_FILE, "a+")  # noqa: SIM115
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -157,6 +163,7 @@ class Stack:
             "mqtt_port": self.mqtt_port,
             "ca_file": str(self.ca.cert_path),
             "control_plane_url": f"{scheme}://localhost:{self.control_port}",
+            "jobs_data_url": f"{scheme}://localhost:{self.jobs_data_port}",
             "s3_url": self.objects.url,
             "region": REGION,
             "account_id": ACCOUNT_ID,
@@ -189,10 +196,13 @@ class Stack:
             control_port=self.control_port,
             plaintext=self.plaintext_control,
             throttle_per_second=self.throttle_per_second,
+            jobs_data_port=self.jobs_data_port,
+            quotas=self.quotas,
         )
         self.service = Service(config, presign=objects.presign, fetch_object=objects.get)
         try:
             self.control_port = self.service.start()
+            self.jobs_data_port = self.service.jobs_data.port
         except BaseException:
             self.service.stop()
             self.service = None
@@ -261,6 +271,26 @@ class Stack:
         if self._iot is None:
             self._iot = iot_client(self.endpoints)
         return self._iot
+
+    def events_credentials(self) -> Any:
+        """Certificate and key of the identity that may read the Jobs events ($aws/events/#)."""
+        from .broker import EVENTS_IDENTITY
+
+        assert self.ca is not None
+        return self.ca.issue(EVENTS_IDENTITY, self.state_dir / "service", stem=EVENTS_IDENTITY)
+
+    def jobs_data_client(self, **kwargs: Any) -> Any:
+        """A boto3 ``iot-jobs-data`` client for the HTTPS device API."""
+        e = self.endpoints
+        return boto3.client(
+            "iot-jobs-data",
+            endpoint_url=e["jobs_data_url"],
+            region_name=e["region"],
+            aws_access_key_id=e["aws_access_key_id"],
+            aws_secret_access_key=e["aws_secret_access_key"],
+            verify=e["ca_file"],
+            **kwargs,
+        )
 
     def s3_client(self) -> Any:
         assert self.objects is not None

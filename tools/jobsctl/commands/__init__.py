@@ -40,6 +40,19 @@ def serve_alive(state_dir: Path) -> dict[str, Any] | None:
     return endpoints
 
 
+def check_port(port: str) -> None:
+    """A serial port path that does not exist gets one clear line, before any tool runs."""
+    if not port:
+        raise JobsctlError("no serial port: give --port (e.g. /dev/ttyUSB0)")
+    if not Path(port).exists():
+        import glob
+
+        found = sorted(glob.glob("/dev/ttyUSB*") + glob.glob("/dev/ttyACM*"))
+        found += sorted(glob.glob("/dev/cu.usb*"))
+        seen = f"serial ports here: {', '.join(found)}" if found else "no serial port is present"
+        raise JobsctlError(f"{port} does not exist: is the board plugged in? ({seen})")
+
+
 def _default(value: object) -> object:
     if isinstance(value, dt.datetime):
         return value.isoformat()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,24 @@ def register(sub: Any) -> None:
         description=(
             "Creates the thing (and group), an active certificate, a least-privilege policy "
             "(its own client id, its own $aws/things/NAME/jobs/* topics), and writes "
-            "config.json, device.pem, device.key and AmazonRootCA1.pem into DIR. Uses the "
-            "AWS credentials of the profile (or the environment)."
+            "config.json, device.pem, device.key, AmazonRootCA1.pem and (with --ota-key) "
+            "ota_key.pem into DIR: a complete bundle for `jobsctl deploy --bundle DIR`. Uses "
+            "the AWS credentials of the profile (or the environment). config.json's keys: "
+            "docs/configuration.md."
         ),
     )
     p.add_argument("--aws", metavar="NAME", required=True, help="thing name")
     p.add_argument("--out", metavar="DIR", type=Path, required=True, help="bundle folder")
     p.add_argument("--group", help="thing group to add the thing to (created when missing)")
+    p.add_argument(
+        "--ota-key",
+        type=Path,
+        metavar="PUB_PEM",
+        help="the OTA signing key's public half (jobsctl image keygen's *.pub.pem): the board "
+        "then accepts only images and bundles signed with it (config ota_key_file)",
+    )
+    p.add_argument("--wifi-ssid", help="Wi-Fi network the board joins (config wifi_ssid)")
+    p.add_argument("--wifi-password", help="its password (config wifi_password)")
     p.add_argument("--region", help="AWS region (default: the profile's)")
     p.add_argument("--profile", help="AWS profile (default: the environment's)")
     p.set_defaults(func=run)
@@ -40,5 +52,20 @@ def run(args: argparse.Namespace) -> int:
     if args.group is not None:
         check_thing_name(args.group)
     iot = iot_client(args.region, args.profile)
-    print_json(provision_aws(args.aws, args.out, iot, group=args.group))
+    info = provision_aws(
+        args.aws,
+        args.out,
+        iot,
+        group=args.group,
+        ota_key=args.ota_key,
+        wifi_ssid=args.wifi_ssid,
+        wifi_password=args.wifi_password,
+    )
+    print_json(info)
+    if args.ota_key is None:
+        print(
+            "jobsctl: note: no --ota-key: this board accepts OTA documents only with a sha256 "
+            "(AWS's afr_ota documents carry none); see docs/real-hardware.md",
+            file=sys.stderr,
+        )
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,8 @@ def register(sub: Any) -> None:
         "demo",
         help="a local stack, N simulated boards, one job for the fleet, live",
         description=(
-            "Start the local stack in DIR (wiped first), provision N simulated ESP32 boards "
+            "Start the local stack in DIR (emptied first: only a folder an earlier demo made, "
+            "never one a running stack holds), provision N simulated ESP32 boards "
             "running the real device code, create one job for their group and follow it live. "
             "Exits 0 only if every device ends SUCCEEDED (and, for OTA, runs the new version). "
             "Writes DIR/rollout.png, a timeline of every device."
@@ -35,12 +37,25 @@ def register(sub: Any) -> None:
         default=None,
         help="job type (default: ota when available, else config)",
     )
-    p.add_argument("--state-dir", type=Path, default=Path("build/demo"), help="(wiped first)")
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("build/demo"),
+        help="state folder (default build/demo): new, empty, or one an earlier demo made",
+    )
     p.add_argument(
         "--max-per-minute",
         type=int,
         default=60,
         help="rollout rate: executions started per minute (default 60; 0 for no limit)",
+    )
+    p.add_argument(
+        "--minute",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="real seconds per minute of the local service's clock (default 60; e.g. 5 plays "
+        "a staged rollout 12 times faster)",
     )
     p.add_argument(
         "--image-size", type=parse_size, default=1 << 20, help="OTA image size (default 1M)"
@@ -71,6 +86,15 @@ def _table(demo: Demo) -> Group:
     return Group(head, t)
 
 
+def live_view(console: Console) -> bool:
+    """A redrawn table only on an interactive terminal. A pipe or a CI log (even with
+    FORCE_COLOR or TTY_COMPATIBLE, which make rich treat it as a terminal) gets one line per
+    change instead, never every board on every tick."""
+    if os.environ.get("CI") or os.environ.get("TERM") == "dumb":
+        return False
+    return console.is_interactive and sys.stdout.isatty()
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
     kind = args.job or ("ota" if ota_available() else "config")
@@ -97,9 +121,10 @@ def run(args: argparse.Namespace) -> int:
         image_size=args.image_size,
         heapsize=args.heapsize,
         on_update=on_update,
+        minute=args.minute,
     )
     print(f"jobsctl demo: {args.devices} devices, {kind} job, state in {args.state_dir}")
-    if console.is_terminal:
+    if live_view(console):
         with Live(_table(demo), console=console, refresh_per_second=8) as live:
             result = demo.run()
     else:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..deploy import ARCHS, deploy
+from . import check_port
 
 
 def register(sub: Any) -> None:
@@ -38,6 +39,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_port(args.port)
     result = deploy(args.port, args.bundle, arch=args.arch, reset=not args.no_reset, echo=print)
     for removed in result["removed"]:
         print(f"removed stale {removed}")

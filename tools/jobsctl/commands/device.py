@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
         ),
     )
     r.add_argument("--state-dir", type=Path, required=True)
-    r.add_argument("name")
+    r.add_argument("name", help="the thing (made with jobsctl thing create)")
     r.add_argument("--version", default="1.0.0", help="firmware version of a new board's ota_0")
     r.add_argument("--heapsize", help="MicroPython heap, e.g. 64k (default: the port's)")
     r.add_argument(

@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..errors import JobsctlError
 from ..flash import BOOTLOADER_OFFSET, DEFAULT_BAUD, flash
+from . import check_port
 
 
 def register(sub: Any) -> None:
@@ -21,7 +23,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--port", required=True, help="serial port of the board (e.g. /dev/ttyUSB0)")
-    p.add_argument("--firmware", type=Path, required=True, help="combined firmware .bin")
+    p.add_argument("--firmware", required=True, help="combined firmware .bin")
     p.add_argument("--chip", default="esp32", choices=sorted(BOOTLOADER_OFFSET))
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD)
     p.add_argument("--dry-run", action="store_true", help="check and print, do not run esptool")
@@ -29,5 +31,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    flash(args.port, args.firmware, chip=args.chip, baud=args.baud, dry_run=args.dry_run)
+    if not args.firmware:  # `make flash` without FIRMWARE=
+        raise JobsctlError("no firmware file: give --firmware FILE (make flash FIRMWARE=FILE)")
+    if not args.dry_run:  # a dry run checks the file only; it needs no board
+        check_port(args.port)
+    flash(args.port, Path(args.firmware), chip=args.chip, baud=args.baud, dry_run=args.dry_run)
     return 0

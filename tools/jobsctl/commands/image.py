@@ -20,6 +20,31 @@ def parse_size(text: str) -> int:
     return int(m.group(1)) << {"": 0, "k": 10, "K": 10, "m": 20, "M": 20}[m.group(2)]
 
 
+def add_slot_options(p: argparse.ArgumentParser) -> None:
+    """The OTA slot an image must fit: the 4 MiB OTA layout's unless told otherwise."""
+    q = p.add_mutually_exclusive_group()
+    q.add_argument(
+        "--slot-size",
+        type=parse_size,
+        help=f"OTA slot size (default {image.SLOT_SIZE:#x}, ESP32_GENERIC's OTA variant)",
+    )
+    q.add_argument(
+        "--partitions",
+        type=Path,
+        metavar="FILE",
+        help="the boards' partition layout: partitions.csv, a partition-table .bin or the "
+        "firmware .bin they were flashed with; the image must fit its smallest ota_N slot",
+    )
+
+
+def slot_size(args: argparse.Namespace) -> int:
+    from ..flash import ota_slot_size
+
+    if args.partitions is not None:
+        return ota_slot_size(args.partitions)
+    return int(args.slot_size or image.SLOT_SIZE)
+
+
 def register(sub: Any) -> None:
     p = sub.add_parser("image", help="ESP32 app images: build, sign, inspect")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION")
@@ -33,7 +58,7 @@ def register(sub: Any) -> None:
             "version), checksum and appended SHA-256, as `esptool image-info` validates them."
         ),
     )
-    b.add_argument("--version", required=True)
+    b.add_argument("--version", required=True, help="the version in the app descriptor")
     b.add_argument(
         "--size", type=parse_size, help="approximate image size, e.g. 1M (default: small)"
     )
@@ -47,24 +72,47 @@ def register(sub: Any) -> None:
         " they have confirmed (default 0)",
     )
     b.add_argument("-o", "--output", type=Path, required=True)
+    add_slot_options(b)
     b.set_defaults(func=build)
 
     k = isub.add_parser("keygen", help="new ECDSA P-256 signing key (KEY) and KEY's .pub.pem")
-    k.add_argument("key", type=Path)
+    k.add_argument("key", type=Path, help="where to write the private key (PEM, mode 0600)")
     k.set_defaults(func=keygen)
 
     s = isub.add_parser(
         "sign",
         help="print the base64 DER ECDSA P-256 signature over SHA-256 of FILE (sig-sha256-ecdsa)",
     )
-    s.add_argument("file", type=Path)
+    s.add_argument("file", type=Path, help="the image (or bundle) to sign")
     s.add_argument("--key", type=Path, required=True, help="PEM private key (from keygen)")
     s.add_argument("-o", "--output", type=Path, help="also write the signature here")
     s.set_defaults(func=sign)
 
+    d = isub.add_parser(
+        "delta",
+        help="make a detools sequential patch from OLD to NEW that the device applies (delta OTA)",
+        description=(
+            "A detools sequential (bsdiff) patch; the board rebuilds NEW from the image it runs "
+            "(OLD) while the patch streams in. heatshrink keeps a 2**WINDOW-byte window on the "
+            "board (at most 2**12)."
+        ),
+    )
+    d.add_argument("--from", dest="old", type=Path, required=True, help="the image boards run")
+    d.add_argument("--to", dest="new", type=Path, required=True, help="the new image")
+    d.add_argument("-o", "--output", type=Path, required=True, help="the patch file to write")
+    d.add_argument(
+        "--compression",
+        choices=["heatshrink", "none"],
+        default="heatshrink",
+        help="heatshrink (default) or none",
+    )
+    d.add_argument("--window-bits", type=int, default=None, help="heatshrink window (4-12)")
+    d.add_argument("--lookahead-bits", type=int, default=None, help="heatshrink lookahead")
+    d.set_defaults(func=delta)
+
     i = isub.add_parser("info", help="check an app image (or .app-bin) and print what it holds")
-    i.add_argument("file", type=Path)
-    i.add_argument("--slot-size", type=parse_size, help="also check that it fits an OTA slot")
+    i.add_argument("file", type=Path, help="the app image to check")
+    add_slot_options(i)
     i.set_defaults(func=info)
 
 
@@ -76,9 +124,16 @@ def _read(path: Path) -> bytes:
 
 
 def build(args: argparse.Namespace) -> int:
+    limit = slot_size(args)
+    if args.size is not None and args.size > limit:  # refused before anything is made
+        raise JobsctlError(
+            f"an image of {args.size} bytes does not fit the {limit}-byte OTA slot "
+            "(--slot-size/--partitions give another layout)"
+        )
     data = image.build_app_image(
         args.version, size=args.size, project=args.project, secure_version=args.secure_version
     )
+    image.check_app_image(data, limit)
     args.output.write_bytes(data)
     print(
         json.dumps(
@@ -110,7 +165,7 @@ def sign(args: argparse.Namespace) -> int:
 
 def info(args: argparse.Namespace) -> int:
     data = _read(args.file)
-    image.check_app_image(data, args.slot_size)
+    image.check_app_image(data, slot_size(args))
     print(
         json.dumps(
             {
@@ -123,4 +178,28 @@ def info(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def delta(args: argparse.Namespace) -> int:
+    from .. import delta as dl
+
+    old, new = _read(args.old), _read(args.new)
+    image.check_app_image(old)
+    image.check_app_image(new)
+    patch = dl.create(
+        old,
+        new,
+        args.compression,
+        args.window_bits if args.window_bits is not None else dl.WINDOW_BITS,
+        args.lookahead_bits if args.lookahead_bits is not None else dl.LOOKAHEAD_BITS,
+    )
+    if args.output.exists():
+        raise JobsctlError(f"{args.output} exists; not overwriting it")
+    args.output.write_bytes(patch.data)
+    out = {"file": str(args.output), **patch.document(""), "new_size": len(new)}
+    del out["url"]
+    out["new_sha256"] = hashlib.sha256(new).hexdigest()
+    out["share"] = round(len(patch.data) / len(new), 4)
+    print(json.dumps(out))
     return 0

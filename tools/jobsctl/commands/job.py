@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from ..errors import JobsctlError
 from ..stack import iot_client
 from . import load_endpoints, print_json
+from .image import add_slot_options, slot_size
 
 
 def register(sub: Any) -> None:
@@ -33,7 +34,7 @@ def register(sub: Any) -> None:
         return q
 
     c = add("create", "create a job")
-    c.add_argument("job_id")
+    c.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     c.add_argument(
         "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
     )
@@ -46,14 +47,16 @@ def register(sub: Any) -> None:
     c.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
     c.add_argument("--presigned-role-arn", help="role for pre-signed URLs (real AWS)")
     c.add_argument("--presigned-expires", type=int, help="pre-signed URL lifetime, 60-3600 s")
+    _policy_arguments(c, ota=False)
     c.set_defaults(func=create)
 
     o = add("ota", "sign and upload a firmware image, then create an OTA job for it")
-    o.add_argument("job_id")
+    o.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     o.add_argument(
         "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
     )
     o.add_argument("--file", type=Path, required=True, help="ESP32 app image (.bin, .app-bin)")
+    add_slot_options(o)
     o.add_argument("--key", type=Path, help="ECDSA P-256 private key (PEM): sign the image")
     o.add_argument(
         "--gzip-window",
@@ -73,16 +76,35 @@ def register(sub: Any) -> None:
         action="store_true",
         help="let devices whose config has ota_allow_downgrade install a lower secure_version",
     )
+    o.add_argument(
+        "--from",
+        dest="delta_from",
+        type=Path,
+        metavar="OLD",
+        help="delta OTA: also upload a patch from OLD (the image boards run) to --file",
+    )
+    o.add_argument(
+        "--delta-compression",
+        choices=["heatshrink", "none"],
+        default="heatshrink",
+        help="with --from: how the patch is compressed (default heatshrink)",
+    )
+    o.add_argument(
+        "--no-full",
+        action="store_true",
+        help="with --from: offer no full image to fall back to when the patch fails",
+    )
     o.add_argument("--bucket", help="S3 bucket for the image (default: the local stack's)")
     o.add_argument(
         "--role-arn", help="IAM role AWS IoT reads S3 with: pre-signed URLs, streams (real AWS)"
     )
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
     o.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
+    _policy_arguments(o, ota=True)
     o.set_defaults(func=create_ota)
 
     b = add("bundle", "pack a folder of .py/.mpy files, sign, upload, create a bundle job")
-    b.add_argument("job_id")
+    b.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     b.add_argument(
         "--targets", nargs="+", required=True, metavar="TARGET", help="ARNs, thing or group names"
     )
@@ -94,7 +116,7 @@ def register(sub: Any) -> None:
     b.set_defaults(func=create_bundle)
 
     d = add("describe", "describe a job")
-    d.add_argument("job_id")
+    d.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     d.set_defaults(func=describe)
 
     ls = add("list", "list jobs")
@@ -104,22 +126,119 @@ def register(sub: Any) -> None:
     ls.set_defaults(func=list_jobs)
 
     x = add("cancel", "cancel a job")
-    x.add_argument("job_id")
+    x.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     x.add_argument("--force", action="store_true", help="also cancel IN_PROGRESS executions")
     x.add_argument("--comment")
     x.add_argument("--reason-code")
     x.set_defaults(func=cancel)
 
     rm = add("delete", "delete a job")
-    rm.add_argument("job_id")
+    rm.add_argument("job_id", help="the job id (1-64 of [a-zA-Z0-9_-])")
     rm.add_argument("--force", action="store_true", help="delete even when IN_PROGRESS")
     rm.set_defaults(func=delete)
 
-    e = add("executions", "list the executions of a job (or of a thing with --thing)")
-    e.add_argument("job_id", nargs="?")
+    e = add(
+        "executions",
+        "list the executions of a job (or of a thing with --thing), each with its "
+        "statusDetails (the reason of a REJECTED or FAILED board)",
+    )
+    e.add_argument("job_id", nargs="?", help="the job (optional with --thing)")
     e.add_argument("--thing", help="list this thing's executions instead")
     e.add_argument("--status")
     e.set_defaults(func=executions)
+
+    one = add("execution", "show one execution in full (status, statusDetails, times, version)")
+    one.add_argument("job_id", help="the job")
+    one.add_argument("thing", help="the thing whose execution it is")
+    one.set_defaults(func=execution)
+
+
+def _policy_arguments(p: argparse.ArgumentParser, ota: bool) -> None:
+    """timeoutConfig, abortConfig and jobExecutionsRetryConfig flags (OTA: with defaults)."""
+    from .. import otajob
+
+    timeout = otajob.OTA_IN_PROGRESS_TIMEOUT_MIN if ota else None
+    p.add_argument(
+        "--in-progress-timeout",
+        type=int,
+        metavar="MIN",
+        default=timeout,
+        help="an execution IN_PROGRESS this long ends TIMED_OUT (1-10080)"
+        + (f"; default {timeout}, 0 for none" if ota else ""),
+    )
+    pct = otajob.OTA_ABORT_PERCENT if ota else None
+    p.add_argument(
+        "--abort-percent",
+        type=float,
+        metavar="PCT",
+        default=pct,
+        help="cancel the job once this share of the things that received it ended FAILED,"
+        " REJECTED or TIMED_OUT" + (f" (default {pct:g}; 0 for no abort)" if ota else ""),
+    )
+    least = otajob.OTA_ABORT_MIN_EXECUTED if ota else 1
+    p.add_argument(
+        "--abort-min-things",
+        type=int,
+        metavar="N",
+        default=least,
+        help=f"... but only once at least N things received it (default {least})",
+    )
+    p.add_argument(
+        "--retries",
+        type=int,
+        metavar="N",
+        help="run a FAILED or TIMED_OUT execution again, up to N times (0-10)",
+    )
+    p.add_argument("--start-time", metavar="UTC", help="roll out from YYYY-MM-DDTHH:MM (UTC)")
+    p.add_argument("--end-time", metavar="UTC", help="stop rolling out at YYYY-MM-DDTHH:MM (UTC)")
+    p.add_argument(
+        "--end-behavior",
+        choices=["STOP_ROLLOUT", "CANCEL", "FORCE_CANCEL"],
+        help="what the end time does (default STOP_ROLLOUT)",
+    )
+    p.add_argument(
+        "--window",
+        nargs=2,
+        action="append",
+        metavar=("CRON", "MINUTES"),
+        help="a maintenance window: release executions only from each CRON start"
+        " ('cron(0 2 ? * SUN *)', UTC) for MINUTES; repeatable",
+    )
+
+
+def _policies(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.in_progress_timeout:
+        params["timeoutConfig"] = {"inProgressTimeoutInMinutes": args.in_progress_timeout}
+    if args.abort_percent:
+        criterion = {
+            "failureType": "ALL",
+            "action": "CANCEL",
+            "thresholdPercentage": args.abort_percent,
+            "minNumberOfExecutedThings": args.abort_min_things,
+        }
+        params["abortConfig"] = {"criteriaList": [criterion]}
+    if args.retries:
+        retry = {"failureType": "ALL", "numberOfRetries": args.retries}
+        params["jobExecutionsRetryConfig"] = {"criteriaList": [retry]}
+    scheduling: dict[str, Any] = {}
+    for flag, key in (
+        ("start_time", "startTime"),
+        ("end_time", "endTime"),
+        ("end_behavior", "endBehavior"),
+    ):
+        if getattr(args, flag):
+            scheduling[key] = getattr(args, flag)
+    if args.window:
+        windows = []
+        for cron, minutes in args.window:
+            if not minutes.isdigit():
+                raise JobsctlError(f"--window {cron} {minutes}: MINUTES must be a number (1-1430)")
+            windows.append({"startTime": cron, "durationInMinutes": int(minutes)})
+        scheduling["maintenanceWindows"] = windows
+    if scheduling:
+        params["schedulingConfig"] = scheduling
+    return params
 
 
 def client(args: argparse.Namespace) -> Any:
@@ -187,12 +306,13 @@ def create(args: argparse.Namespace) -> int:
         if args.presigned_expires is not None:
             presigned["expiresInSec"] = args.presigned_expires
         params["presignedUrlConfig"] = presigned
+    params.update(_policies(args))
     print_json(iot.create_job(**params))
     return 0
 
 
-def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
-    """(s3 client, bucket, account id, role ARN) for the local stack or real AWS."""
+def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None, str]:
+    """(s3 client, bucket, account id, role ARN, region) for the local stack or real AWS."""
     from botocore.config import Config
 
     if args.state_dir is not None:
@@ -207,25 +327,32 @@ def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None]:
             config=Config(s3={"addressing_style": "path"}),
         )
         bucket, account, role = args.bucket or ep["bucket"], str(ep["account_id"]), args.role_arn
+        region = str(ep["region"])
     else:
         if not (args.bucket and args.role_arn):
             raise JobsctlError("real AWS needs --bucket and --role-arn (S3 read access)")
         session = boto3.Session(profile_name=args.profile, region_name=args.region)
+        if not session.region_name:  # the regional pre-signed URL names it
+            raise JobsctlError(
+                "no AWS region: give --region or set AWS_REGION (or a region in the profile)"
+            )
         s3, bucket, account, role = session.client("s3"), args.bucket, "", args.role_arn
-    return s3, bucket, account, role
+        region = session.region_name
+    return s3, bucket, account, role, region
 
 
 def create_bundle(args: argparse.Namespace) -> int:
     from .. import image, otajob
 
     tar = otajob.build_bundle(otajob.bundle_from_dir(args.dir))
+    otajob.check_bundle_size(tar)
     signature = image.sign(tar, args.key) if args.key else None
-    s3, bucket, account, role = _storage(args)
+    s3, bucket, account, role, region = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     key = f"bundles/{args.version}-{hashlib.sha256(tar).hexdigest()[:16]}.tar"
     s3.put_object(Bucket=bucket, Key=key, Body=tar)
-    url = otajob.placeholder(otajob.s3_url(bucket, key))
+    url = otajob.placeholder(otajob.s3_url(bucket, key, region))
     doc = otajob.bundle_document(tar, url, args.version, signature)
     out = iot.create_job(
         jobId=args.job_id,
@@ -243,20 +370,25 @@ def create_ota(args: argparse.Namespace) -> int:
 
     if args.gzip_window is not None and args.protocol != "http":
         raise JobsctlError("--gzip-window works with --protocol http only")
-    data = otajob.read_image(args.file)
+    if args.delta_from is not None and args.protocol != "http":
+        raise JobsctlError("--from works with --protocol http only")
+    data = otajob.read_image(args.file, slot_size(args))
+    patch = _delta_patch(args, data)  # before anything is uploaded
     signature = image.sign(data, args.key) if args.key else None
-    s3, bucket, account, role = _storage(args)
+    s3, bucket, account, role, region = _storage(args)
     iot = client(args)
     targets = [resolve_target(iot, t) for t in args.targets]
     if args.gzip_window is None:
-        url = otajob.upload(s3, bucket, data)
+        url = otajob.upload(s3, bucket, data, region)
     else:
         key = otajob.object_key(data) + ".gz"
         s3.put_object(Bucket=bucket, Key=key, Body=otajob.gzip_payload(data, args.gzip_window))
-        url = otajob.s3_url(bucket, key)
+        url = otajob.s3_url(bucket, key, region)
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
+    if patch is not None:
+        _add_delta(args, s3, bucket, region, patch, data, doc)
     if args.protocol != "http":
         # A stream of the same object, named like the job: devices fetch it over MQTT.
         iot.create_stream(
@@ -276,14 +408,45 @@ def create_ota(args: argparse.Namespace) -> int:
         "document": json.dumps(doc),
         "description": f"OTA to {doc['version']}",
     }
-    if "url" in doc:
+    if "url" in doc or "delta" in doc:  # a pre-signed URL placeholder to fill
         params["presignedUrlConfig"] = otajob.presigned_config(account, role)
     if args.target_selection:
         params["targetSelection"] = args.target_selection
     if args.max_per_minute is not None:
         params["jobExecutionsRolloutConfig"] = {"maximumPerMinute": args.max_per_minute}
+    params.update(_policies(args))
     print_json({**iot.create_job(**params), "document": doc})
     return 0
+
+
+def _delta_patch(args: argparse.Namespace, new: bytes) -> Any:
+    """The patch from ``--from`` to ``new`` (a :class:`jobsctl.delta.Patch`), or None."""
+    from .. import delta, otajob
+
+    if args.delta_from is None:
+        if args.no_full:
+            raise JobsctlError("--no-full needs --from OLD (a delta job)")
+        return None
+    return delta.create(otajob.read_image(args.delta_from), new, args.delta_compression)
+
+
+def _add_delta(
+    args: argparse.Namespace,
+    s3: Any,
+    bucket: str,
+    region: str | None,
+    patch: Any,
+    new: bytes,
+    doc: dict[str, Any],
+) -> None:
+    """Upload ``patch`` and put its ``delta`` object into ``doc``."""
+    from .. import delta, otajob
+
+    key = delta.object_key(patch, new)
+    s3.put_object(Bucket=bucket, Key=key, Body=patch.data)
+    doc["delta"] = patch.document(otajob.placeholder(otajob.s3_url(bucket, key, region)))
+    if args.no_full:
+        del doc["url"]
 
 
 def describe(args: argparse.Namespace) -> int:
@@ -331,5 +494,17 @@ def executions(args: argparse.Namespace) -> int:
     summaries: list[Any] = []
     for page in iot.get_paginator(name).paginate(**kwargs):
         summaries += page.get("executionSummaries", [])
+    # The lists carry no statusDetails; the reason a board gave is what an operator needs.
+    for s in summaries:
+        job_id = s.get("jobId", args.job_id)
+        thing = args.thing or str(s.get("thingArn", "")).rpartition("/")[2]
+        ex = iot.describe_job_execution(jobId=job_id, thingName=thing)["execution"]
+        s["statusDetails"] = ex.get("statusDetails", {}).get("detailsMap", {})
     print_json({"executionSummaries": summaries})
+    return 0
+
+
+def execution(args: argparse.Namespace) -> int:
+    iot = client(args)
+    print_json(iot.describe_job_execution(jobId=args.job_id, thingName=args.thing))
     return 0

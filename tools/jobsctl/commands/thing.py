@@ -22,7 +22,7 @@ def register(sub: Any) -> None:
         help="register a thing and issue its certificate into DIR/things/NAME/",
     )
     c.add_argument("--state-dir", type=Path, required=True)
-    c.add_argument("name")
+    c.add_argument("name", help="thing name (1-128 of [a-zA-Z0-9:_-])")
     c.add_argument("--group", help="thing group to add the thing to (created when missing)")
     c.set_defaults(func=create)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import ssl
 import threading
 import uuid
@@ -24,7 +25,7 @@ from botocore.model import OperationModel, ServiceModel
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from . import sigv4
+from . import operations, quotas, sigv4, templates
 from .model import ApiError, Model, invalid
 from .validate import document_parameter_errors, message, validate
 
@@ -47,6 +48,7 @@ OPERATIONS = (
     "CreateThingGroup",
     "DescribeThingGroup",
     "AddThingToThingGroup",
+    *operations.OPERATIONS,
 )
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
@@ -73,6 +75,8 @@ def service_model() -> ServiceModel:
 class ControlPlane:
     """A threaded werkzeug server answering the operations in :data:`OPERATIONS`."""
 
+    SIGNING_NAME = "iot"  # the SigV4 service name requests must be signed for
+
     def __init__(
         self,
         model: Model,
@@ -89,7 +93,7 @@ class ControlPlane:
         names = OPERATIONS + tuple(extra)
         self.routes = [_Route(smodel.operation_model(name)) for name in names]
         self.handlers: dict[str, Handler] = {
-            "CreateJob": lambda p: model.create_job(p["jobId"], p),
+            "CreateJob": lambda p: model.create_job(p["jobId"], templates.resolve(model, p)),
             "DescribeJob": lambda p: model.describe_job(p["jobId"]),
             "ListJobs": lambda p: model.list_jobs(
                 p.get("status"),
@@ -97,6 +101,7 @@ class ControlPlane:
                 p.get("thingGroupName"),
                 p.get("maxResults"),
                 p.get("nextToken"),
+                p.get("thingGroupId"),
             ),
             "CancelJob": lambda p: model.cancel_job(
                 p["jobId"], bool(p.get("force")), p.get("reasonCode"), p.get("comment")
@@ -130,11 +135,13 @@ class ControlPlane:
             ),
             "DescribeThingGroup": lambda p: model.describe_group(p["thingGroupName"]),
             "AddThingToThingGroup": self._add_to_group,
+            **operations.handlers(model),
         }
         self.handlers.update(extra)
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        self.rate: quotas.RateLimiter | None = None  # quotas: requests per second per operation
 
     # ---------------------------------------------------------------- handlers with logic
 
@@ -170,8 +177,11 @@ class ControlPlane:
         except ApiError as exc:
             response = _error(exc.status, exc.name, exc.message)
         except Exception as exc:  # a bug must not take the server down; AWS answers 500
-            log.exception("control plane failed on %s %s", request.method, request.path)
-            response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
+            if isinstance(exc, sqlite3.OperationalError):  # the store locked past its timeout
+                response = _error(503, "ServiceUnavailableException", f"The store is busy: {exc}")
+            else:
+                log.exception("control plane failed on %s %s", request.method, request.path)
+                response = _error(500, "InternalFailureException", f"internal error: {exc!r}")
         response.headers["x-amzn-RequestId"] = str(uuid.uuid4())
         return response(environ, start_response)
 
@@ -188,6 +198,7 @@ class ControlPlane:
             access_key=self.access_key,
             secret_key=self.secret_key,
             region=self.region,
+            service=self.SIGNING_NAME,
         )
         path = unquote(raw_path)
         for route in self.routes:
@@ -195,6 +206,8 @@ class ControlPlane:
                 continue
             m = route.regex.match(raw_path)
             if m:
+                if self.rate is not None:
+                    self.rate.take(route.op.name)
                 params = self._params(route.op, m.groupdict(), raw_query, body)
                 return self.handlers[route.op.name](params)
         raise ApiError(
@@ -223,7 +236,7 @@ class ControlPlane:
             loc = member.serialization.get("location")
             wire = member.serialization.get("name", name)
             if loc == "uri" and wire in uri:
-                params[name] = unquote(uri[wire])
+                params[name] = _coerce(member.type_name, unquote(uri[wire]), wire)
             elif loc == "querystring" and wire in query:
                 params[name] = _coerce(member.type_name, query[wire], wire)
             elif loc in ("uri", "querystring", "header"):

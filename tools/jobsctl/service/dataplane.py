@@ -339,7 +339,7 @@ class DataPlane:
         for key in ("includeJobExecutionState", "includeJobDocument"):
             if not isinstance(request.get(key, False), bool):
                 raise JobsError("InvalidRequest", f"{key} must be a boolean.")
-        step = check_step_timeout(request.get("stepTimeoutInMinutes"))
+        step = check_step_timeout(request.get("stepTimeoutInMinutes"), allow_cancel=True)
         row = self.model.update(
             thing,
             job_id,
@@ -401,7 +401,8 @@ class DataPlane:
         with self._notify_lock:
             rows = self.model.pending(thing)
             now = int(time.time())
-            listing = tuple(sorted(r["job_id"] for r in rows))  # added to or removed from
+            # added to or removed from, or an execution moved QUEUED -> IN_PROGRESS
+            listing = tuple(sorted((r["job_id"], r["status"]) for r in rows))
             if self._last_list.get(thing) != listing:
                 self._last_list[thing] = listing
                 jobs: dict[str, list[dict[str, Any]]] = {}

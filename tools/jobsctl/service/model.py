@@ -21,6 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from botocore.exceptions import BotoCoreError
+
+from . import policies
 from .store import Store
 
 REGION = "us-east-1"
@@ -42,13 +45,11 @@ EXECUTION_STATUSES = (
 
 MAX_DOCUMENT = 32768
 UNSUPPORTED_CREATE_JOB = (
-    "abortConfig",
-    "jobExecutionsRetryConfig",
-    "schedulingConfig",
-    "jobTemplateArn",
     "namespaceId",
     "destinationPackageVersions",
 )
+# CreateJob settings kept in jobs.extra as given and returned by DescribeJob.
+EXTRA_JOB_FIELDS = ("abortConfig", "jobExecutionsRetryConfig", "schedulingConfig", "jobTemplateArn")
 _NAME = re.compile(r"[a-zA-Z0-9:_-]+")
 _JOB_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _ARN = re.compile(r"arn:aws:iot:([a-z0-9-]+):(\d{12}):(thing|thinggroup)/([a-zA-Z0-9:_-]+)")
@@ -117,12 +118,26 @@ def check_status_details(details: object) -> dict[str, str]:
     return details
 
 
-def check_step_timeout(value: object) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10080:
-        raise JobsError("InvalidRequest", "stepTimeoutInMinutes must be an integer 1-10080")
-    return value
+def check_step_timeout(value: object, allow_cancel: bool = False) -> int | None:
+    """stepTimeoutInMinutes of a data-plane request; -1 only where ``allow_cancel``."""
+    try:
+        return policies.check_step_timeout(value, allow_cancel)
+    except ValueError as exc:
+        raise JobsError("InvalidRequest", str(exc)) from None
+
+
+def check_job_policies(req: dict[str, Any], now: float) -> None:
+    """timeoutConfig, abortConfig, jobExecutionsRetryConfig, schedulingConfig and
+    jobExecutionsRolloutConfig beyond their botocore shapes."""
+    from . import rollouts
+
+    try:
+        policies.check_timeout_config(req.get("timeoutConfig"))
+        policies.check_abort_config(req.get("abortConfig"))
+        policies.check_retry_config(req.get("jobExecutionsRetryConfig"))
+        rollouts.check(req, now)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
 
 
 def parse_s3_url(url: str) -> tuple[str, str] | None:
@@ -156,8 +171,15 @@ class Model:
         self.fetch_object = fetch_object
         self._clock = clock
         self.skew = 0.0  # tests move time forward instead of waiting minutes
+        # CreateJob's quota of active (IN_PROGRESS or SCHEDULED) jobs; None: no limit
+        self.max_active_jobs: int | None = None
+        # ports of the running stack ("mqtt", "control", "jobs_data"), for DescribeEndpoint
+        self.endpoints: dict[str, int] = {}
         self._changed: set[str] = set()
         self._depth = 0
+        # Jobs events ($aws/events/...) of the running operation, handed out after its commit
+        self.on_event: Callable[[list[tuple[str, dict[str, Any]]]], None] | None = None
+        self._events: list[tuple[str, dict[str, Any]]] = []
 
     def now(self) -> float:
         return self._clock() + self.skew
@@ -169,19 +191,30 @@ class Model:
         """One operation: the lock, one transaction, then change notifications."""
         with self.lock:
             self._depth += 1
+            committed = False
             try:
                 if self._depth == 1:
                     with self.store.tx() as db:
                         yield db
                 else:
                     yield self.db
+                committed = True
             finally:
                 self._depth -= 1
                 changed, fire = self._changed, self._depth == 0
+                events: list[tuple[str, dict[str, Any]]] = []
                 if fire:
                     self._changed = set()
+                    events, self._events = (self._events if committed else []), []
         if fire and changed and self.on_change:
             self.on_change(changed)
+        if events and self.on_event:
+            self.on_event(events)
+
+    def _job_event(self, job_id: str, operation: str) -> None:
+        from . import events
+
+        self._events.append(events.job_event(self.db, self._job(job_id), operation))
 
     def _touch(self, thing: str) -> None:
         self._changed.add(thing)
@@ -300,6 +333,7 @@ class Model:
         ).fetchall():
             if arn in json.loads(job["targets"]):
                 self._target(job, thing)
+                self._release(job)
 
     # ---------------------------------------------------------------- jobs
 
@@ -355,24 +389,25 @@ class Model:
             if missing:
                 raise invalid(f"documentParameters lacks {', '.join(sorted(set(missing)))}.")
         rollout = req.get("jobExecutionsRolloutConfig")
-        if rollout and "exponentialRate" in rollout:
-            raise invalid("exponentialRate rollouts are not supported by the local service.")
         for unsupported in UNSUPPORTED_CREATE_JOB:
             if req.get(unsupported) is not None:
                 raise invalid(f"{unsupported} is not supported by the local service.")
+        check_job_policies(req, self.now())
         timeout = req.get("timeoutConfig") or None
+        extra = {k: req[k] for k in EXTRA_JOB_FIELDS if req.get(k) is not None}
         now = self.now()
         with self._op() as db:
             if db.execute("SELECT 1 FROM jobs WHERE job_id = ?", (job_id,)).fetchone():
                 raise ApiError(
                     "ResourceAlreadyExistsException", 409, f"Job {job_id} already exists."
                 )
+            self._check_active_jobs()
             things = self._resolve_targets(req["targets"])
             db.execute(
                 "INSERT INTO jobs (job_id, document, document_source, description, targets,"
                 " target_selection, status, presigned, rollout, document_parameters,"
-                " timeout_config, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?)",
+                " timeout_config, created_at, updated_at, extra)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'IN_PROGRESS', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id,
                     document,
@@ -386,15 +421,33 @@ class Model:
                     json.dumps(timeout) if timeout else None,
                     now,
                     now,
+                    json.dumps(extra),
                 ),
             )
+            self._set_tags(job_arn(job_id), req.get("tags") or [])
             job = self._job(job_id)
             for thing in things:
                 self._target(job, thing)
+            self._release(job)
             self._maybe_complete(job_id)
         return _drop_none(
             {"jobArn": job_arn(job_id), "jobId": job_id, "description": req.get("description")}
         )
+
+    def _check_active_jobs(self) -> None:
+        limit = self.max_active_jobs
+        if limit is None:
+            return
+        active = self.db.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status IN ('IN_PROGRESS', 'SCHEDULED')"
+        ).fetchone()[0]
+        if active >= limit:
+            raise ApiError(
+                "LimitExceededException",
+                410,
+                f"{active} jobs are active (IN_PROGRESS or SCHEDULED): the quota is {limit}."
+                " Cancel or complete one first.",
+            )
 
     def _read_source(self, source: str) -> str:
         where = parse_s3_url(source)
@@ -406,6 +459,10 @@ class Model:
             data = self.fetch_object(*where)
         except KeyError:
             raise invalid(f"documentSource {source} cannot be read: no such object") from None
+        except (OSError, BotoCoreError) as exc:
+            raise ApiError(
+                "ServiceUnavailableException", 503, f"The object store is unavailable: {exc}"
+            ) from None
         if len(data) > MAX_DOCUMENT:
             raise invalid(f"The job document is longer than {MAX_DOCUMENT} characters.")
         try:
@@ -423,21 +480,18 @@ class Model:
         ).fetchone():
             return
         now = self.now()
-        rollout = _opt_json(job["rollout"])
-        if rollout and rollout.get("maximumPerMinute"):
-            per_minute = int(rollout["maximumPerMinute"])
-            count = self.db.execute(
-                "SELECT (SELECT COUNT(*) FROM executions WHERE job_id = ?)"
-                " + (SELECT COUNT(*) FROM pending_targets WHERE job_id = ?)",
-                (job_id, job_id),
-            ).fetchone()[0]
-            release = max(now, job["created_at"] + 60.0 * (count // per_minute))
-            if release > now:
-                self.db.execute(
-                    "INSERT INTO pending_targets VALUES (?, ?, ?)", (job_id, thing, release)
-                )
-                return
+        from . import rollouts
+
+        if rollouts.gated(self, job):  # released by _release (rate, schedule, windows)
+            self.db.execute("INSERT INTO pending_targets VALUES (?, ?, ?)", (job_id, thing, now))
+            return
         self._queue(job_id, thing, now)
+
+    def _release(self, job: sqlite3.Row) -> None:
+        from . import rollouts
+
+        if rollouts.gated(self, job):
+            rollouts.release(self, job["job_id"], self.now())
 
     def _queue(self, job_id: str, thing: str, now: float) -> None:
         self.db.execute(
@@ -498,8 +552,31 @@ class Model:
                 "documentParameters": _opt_json(row["document_parameters"]),
                 "timeoutConfig": _opt_json(row["timeout_config"]),
                 "isConcurrent": False,
+                **self._extra(row),
+                "scheduledJobRollouts": self._scheduled_rollouts(row),
             }
         )
+
+    def _scheduled_rollouts(self, row: sqlite3.Row) -> list[dict[str, str]] | None:
+        from . import scheduling
+
+        sched = self._extra(row).get("schedulingConfig")
+        if row["status"] not in ("IN_PROGRESS", "SCHEDULED") or not sched:
+            return None
+        return scheduling.next_rollouts(sched, self.now()) or None
+
+    @staticmethod
+    def _extra(row: sqlite3.Row) -> dict[str, Any]:
+        """The job's settings kept as given (abortConfig, jobExecutionsRetryConfig, ...)."""
+        extra: dict[str, Any] = _opt_json(row["extra"]) or {}
+        return extra
+
+    def _set_tags(self, arn: str, tags: list[dict[str, str]]) -> None:
+        for tag in tags:
+            self.db.execute(
+                "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
+                (arn, tag["Key"], tag.get("Value", "")),
+            )
 
     def describe_job(self, job_id: str) -> dict[str, Any]:
         with self.lock:
@@ -530,9 +607,18 @@ class Model:
         group: str | None,
         max_results: int | None,
         token: str | None,
+        group_id: str | None = None,
     ) -> dict[str, Any]:
         with self.lock:
             rows = self.db.execute("SELECT * FROM jobs ORDER BY created_at, job_id").fetchall()
+            if group_id:
+                named = self.db.execute(
+                    "SELECT name FROM groups WHERE group_id = ?", (group_id,)
+                ).fetchone()
+                if named is None or (group and group != named["name"]):
+                    rows = []
+                else:
+                    group = named["name"]
         if status:
             rows = [r for r in rows if r["status"] == status]
         if target_selection:
@@ -579,6 +665,7 @@ class Model:
                 " updated_at = ?, completed_at = COALESCE(completed_at, ?) WHERE job_id = ?",
                 (int(force), reason_code, comment, now, now, job_id),
             )
+            self._job_event(job_id, "canceled")
         return _drop_none(
             {"jobArn": job_arn(job_id), "jobId": job_id, "description": job["description"]}
         )
@@ -595,18 +682,9 @@ class Model:
                     409,
                     f"Job {job_id} is IN_PROGRESS; delete it with force=true or cancel it first.",
                 )
-            if (
-                not force
-                and db.execute(
-                    "SELECT 1 FROM executions WHERE job_id = ? AND status = 'IN_PROGRESS'",
-                    (job_id,),
-                ).fetchone()
-            ):
-                raise ApiError(
-                    "InvalidStateTransitionException",
-                    409,
-                    f"Job {job_id} has IN_PROGRESS executions; delete it with force=true.",
-                )
+            # A COMPLETED or CANCELED job is deleted without force, even while an execution
+            # is still IN_PROGRESS (DeleteJob's API reference): that device can no longer
+            # update it.
             for ex in db.execute(
                 "SELECT thing FROM executions WHERE job_id = ?", (job_id,)
             ).fetchall():
@@ -616,6 +694,7 @@ class Model:
                 (self.now(), job_id),
             )
             db.execute("DELETE FROM pending_targets WHERE job_id = ?", (job_id,))
+            self._job_event(job_id, "deletion_in_progress")
 
     # ---------------------------------------------------------------- executions
 
@@ -633,13 +712,13 @@ class Model:
             return None
         return row
 
-    def _seconds_left(self, ex: sqlite3.Row) -> int | None:
+    def _seconds_left(self, ex: sqlite3.Row | dict[str, Any]) -> int | None:
         deadlines = [d for d in (ex["step_deadline"], ex["job_deadline"]) if d is not None]
         if not deadlines or ex["status"] != "IN_PROGRESS":
             return None
         return max(0, int(min(deadlines) - self.now()))
 
-    def _exec_control(self, ex: sqlite3.Row) -> dict[str, Any]:
+    def _exec_control(self, ex: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
         left = self._seconds_left(ex)
         return _drop_none(
             {
@@ -674,6 +753,14 @@ class Model:
     ) -> dict[str, Any]:
         with self.lock:
             ex = self._execution(thing, job_id, execution_number)
+            if ex is None and execution_number is not None and self._execution(thing, job_id):
+                old = self.db.execute(
+                    "SELECT row FROM execution_history WHERE job_id = ? AND thing = ?"
+                    " AND execution_number = ?",
+                    (job_id, thing, execution_number),
+                ).fetchone()
+                if old is not None:
+                    return {"execution": self._exec_control(json.loads(old["row"]))}
             if ex is None:
                 raise not_found(f"Job execution of {job_id} on {thing} cannot be found.")
             return {"execution": self._exec_control(ex)}
@@ -762,7 +849,10 @@ class Model:
         details: dict[str, str] | None = None,
         force_canceled: bool = False,
         step_deadline: float | None = None,
-    ) -> None:
+        clear_step: bool = False,
+    ) -> sqlite3.Row:
+        """Set the status; returns the row as the change left it (before a retry re-queues it
+        or abort criteria cancel the job)."""
         started = ex["started_at"]
         job_deadline = ex["job_deadline"]
         if status == "IN_PROGRESS" and started is None:
@@ -773,7 +863,7 @@ class Model:
         if status != "IN_PROGRESS":
             job_deadline = None
         deadline = ex["step_deadline"]
-        if status != "IN_PROGRESS":
+        if status != "IN_PROGRESS" or clear_step:
             deadline = None
         elif step_deadline is not None:
             deadline = step_deadline
@@ -792,8 +882,82 @@ class Model:
                 ex["seq"],
             ),
         )
+        row = self.db.execute("SELECT * FROM executions WHERE seq = ?", (ex["seq"],)).fetchone()
         if status != ex["status"]:
             self._touch(ex["thing"])
+            if status in TERMINAL:
+                from . import events
+
+                self._events.append(
+                    events.execution_event(row, thing_arn(row["thing"]), status.lower())
+                )
+                self._ended(row, now)
+        return row
+
+    def _ended(self, ex: sqlite3.Row, now: float) -> None:
+        """An execution reached a terminal status: retry it, or weigh the abort criteria."""
+        job = self._job(ex["job_id"])
+        if job["status"] != "IN_PROGRESS":
+            return
+        extra = self._extra(job)
+        allowed, counted = policies.retries_allowed(
+            extra.get("jobExecutionsRetryConfig"), ex["status"]
+        )
+        if allowed:
+            used = self.db.execute(
+                "SELECT COUNT(*) FROM execution_history WHERE job_id = ? AND thing = ?"
+                f" AND json_extract(row, '$.status') IN ({','.join('?' * len(counted))})",
+                (ex["job_id"], ex["thing"], *counted),
+            ).fetchone()[0]
+            if used < allowed:
+                self._requeue(ex, now)
+                return
+        counts = {
+            r["status"]: r["n"]
+            for r in self.db.execute(
+                "SELECT status, COUNT(*) AS n FROM executions WHERE job_id = ? GROUP BY status",
+                (ex["job_id"],),
+            )
+        }
+        criterion = policies.abort_criterion(extra.get("abortConfig"), counts)
+        if criterion is not None:
+            self._abort(job, criterion, sum(counts.values()), now)
+
+    def _requeue(self, ex: sqlite3.Row, now: float) -> None:
+        """A retry: the attempt goes to the history, a new execution number is QUEUED."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO execution_history VALUES (?, ?, ?, ?)",
+            (ex["job_id"], ex["thing"], ex["execution_number"], json.dumps(dict(ex))),
+        )
+        self.db.execute(
+            "UPDATE executions SET execution_number = execution_number + 1, status = 'QUEUED',"
+            " version = 1, status_details = '{}', queued_at = ?, started_at = NULL,"
+            " updated_at = ?, step_deadline = NULL, job_deadline = NULL, force_canceled = 0"
+            " WHERE seq = ?",
+            (now, now, ex["seq"]),
+        )
+        self._touch(ex["thing"])
+
+    def _abort(
+        self, job: sqlite3.Row, criterion: dict[str, Any], executed: int, now: float
+    ) -> None:
+        """abortConfig met: the job is CANCELED and its QUEUED executions with it."""
+        job_id = job["job_id"]
+        for ex in self.db.execute(
+            "SELECT * FROM executions WHERE job_id = ? AND status = 'QUEUED'", (job_id,)
+        ).fetchall():
+            self._set_status(ex, "CANCELED", now)
+        self.db.execute("DELETE FROM pending_targets WHERE job_id = ?", (job_id,))
+        comment = (
+            f"abortConfig: {criterion['failureType']} reached"
+            f" {criterion['thresholdPercentage']}% of {executed} executed things"
+        )
+        self.db.execute(
+            "UPDATE jobs SET status = 'CANCELED', reason_code = ?, comment = ?, updated_at = ?,"
+            " completed_at = COALESCE(completed_at, ?) WHERE job_id = ?",
+            (policies.ABORT_REASON, comment, now, now, job_id),
+        )
+        self._job_event(job_id, "canceled")
 
     def _maybe_complete(self, job_id: str) -> None:
         job = self._job(job_id)
@@ -811,6 +975,7 @@ class Model:
                 " WHERE job_id = ?",
                 (now, now, job_id),
             )
+            self._job_event(job_id, "completed")
 
     # ---------------------------------------------------------------- data plane
 
@@ -884,8 +1049,9 @@ class Model:
             if ex["status"] == "QUEUED":
                 now = self.now()
                 deadline = now + 60 * step_timeout if step_timeout else None
-                self._set_status(ex, "IN_PROGRESS", now, details=details, step_deadline=deadline)
-                return self._execution(thing, ex["job_id"])
+                return self._set_status(
+                    ex, "IN_PROGRESS", now, details=details, step_deadline=deadline
+                )
             return ex
 
     def update(
@@ -919,16 +1085,16 @@ class Model:
             if step_timeout is not None and status != "IN_PROGRESS":
                 step_timeout = None
             now = self.now()
-            self._set_status(
+            cancel_step = step_timeout == policies.CANCEL_STEP_TIMER
+            row = self._set_status(
                 ex,
                 status,
                 now,
                 details=details,
-                step_deadline=now + 60 * step_timeout if step_timeout else None,
+                step_deadline=now + 60 * step_timeout if step_timeout and not cancel_step else None,
+                clear_step=cancel_step,
             )
             self._maybe_complete(job_id)
-            row = self._execution(thing, job_id)
-            assert row is not None
             return row
 
     # ---------------------------------------------------------------- timers
@@ -944,19 +1110,14 @@ class Model:
             ).fetchall():
                 self._set_status(ex, "TIMED_OUT", now)
                 self._maybe_complete(ex["job_id"])
-            for p in db.execute(
-                "SELECT p.* FROM pending_targets p JOIN jobs j USING (job_id)"
-                " WHERE p.release_at <= ? AND j.status = 'IN_PROGRESS' ORDER BY p.release_at",
-                (now,),
-            ).fetchall():
-                db.execute(
-                    "DELETE FROM pending_targets WHERE job_id = ? AND thing = ?",
-                    (p["job_id"], p["thing"]),
-                )
-                self._queue(p["job_id"], p["thing"], now)
+            from . import rollouts
+
+            for job_id in rollouts.due(self, now):
+                rollouts.release(self, job_id, now)
             for job in db.execute(
                 "SELECT job_id FROM jobs WHERE status = 'DELETION_IN_PROGRESS'"
             ).fetchall():
+                self._job_event(job["job_id"], "deleted")
                 db.execute("DELETE FROM executions WHERE job_id = ?", (job["job_id"],))
                 db.execute("DELETE FROM jobs WHERE job_id = ?", (job["job_id"],))
             nxt = db.execute(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
+from .jobsdata import JobsDataApi
 from .model import Model
 from .otaupdates import OtaUpdates
+from .quotas import Quotas, RateLimiter
 from .store import Store
 from .streams import StreamPlane, Streams
 
@@ -33,6 +37,8 @@ class ServiceConfig:
     control_port: int = 0
     plaintext: bool = False
     throttle_per_second: float | None = None
+    jobs_data_port: int = 0
+    quotas: Quotas = field(default_factory=Quotas)
 
 
 class Service:
@@ -76,10 +82,27 @@ class Service:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timers, name="jobs-timers", daemon=True)
+        # the HTTPS device API, Jobs events, quotas
+        self.jobs_data = JobsDataApi(
+            self.model,
+            self.data,
+            access_key=config.access_key,
+            secret_key=config.secret_key,
+            region=config.region,
+        )
+        self.model.on_event = self._events
+        self.model.max_active_jobs = config.quotas.active_jobs
+        if config.quotas.api_rate_per_second:
+            self.control.rate = RateLimiter(config.quotas.api_rate_per_second)
 
     def _changed(self, things: set[str]) -> None:
         self.data.on_change(things)
         self._wake.set()
+
+    def _events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
+        """Jobs events on $aws/events/... (QoS 1, from the service's own identity)."""
+        for topic, body in events:
+            self.data.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
 
     def start(self) -> int:
         """Start both planes; returns the control-plane port."""
@@ -91,7 +114,14 @@ class Service:
             self.config.server_key,
             plaintext=self.config.plaintext,
         )
+        jobs_port = self.jobs_data.start(
+            self.config.jobs_data_port,
+            self.config.server_cert,
+            self.config.server_key,
+            plaintext=self.config.plaintext,
+        )
         self._timer.start()
+        self.model.endpoints.update(mqtt=self.config.mqtt_port, control=port, jobs_data=jobs_port)
         return port
 
     def tick(self) -> None:
@@ -113,6 +143,7 @@ class Service:
         self._wake.set()
         if self._timer.is_alive():
             self._timer.join(timeout=10)
+        self.jobs_data.stop()
         self.control.stop()
         self.stream_plane.stop()
         self.data.stop()

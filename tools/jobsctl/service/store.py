@@ -40,7 +40,16 @@ CREATE INDEX IF NOT EXISTS executions_thing ON executions (thing, status);
 CREATE TABLE IF NOT EXISTS pending_targets (
   job_id TEXT NOT NULL, thing TEXT NOT NULL, release_at REAL NOT NULL,
   PRIMARY KEY (job_id, thing));
+CREATE TABLE IF NOT EXISTS execution_history (
+  job_id TEXT NOT NULL, thing TEXT NOT NULL, execution_number INTEGER NOT NULL,
+  row TEXT NOT NULL, PRIMARY KEY (job_id, thing, execution_number));
+CREATE TABLE IF NOT EXISTS job_templates (
+  template_id TEXT PRIMARY KEY, body TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS tags (
+  arn TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (arn, key));
 """
+# Columns added after the first release: (table, column, declaration), added to older stores.
+_ADDED_COLUMNS = (("jobs", "extra", "TEXT"),)
 
 
 class Store:
@@ -57,6 +66,10 @@ class Store:
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=30000")
         self.db.executescript(_SCHEMA)
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:

@@ -95,6 +95,13 @@ def _check(shape: Shape, value: Any, path: str, errors: list[str]) -> None:
             fail(f"Member must have value greater than or equal to {meta['min']}")
         if "max" in meta and value > meta["max"]:
             fail(f"Member must have value less than or equal to {meta['max']}")
+    elif kind in ("double", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return fail("Member must be a number")
+        if "min" in meta and value < meta["min"]:
+            fail(f"Member must have value greater than or equal to {meta['min']}")
+        if "max" in meta and value > meta["max"]:
+            fail(f"Member must have value less than or equal to {meta['max']}")
     elif kind == "boolean":
         if not isinstance(value, bool):
             fail("Member must be a boolean")
