@@ -36,6 +36,10 @@ help: ## list the targets
 setup: apt venv micropython umqtt stubs micropython-frozen micropython-newest ## install and build everything the project needs
 
 apt: $(BUILD)/.apt ## install the Debian packages (when missing)
+# The stamp holds the package list, so a checkout made before a package was added checks again.
+ifneq ($(file < $(BUILD)/.apt),$(APT_PKGS))
+.PHONY: $(BUILD)/.apt
+endif
 $(BUILD)/.apt:
 	@mkdir -p $(BUILD)
 	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
@@ -44,7 +48,7 @@ $(BUILD)/.apt:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@touch $@
+	@echo '$(APT_PKGS)' > $@
 
 venv: $(BIN)/jobsctl ## create .venv with the pinned host dependencies and jobsctl
 $(BIN)/jobsctl: requirements.txt pyproject.toml

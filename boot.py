@@ -9,6 +9,12 @@ def _boot():
         appswap.recover("app")
     except Exception as e:
         print("E boot: app recovery failed: %r" % (e,))
+    # Not needed again before a bundle job imports it: its code is not kept in the heap.
+    import sys
+
+    import iotjobs
+
+    del sys.modules["iotjobs.appswap"], iotjobs.appswap
 
 
 _boot()

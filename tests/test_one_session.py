@@ -219,3 +219,68 @@ def test_a_bundle_that_cannot_fit_is_reported_from_a_fresh_heap(
         stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"b": 2}}}
     )
     assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
+
+
+# A product's main.py whose `hog` job leaves the GC heap grown into the IDF heap at the next
+# reconnect (as a job's code can: MicroPython gives a grown area back only once it is empty),
+# so that MQTT no longer fits while no job is under way.
+HOG_APP = """\
+from iotjobs import agent, app
+
+_hog = []
+
+
+def _idf_free():
+    import esp32
+
+    return sum(r[1] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
+
+
+def hog(ctx, doc):
+    link = ctx._a.link
+    make = link._factory
+
+    def factory():
+        link._factory = make
+        try:
+            while _idf_free() > 4096:
+                _hog.append(bytearray(1024))
+        except MemoryError:
+            pass
+        print("hogged: %d bytes of IDF heap free" % _idf_free())
+        return make()
+
+    link._factory = factory
+    return {"reason": "armed"}
+
+
+agent.register("hog", hog)
+app.run()
+"""
+
+
+def test_an_idle_board_whose_mqtt_session_no_longer_fits_resets_once_for_a_fresh_heap(
+    stack_session: Stack, boards: Boards
+) -> None:
+    # No job is under way, MQTT connected earlier in this boot, and now its session does not
+    # fit for lack of memory: the board resets (once: memreset.json rate-limits it) instead of
+    # retrying for ever, and the fresh boot connects and takes the next job.
+    with FaultProxy("127.0.0.1", stack_session.endpoints["mqtt_port"]) as proxy:
+        dev = boards(stack_session, unique("hog"), app=True, start=False, port=proxy.port)
+        (dev.board / "approot" / "main.py").write_text(HOG_APP)
+        dev.start()
+        dev.wait_for("no pending job")
+        job = create_job(stack_session, dev.board.name, {"operation": "hog"})
+        assert final(stack_session, dev.board.name, job)["status"] == "SUCCEEDED"
+        mark = dev.mark()
+        proxy.cut_all()
+        dev.wait_for("hogged", since=mark)
+        dev.wait_for("with no job; resetting for a fresh heap", since=mark)
+        boot2 = dev.lines.index(dev.wait_for("power on (boot 2", since=mark))
+        dev.wait_for("no pending job", since=boot2)
+        assert (dev.board / "memreset.json").exists()
+        nxt = create_job(
+            stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"c": 3}}}
+        )
+        assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
+        assert dev.boots == 2, "\n".join(dev.lines)

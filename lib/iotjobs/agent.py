@@ -183,7 +183,7 @@ class Context:
                 ex = self._a._describe(self.job_id, True)
                 break
             except _TooBig as e:
-                raise Rejected(_too_big(e.args[0])["reason"])
+                raise Rejected(_too_big(e)["reason"])
             except OSError as e:  # no way on without a new URL: wait for the network
                 self._a.link.drop(e)
         if ex is None or ex.terminal():
@@ -221,8 +221,18 @@ class _TooBig(OSError):
     pass
 
 
-def _too_big(n):
-    return {"reason": "job document too large for this device: a %d-byte message" % n}
+def _too_big(e):
+    return _rare("too_big", e.args[0])
+
+
+def _rare(fn, *args):
+    # A rarely taken path (mishap.py), its code loaded only while it runs.
+    from iotjobs import mishap
+
+    try:
+        return getattr(mishap, fn)(*args)
+    finally:
+        unload(("iotjobs.mishap",))
 
 
 class Agent:
@@ -259,26 +269,11 @@ class Agent:
         self.log("info", "connected, subscribed")
 
     def _link_failed(self, e):
-        # MQTT cannot connect and the IDF heap has no room for a TLS session: a job's code grew
-        # the GC heap into it, and MicroPython does not always give that back. With a job under
-        # way, reset (its state persisted) so that it goes on, or its report is sent, on a fresh
-        # heap: once to go on, once more with the job FAILED naming memory; never a loop.
+        # A rare path (mishap.link_failed): with a job under way, at most twice; with none,
+        # only once MQTT has connected in this boot.
         j = self._job
-        if not j or j.get("memreset", 0) > 1:
-            return
-        from iotjobs.board import nomem
-
-        why = self.board.tls_room()
-        if why is None:
-            if not nomem(e):
-                return
-            why = "out of memory for the MQTT session: %r" % (e,)
-        n = j["memreset"] = j.get("memreset", 0) + 1
-        if n > 1 and "final" not in j:
-            j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
-        self._persist(False)
-        self.log("error", "%s; resetting for a fresh heap" % why)
-        self.board.reset()
+        if j.get("memreset", 0) < 2 if j else self.link.connects:
+            _rare("link_failed", self, e)
 
     def _on_msg(self, topic, msg):
         try:
@@ -294,7 +289,7 @@ class Agent:
             n = len(msg)
             msg = None
             self.log("warning", "no memory to parse a %d-byte message on %s" % (n, topic))
-            self._big(kind, n)
+            _rare("big", self, kind, n)
             return
         if kind[0] == protocol.NOTIFY_NEXT:
             ex = protocol.reply_execution(body)
@@ -308,25 +303,7 @@ class Agent:
                 self._reply = (kind[2], body)
 
     def _on_big(self, topic, n):
-        # A message the device could not hold: what it was can only be told from its topic.
-        try:
-            kind = protocol.parse_topic(self.thing, topic.decode())
-        except (ValueError, UnicodeError):
-            kind = None
-        self.log("warning", "dropped a %d-byte message on %s" % (n, topic))
-        if kind is not None:
-            self._big(kind, n)
-
-    def _big(self, kind, n):
-        if kind[0] == protocol.NOTIFY_NEXT:
-            # Some job is next: start-next (or the running job's describe) finds out which.
-            if self._job:
-                self._stale = True
-            else:
-                self._want_next = True
-        elif kind[2] and self._await is not None and kind[0] == self._await_kind:
-            # The accepted reply to the request in flight (one at a time), unread.
-            self._reply = (None, n)
+        _rare("on_big", self, topic, n)
 
     def _pump(self, timeout_ms):
         try:
@@ -476,7 +453,7 @@ class Agent:
             j = None
         self._job = j or {}
         if j:
-            self._count_boot(j)
+            _rare("count_boot", self, j)
         while cycles != 0:
             cycles -= 1
             try:
@@ -488,23 +465,6 @@ class Agent:
                 # persisted state on the fresh connection, without a reset.
                 self.log("error", "out of memory, re-syncing")
                 self.link.drop(e)
-
-    def _count_boot(self, j):
-        # Boot-loop detection: every boot inside a job counts, a clean step (the handler saving
-        # its state, an accepted progress report) clears the count. Too many in a row: the
-        # job ends FAILED without being run (or even read) again; if reporting that is what
-        # keeps failing, the job is given up on the board so that the agent goes on.
-        boots = j.get("boots", 0) + 1
-        j["boots"] = boots
-        if boots > 2 * BOOT_LOOP:
-            self.log("error", "%s: given up after %d resets in a row" % (j["job"], boots - 1))
-            self._clear()
-            return
-        if boots > BOOT_LOOP and "final" not in j:
-            reason = "boot loop: the board reset %d times in a row during this job" % (boots - 1)
-            self.log("error", "%s: %s" % (j["job"], reason))
-            j["final"] = [protocol.FAILED, {"reason": reason}]
-        self._persist(False)
 
     def _clean_step(self):
         if "boots" in self._job:
@@ -536,7 +496,7 @@ class Agent:
             if ex is None or ex.terminal():
                 return
             self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
-            return self._finish(protocol.REJECTED, _too_big(e.args[0]))
+            return self._finish(protocol.REJECTED, _too_big(e))
         if not ok:
             code, msg = protocol.reply_error(body)
             self.log("error", "start-next refused: %s %s" % (code, msg))
@@ -557,7 +517,7 @@ class Agent:
             # A decided job needs no document (and one that looped the board is not read).
             ex = self._describe(j["job"], "final" not in j)
         except _TooBig as e:
-            return self._finish(protocol.REJECTED, _too_big(e.args[0]))
+            return self._finish(protocol.REJECTED, _too_big(e))
         if ex is None or ex.terminal():
             self.log("info", "%s: %s while we were away" % (j["job"], ex.status if ex else "gone"))
             self._clear()

@@ -2,6 +2,7 @@
 from micropython import const
 
 _CRASH_WAIT_MS = const(10000)
+_HOLD = const(4096)
 
 
 def build(cfg, board=None):
@@ -57,6 +58,11 @@ def _read(path):
 
 def run(path="config.json"):
     global build, _start
+    # Boot leaves the heap in small pieces; a TLS session's objects (the SSLContext with
+    # mbedTLS's state in it: ~2 KB) need one contiguous block, and without one the GC heap
+    # grows into the IDF heap that the session itself needs. So a block is kept for them from
+    # the start and given back just before the first connection.
+    hold = bytearray(_HOLD)
     a = _start(path)
     # Boot-time code is not kept while the agent runs (.mpy code lives in the heap).
     del build, _start
@@ -65,6 +71,7 @@ def run(path="config.json"):
     try:
         a.board.start_watchdog()
         a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
+        del hold
         a.run()
     except Exception as e:
         # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
