@@ -9,5 +9,5 @@ package("umqtt", base_path="../build/upylib")
 
 # The stand-ins for what is built into the firmware (esp32, machine, network, ntptime and the
 # ssl shim): on a board they cost no heap to import.
-for name in ("esp32", "machine", "network", "ntptime", "ssl", "ussl"):
+for name in ("esp32", "esp32nvs", "machine", "network", "ntptime", "ssl", "ussl"):
     module(name + ".py", base_path="../sim")

@@ -333,3 +333,15 @@ def _power_on():
     d["running"] = boot
     _save(d)
     _running = boot
+
+
+# ---------------------------------------------------------------- NVS (non-volatile storage)
+
+
+def NVS(namespace):
+    # esp32.NVS(namespace), as the firmware has it. The stand-in lives in sim/esp32nvs.py and is
+    # imported on first use: on the Unix port this module's bytecode sits in the heap, and a
+    # board that never touches NVS must not pay for it (the firmware's is C, outside the heap).
+    from esp32nvs import NVS as _NVS
+
+    return _NVS(namespace)

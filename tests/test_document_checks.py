@@ -173,7 +173,7 @@ def test_afr_ota_fields_we_do_not_use_are_ignored(
                     "filepath": "/",
                     "filesize": len(data),
                     "fileid": 0,
-                    "certfile": "ota-signer",
+                    "certfile": "ota_key.pem",
                     "fileType": 0,
                     "update_data_url": otajob.placeholder(url),
                     "auth_scheme": "aws.s3.presigned",

@@ -103,6 +103,8 @@ def _value(shape: Any, text: str, files: dict[str, str]) -> Any:
     if text.startswith("file://"):
         text = files[text[len("file://") :]]
     kind = shape.type_name
+    if kind in ("list", "structure") and text.lstrip()[:1] in ("[", "{"):  # the CLI's JSON form
+        return json.loads(text)
     if kind == "list":
         return [_value(shape.member, text, files)]
     if kind == "structure":  # the CLI's shorthand: k=v,k2=v2

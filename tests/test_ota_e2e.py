@@ -339,7 +339,7 @@ def test_afr_ota_document_from_create_ota_update_is_understood(
                     "filepath": "/",
                     "filesize": len(data),
                     "fileid": 0,
-                    "certfile": "ota-signer",
+                    "certfile": "ota_key.pem",
                     "fileType": 0,
                     "update_data_url": otajob.placeholder(url),
                     "auth_scheme": "aws.s3.presigned",
@@ -360,18 +360,27 @@ def test_afr_ota_document_from_create_ota_update_is_understood(
     assert details(ex)["firmware"] == "3.0.0" and running_version(dev) == "3.0.0"
 
 
-def test_afr_ota_over_mqtt_streams_only_is_rejected(
-    stack_session: Stack, boards: Boards, signing: Path
+@pytest.mark.parametrize(
+    ("afr", "reason"),
+    [
+        ({"protocols": ["MQTT"]}, "'stream' must be a stream name"),
+        ({"protocols": ["MQTT"], "streamname": "a/b"}, "'stream' must be a stream name"),
+        ({"protocols": ["COAP"]}, "afr_ota: protocols must be MQTT and/or HTTP"),
+        ({"protocols": []}, "afr_ota: protocols must be MQTT and/or HTTP"),
+    ],
+)
+def test_afr_ota_documents_that_name_no_usable_protocol_are_rejected(
+    stack_session: Stack, boards: Boards, signing: Path, afr: dict[str, Any], reason: str
 ) -> None:
     dev = ota_board(stack_session, boards, signing)
-    doc = {"afr_ota": {"protocols": ["MQTT"], "files": [{"filesize": 10, "fileid": 0}]}}
+    doc = {"afr_ota": {**afr, "files": [{"filesize": 10, "fileid": 0}]}}
     job = unique("afr")
     stack_session.iot_client().create_job(
         jobId=job, targets=[arn(stack_session, thing_of(dev))], document=json.dumps(doc)
     )
     ex = final(stack_session, thing_of(dev), job)
     assert ex["status"] == "REJECTED"
-    assert details(ex)["reason"] == "afr_ota: only the HTTP protocol is supported"
+    assert details(ex)["reason"].startswith(reason)
 
 
 def test_jobsctl_job_ota_signs_uploads_and_creates_a_job_the_device_runs(

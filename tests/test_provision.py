@@ -135,6 +135,11 @@ def _own_requests(name: str) -> list[tuple[str, str]]:
         ("iot:Subscribe", f"{f}/notify-next"),
         ("iot:Subscribe", f"{f}/+/update/accepted"),
         ("iot:Subscribe", f"{f}/start-next/rejected"),
+        # OTA over MQTT streams (iotjobs.stream)
+        ("iot:Publish", f"{ARN}:topic/$aws/things/{name}/streams/AFR_OTA-1/get/json"),
+        ("iot:Receive", f"{ARN}:topic/$aws/things/{name}/streams/AFR_OTA-1/data/cbor"),
+        ("iot:Receive", f"{ARN}:topic/$aws/things/{name}/streams/AFR_OTA-1/rejected/json"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/$aws/things/{name}/streams/AFR_OTA-1/data/json"),
     ]
 
 
@@ -159,6 +164,7 @@ def test_policy_refuses_wildcard_filters_and_topics_outside_the_jobs_prefix() ->
         ("iot:Subscribe", f"{ARN}:topicfilter/$aws/things/{ME}/#"),
         ("iot:Publish", f"{ARN}:topic/$aws/things/{ME}/shadow/update"),
         ("iot:Publish", f"{ARN}:topic/$aws/things/{ME}/jobsx/get"),
+        ("iot:Publish", f"{ARN}:topic/$aws/things/{ME}/streamsx/get/json"),
         ("iot:Receive", f"{ARN}:topic/$aws/things/{ME}/jobs"),
         ("iot:Publish", f"{ARN}:topic/telemetry/{ME}"),
         ("iot:Connect", f"{ARN}:client/{ME}-2"),

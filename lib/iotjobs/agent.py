@@ -80,7 +80,7 @@ def unload(names):
         sys.modules.pop(n, None)
         try:
             delattr(pkg, n[8:])
-        except (AttributeError, TypeError):
+        except (AttributeError, TypeError, KeyError):  # KeyError: a name not under iotjobs
             pass
 
 

@@ -44,7 +44,7 @@ def build(cfg, board=None):
         ("reboot", "agent:reboot"),
         ("config", "config:job"),
         ("ota", "ota:handle"),
-        ("afr_ota", "ota:handle"),
+        ("afr_ota", "afr:handle"),
         ("bundle", "bundle:handle"),
     ):
         agent.register(op, "iotjobs." + fn)

@@ -177,3 +177,16 @@ def nomem(e):
         return True
     c = -c if c < 0 else 0
     return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO
+
+
+def app_secure_version(part):
+    # The descriptor's secure_version (anti-rollback counter); 0 without a descriptor.
+    buf = bytearray(_DESC_OFFSET + 8)
+    part.readblocks(0, buf, 0)
+    d = _DESC_OFFSET
+    if (
+        buf[0] != 0xE9
+        or buf[d] | buf[d + 1] << 8 | buf[d + 2] << 16 | buf[d + 3] << 24 != _DESC_MAGIC
+    ):
+        return 0
+    return buf[d + 4] | buf[d + 5] << 8 | buf[d + 6] << 16 | buf[d + 7] << 24

@@ -53,6 +53,9 @@ _OPTIONAL = {
     "ota_key_file": str,  # PEM public key: when set, every OTA image must be signed with it
     "ota_ca_file": str,  # CA of the download server (default: ca_file)
     "ota_allow_http": bool,  # plain-http downloads; off unless provisioning says so
+    "ota_protocol": str,  # "mqtt" (default) or "http": the one tried first when a job offers both
+    "ota_stream_format": str,  # "json" (default) or "cbor": MQTT stream messages
+    "ota_allow_downgrade": bool,  # with a job's "allow_downgrade": an older secure_version
     "app_dir": str,
 }
 
@@ -97,6 +100,9 @@ def check(raw, base=""):
             if type(raw[k]) is not t:
                 raise ConfigError("config: %s must be a %s" % (k, t.__name__))
             cfg[k] = raw[k]
+    for k, ok in (("ota_protocol", ("mqtt", "http")), ("ota_stream_format", ("json", "cbor"))):
+        if k in cfg and cfg[k] not in ok:
+            raise ConfigError("config: %s must be %s" % (k, " or ".join(ok)))
     cfg.setdefault("client_id", cfg["thing_name"])
     cfg.setdefault("port", 8883)
     cfg.setdefault("app_dir", "app")

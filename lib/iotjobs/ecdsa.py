@@ -24,7 +24,9 @@ def load_pubkey(data):
     # is none of these or the point is not on the curve.
     if isinstance(data, str):
         data = data.encode()
-    if data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
+    if data.lstrip().startswith(b"-----BEGIN CERTIFICATE-----"):
+        data = _cert_key(data)  # AWS's certfile: the certificate's subject key, nothing else
+    elif data.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
         import binascii
 
         lines = data.strip().split(b"\n")
@@ -40,6 +42,21 @@ def load_pubkey(data):
     if x >= _P or y >= _P or (y * y - (x * x * x - 3 * x + _B)) % _P:
         raise ValueError("the public key is not a point of P-256")
     return (x, y)
+
+
+def _cert_key(pem):
+    # The P-256 SubjectPublicKeyInfo inside a PEM certificate (kept out of load_pubkey: every
+    # function's bytecode is one heap block when the module is loaded from .mpy).
+    import binascii
+
+    lines = pem.strip().split(b"\n")
+    if not lines[-1].strip().startswith(b"-----END CERTIFICATE-----"):
+        raise ValueError("PEM certificate has no END line")
+    der = binascii.a2b_base64(b"".join(x.strip() for x in lines[1:-1]))
+    i = der.find(_SPKI)
+    if i < 0:
+        raise ValueError("the certificate's key is not a P-256 key")
+    return der[i : i + 91]
 
 
 def _der_int(sig, i):

@@ -28,7 +28,7 @@ _MAX_WBITS = const(13)  # an 8 KB window at most: a 32 KB one rarely fits a busy
 # name, e.g. a misspelt 'sha265', is refused by name. AWS's afr_ota documents carry fields we
 # do not use; those are ignored, as AWS's own agent does.
 _FIELDS = ("operation", "url", "size", "sha256", "signature", "version")
-_FIELDS_OTA = _FIELDS + ("compression", "window_bits")
+_FIELDS_OTA = _FIELDS + ("compression", "window_bits", "stream", "file_id", "allow_downgrade")
 
 
 # ---------------------------------------------------------------- the job document
@@ -86,21 +86,38 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
         if not isinstance(files, list) or len(files) != 1 or not isinstance(files[0], dict):
             raise Rejected("afr_ota: exactly one file is supported")
         protos = afr.get("protocols", ["HTTP"])
-        if not isinstance(protos, list) or "HTTP" not in protos:
-            raise Rejected("afr_ota: only the HTTP protocol is supported")
+        if (
+            not isinstance(protos, list)
+            or not protos
+            or [p for p in protos if p not in ("HTTP", "MQTT")]
+        ):
+            raise Rejected("afr_ota: protocols must be MQTT and/or HTTP")
         f = files[0]
         doc = {
-            "url": f.get("update_data_url"),
+            "url": f.get("update_data_url") if "HTTP" in protos else None,
             "size": f.get("filesize"),
             "signature": f.get("sig-sha256-ecdsa"),
         }
+        if "MQTT" in protos:
+            doc["stream"] = afr.get("streamname") or 0  # 0: fails the name check below
+            doc["file_id"] = f.get("fileid", 0)
+    stream = doc.get("stream")
+    fid = doc.get("file_id", 0)
+    if stream is not None:
+        if not _name(stream):
+            raise Rejected("'stream' must be a stream name (1-128 of [a-zA-Z0-9_-])")
+        if not isinstance(fid, int) or not 0 <= fid <= 255:
+            raise Rejected("'file_id' must be an integer 0-255")
+        if doc.get("compression") is not None:
+            raise Rejected("gzip payloads are not supported over MQTT streams")
     url = doc.get("url")
-    if not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
-        raise Rejected("'url' must be a URL string")
-    if url.startswith("${"):
-        raise Rejected("the URL placeholder was not replaced by the service")
-    if not url.startswith("https://") and not url.startswith("http://"):
-        raise Rejected("'url' must be an https:// URL")
+    if url is not None or stream is None:  # MQTT only needs none
+        if not isinstance(url, str) or not 8 < len(url) <= _DOC_MAX_URL:
+            raise Rejected("'url' must be a URL string")
+        if url.startswith("${"):
+            raise Rejected("the URL placeholder was not replaced by the service")
+        if not url.startswith("https://") and not url.startswith("http://"):
+            raise Rejected("'url' must be an https:// URL")
     size = doc.get("size")
     if not isinstance(size, int) or size <= 0:
         raise Rejected("'size' must be a positive integer")
@@ -121,6 +138,9 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
     version = doc.get("version")
     if version is not None and not isinstance(version, str):
         raise Rejected("'version' must be a string")
+    down = doc.get("allow_downgrade", False)
+    if not isinstance(down, bool):
+        raise Rejected("'allow_downgrade' must be true or false")
     gz = None
     comp = doc.get("compression")
     if comp is not None:
@@ -131,7 +151,26 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
             # The decompressor keeps a window of 2**window_bits bytes: the document states it
             # so that the device can refuse what it cannot afford before downloading.
             raise Rejected("gzip needs 'window_bits' 9-%d" % _MAX_WBITS)
-    return {"url": url, "size": size, "sha256": digest, "sig": sig, "version": version, "gz": gz}
+    return {
+        "url": url,
+        "size": size,
+        "sha256": digest,
+        "sig": sig,
+        "version": version,
+        "gz": gz,
+        "stream": stream,
+        "fileid": fid,
+        "down": down,
+    }
+
+
+def _name(s):
+    if not isinstance(s, str) or not 0 < len(s) <= 128:
+        return False
+    for c in s:
+        if not (c.isalpha() and c < "\x80" or "0" <= c <= "9" or c in "_-"):
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- the handler
@@ -196,6 +235,24 @@ def _download(ctx, doc):
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
     h = _rehash(slot, buf, off)
+    if job["stream"] is None:
+        off, h = _http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+    else:  # MQTT streams, or both (by preference, with a fallback)
+        from iotjobs import stream
+
+        off, h = stream.either(ctx, job, slot, h, buf, tail, off, limit, keyed)
+    st["off"] = size
+    digest = h.digest()
+    st["sha256"] = _tohex(digest)
+    del buf, tail  # the block buffer is free before verify needs the heap
+    b.feed()
+    return "verify"
+
+
+def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
+    # The whole image over HTTPS from off: -> (size, hash). Resumes with Range after a cut.
+    st = ctx.state
+    size = job["size"]
     tries = [0, 0]
     while off < size:
         # MQTT closed for the download (one TLS session at a time): check in between two HTTPS
@@ -225,10 +282,7 @@ def _download(ctx, doc):
             tries[0] = _net_fail(ctx, tries[0], e)
         finally:
             r.close()
-    st["off"] = size
-    st["sha256"] = _tohex(h.digest())
-    b.feed()
-    return "verify"
+    return off, h
 
 
 def _rehash(slot, buf, off):

@@ -25,6 +25,9 @@ def verify(ctx, doc):
         return _fail_before_boot(
             ctx, "image is version %s, the job says %s" % (new, job["version"])
         )
+    from iotjobs import secver
+
+    secver.check(ctx, job, slot)
     st["new"] = new
     st["verified"] = details
     return "activate"
@@ -89,7 +92,15 @@ def activate(ctx, doc):
         return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
     st["step"] = "booting"
     ctx.save()
-    ctx.reboot({"step": "rebooting", "progress": "%d/%d" % (st["off"], st["off"])})
+    # self_test and updatedBy as AWS's OTA agent reports them across the reboot.
+    ctx.reboot(
+        {
+            "step": "rebooting",
+            "progress": "%d/%d" % (st["off"], st["off"]),
+            "self_test": "ready",
+            "updatedBy": st["old"],
+        }
+    )
     return "booting"  # not reached on a board
 
 
@@ -101,10 +112,21 @@ def booting(ctx, doc):
     running = b.running_partition().info()[4]
     if running != st["slot"]:
         raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
+    ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
     reason = self_test(ctx)
     if reason is None:
         b.confirm_image()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
+        details["updatedBy"] = st["old"]
+        sv = st.get("sv", 0)
+        details["secure_version"] = str(sv)
+        try:
+            from iotjobs import secver
+
+            secver.confirm(sv)
+        except OSError as e:  # the image runs and is confirmed; say the counter did not move
+            ctx.log("security counter not raised: %r" % (e,), "error")
+            details["secver_error"] = repr(e)
         details["previous"] = st["old"]
         details.update(st.get("verified", {}))
         return details

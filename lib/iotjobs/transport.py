@@ -291,6 +291,41 @@ class Transport:
             raise OSError(_ENOTCONN)
         return self._c
 
+    # For a reader of its own (iotjobs.stream reads stream blocks off the socket without
+    # allocating). It reads whole packets only, so that umqtt.simple finds the socket at a
+    # packet boundary again; seen() after each read keeps the keepalive's clock.
+    def raw(self):
+        # The TLS socket under the guard.
+        return self._g()._s
+
+    def seen(self):
+        # Allocates nothing (no nested call: a second frame would not fit a locked heap here).
+        s = self._sock
+        if s is not None:
+            s.rx_ticks = time.ticks_ms()
+
+    def send(self, packet):
+        # A whole MQTT packet in one write (umqtt.simple writes one in four).
+        self._g().write(packet)
+        self._tx_ticks = time.ticks_ms()
+
+    def deliver(self, topic, msg, dropped=0):
+        # A message that reader took off the socket, to the owner's callbacks as if
+        # umqtt.simple had read it; dropped: its length when it was drained unread.
+        if dropped:
+            self._g().dropped = dropped
+        self._deliver(topic, msg)
+
+    def _g(self):
+        s = self._sock
+        if s is None or self._c is None:
+            raise OSError(_ENOTCONN)
+        return s
+
+    def fits(self, n):
+        # Whether a message of n bytes is one this transport would hold.
+        return n <= self._max_msg
+
     def close(self):
         c, self._c = self._c, None
         if c is not None:

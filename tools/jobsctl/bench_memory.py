@@ -33,7 +33,7 @@ from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
 from .stack import Stack
 
-JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "bundle")
+JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "ota-stream-1MiB", "bundle")
 GOAL = 0.15
 SLOT = 0x180000  # the OTA slot of the simulated board (1.5 MiB)
 APP_V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
@@ -90,6 +90,18 @@ def _document(stack: Stack, job: str, signing: Path) -> tuple[dict[str, Any], di
         return {"operation": "reboot"}, {}
     if job == "config":
         return {"operation": "config", "set": {"log_level": "debug"}}, {}
+    if job == "ota-stream-1MiB":  # afr_ota over MQTT streams only: the one TLS session
+        data = image.build_app_image("2.0.0", size=1024 * 1024)
+        obj = otajob.object_key(data)
+        stack.upload(obj, data)
+        ep = stack.endpoints
+        sid = f"mem-stream-{time.monotonic_ns()}"
+        stack.iot_client().create_stream(
+            streamId=sid,
+            files=otajob.stream_files(ep["bucket"], obj),
+            roleArn=otajob.stream_role(ep["account_id"]),
+        )
+        return otajob.afr_document(data, image.sign(data, signing), stream=sid), {}
     if job.startswith("ota-"):
         size = 1 * 1024 * 1024 if job == "ota-1MiB" else SLOT
         return otajob.prepare(stack, image.build_app_image("2.0.0", size=size), key=signing)

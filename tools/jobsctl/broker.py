@@ -34,6 +34,10 @@ _ACL = """\
 user {service}
 topic readwrite $aws/#
 
+# The service's MQTT file-delivery plane (streams): its own session beside the Jobs one.
+user {streams}
+topic readwrite $aws/things/+/streams/#
+
 # Operators' watchers of the Jobs events (AWS: an IoT policy allowing iot:Subscribe on them).
 user {events}
 topic read $aws/events/#
@@ -43,6 +47,9 @@ pattern readwrite $aws/things/%u/#
 """
 # Reads $aws/events/# and nothing else; not a thing name (a '.' is not allowed in those).
 EVENTS_IDENTITY = "jobs.events"
+# The stream plane's identity (the broker makes the CN the client id: the Jobs plane's session
+# and this one need a CN each); only the stream topics.
+STREAMS_IDENTITY = "jobs.streams"
 
 
 def mosquitto_binary() -> str:
@@ -90,7 +97,9 @@ def write_config(
     folder.mkdir(parents=True, exist_ok=True)
     server = ca.issue_server(folder)
     acl = folder / "acl"
-    acl.write_text(_ACL.format(service=SERVICE_IDENTITY, events=EVENTS_IDENTITY))
+    acl.write_text(
+        _ACL.format(service=SERVICE_IDENTITY, events=EVENTS_IDENTITY, streams=STREAMS_IDENTITY)
+    )
     lines = [
         "# Written by jobsctl; regenerated on every start.",
         "per_listener_settings false",
@@ -117,6 +126,7 @@ def write_config(
         "require_certificate true",
         "use_identity_as_username true",
         "use_username_as_clientid true",
+        "set_tcp_nodelay true",
         "tls_version tlsv1.2",
     ]
     if plaintext_port:

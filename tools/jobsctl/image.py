@@ -40,14 +40,19 @@ _DRAM = 0x3FFB0000
 _IRAM = 0x40080000
 
 
-def _app_desc(version: str, project: str) -> bytes:
+SECURE_VERSION_MAX = 0x7FFFFFFF  # the device keeps its floor in an NVS i32
+
+
+def _app_desc(version: str, project: str, secure_version: int = 0) -> bytes:
     for what, s in (("version", version), ("project", project)):
         if not s or len(s.encode()) > 31:
             raise JobsctlError(f"image {what} must be 1-31 bytes")
+    if not 0 <= secure_version <= SECURE_VERSION_MAX:
+        raise JobsctlError(f"secure_version must be 0-{SECURE_VERSION_MAX}")
     return struct.pack(
         "<II8s32s32s16s16s32s32s80s",
         DESC_MAGIC,
-        0,  # secure_version
+        secure_version,  # anti-rollback counter (the device refuses a lower one)
         b"",
         version.encode(),
         project.encode(),
@@ -60,18 +65,24 @@ def _app_desc(version: str, project: str) -> bytes:
 
 
 def build_app_image(
-    version: str, size: int | None = None, project: str = "iotjobs-sim", seed: str | None = None
+    version: str,
+    size: int | None = None,
+    project: str = "iotjobs-sim",
+    seed: str | None = None,
+    secure_version: int = 0,
 ) -> bytes:
-    """A valid ESP32 app image of about ``size`` bytes (at least ~400) carrying ``version``.
-    ``seed`` (default ``project/version``) picks the code bytes: two versions built with one
-    seed differ only in their descriptor, checksum and hash, like a small change does."""
-    desc = _app_desc(version, project)
+    """A valid ESP32 app image of about ``size`` bytes (at least ~400) carrying ``version``
+    and ``secure_version``. ``seed`` (default ``project/version``) picks the code bytes: two
+    versions built with one seed differ only in their descriptor, checksum and hash, like a
+    small change does."""
+    desc = _app_desc(version, project, secure_version)
     drom = desc + bytes(256)  # rodata after the descriptor
     dram = b"\x00" * 64
     overhead = 24 + 3 * 8 + len(drom) + len(dram) + 16 + 32
     bulk_len = max(64, ((size or 0) - overhead) // 4 * 4)
     # Deterministic per version, so the same build twice gives the same bytes and hash.
-    iram = random.Random(seed or f"{project}/{version}").randbytes(bulk_len)
+    default = f"{project}/{version}" + (f"/{secure_version}" if secure_version else "")
+    iram = random.Random(seed or default).randbytes(bulk_len)
     segments = [(_DROM, drom), (_DRAM, dram), (_IRAM, iram)]
     header = struct.pack(
         "<BBBBIB3sHBHH4sB",
@@ -163,6 +174,11 @@ def read_app_version(data: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
+def read_secure_version(data: bytes) -> int:
+    read_app_version(data)  # the same descriptor checks
+    return int(struct.unpack_from("<I", data, DESC_OFFSET + 4)[0])
+
+
 # ---------------------------------------------------------------- signing (sig-sha256-ecdsa)
 
 
@@ -228,7 +244,10 @@ def verify(data: bytes, signature: str, public_pem: bytes) -> bool:
 
 
 def init_sim_flash(
-    board_dir: Path, version: str = "1.0.0", partition_size: int = SLOT_SIZE
+    board_dir: Path,
+    version: str = "1.0.0",
+    partition_size: int = SLOT_SIZE,
+    secure_version: int = 0,
 ) -> None:
     """A freshly flashed board: ``version`` in ota_0 (valid, booted), ota_1 erased.
 
@@ -240,7 +259,7 @@ def init_sim_flash(
     if partition_size % BLOCK:
         raise JobsctlError("the partition size must be a multiple of 4096")
     flash.mkdir(parents=True, exist_ok=True)
-    image = build_app_image(version, size=64 * 1024)
+    image = build_app_image(version, size=64 * 1024, secure_version=secure_version)
     check_app_image(image, partition_size)
     with (flash / "ota_0.bin").open("wb") as f:
         f.write(image)

@@ -195,3 +195,43 @@ def gzip_payload(data: bytes, window_bits: int = 12) -> bytes:
         raise JobsctlError("the gzip window must be 9-13 bits")
     c = zlib.compressobj(9, zlib.DEFLATED, 16 + window_bits)
     return c.compress(data) + c.flush()
+
+
+# ---------------------------------------------------------------- AWS's afr_ota documents
+
+
+def afr_document(
+    data: bytes,
+    signature: str,
+    *,
+    url: str | None = None,
+    stream: str | None = None,
+    file_id: int = 0,
+    certfile: str = "",
+) -> dict[str, Any]:
+    """The ``afr_ota`` job document ``CreateOTAUpdate`` makes for one file: HTTP when ``url``
+    is given, MQTT when ``stream`` is (both: the device picks by its ``ota_protocol``)."""
+    protocols = (["MQTT"] if stream else []) + (["HTTP"] if url else [])
+    if not protocols:
+        raise JobsctlError("an OTA update needs a URL (HTTP), a stream (MQTT), or both")
+    entry: dict[str, Any] = {
+        "filepath": "/",
+        "filesize": len(data),
+        "fileid": file_id,
+        "certfile": certfile,
+        "fileType": 0,
+        "sig-sha256-ecdsa": signature,
+    }
+    if url:
+        entry["update_data_url"] = url
+        entry["auth_scheme"] = "aws.s3.presigned"
+    return {"afr_ota": {"protocols": protocols, "streamname": stream or "", "files": [entry]}}
+
+
+def stream_files(bucket: str, key: str, file_id: int = 0) -> list[dict[str, Any]]:
+    """``files`` of a ``CreateStream`` request for one object."""
+    return [{"fileId": file_id, "s3Location": {"bucket": bucket, "key": key}}]
+
+
+def stream_role(account_id: str, role_arn: str | None = None) -> str:
+    return role_arn or f"arn:aws:iam::{account_id}:role/jobsctl-ota-stream"

@@ -83,10 +83,11 @@ def policy_document(
     thing_name: str, region: str, account: str, partition: str = "aws"
 ) -> dict[str, Any]:
     """The least privilege a jobs agent needs: connect with its own name as client id, and
-    publish/receive/subscribe on its own ``$aws/things/<name>/jobs/`` topics, nothing else."""
+    publish/receive/subscribe on its own ``$aws/things/<name>/jobs/`` topics and (OTA over
+    MQTT) its own ``$aws/things/<name>/streams/`` topics, nothing else."""
     check_thing_name(thing_name)
     arn = f"arn:{partition}:iot:{region}:{account}"
-    jobs = f"$aws/things/{thing_name}/jobs/*"
+    mine = [f"$aws/things/{thing_name}/{api}/*" for api in ("jobs", "streams")]
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -98,12 +99,12 @@ def policy_document(
             {
                 "Effect": "Allow",
                 "Action": ["iot:Publish", "iot:Receive"],
-                "Resource": f"{arn}:topic/{jobs}",
+                "Resource": [f"{arn}:topic/{t}" for t in mine],
             },
             {
                 "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": f"{arn}:topicfilter/{jobs}",
+                "Resource": [f"{arn}:topicfilter/{t}" for t in mine],
             },
         ],
     }

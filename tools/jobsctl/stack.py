@@ -24,7 +24,7 @@ from typing import IO, Any
 
 import boto3
 
-from .broker import RESERVED_NAMES, SERVICE_IDENTITY, Broker, start_broker
+from .broker import RESERVED_NAMES, SERVICE_IDENTITY, STREAMS_IDENTITY, Broker, start_broker
 from .errors import JobsctlError
 from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority, certificate_id
@@ -142,6 +142,7 @@ class Stack:
             store.close()
         svc = self.state_dir / "service"
         self.service_creds = self.ca.issue(SERVICE_IDENTITY, svc, stem=SERVICE_IDENTITY)
+        self.streams_creds = self.ca.issue(STREAMS_IDENTITY, svc, stem=STREAMS_IDENTITY)
         self.server_creds = self.ca.issue_server(svc)
         try:
             self.broker = start_broker(self.state_dir / "broker", self.ca, self.mqtt_port)
@@ -194,6 +195,8 @@ class Stack:
             ca_file=self.ca.cert_path,
             service_cert=self.service_creds.cert,
             service_key=self.service_creds.key,
+            streams_cert=self.streams_creds.cert,
+            streams_key=self.streams_creds.key,
             server_cert=self.server_creds.cert,
             server_key=self.server_creds.key,
             control_port=self.control_port,

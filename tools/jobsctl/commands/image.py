@@ -63,6 +63,14 @@ def register(sub: Any) -> None:
         "--size", type=parse_size, help="approximate image size, e.g. 1M (default: small)"
     )
     b.add_argument("--project", default="iotjobs-sim")
+    b.add_argument(
+        "--secure-version",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the app descriptor's secure_version: devices refuse images below the highest"
+        " they have confirmed (default 0)",
+    )
     b.add_argument("-o", "--output", type=Path, required=True)
     add_slot_options(b)
     b.set_defaults(func=build)
@@ -122,7 +130,9 @@ def build(args: argparse.Namespace) -> int:
             f"an image of {args.size} bytes does not fit the {limit}-byte OTA slot "
             "(--slot-size/--partitions give another layout)"
         )
-    data = image.build_app_image(args.version, size=args.size, project=args.project)
+    data = image.build_app_image(
+        args.version, size=args.size, project=args.project, secure_version=args.secure_version
+    )
     image.check_app_image(data, limit)
     args.output.write_bytes(data)
     print(
@@ -130,6 +140,7 @@ def build(args: argparse.Namespace) -> int:
             {
                 "file": str(args.output),
                 "version": args.version,
+                "secure_version": args.secure_version,
                 "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
             }
@@ -160,6 +171,7 @@ def info(args: argparse.Namespace) -> int:
             {
                 "file": str(args.file),
                 "version": image.read_app_version(data),
+                "secure_version": image.read_secure_version(data),
                 "size": len(data),
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "valid": True,

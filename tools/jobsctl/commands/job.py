@@ -65,6 +65,18 @@ def register(sub: Any) -> None:
         help="upload gzip-compressed with a 2**BITS-byte window (9-13); the device inflates it",
     )
     o.add_argument(
+        "--protocol",
+        choices=["http", "mqtt", "both"],
+        default="http",
+        help="how devices download: HTTPS (pre-signed URL), MQTT (an AWS IoT stream over the"
+        " device's MQTT session), or both (each device picks by its ota_protocol; default http)",
+    )
+    o.add_argument(
+        "--allow-downgrade",
+        action="store_true",
+        help="let devices whose config has ota_allow_downgrade install a lower secure_version",
+    )
+    o.add_argument(
         "--from",
         dest="delta_from",
         type=Path,
@@ -83,7 +95,9 @@ def register(sub: Any) -> None:
         help="with --from: offer no full image to fall back to when the patch fails",
     )
     o.add_argument("--bucket", help="S3 bucket for the image (default: the local stack's)")
-    o.add_argument("--role-arn", help="IAM role AWS IoT pre-signs the URL with (real AWS)")
+    o.add_argument(
+        "--role-arn", help="IAM role AWS IoT reads S3 with: pre-signed URLs, streams (real AWS)"
+    )
     o.add_argument("--target-selection", choices=["SNAPSHOT", "CONTINUOUS"])
     o.add_argument("--max-per-minute", type=int, help="rollout: executions started per minute")
     _policy_arguments(o, ota=True)
@@ -354,6 +368,10 @@ def create_bundle(args: argparse.Namespace) -> int:
 def create_ota(args: argparse.Namespace) -> int:
     from .. import image, otajob
 
+    if args.gzip_window is not None and args.protocol != "http":
+        raise JobsctlError("--gzip-window works with --protocol http only")
+    if args.delta_from is not None and args.protocol != "http":
+        raise JobsctlError("--from works with --protocol http only")
     data = otajob.read_image(args.file, slot_size(args))
     patch = _delta_patch(args, data)  # before anything is uploaded
     signature = image.sign(data, args.key) if args.key else None
@@ -371,13 +389,27 @@ def create_ota(args: argparse.Namespace) -> int:
         doc.update(compression="gzip", window_bits=args.gzip_window)
     if patch is not None:
         _add_delta(args, s3, bucket, region, patch, data, doc)
+    if args.protocol != "http":
+        # A stream of the same object, named like the job: devices fetch it over MQTT.
+        iot.create_stream(
+            streamId=args.job_id,
+            description=f"OTA {doc['version']} for job {args.job_id}",
+            files=otajob.stream_files(bucket, otajob.object_key(data)),
+            roleArn=otajob.stream_role(account, role),
+        )
+        doc.update(stream=args.job_id, file_id=0)
+        if args.protocol == "mqtt":
+            del doc["url"]
+    if args.allow_downgrade:
+        doc["allow_downgrade"] = True
     params: dict[str, Any] = {
         "jobId": args.job_id,
         "targets": targets,
         "document": json.dumps(doc),
         "description": f"OTA to {doc['version']}",
-        "presignedUrlConfig": otajob.presigned_config(account, role),
     }
+    if "url" in doc or "delta" in doc:  # a pre-signed URL placeholder to fill
+        params["presignedUrlConfig"] = otajob.presigned_config(account, role)
     if args.target_selection:
         params["targetSelection"] = args.target_selection
     if args.max_per_minute is not None:

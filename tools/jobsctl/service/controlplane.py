@@ -88,11 +88,14 @@ class ControlPlane:
         access_key: str,
         secret_key: str,
         region: str,
+        extra: dict[str, Handler] | None = None,
     ) -> None:
         self.model = model
         self.access_key, self.secret_key, self.region = access_key, secret_key, region
         smodel = service_model()
-        self.routes = [_Route(smodel.operation_model(name)) for name in OPERATIONS]
+        extra = extra or {}  # more operations (streams, OTA updates): name -> handler
+        names = OPERATIONS + tuple(extra)
+        self.routes = [_Route(smodel.operation_model(name)) for name in names]
         self.handlers: dict[str, Handler] = {
             "CreateJob": lambda p: model.create_job(p["jobId"], templates.resolve(model, p)),
             "DescribeJob": lambda p: model.describe_job(p["jobId"]),
@@ -136,6 +139,7 @@ class ControlPlane:
             "AddThingToThingGroup": self._add_to_group,
             **operations.handlers(model),
         }
+        self.handlers.update(extra)
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port = 0

@@ -14,8 +14,10 @@ from .controlplane import ControlPlane
 from .dataplane import DataPlane, Presigner
 from .jobsdata import JobsDataApi
 from .model import Model
+from .otaupdates import OtaUpdates
 from .quotas import Quotas, RateLimiter
 from .store import Store
+from .streams import StreamPlane, Streams
 
 log = logging.getLogger("jobsctl.service")
 
@@ -32,6 +34,8 @@ class ServiceConfig:
     service_key: Path
     server_cert: Path
     server_key: Path
+    streams_cert: Path  # the stream plane's identity (broker.STREAMS_IDENTITY)
+    streams_key: Path
     control_port: int = 0
     plaintext: bool = False
     throttle_per_second: float | None = None
@@ -50,11 +54,14 @@ class Service:
         self.config = config
         self.store = Store(config.db_path)
         self.model = Model(self.store, fetch_object=fetch_object)  # type: ignore[arg-type]
+        self.streams = Streams(self.model, fetch_object)  # type: ignore[arg-type]
+        self.ota_updates = OtaUpdates(self.model, self.streams)
         self.control = ControlPlane(
             self.model,
             access_key=config.access_key,
             secret_key=config.secret_key,
             region=config.region,
+            extra={**self.streams.handlers(), **self.ota_updates.handlers()},
         )
         self.data = DataPlane(
             self.model,
@@ -65,6 +72,13 @@ class Service:
             key_file=config.service_key,
             presign=presign,
             throttle_per_second=config.throttle_per_second,
+        )
+        self.stream_plane = StreamPlane(
+            self.streams,
+            port=config.mqtt_port,
+            ca_file=config.ca_file,
+            cert_file=config.streams_cert,
+            key_file=config.streams_key,
         )
         self.model.on_change = self._changed
         self._wake = threading.Event()
@@ -95,6 +109,7 @@ class Service:
     def start(self) -> int:
         """Start both planes; returns the control-plane port."""
         self.data.start()
+        self.stream_plane.start()
         port = self.control.start(
             self.config.control_port,
             self.config.server_cert,
@@ -132,6 +147,7 @@ class Service:
             self._timer.join(timeout=10)
         self.jobs_data.stop()
         self.control.stop()
+        self.stream_plane.stop()
         self.data.stop()
         with self.model.lock:
             self.store.close()
