@@ -108,29 +108,47 @@ def test_cancel_with_mqtt_closed_is_seen_at_the_next_checkin(
     assert final(stack_session, dev.board.name, nxt, timeout=120)["status"] == "SUCCEEDED"
 
 
-UNLOAD = """
+# The GC is conservative: a stale copy of a pointer in a live stack frame keeps its object alive.
+# So the module-level code never holds the handler (cycle() does, and returns only numbers), and
+# before each measurement scrub() zeroes the stack below (a function's state is zeroed on entry)
+# so that what the figures show is what the agent holds, not what the C compiler left behind.
+UNLOAD = (
+    """
 import gc, sys
 import iotjobs.agent as agent
-from iotjobs import protocol
 agent.register("ota", "iotjobs.ota:handle")
-gc.collect()
-idle = gc.mem_alloc()
 mods = list(sys.modules)
-fn, _ = agent._resolve("ota")
-gc.collect()
-loaded = gc.mem_alloc()
-print("LOADED", sorted(n for n in sys.modules if n not in mods))
-fn = None
-agent._forget(mods)
-import iotjobs
-print("AFTER", sorted(n for n in sys.modules if n not in mods), hasattr(iotjobs, "ota"))
-gc.collect()
-after = gc.mem_alloc()
-fn, _ = agent._resolve("ota")  # the next job imports it again...
-fn = None
-agent._forget(mods)
-print("HEAP", idle, loaded, after, gc.mem_alloc())
+
+def cycle():
+    fn, _ = agent._resolve("ota")
+    gc.collect()
+    loaded = gc.mem_alloc()
+    print("LOADED", sorted(n for n in sys.modules if n not in mods))
+    fn = None
+    agent._forget(mods)
+    import iotjobs
+    print("AFTER", sorted(n for n in sys.modules if n not in mods), hasattr(iotjobs, "ota"))
+    return loaded
+
+def scrub():
+    """
+    + "; ".join(f"x{i} = 0" for i in range(400))
+    + """
+
+def heap():
+    gc.collect()
+    return gc.mem_alloc()
+
+scrub()
+idle = heap()
+loaded = cycle()
+scrub()
+after = heap()
+cycle()  # the next job imports it again...
+scrub()
+print("HEAP", idle, loaded, after, heap())
 """
+)
 
 
 def test_a_handler_module_is_unloaded_when_its_job_ends(micropython: Callable[..., object]) -> None:
