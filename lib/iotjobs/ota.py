@@ -13,6 +13,7 @@
 # The handler is a table of steps; the current step and the download offset are persisted
 # (ctx.save) so that a reset at any point continues from there, and the boot slot is only
 # switched (set_boot) after the whole image has been verified.
+import asyncio
 import sys
 
 from iotjobs.agent import Failed, Rejected, _forget
@@ -176,7 +177,7 @@ def _name(s):
 # ---------------------------------------------------------------- the handler
 
 
-def handle(ctx, doc):
+async def handle(ctx, doc):
     st = ctx.state
     if "step" not in st:
         slot = ctx.board.next_partition()
@@ -185,7 +186,9 @@ def handle(ctx, doc):
         if "delta" in job:
             from iotjobs import delta
 
-            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+            await delta.check_base(
+                ctx, job["delta"]
+            )  # REJECTED for another base, before downloading
             st["step"] = "delta"
         st["slot"] = slot.info()[4]
         st["off"] = 0
@@ -199,11 +202,13 @@ def handle(ctx, doc):
             # The steps after the download are iotjobs.otaboot's, imported when reached (and
             # unloaded after, below): the download runs without their code in the heap.
             if step == "download":
-                result = _download(ctx, doc)
+                result = await _download(ctx, doc)
             elif step == "delta":
-                result = _delta(ctx, doc)
+                result = await _delta(ctx, doc)
             else:
-                result = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
+                fn = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)
+                result = await fn(ctx, doc)
+                fn = None
         except Exception:
             if step in ("download", "verify", "delta"):
                 _erase_head(ctx)  # leave no partial image behind
@@ -223,7 +228,7 @@ def _slot(ctx):
     return esp32.Partition(ctx.state["slot"])
 
 
-def _download(ctx, doc):
+async def _download(ctx, doc):
     st = ctx.state
     b = ctx.board
     slot = _slot(ctx)
@@ -234,13 +239,13 @@ def _download(ctx, doc):
     tail = memoryview(buf)[: size % _BLOCK]  # the last, partial block's bytes (if any)
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
-    h = _rehash(slot, buf, off)
+    h = await _rehash(slot, buf, off)
     if job["stream"] is None:
-        off, h = _http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+        off, h = await _http(ctx, job, slot, h, buf, tail, off, limit, keyed)
     else:  # MQTT streams, or both (by preference, with a fallback)
         from iotjobs import stream
 
-        off, h = stream.either(ctx, job, slot, h, buf, tail, off, limit, keyed)
+        off, h = await stream.either(ctx, job, slot, h, buf, tail, off, limit, keyed)
     st["off"] = size
     digest = h.digest()
     st["sha256"] = _tohex(digest)
@@ -249,7 +254,7 @@ def _download(ctx, doc):
     return "verify"
 
 
-def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
+async def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
     # The whole image over HTTPS from off: -> (size, hash). Resumes with Range after a cut.
     st = ctx.state
     size = job["size"]
@@ -257,11 +262,11 @@ def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
     while off < size:
         # MQTT closed for the download (one TLS session at a time): check in between two HTTPS
         # sessions, at every reconnect and every checkin_ms. Canceled ends it here.
-        ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
-        ctx.check()
+        await ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
+        await ctx.check()
         if off:
             ctx.log("resuming download at %d of %d" % (off, size))
-        r = open_url(ctx, job, off, tries, lambda d: parse(d, limit, keyed))
+        r = await open_url(ctx, job, off, tries, lambda d: parse(d, limit, keyed))
         if r is None:
             continue
         try:
@@ -272,31 +277,33 @@ def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
                 src = deflate.DeflateIO(r, deflate.GZIP, job["gz"])
             elif r.total != size:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
-            off = _stream(ctx, src, slot, h, buf, tail, off, size, job["gz"])
+            off = await _stream(ctx, src, slot, h, buf, tail, off, size, job["gz"])
             if job["gz"] and src.readinto(buf, 1):
                 raise Failed("the gzip payload is longer than 'size'")
             tries[0] = 0
         except OSError as e:
             off = 0 if job["gz"] else st["off"]  # the last persisted block
-            h = _rehash(slot, buf, off)
-            tries[0] = _net_fail(ctx, tries[0], e)
+            h = await _rehash(slot, buf, off)
+            tries[0] = await _net_fail(ctx, tries[0], e)
         finally:
             r.close()
     return off, h
 
 
-def _rehash(slot, buf, off):
-    # Resuming: hash what is already in flash instead of downloading it again.
+async def _rehash(slot, buf, off):
+    # Resuming: hash what is already in flash instead of downloading it again (a block at a
+    # time between yields to the event loop).
     import hashlib
 
     h = hashlib.sha256()
     for blk in range(off // _BLOCK):
         slot.readblocks(blk, buf)
         h.update(buf)
+        await asyncio.sleep_ms(0)
     return h
 
 
-def open_url(ctx, job, off, tries, reparse):
+async def open_url(ctx, job, off, tries, reparse):
     # One attempt at GET job["url"] from byte off: the response, or None to try again, after a
     # backoff (network error) or with job["url"] renewed by a describe (403/404: an expired
     # pre-signed URL; the service signs a new one on every hand-out). tries = [network
@@ -318,25 +325,25 @@ def open_url(ctx, job, off, tries, reparse):
         if e.status in (403, 404) and tries[1] < _URL_REFRESHES:
             tries[1] += 1
             ctx.log("download refused (%d), asking for a new URL" % e.status)
-            ctx.board.sleep_ms(1000 * tries[1])
-            job.update(reparse(ctx.refresh()))
+            await ctx.sleep(1000 * tries[1])
+            job.update(reparse(await ctx.refresh()))
             return None
         raise Failed("download refused: HTTP %d" % e.status)
     except (OSError, MemoryError) as e:
         if nomem(e):
             raise Failed("out of memory for the HTTPS session: %r" % (e,))
-        tries[0] = _net_fail(ctx, tries[0], e)
+        tries[0] = await _net_fail(ctx, tries[0], e)
         return None
     tries[1] = 0
     return r
 
 
-def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
+async def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
     # The hot loop: one block at a time from the response into the hash and the flash. Only
     # whole blocks are written (writeblocks erases first); the last one is padded with 0xFF.
     # A block allocates nothing (tests/test_ota_stream.py runs this under heap_lock); only the
     # offset checkpoint every _SAVE_EVERY blocks, a due progress report and ctx.check()'s
-    # periodic MQTT read do.
+    # periodic MQTT read do. Between two blocks it yields to the event loop (ctx.tick()).
     st = ctx.state
     n_since_save = 0
     while off < size:
@@ -359,20 +366,20 @@ def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
             st["off"] = off
             ctx.save()
         if ctx.progress_due():
-            ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
-        ctx.check()
+            await ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
+        await ctx.tick()
         if not gz and off < size and ctx.checkin_due():
             break  # the caller closes the response and checks in
     return off
 
 
-def _net_fail(ctx, fails, e):
+async def _net_fail(ctx, fails, e):
     fails += 1
     if fails > _NET_RETRIES:
         raise Failed("download failed %d times in a row: %r" % (fails, e))
     ms = min(1000 << fails, 30000)
     ctx.log("download: %r, retry %d in %d ms" % (e, fails, ms), "warning")
-    ctx.board.sleep_ms(ms // 2 + ctx.board.rand(ms // 2))
+    await ctx.sleep(ms // 2 + ctx.board.rand(ms // 2))
     return fails
 
 
@@ -383,10 +390,10 @@ def _erase_head(ctx):
         pass
 
 
-def _delta(ctx, doc):
+async def _delta(ctx, doc):
     from iotjobs import delta
 
-    return delta.step(ctx, doc)
+    return await delta.step(ctx, doc)
 
 
 def _read(path):

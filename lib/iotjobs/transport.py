@@ -4,10 +4,17 @@
 # Link is the connectivity layer: it reconnects with exponential backoff and full jitter and
 # lets its owner resubscribe after every new connection.
 #
+# Under asyncio (the agent is a task in the application): poll(0) never waits for a message
+# (the agent looks at the socket between yields to the event loop), Link.ensure() waits out
+# its backoff with asyncio.sleep_ms. What still holds the loop: the TCP connect and TLS
+# handshake of a new session, and reading the rest of a packet whose first byte has come
+# (bounded by timeout_ms).
+#
 # umqtt.simple is used as shipped (PyPI 1.3.4 on the Unix port, the copy frozen into official
 # ESP32 firmware on a board), so everything here goes through what every version has:
 # MQTTClient(..., ssl=True, ssl_params=...), connect(), subscribe(), publish(qos=0),
 # wait_msg(), ping(), and the `sock` attribute.
+import asyncio
 import time
 
 from micropython import const
@@ -355,17 +362,20 @@ class Link:
         self.attempts = 0
         self.connects = 0
         self.paused = False
+        self.hold = None  # a block kept for the first session's objects (iotjobs.app), dropped
         self.on_fail = None  # on_fail(e) after each failed connect (the agent's memory check)
 
     def set_on_connect(self, fn):
         self._on_connect = fn
 
-    def ensure(self):
-        # Returns a connected Transport, trying until it gets one (and ends a pause).
+    async def ensure(self):
+        # Returns a connected Transport, trying until it gets one (and ends a pause); the
+        # backoff between tries yields to the event loop.
         self.paused = False
         backoff = self._min
         while self.t is None:
             t = self._factory()
+            self.hold = None
             try:
                 self.attempts += 1
                 t.connect()
@@ -380,7 +390,7 @@ class Link:
                 if self._log:
                     why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
                     self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
-                self._sleep(wait)
+                await self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
 
@@ -406,11 +416,14 @@ class Link:
 
         return random.getrandbits(30) % n
 
-    def _sleep(self, ms):
-        if self._board is not None:
-            self._board.sleep_ms(ms)
-        else:
-            time.sleep_ms(ms)
+    async def _sleep(self, ms):
+        b = self._board
+        while ms > 0:
+            if b is not None:
+                b.feed()
+            n = ms if ms < 500 else 500
+            await asyncio.sleep_ms(n)
+            ms -= n
 
 
 def _close(sock):
