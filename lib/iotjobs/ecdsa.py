@@ -99,16 +99,29 @@ async def verify(pub, digest, sig):
     if len(digest) != 32:
         return False
     e = int.from_bytes(digest, "big")
-    w = pow(s, _N - 2, _N)
+    w = await _inverse(s, _N)
     u1 = e * w % _N
     u2 = r * w % _N
-    await asyncio.sleep_ms(0)
     X, Y, Z = await _shamir(u1, u2, pub)
     if Z == 0:
         return False
-    zi = pow(Z, _P - 2, _P)
+    zi = await _inverse(Z, _P)
     x = X * zi * zi % _P
     return x % _N == r
+
+
+async def _inverse(x, m):
+    # x^(m-2) mod m (m prime), square and multiply with a yield every 16 bits: pow() would
+    # hold the loop for the whole exponentiation (~0.5 ms here, tens of ms on a board).
+    e = m - 2
+    r = 1
+    for i in range(255, -1, -1):
+        r = r * r % m
+        if e >> i & 1:
+            r = r * x % m
+        if not i & 15:
+            await asyncio.sleep_ms(0)
+    return r
 
 
 def _double(X, Y, Z):

@@ -31,7 +31,11 @@ each row names the command that made it and the figure it replaced:
 - ECDSA P-256 verify time on the Unix port;
 - delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap;
 - memory per job type and board profile (jobsctl.bench_memory): GC-heap and IDF-heap
-  high-water marks and headroom on the simulated board's memory model.
+  high-water marks and headroom on the simulated board's memory model, also with the example
+  sensor application running beside the agent (``+sensor``);
+- the agent as a guest in the application (jobsctl.bench_guest): a full signed OTA job beside
+  the example sensor: lateness of its 100 ms tick, readings lost, the longest stretch the loop
+  is held without a yield, and the agent's pieces of work between two yields timed alone.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_delta, bench_memory, bench_service, image, otajob
-from .boardmodel import PROFILES
+from . import bench_delta, bench_guest, bench_memory, bench_service, image, otajob
+from .boardmodel import DEFAULT, PROFILES
 from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
 from .errors import JobsctlError
 from .pki import CertificateAuthority
@@ -777,13 +781,22 @@ def table(rows: list[Row], before: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def bench_guest_rows(tmp: Path, runs: int, rows: list[Row]) -> None:
+    """The agent as a guest in the example sensor application (jobsctl.bench_guest)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rs, pieces = bench_guest.run(tmp, runs)
+    for a, b, c in bench_guest.rows(rs, DEFAULT, pieces):
+        command(a, "`python -m jobsctl.bench_guest`")
+        rows.append((a, b, c))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobsctl.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, 100 service devices")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet", "delta"],
+        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet", "delta", "guest"],
         action="append",
         help="run only these benchmarks (repeatable; default: all)",
     )
@@ -804,6 +817,7 @@ def main(argv: list[str] | None = None) -> int:
                 "streams": lambda: bench_streams(tmp / "streams", runs, rows),
                 "fleet": lambda: bench_fleet(sizes, 300.0, rounds, rows),
                 "delta": lambda: bench_delta.run(tmp / "delta", runs, rows),
+                "guest": lambda: bench_guest_rows(tmp / "guest", 3 if runs > 2 else 1, rows),
             }
             for name, step in steps.items():
                 if args.only and name not in args.only:

@@ -33,7 +33,20 @@ from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
 from .stack import Stack
 
-JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "ota-stream-1MiB", "ota-delta-1MiB", "bundle")
+JOBS = (
+    "reboot",
+    "config",
+    "ota-1MiB",
+    "ota-1.5MiB",
+    "ota-stream-1MiB",
+    "ota-delta-1MiB",
+    "bundle",
+    "config+sensor",
+    "ota-1MiB+sensor",
+)
+# A job name ending in SENSOR: the board runs the example application (examples/sensor, its
+# asyncio task beside the agent's, publishing through the agent's session) during the job.
+SENSOR = "+sensor"
 GOAL = 0.15
 SLOT = 0x180000  # the OTA slot of the simulated board (1.5 MiB)
 APP_V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
@@ -141,9 +154,14 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
     for fname, data in APP_V1.items():
         (app / fname).write_bytes(data)
     (app / ".version").write_text("app-1")
+    if job.endswith(SENSOR):
+        from .device import ROOT
+
+        for f in (ROOT / "examples" / "sensor").glob("*.py"):
+            shutil.copy(f, app / f.name)
     report = board / "mem.jsonl"
     report.unlink(missing_ok=True)
-    doc, extra = _document(stack, job, signing, board)
+    doc, extra = _document(stack, job.removesuffix(SENSOR), signing, board)
     dev = DeviceProcess(board, profile=profile, mem_report=report, frozen=frozen)
     try:
         dev.start()
