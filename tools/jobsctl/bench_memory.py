@@ -145,7 +145,7 @@ def _document(
 
 def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = False) -> Measure:
     """One fresh board of ``profile`` takes ``job``; its memory report, read after power-off."""
-    name = f"mem-{profile}-{job.replace('.', '_')}{'-frozen' if frozen else ''}"
+    name = f"mem-{profile}-{job.replace('.', '_').replace('+', '-')}{'-frozen' if frozen else ''}"
     stack.create_thing(name)
     board = setup_board(stack.state_dir, name, partition_size=SLOT, extra={"ota_key_file": "k.pem"})
     shutil.copy(image.public_key_path(signing), board / "k.pem")
