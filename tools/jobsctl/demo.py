@@ -72,7 +72,9 @@ class Board:
     reason: str = ""
     # (seconds since the job was created, state) each time the state changes.
     timeline: list[tuple[float, str]] = field(default_factory=list)
-    # Seconds since the job was created at which a reading of the board's sensor arrived.
+    # When a reading of the board's sensor arrived (time.monotonic()).
+    arrived: list[float] = field(default_factory=list)
+    # The same in seconds since the job was created (negative: before it), set by the demo.
     readings: list[float] = field(default_factory=list)
 
     def gap(self) -> float:
@@ -262,6 +264,12 @@ class Demo:
             b.process.start()
         for b in self.boards:
             b.process.wait_for("no pending job", timeout=60)
+        # The sensors publish before the job too: the picture shows readings, the gap, readings.
+        self.phase = "waiting for the sensors' first readings"
+        until = time.monotonic() + 15
+        while time.monotonic() < until and not all(len(b.arrived) >= 2 for b in self.boards):
+            self._changed()
+            time.sleep(0.25)  # refresh rate of the live view, not synchronisation
         self._changed()
 
     def _console(self, name: str, log: Any) -> Callable[[str], None]:
@@ -303,8 +311,9 @@ class Demo:
             name = msg.topic.split("/")[1]
             with self._lock:
                 board = next((b for b in self.boards if b.name == name), None)
-                if board is not None and self.job_id:
-                    board.readings.append(self.elapsed)
+                if board is not None:
+                    board.arrived.append(time.monotonic())
+                    board.readings = [t - self.t0 for t in board.arrived]
 
         c.on_message = on_message
         c.connect("localhost", self.stack.mqtt_port)
@@ -351,6 +360,7 @@ class Demo:
             for b in self.boards:
                 b.status = "waiting"
                 b.mark(0.0, "waiting")
+                b.readings = [t - self.t0 for t in b.arrived]
         iot.create_job(**params)
         self._created = time.monotonic()
         self._changed()
@@ -441,8 +451,10 @@ class Demo:
             points = [*b.timeline, (end, "")]
             for (t, state), (t_next, _) in itertools.pairwise(points):
                 ax.barh(row, max(t_next - t, 0.01), left=t, color=COLOURS.get(state, "#cccccc"))
-            # Each reading of the board's sensor: a tick on its bar (a gap = no readings).
+            # Each reading of the board's sensor: a tick on its row (a gap = no readings).
             ax.plot(b.readings, [row] * len(b.readings), "|", color="black", markersize=9)
+        first = min((t for b in self.boards for t in b.readings), default=0.0)
+        ax.set_xlim(left=min(0.0, first) - 0.2)
         ax.set_yticks(range(len(self.boards)), [b.name for b in reversed(self.boards)])
         ax.set_xlabel("seconds since the job was created")
         ax.set_title(f"{self.job_id}: {self.count} devices (ticks: sensor readings)")
