@@ -8,6 +8,7 @@ from iotjobs.agent import Canceled, Failed, Rejected, _diff, _too_big, _TooBig
 from micropython import const
 
 _CHECK_EVERY_MS = const(200)
+_IO_MS = const(10)  # how often a download with nothing to read looks again
 
 
 class Context:
@@ -78,6 +79,12 @@ class Context:
             if a.stale or not a.pump():
                 return self._resync()
         return asyncio.sleep_ms(0)
+
+    def io_wait(self):
+        # What a download loop awaits while its socket has nothing to read: a short sleep
+        # (the application runs), the watchdog fed. Allocates nothing.
+        self.board.feed()
+        return asyncio.sleep_ms(_IO_MS)
 
     async def check(self):
         # Call often from long work: feeds the watchdog, reads MQTT, raises Canceled when the

@@ -347,6 +347,9 @@ async def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
     st = ctx.state
     n_since_save = 0
     while off < size:
+        if not gz:
+            while not r.ready():  # the network's wait yields to the loop (a stall: timeout_ms)
+                await ctx.io_wait()
         want = min(_BLOCK, size - off)
         if r.readinto(buf, want) != want:  # fills want bytes or raises (iotjobs.http)
             if gz:

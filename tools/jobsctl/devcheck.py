@@ -39,6 +39,8 @@ _STUB_NOISE = ["_mpy_shed.*", "hashlib", "micropython", "machine", "network", "u
 HOT_PATHS = (
     ("iotjobs/ota.py", "_stream"),
     ("iotjobs/http.py", "Response.readinto"),
+    ("iotjobs/http.py", "Response.ready"),
+    ("iotjobs/context.py", "Context.io_wait"),
     ("iotjobs/context.py", "Context.progress_due"),
     ("iotjobs/context.py", "Context.check_due"),
     ("iotjobs/context.py", "Context.tick"),
