@@ -131,27 +131,64 @@ class Board:
 
     # ---- firmware slots
 
-    def running_partition(self):
+    def running_slot(self):
         import esp32
 
-        return esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+        return Slot(esp32.Partition(esp32.Partition.RUNNING))  # type: ignore[arg-type]
 
-    def next_partition(self):
-        return self.running_partition().get_next_update()
-
-    def confirm_image(self):
+    def update_slot(self, label=None):
+        # The slot an update goes into: the one after the running slot, or the one labelled
+        # label (what a job persisted, across resets).
+        if label is None:
+            return Slot(self.running_slot()._p.get_next_update())
         import esp32
 
-        esp32.Partition.mark_app_valid_cancel_rollback()
+        return Slot(esp32.Partition(label))
 
     def firmware_version(self):
         # The version string of the running image's app descriptor (what `esptool image-info`
         # shows); "unknown" for an image without one.
         try:
-            p = self.running_partition()
+            s = self.running_slot()
         except Exception:
             return "unknown"
-        return app_version(p)
+        return app_version(s)
+
+
+class Slot:
+    # One app slot (an esp32.Partition) as the handlers use it, so that only this module knows
+    # the partition API. Blocks are read and written with the firmware's own methods (bound
+    # once here: a download's hot loop calls them with no frame in between); writeblocks
+    # erases before it programs.
+    def __init__(self, part):
+        self._p = part
+        i = part.info()
+        self.size = i[3]
+        self.label = i[4]
+        self.readblocks = part.readblocks
+        self.writeblocks = part.writeblocks
+
+    def erase(self):
+        # The first block only: what makes a partial or refused image unbootable. Best effort.
+        try:
+            self._p.ioctl(6, 0)
+        except OSError:
+            pass
+
+    def activate(self):
+        # Boots this slot next, once, pending confirmation; OSError when the bootloader would
+        # refuse the image (ESP-IDF checks its header, checksum and appended hash).
+        self._p.set_boot()
+
+    def confirm(self):
+        # The running image stays: no rollback at the next reset.
+        import esp32
+
+        esp32.Partition.mark_app_valid_cancel_rollback()
+
+    def rollback(self):
+        # On the running slot: the other slot (the previous image) boots next.
+        self._p.get_next_update().set_boot()
 
 
 def app_version(part):

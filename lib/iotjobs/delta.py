@@ -75,9 +75,9 @@ def check_base(ctx, d):
     # Before anything is downloaded: is the running image the patch's base?
     from iotjobs import ota
 
-    part = ctx.board.running_partition()
+    part = ctx.board.running_slot()
     n = d["base_size"]
-    if n > part.info()[3]:
+    if n > part.size:
         raise Rejected("delta base of %d bytes is larger than the running slot" % n)
     buf = bytearray(_BLOCK)
     h = ota._rehash(part, buf, n)  # the whole blocks
@@ -96,7 +96,7 @@ def step(ctx, doc):
 
     st = ctx.state
     out = ota._slot(ctx)
-    limit, keyed = out.info()[3], bool(ctx.config.get("ota_key_file"))
+    limit, keyed = out.size, bool(ctx.config.get("ota_key_file"))
     job = ota.parse(doc, limit, keyed)
     try:
         st["sha256"] = _apply(ctx, job, out, limit, keyed)
@@ -122,7 +122,7 @@ def _apply(ctx, job, out, limit, keyed):
     size = job["size"]
     src = {"url": d["url"]}
     ob = bytearray(_BLOCK)
-    p = Patcher(ctx.board.running_partition(), out, d["base_size"], size, d["size"], ob)
+    p = Patcher(ctx.board.running_slot(), out, d["base_size"], size, d["size"], ob)
     tries = [0, 0]
     while True:
         ck = ctx.state.get("ck")  # the last checkpoint, if any

@@ -179,15 +179,15 @@ def _name(s):
 def handle(ctx, doc):
     st = ctx.state
     if "step" not in st:
-        slot = ctx.board.next_partition()
-        job = check(ctx, doc, slot.info()[3])
+        slot = ctx.board.update_slot()
+        job = check(ctx, doc, slot.size)
         st["step"] = "download"
         if "delta" in job:
             from iotjobs import delta
 
             delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
             st["step"] = "delta"
-        st["slot"] = slot.info()[4]
+        st["slot"] = slot.label
         st["off"] = 0
         st["old"] = ctx.board.firmware_version()
         ctx.save()
@@ -218,16 +218,14 @@ def handle(ctx, doc):
 
 
 def _slot(ctx):
-    import esp32
-
-    return esp32.Partition(ctx.state["slot"])
+    return ctx.board.update_slot(ctx.state["slot"])
 
 
 def _download(ctx, doc):
     st = ctx.state
     b = ctx.board
     slot = _slot(ctx)
-    limit, keyed = slot.info()[3], bool(ctx.config.get("ota_key_file"))
+    limit, keyed = slot.size, bool(ctx.config.get("ota_key_file"))
     job = parse(doc, limit, keyed)
     size = job["size"]
     buf = bytearray(_BLOCK)
@@ -377,10 +375,7 @@ def _net_fail(ctx, fails, e):
 
 
 def _erase_head(ctx):
-    try:
-        _slot(ctx).ioctl(6, 0)
-    except OSError:
-        pass
+    _slot(ctx).erase()
 
 
 def _delta(ctx, doc):

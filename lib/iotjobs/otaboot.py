@@ -10,7 +10,7 @@ def verify(ctx, doc):
     st = ctx.state
     ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     slot = _slot(ctx)
-    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+    job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     digest = bytes.fromhex(st["sha256"])
     if job["sha256"] is not None and job["sha256"] != digest:
         return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
@@ -87,7 +87,7 @@ def activate(ctx, doc):
     # checksum or appended hash) and makes the slot boot next, once, pending verification.
     st = ctx.state
     try:
-        _slot(ctx).set_boot()
+        _slot(ctx).activate()
     except OSError as e:
         return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
     st["step"] = "booting"
@@ -109,13 +109,13 @@ def booting(ctx, doc):
     # rolled back by itself because the image did not come up.
     st = ctx.state
     b = ctx.board
-    running = b.running_partition().info()[4]
-    if running != st["slot"]:
+    running = b.running_slot()
+    if running.label != st["slot"]:
         raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
     ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
     reason = self_test(ctx)
     if reason is None:
-        b.confirm_image()
+        running.confirm()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
         details["updatedBy"] = st["old"]
         sv = st.get("sv", 0)
@@ -134,7 +134,7 @@ def booting(ctx, doc):
     st["reason"] = reason
     st["step"] = "rolledback"
     ctx.save()
-    b.running_partition().get_next_update().set_boot()
+    running.rollback()
     ctx.reboot({"step": "rolling back", "reason": reason})
     return "rolledback"  # not reached on a board
 

@@ -26,7 +26,7 @@ def floor(board):
     from iotjobs.board import app_secure_version
 
     n = _stored()
-    running = app_secure_version(board.running_partition())
+    running = app_secure_version(board.running_slot())
     return running if running > n else n
 
 
