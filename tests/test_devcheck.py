@@ -86,11 +86,11 @@ def test_a_renamed_hot_function_is_reported_not_skipped(tmp_path):
 
     lib = tmp_path / "lib"
     shutil.copytree(dc.ROOT / "lib", lib)
-    ota = lib / "iotjobs" / "ota.py"
-    ota.write_text(
-        ota.read_text().replace("def _stream(", "def _stream2(").replace("_stream(", "_stream2(")
+    fetch = lib / "iotjobs" / "fetch.py"
+    fetch.write_text(
+        fetch.read_text().replace("def blocks(", "def blocks2(").replace("blocks(", "blocks2(")
     )
-    assert any("hot path _stream not found" in p for p in dc.hot_imports(lib))
+    assert any("hot path blocks not found" in p for p in dc.hot_imports(lib))
 
 
 def test_only_the_listed_rare_path_loader_may_import_under_a_hot_path(tmp_path):

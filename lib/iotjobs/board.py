@@ -204,6 +204,12 @@ def app_version(part):
     return (raw if end < 0 else raw[:end]).decode()
 
 
+def read(path):
+    # A file's bytes (certificates, keys): the one reader the library has.
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def nomem(e):
     # Whether opening a session failed for want of memory: MemoryError (GC heap), ENOMEM (no
     # room for the record buffers) or an mbedTLS allocation failure in the handshake.

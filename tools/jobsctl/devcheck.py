@@ -37,7 +37,7 @@ _STUB_NOISE = ["_mpy_shed.*", "hashlib", "micropython", "machine", "network", "u
 # lookup per block on a board. Rare paths they reach through other objects (a checkpoint, a
 # progress report, a describe) are not followed.
 HOT_PATHS = (
-    ("iotjobs/ota.py", "_stream"),
+    ("iotjobs/fetch.py", "blocks"),
     ("iotjobs/http.py", "Response.readinto"),
     ("iotjobs/agent.py", "Context.progress_due"),
     ("iotjobs/agent.py", "Context.check"),
