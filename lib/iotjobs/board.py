@@ -8,8 +8,6 @@ import time
 
 from micropython import const
 
-_DESC_OFFSET = const(0x20)  # esp_app_desc_t: after the 24-byte image and 8-byte segment header
-_DESC_MAGIC = const(0xABCD5432)
 _WIFI_WAIT_MS = const(30000)
 _FEED_SLICE_MS = const(500)
 # What one TLS client session takes from the ESP-IDF heap (mbedTLS allocates there, not from the
@@ -129,79 +127,35 @@ class Board:
 
         ntptime.settime()
 
-    # ---- firmware slots
+    # ---- firmware slots: iotjobs.slot.Slot objects (that module is loaded with the first one)
 
     def running_slot(self):
         import esp32
+        from iotjobs.slot import Slot
 
         return Slot(esp32.Partition(esp32.Partition.RUNNING))  # type: ignore[arg-type]
 
     def update_slot(self, label=None):
         # The slot an update goes into: the one after the running slot, or the one labelled
         # label (what a job persisted, across resets).
-        if label is None:
-            return Slot(self.running_slot()._p.get_next_update())
         import esp32
+        from iotjobs.slot import Slot
 
+        if label is None:
+            p = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+            return Slot(p.get_next_update())
         return Slot(esp32.Partition(label))
 
     def firmware_version(self):
         # The version string of the running image's app descriptor (what `esptool image-info`
         # shows); "unknown" for an image without one.
+        from iotjobs.slot import app_version
+
         try:
             s = self.running_slot()
         except Exception:
             return "unknown"
         return app_version(s)
-
-
-class Slot:
-    # One app slot (an esp32.Partition) as the handlers use it, so that only this module knows
-    # the partition API. Blocks are read and written with the firmware's own methods (bound
-    # once here: a download's hot loop calls them with no frame in between); writeblocks
-    # erases before it programs.
-    def __init__(self, part):
-        self._p = part
-        i = part.info()
-        self.size = i[3]
-        self.label = i[4]
-        self.readblocks = part.readblocks
-        self.writeblocks = part.writeblocks
-
-    def erase(self):
-        # The first block only: what makes a partial or refused image unbootable. Best effort.
-        try:
-            self._p.ioctl(6, 0)
-        except OSError:
-            pass
-
-    def activate(self):
-        # Boots this slot next, once, pending confirmation; OSError when the bootloader would
-        # refuse the image (ESP-IDF checks its header, checksum and appended hash).
-        self._p.set_boot()
-
-    def confirm(self):
-        # The running image stays: no rollback at the next reset.
-        import esp32
-
-        esp32.Partition.mark_app_valid_cancel_rollback()
-
-    def rollback(self):
-        # On the running slot: the other slot (the previous image) boots next.
-        self._p.get_next_update().set_boot()
-
-
-def app_version(part):
-    # Reads the header and the descriptor's version only (80 bytes, not a whole block).
-    buf = bytearray(_DESC_OFFSET + 48)
-    part.readblocks(0, buf, 0)
-    magic = buf[_DESC_OFFSET] | buf[_DESC_OFFSET + 1] << 8
-    magic |= buf[_DESC_OFFSET + 2] << 16 | buf[_DESC_OFFSET + 3] << 24
-    if buf[0] != 0xE9 or magic != _DESC_MAGIC:
-        return "unknown"
-    raw = bytes(buf[_DESC_OFFSET + 16 :])
-    end = raw.find(b"\0")
-    return (raw if end < 0 else raw[:end]).decode()
 
 
 def read(path):
@@ -220,16 +174,3 @@ def nomem(e):
         return True
     c = -c if c < 0 else 0
     return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO
-
-
-def app_secure_version(part):
-    # The descriptor's secure_version (anti-rollback counter); 0 without a descriptor.
-    buf = bytearray(_DESC_OFFSET + 8)
-    part.readblocks(0, buf, 0)
-    d = _DESC_OFFSET
-    if (
-        buf[0] != 0xE9
-        or buf[d] | buf[d + 1] << 8 | buf[d + 2] << 16 | buf[d + 3] << 24 != _DESC_MAGIC
-    ):
-        return 0
-    return buf[d + 4] | buf[d + 5] << 8 | buf[d + 6] << 16 | buf[d + 7] << 24

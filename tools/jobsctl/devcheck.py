@@ -58,7 +58,7 @@ RARE_PATHS = (("iotjobs/agent.py", "_rare"),)
 # The hardware comes in through the board object (HACKING.md): only these device files may
 # import the firmware's ``esp32`` module, each for a reason (file under lib/ or the root).
 ESP32_IMPORTERS = {
-    "iotjobs/board.py": "the platform seam: app slots (Slot), the IDF heap figures",
+    "iotjobs/board.py": "the platform seam: app partitions (iotjobs.slot wraps them), IDF heap",
     "iotjobs/secver.py": "the anti-rollback counter in NVS, which no slot holds",
 }
 
