@@ -36,7 +36,7 @@ def otadata(board: Path) -> dict:
 
 
 WRITE = """
-from iotjobs.slot import app_version
+from iotjobs.board import app_version
 p = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
 data = open({path!r}, "rb").read()
 buf = bytearray(4096)
@@ -62,7 +62,7 @@ def write_image(power_on, board: Path, data: bytes) -> str:
 
 def test_partitions_report_labels_sizes_and_the_running_version(power_on):
     out = power_on(
-        "from iotjobs.slot import app_version\n"
+        "from iotjobs.board import app_version\n"
         "r = esp32.Partition(esp32.Partition.RUNNING)\n"
         "print(r.info()[4], r.get_next_update().info()[4], r.info()[3], app_version(r),"
         " r.ioctl(4), r.ioctl(5), len(esp32.Partition.find(esp32.Partition.TYPE_APP)))"

@@ -8,6 +8,8 @@ import time
 
 from micropython import const
 
+_DESC_OFFSET = const(0x20)  # esp_app_desc_t: after the 24-byte image and 8-byte segment header
+_DESC_MAGIC = const(0xABCD5432)
 _WIFI_WAIT_MS = const(30000)
 _FEED_SLICE_MS = const(500)
 # What one TLS client session takes from the ESP-IDF heap (mbedTLS allocates there, not from the
@@ -149,19 +151,26 @@ class Board:
     def firmware_version(self):
         # The version string of the running image's app descriptor (what `esptool image-info`
         # shows); "unknown" for an image without one.
-        from iotjobs.slot import app_version
+        import esp32
 
         try:
-            s = self.running_slot()
+            p = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
         except Exception:
             return "unknown"
-        return app_version(s)
+        return app_version(p)
 
 
-def read(path):
-    # A file's bytes (certificates, keys): the one reader the library has.
-    with open(path, "rb") as f:
-        return f.read()
+def app_version(part):
+    # Reads the header and the descriptor's version only (80 bytes, not a whole block).
+    buf = bytearray(_DESC_OFFSET + 48)
+    part.readblocks(0, buf, 0)
+    magic = buf[_DESC_OFFSET] | buf[_DESC_OFFSET + 1] << 8
+    magic |= buf[_DESC_OFFSET + 2] << 16 | buf[_DESC_OFFSET + 3] << 24
+    if buf[0] != 0xE9 or magic != _DESC_MAGIC:
+        return "unknown"
+    raw = bytes(buf[_DESC_OFFSET + 16 :])
+    end = raw.find(b"\0")
+    return (raw if end < 0 else raw[:end]).decode()
 
 
 def nomem(e):
@@ -174,3 +183,22 @@ def nomem(e):
         return True
     c = -c if c < 0 else 0
     return c & 0xFF80 in _NOMEM_HI or c & 0x7F in _NOMEM_LO
+
+
+def app_secure_version(part):
+    # The descriptor's secure_version (anti-rollback counter); 0 without a descriptor.
+    buf = bytearray(_DESC_OFFSET + 8)
+    part.readblocks(0, buf, 0)
+    d = _DESC_OFFSET
+    if (
+        buf[0] != 0xE9
+        or buf[d] | buf[d + 1] << 8 | buf[d + 2] << 16 | buf[d + 3] << 24 != _DESC_MAGIC
+    ):
+        return 0
+    return buf[d + 4] | buf[d + 5] << 8 | buf[d + 6] << 16 | buf[d + 7] << 24
+
+
+def read(path):
+    # A file's bytes (certificates, keys): the one reader the library has.
+    with open(path, "rb") as f:
+        return f.read()

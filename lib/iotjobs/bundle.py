@@ -11,7 +11,7 @@
 from iotjobs import appswap
 from iotjobs.agent import Failed
 from iotjobs.fetch import net_fail, open_url
-from iotjobs.ota import check, parse
+from iotjobs.ota import check, parse, run
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
@@ -26,12 +26,11 @@ def handle(ctx, doc):
         st["step"] = "download"
         st["old"] = appswap.version(app)
         ctx.save()
-    while True:
-        result = _STEPS[st["step"]](ctx, doc, app)
-        if isinstance(result, dict):
-            return result
-        st["step"] = result
-        ctx.save()
+    return run(ctx, doc, _step)
+
+
+def _step(ctx, doc, name):
+    return _STEPS[name](ctx, doc, ctx.config["app_dir"])
 
 
 def _download(ctx, doc, app):

@@ -188,23 +188,19 @@ def handle(ctx, doc):
         st["off"] = 0
         st["old"] = ctx.board.firmware_version()
         ctx.save()
+    return run(ctx, doc, _step)
+
+
+def run(ctx, doc, step):
+    # The update handlers' step runner (ota, bundle): step(ctx, doc, name) runs the persisted
+    # step ctx.state["step"] and returns the next one's name (saved before it runs: a reset
+    # anywhere continues from there) or the job's details (a dict).
+    st = ctx.state
     while True:
-        step = st["step"]
-        ctx.log("step " + step)  # the console's record of where a job got to
+        name = st["step"]
+        ctx.log("step " + name)  # the console's record of where a job got to
         mods = list(sys.modules)
-        try:
-            # The steps after the download are iotjobs.otaboot's, imported when reached (and
-            # unloaded after, below): the download runs without their code in the heap.
-            if step == "download":
-                result = _download(ctx, doc)
-            elif step == "delta":
-                result = _delta(ctx, doc)
-            else:
-                result = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
-        except Exception:
-            if step in ("download", "verify", "delta"):
-                _erase_head(ctx)  # leave no partial image behind
-            raise
+        result = step(ctx, doc, name)
         # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
         # next step connects MQTT again.
         _forget(mods)
@@ -212,6 +208,21 @@ def handle(ctx, doc):
             return result
         st["step"] = result
         ctx.save()
+
+
+def _step(ctx, doc, step):
+    try:
+        if step == "download":
+            return _download(ctx, doc)
+        if step == "delta":
+            return _delta(ctx, doc)
+        # The steps after the download are iotjobs.otaboot's, imported when reached (and
+        # unloaded after, run()): the download runs without their code in the heap.
+        return getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
+    except Exception:
+        if step in ("download", "verify", "delta"):
+            _erase_head(ctx)  # leave no partial image behind
+        raise
 
 
 def _slot(ctx):

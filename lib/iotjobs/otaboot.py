@@ -18,7 +18,7 @@ def verify(ctx, doc):
     why = check_signature(ctx, job["sig"], digest, details)
     if why:
         return _fail_before_boot(ctx, why)
-    from iotjobs.slot import app_version
+    from iotjobs.board import app_version
 
     new = app_version(slot)
     if job["version"] is not None and new != job["version"]:

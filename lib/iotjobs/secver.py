@@ -23,7 +23,7 @@ def _stored():
 
 def floor(board):
     # -> the lowest secure_version this device accepts; raises OSError when NVS cannot be read.
-    from iotjobs.slot import app_secure_version
+    from iotjobs.board import app_secure_version
 
     n = _stored()
     running = app_secure_version(board.running_slot())
@@ -45,8 +45,8 @@ def check(ctx, job, slot):
     # The image's secure_version against the floor, after the signature (a descriptor is only
     # believed once the image is known to be genuine). Returns when the image may be booted.
     from iotjobs.agent import Rejected
+    from iotjobs.board import app_secure_version
     from iotjobs.otaboot import _fail_before_boot
-    from iotjobs.slot import app_secure_version
 
     new = app_secure_version(slot)
     ctx.state["sv"] = new

@@ -1,10 +1,5 @@
 # An app slot (an esp32.Partition, which only iotjobs.board creates) as the update handlers use
-# it, and the app descriptor in an image's header. Loaded with the first slot a job asks the
-# board for, and unloaded with the job's code.
-from micropython import const
-
-_DESC_OFFSET = const(0x20)  # esp_app_desc_t: after the 24-byte image and 8-byte segment header
-_DESC_MAGIC = const(0xABCD5432)
+# it. Loaded with the first slot a job asks the board for, and unloaded with the job's code.
 
 
 class Slot:
@@ -39,29 +34,3 @@ class Slot:
     def rollback(self):
         # On the running slot: the other slot (the previous image) boots next.
         self._p.get_next_update().set_boot()
-
-
-def app_version(part):
-    # Reads the header and the descriptor's version only (80 bytes, not a whole block).
-    buf = bytearray(_DESC_OFFSET + 48)
-    part.readblocks(0, buf, 0)
-    magic = buf[_DESC_OFFSET] | buf[_DESC_OFFSET + 1] << 8
-    magic |= buf[_DESC_OFFSET + 2] << 16 | buf[_DESC_OFFSET + 3] << 24
-    if buf[0] != 0xE9 or magic != _DESC_MAGIC:
-        return "unknown"
-    raw = bytes(buf[_DESC_OFFSET + 16 :])
-    end = raw.find(b"\0")
-    return (raw if end < 0 else raw[:end]).decode()
-
-
-def app_secure_version(part):
-    # The descriptor's secure_version (anti-rollback counter); 0 without a descriptor.
-    buf = bytearray(_DESC_OFFSET + 8)
-    part.readblocks(0, buf, 0)
-    d = _DESC_OFFSET
-    if (
-        buf[0] != 0xE9
-        or buf[d] | buf[d + 1] << 8 | buf[d + 2] << 16 | buf[d + 3] << 24 != _DESC_MAGIC
-    ):
-        return 0
-    return buf[d + 4] | buf[d + 5] << 8 | buf[d + 6] << 16 | buf[d + 7] << 24
