@@ -65,6 +65,11 @@ class Board:
 
         return random.getrandbits(30) % n if n > 0 else 0
 
+    def jitter(self, ms):
+        # A retry's wait for a backoff of ms: half of it, plus up to the other half at random,
+        # so that devices that failed together do not retry together (agent, link, downloads).
+        return ms // 2 + self.rand(ms // 2 + 1)
+
     def reset(self):
         import machine
 

@@ -139,7 +139,7 @@ def net_fail(ctx, fails, e):
         raise Failed("download failed %d times in a row: %r" % (fails, e))
     ms = min(1000 << fails, 30000)
     ctx.log("download: %r, retry %d in %d ms" % (e, fails, ms), "warning")
-    ctx.board.sleep_ms(ms // 2 + ctx.board.rand(ms // 2))
+    ctx.board.sleep_ms(ctx.board.jitter(ms))
     return fails
 
 
