@@ -377,7 +377,7 @@ def either(ctx, job, slot, h, buf, tail, off, reparse):
     # A job with a stream (and maybe a URL): the device config's ota_protocol first ("mqtt"
     # unless it says "http"), the other once if that fails, from the last persisted block.
     # -> (size, hash).
-    from iotjobs import fetch
+    from iotjobs.fetch import rehash, to_slot
 
     st = ctx.state
     order = ("HTTP", "MQTT") if ctx.config.get("ota_protocol") == "http" else ("MQTT", "HTTP")
@@ -388,7 +388,7 @@ def either(ctx, job, slot, h, buf, tail, off, reparse):
         try:
             if st["proto"] == "MQTT":
                 return download(ctx, job, slot, h, buf, tail, off, job["size"]), h
-            return fetch.to_slot(ctx, job, slot, h, buf, tail, off, reparse)
+            return to_slot(ctx, job, slot, h, buf, tail, off, reparse)
         except (Failed, OSError) as e:
             other = [p for p in protos if p != st["proto"]]
             if not other or st.get("fell"):
@@ -398,7 +398,7 @@ def either(ctx, job, slot, h, buf, tail, off, reparse):
             st["fell"] = True
             ctx.save()
             off = st["off"]
-            h = fetch.rehash(slot, buf, off)
+            h = rehash(slot, buf, off)
 
 
 def download(ctx, job, slot, h, buf, tail, off, size):
