@@ -174,21 +174,29 @@ def _name(s):
 
 
 def handle(ctx, doc):
-    st = ctx.state
-    if "step" not in st:
-        slot = ctx.board.update_slot()
-        job = check(ctx, doc, slot.size)
-        st["step"] = "download"
-        if "delta" in job:
-            from iotjobs import delta
-
-            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
-            st["step"] = "delta"
-        st["slot"] = slot.label
-        st["off"] = 0
-        st["old"] = ctx.board.firmware_version()
-        ctx.save()
+    if "step" not in ctx.state:
+        # The checks' code (iotjobs.slot, a delta's base check) and objects go before the
+        # first step, like a step's (run).
+        mods = list(sys.modules)
+        _begin(ctx, doc)
+        _forget(mods)
     return run(ctx, doc, _step)
+
+
+def _begin(ctx, doc):
+    st = ctx.state
+    slot = ctx.board.update_slot()
+    job = check(ctx, doc, slot.size)
+    st["step"] = "download"
+    if "delta" in job:
+        from iotjobs import delta
+
+        delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+        st["step"] = "delta"
+    st["slot"] = slot.label
+    st["off"] = 0
+    st["old"] = ctx.board.firmware_version()
+    ctx.save()
 
 
 def run(ctx, doc, step):
