@@ -1,5 +1,5 @@
 # The device's OTA pipeline without the job around it: HTTPS GET -> SHA-256 -> flash (the
-# simulated esp32.Partition), run by the OTA handler's own loop (iotjobs.ota._stream) with the
+# simulated esp32.Partition), run by the OTA handler's own loop (iotjobs.fetch.blocks) with the
 # agent's own Context. Used by jobsctl.bench (figures) and tests/test_ota_stream.py (pins that a
 # block allocates nothing). Run under the Unix port with a simulated board folder as the
 # current directory:
@@ -29,7 +29,7 @@ import time
 
 import esp32
 import micropython
-from iotjobs import http, ota
+from iotjobs import fetch, http
 from iotjobs.board import Board
 from iotjobs.context import Context
 
@@ -115,7 +115,7 @@ def main(url, ca, interval_ms, locked, sample):
     slot.writeblocks(0, buf)  # the simulated slot opens its file on the first write (Unix only)
     gc.collect()
     opened = gc.mem_alloc()
-    c = ota._stream(ctx, r, slot, h, buf, tail, 0, r.total)
+    c = fetch.blocks(ctx, r, slot, h, buf, tail, 0, r.total)
     task = _run(c, locked)
     builtins.__import__ = _counting_import
     try:

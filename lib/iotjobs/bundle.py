@@ -10,7 +10,8 @@
 # its earlier headers).
 from iotjobs import appswap
 from iotjobs.agent import Failed
-from iotjobs.ota import _net_fail, check, open_url, parse
+from iotjobs.fetch import net_fail, open_url
+from iotjobs.ota import check, parse, run
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
@@ -25,12 +26,11 @@ async def handle(ctx, doc):
         st["step"] = "download"
         st["old"] = appswap.version(app)
         ctx.save()
-    while True:
-        result = await _STEPS[st["step"]](ctx, doc, app)
-        if isinstance(result, dict):
-            return result
-        st["step"] = result
-        ctx.save()
+    return await run(ctx, doc, _step)
+
+
+async def _step(ctx, doc, name):
+    return await _STEPS[name](ctx, doc, ctx.config["app_dir"])
 
 
 async def _download(ctx, doc, app):
@@ -76,7 +76,7 @@ async def _fetch(ctx, job, app, keyed):
             h = hashlib.sha256()
             return stage, h, await _extract(ctx, r, h, buf, stage, job["size"])
         except OSError as e:
-            tries[0] = await _net_fail(ctx, tries[0], e)
+            tries[0] = await net_fail(ctx, tries[0], e)
         except Failed:
             appswap.rmtree(stage)
             raise

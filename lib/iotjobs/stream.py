@@ -384,11 +384,11 @@ class Session:
         return i
 
 
-async def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
+async def either(ctx, job, slot, h, buf, tail, off, reparse):
     # A job with a stream (and maybe a URL): the device config's ota_protocol first ("mqtt"
     # unless it says "http"), the other once if that fails, from the last persisted block.
     # -> (size, hash).
-    from iotjobs import ota
+    from iotjobs.fetch import rehash, to_slot
 
     st = ctx.state
     order = ("HTTP", "MQTT") if ctx.config.get("ota_protocol") == "http" else ("MQTT", "HTTP")
@@ -399,7 +399,7 @@ async def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
         try:
             if st["proto"] == "MQTT":
                 return await download(ctx, job, slot, h, buf, tail, off, job["size"]), h
-            return await ota._http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+            return await to_slot(ctx, job, slot, h, buf, tail, off, reparse)
         except (Failed, OSError) as e:
             other = [p for p in protos if p != st["proto"]]
             if not other or st.get("fell"):
@@ -409,7 +409,7 @@ async def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
             st["fell"] = True
             ctx.save()
             off = st["off"]
-            h = await ota._rehash(slot, buf, off)
+            h = await rehash(slot, buf, off)
 
 
 async def download(ctx, job, slot, h, buf, tail, off, size):
@@ -439,13 +439,13 @@ async def fetch(ctx, s, slot, h, buf, tail, off, size):
                 t = await s.link()
             await s.window(t, off, size, buf, slot, h, tail)
         except OSError as e:
-            from iotjobs import ota
+            from iotjobs.fetch import net_fail
 
             if s.off > off:
                 fails = 0
             off = s.off  # the blocks of the window that did arrive are written and hashed
             ctx.link.drop(e)
-            fails = await ota._net_fail(ctx, fails, e)
+            fails = await net_fail(ctx, fails, e)
             continue
         if s.off > off:
             fails = 0
