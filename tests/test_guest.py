@@ -240,3 +240,31 @@ def test_the_example_application_deploys_as_a_bundle_and_starts_beside_the_agent
         assert r["n"] == 50 and (r["missed"] == 0 or r["late_hs_ms"] >= 100)
     finally:
         readings.close()
+
+
+def test_an_application_that_fails_to_start_leaves_the_agent_running(
+    stack_session: Stack, boards: Boards
+) -> None:
+    # A broken application (it raises on import, or its main() raises) is said on the console;
+    # the agent runs on alone, so that a job can still replace it.
+    thing = unique("broken")
+    dev = boards(stack_session, thing, start=False)
+    app = dev.board / "app"
+    app.mkdir(exist_ok=True)
+    (app / "application.py").write_text("raise RuntimeError('broken at import')\n")
+    dev.start()
+    dev.wait_for("broken at import")
+    dev.wait_for("no pending job")
+    doc = {"operation": "config", "set": {"log_level": "debug"}}
+    job = unique("cfg")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[arn(stack_session, thing)], document=json.dumps(doc)
+    )
+    assert final(stack_session, thing, job, timeout=60)["status"] == "SUCCEEDED"
+    # and an application whose main() raises: the same
+    (app / "application.py").write_text("async def main(agent):\n    raise ValueError('oops')\n")
+    dev.power_off()
+    mark = dev.mark()
+    dev.start()
+    dev.wait_for("application stopped: ValueError('oops',)", since=mark)
+    dev.wait_for("no pending job", since=mark)

@@ -89,6 +89,11 @@ def run(path="config.json"):
             from application import main  # type: ignore[import-not-found]  # the application
         except ImportError:
             main = None
+        except Exception as e:  # a broken application: the agent runs alone (a job can fix it)
+            import sys
+
+            sys.print_exception(e)
+            main = None
         asyncio.run(_main(a, main))
     except Exception as e:
         _crash(a, e)
