@@ -16,6 +16,7 @@
 # agent's MQTT poll, checkpoints and progress reports) the socket is blocking again.
 
 import asyncio
+import time
 
 from iotjobs.agent import Failed
 from micropython import const
@@ -59,6 +60,22 @@ class _Reader:
         self.p.register(sock, _POLLIN)
         for _ in self.p.ipoll(0):  # the first ipoll() allocates the tuple it reuses after
             pass
+        self.since = None  # ticks since when ready() has found nothing
+
+    def ready(self):
+        # Whether the next packet's first bytes are here (read, or in the socket) without
+        # waiting; OSError(ETIMEDOUT) once nothing came for timeout_ms. Allocates nothing.
+        if self.i < self.n or self.back >= 0:
+            return True
+        for _ in self.p.ipoll(0):
+            self.since = None
+            return True
+        now = time.ticks_ms()
+        if self.since is None:
+            self.since = now
+        elif time.ticks_diff(now, self.since) > self.t:
+            raise OSError(_ETIMEDOUT)
+        return False
 
     def _fill(self, k):
         # Reads 1..k bytes (k <= bytes left in the packet) into rx; waits up to timeout.
@@ -213,6 +230,8 @@ class Session:
         try:
             end = first + n - 1  # the window's last block
             while off < size:
+                while not r.ready():  # waiting for the broker yields to the loop
+                    await self.ctx.io_wait()
                 i = self._packet(t, r, buf)
                 if i < 0:
                     continue  # not a block of ours

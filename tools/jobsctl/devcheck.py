@@ -40,6 +40,7 @@ HOT_PATHS = (
     ("iotjobs/fetch.py", "blocks"),
     ("iotjobs/http.py", "Response.readinto"),
     ("iotjobs/http.py", "Response.ready"),
+    ("iotjobs/stream.py", "_Reader.ready"),
     ("iotjobs/context.py", "Context.io_wait"),
     ("iotjobs/context.py", "Context.progress_due"),
     ("iotjobs/context.py", "Context.check_due"),
