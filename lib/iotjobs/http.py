@@ -52,9 +52,7 @@ def parse_url(url):
 
 class Response(io.IOBase):
     # An io.IOBase so that firmware streams (deflate.DeflateIO) can read from it.
-    def __init__(self, sock, status, start, length, total, timeout_ms=15000):
-        import select
-
+    def __init__(self, sock, status, start, length, total, timeout_ms=15000, raw=None):
         self._s = sock
         self.status = status
         self.start = start
@@ -63,17 +61,23 @@ class Response(io.IOBase):
         self._left = length
         self._t = timeout_ms
         self._since = None  # ticks since when ready() has found nothing
-        self._p = select.poll()
-        self._p.register(sock, 1)  # POLLIN
-        for _ in self._p.ipoll(0):  # the first ipoll() allocates the tuple it reuses after
-            pass
+        # The socket under TLS (an fd: polled at once on every port) first, then the TLS
+        # socket itself for bytes it has decrypted already (the Unix port polls such an
+        # object with a 1 ms sleep, ESP32 does not).
+        self._r = _poller(raw or sock)
+        self._p = _poller(sock) if raw is not None and raw is not sock else None
 
     def ready(self):
         # Whether a read would find bytes now (TLS: decrypted ones count); OSError(ETIMEDOUT)
         # once nothing came for timeout_ms, as a blocking read would. Allocates nothing.
-        for _ in self._p.ipoll(0):
+        for _ in self._r.ipoll(0):
             self._since = None
             return True
+        p = self._p
+        if p is not None:
+            for _ in p.ipoll(0):
+                self._since = None
+                return True
         now = time.ticks_ms()
         if self._since is None:
             self._since = now
@@ -109,6 +113,16 @@ class Response(io.IOBase):
                 pass
 
 
+def _poller(s):
+    import select
+
+    p = select.poll()
+    p.register(s, 1)  # POLLIN
+    for _ in p.ipoll(0):  # the first ipoll() allocates the tuple it reuses after
+        pass
+    return p
+
+
 def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
     for _ in range(5):  # the request and up to 4 redirects
         scheme, host, port, path = parse_url(url)
@@ -116,7 +130,7 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
             raise ValueError("plain http refused (set ota_allow_http to allow it)")
         if scheme == "https" and not cadata:
             raise ValueError("https needs the server's CA (cadata); never unverified")
-        s = _connect(scheme, host, port, cadata, timeout_ms)
+        s, raw = _connect(scheme, host, port, cadata, timeout_ms)
         try:
             status, hdr = _request(s, host, port, scheme, path, start)
             url = hdr.get("location")
@@ -137,7 +151,7 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
                     span, _, total = rng.partition("/")
                     if unit != "bytes" or int(span.partition("-")[0]) != start:
                         raise ValueError
-                    return Response(s, status, start, length, int(total), timeout_ms)
+                    return Response(s, status, start, length, int(total), timeout_ms, raw)
             except (KeyError, ValueError):
                 raise HTTPError(status, "bad Content-Length or Content-Range")
             # 200: the server ignored the Range header; the body is the whole object: read and
@@ -151,7 +165,7 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
                 if not k:
                     raise OSError(_EIO)
                 n -= k
-            return Response(s, status, start, length - start, length, timeout_ms)
+            return Response(s, status, start, length - start, length, timeout_ms, raw)
         except BaseException:
             s.close()
             raise
@@ -162,7 +176,7 @@ def _connect(scheme, host, port, cadata, timeout_ms):
     import socket
 
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    s = raw = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     try:
         # A timeout on the socket bounds connect, the TLS handshake and every read: no call
         # here can block forever.
@@ -180,7 +194,7 @@ def _connect(scheme, host, port, cadata, timeout_ms):
     except BaseException:
         s.close()
         raise
-    return s
+    return s, raw
 
 
 def _request(s, host, port, scheme, path, start):
