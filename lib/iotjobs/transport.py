@@ -57,12 +57,32 @@ class _Guard:
         self._wn = 0  # bytes of the current packet in _w
         self._left = 0  # bytes of the current packet still to come
         self._chunk = bytearray(_DRAIN)
+        self._pend = bytearray(1)  # a packet's first byte, read by ready(0)
+        self._has = False
         self.dropped = 0
         self._got = 0
         self.rx_ticks = time.ticks_ms()
 
     def ready(self, timeout_ms):
-        # ipoll: no list per call, so an idle poll allocates nothing.
+        # ipoll: no list per call, so an idle poll allocates nothing. ready(0), what the agent
+        # calls between two yields to the event loop, is a non-blocking read of one byte
+        # instead (kept for the next read): the Unix port polls a TLS socket with a 1 ms sleep.
+        if self._has:
+            return True
+        if not timeout_ms:
+            s = self._s
+            s.setblocking(False)
+            try:
+                n = s.readinto(self._pend, 1)
+            finally:
+                s.setblocking(True)
+            if n:
+                self._has = True
+                self.rx_ticks = time.ticks_ms()
+                return True
+            if n == 0:
+                raise OSError(_ENOTCONN)  # closed
+            return False
         for _, ev in self._poll.ipoll(timeout_ms):
             if ev & _POLL_BAD and not ev & _POLLIN:
                 raise OSError(_ENOTCONN)
@@ -75,6 +95,10 @@ class _Guard:
     def read(self, n):
         if not self._blocking and not self.ready(0):
             return None
+        if self._has:  # ready(0) read the packet's first byte
+            self._has = False
+            b = bytes(self._pend)
+            return b if n == 1 else b + self.read(n - 1)
         if n >= _DRAIN_MIN:
             if n > self._limit:
                 return self._drain(n, 0)
