@@ -48,55 +48,169 @@ EVERY = 10  # samples per reading in the bench: one a second
 # outside handshakes passed 0.5 ms).
 PROBE_APP = """\
 import asyncio
+import gc
 import time
 
+import esp32
 import sensor
 
-_g = [0, 0, 0, 0, None]  # hold, hold during a handshake, holds over 0.5 ms, preempted, step
-# Linux: the second field is the time (ns) this process waited on a run queue, i.e. was ready
-# but the OS ran something else: taken out of each gap, which leaves the loop's own time.
+# Per reading window: the longest hold outside handshakes [0] and where it was [4], the longest
+# during a handshake [1], holds over 0.5 ms [2], gaps the OS preempted [3]; the longest hold's
+# attribution [5:]: CPU time, time off the CPU not ready (blocked in a system call: a socket
+# read, a file), whether a GC pass ran in it, the simulator's own time in it (esp32 set_boot's
+# image check: C code on a board), and what the agent did in it. [10]: the longest hold with
+# the simulator's time taken out; [11]: holds over 0.5 ms once that is out.
+_g = [0, 0, 0, 0, None, 0, 0, 0, 0, "", 0, 0]
+# Linux /proc/self/schedstat: time (ns) this process ran on a CPU, and waited on a run queue
+# (ready, but the OS ran something else: taken out of each gap, which leaves the loop's own).
 _f = open("/proc/self/schedstat", "rb")
 _b = bytearray(64)
+_s = [0, 0]
+_sim = [0]  # us spent in the simulated bootloader's image check (esp32._valid)
+_v0 = esp32._valid
 
 
-def _waited():
+def _valid(label):
+    t = time.ticks_us()
+    try:
+        return _v0(label)
+    finally:
+        _sim[0] += time.ticks_diff(time.ticks_us(), t)
+
+
+esp32._valid = _valid
+
+# BENCH_GUEST_PROFILE: sync pieces of the agent wrapped with timers (cumulative us per name);
+# the longest hold's reading names the pieces that ran in it.
+_acc = {}
+
+
+def _wrap(owner, name, label):
+    f = getattr(owner, name)
+    _acc[label] = 0
+
+    def w(*a, **k):
+        t = time.ticks_us()
+        try:
+            return f(*a, **k)
+        finally:
+            _acc[label] += time.ticks_diff(time.ticks_us(), t)
+
+    setattr(owner, name, w)
+
+
+def _profile():
+    from iotjobs import agent, board, transport
+    from umqtt import simple
+
+    for n in ("_pump", "persist", "log", "_on_msg", "_on_connect"):
+        _wrap(agent.Agent, n, "agent." + n)
+    for n in ("publish", "poll", "subscribe", "close"):
+        _wrap(transport.Transport, n, "t." + n)
+    for n in ("ready", "_read", "write"):
+        _wrap(transport._Guard, n, "guard." + n)
+    for n in ("wait_msg", "publish"):
+        _wrap(simple.MQTTClient, n, "umqtt." + n)
+    for n in ("running_slot", "update_slot", "firmware_version", "mem", "tls_room", "reset"):
+        _wrap(board.Board, n, "board." + n)
+    for n in ("set_boot", "readblocks", "writeblocks", "info", "mark_app_valid_cancel_rollback"):
+        _wrap(esp32.Partition, n, "esp32." + n)
+    _wrap(agent, "save", "save")
+    _wrap(agent, "_forget", "_forget")
+
+
+_prof = PROFILE
+if _prof:
+    _profile()
+
+
+def _snap():
+    return list(_acc.values()) if _prof else None
+
+
+def _pieces(a, b):
+    if a is None:
+        return ""
+    return " ".join("%s=%d" % (k, y - x) for k, x, y in zip(_acc, a, b) if y - x > 50)
+
+
+def _stat():
     _f.seek(0)
     n = _f.readinto(_b)
-    return int(bytes(_b[:n]).split()[1]) // 1000
+    x = bytes(_b[:n]).split()
+    _s[0] = int(x[0]) // 1000
+    _s[1] = int(x[1]) // 1000
+
+
+def _marks(agent):
+    # What the agent did, seen from outside: requests sent, messages sent for the application,
+    # MQTT bytes last read, link state, its job's step.
+    t = agent.link.t
+    g = t._sock if t is not None else None
+    return (agent._n, agent.sent, g.rx_ticks if g is not None else None, t is None)
 
 
 async def _probe(agent):
-    t = time.ticks_us()
+    _stat()
+    c, w = _s
+    m = gc.mem_alloc()
+    k = _marks(agent)
+    sim = _sim[0]
     hs = agent.handshakes()
-    w = _waited()
+    p = _snap()
+    t = time.ticks_us()
     while True:
         await asyncio.sleep_ms(0)
         now = time.ticks_us()
-        v = _waited()
-        g = time.ticks_diff(now, t) - (v - w)
-        if v != w:
+        _stat()
+        c1, w1 = _s
+        m1 = gc.mem_alloc()
+        g = time.ticks_diff(now, t) - (w1 - w)
+        if w1 != w:
             _g[3] += 1
         h = agent.handshakes()
         if h != hs:
             if g > _g[1]:
                 _g[1] = g
         else:
+            ds = _sim[0] - sim
             if g > _g[0]:
                 _g[0] = g
                 j = agent._job  # what the agent was at (a bench's look inside)
                 _g[4] = (j.get("data") or {}).get("step", j.get("op")) if j else "idle"
+                _g[5] = c1 - c
+                _g[6] = g - (c1 - c)
+                _g[7] = 1 if m1 < m else 0
+                _g[8] = ds
+                k1 = _marks(agent)
+                _g[9] = ",".join(
+                    n for n, a, b in zip(("request", "app-send", "mqtt-read", "link-down"), k, k1)
+                    if a != b
+                ) + " " + _pieces(p, _snap())
+            if g - ds > _g[10]:
+                _g[10] = g - ds
             if g > 500:
                 _g[2] += 1
+                if g - ds > 500:
+                    _g[11] += 1
         hs = h
+        k = _marks(agent)
+        sim = _sim[0]
+        p = _snap()
+        _stat()
+        c, w = _s
+        m = gc.mem_alloc()
         t = time.ticks_us()
-        w = _waited()
 
 
 def _figures():
     r = {"hold_us": _g[0], "hold_hs_us": _g[1], "holds_over": _g[2], "preempted": _g[3],
-         "hold_at": _g[4]}
-    _g[0] = _g[1] = _g[2] = _g[3] = 0
+         "hold_at": _g[4], "hold_cpu_us": _g[5], "hold_off_us": _g[6], "hold_gc": _g[7],
+         "hold_sim_us": _g[8], "hold_what": _g[9], "hold_nosim_us": _g[10],
+         "over_nosim": _g[11]}
+    _g[0] = _g[1] = _g[2] = _g[3] = _g[5] = _g[6] = _g[7] = _g[8] = _g[10] = _g[11] = 0
     _g[4] = None
+    _g[9] = ""
     return r
 
 
@@ -190,7 +304,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     app.mkdir(exist_ok=True)
     for f in EXAMPLE.glob("*.py"):
         shutil.copy(f, app / f.name)
-    (app / "application.py").write_text(PROBE_APP)
+    (app / "application.py").write_text(PROBE_APP.replace("PROFILE", str(bool(PROFILING))))
     data = image.build_app_image("2.0.0", size=1024 * 1024)
     doc, extra = otajob.prepare(stack, data, key=signing)
     dev = DeviceProcess(board, profile=profile)
@@ -227,6 +341,9 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     last_old = max(r["_at"] for r in boots[old])
     first_new = min(r["_at"] for r in new) if new else last_old
     top = max(job, key=lambda r: r["hold_us"])
+    if PROFILING:
+        for r in got:
+            print("  reading", {k: v for k, v in r.items() if k.startswith("hold") or k in ("seq", "boot", "over_nosim")})
     return Run(
         str(ex["status"]),
         max(r["late_ms"] for r in job),
@@ -247,6 +364,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
 
 
 HOLDS = ROOT / "bench" / "guest_holds.py"
+PROFILING = False
 
 
 def holds(tmp: Path, signing: Path, profile: str) -> dict[str, tuple[int, int]]:
@@ -351,7 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_guest", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", default=boardmodel.DEFAULT, choices=list(boardmodel.PROFILES))
+    parser.add_argument("--profile-pieces", action="store_true")
     args = parser.parse_args(argv)
+    global PROFILING
+    PROFILING = args.profile_pieces
     try:
         with tempfile.TemporaryDirectory(prefix="jobsctl-bench-guest-") as t:
             rs, pieces = run(Path(t), args.runs, args.profile)
