@@ -350,6 +350,9 @@ class Agent:
         self._await_kind = protocol.parse_topic(self.thing, topic + "/accepted")[0]
         b = self.board
         while True:
+            # A yield first: what the caller did before (a step's flash work, a persist) and
+            # the request are not one stretch without one.
+            await asyncio.sleep_ms(0)
             self._n += 1
             token = "%s-%d" % (self._tag, self._n)
             self._await = token

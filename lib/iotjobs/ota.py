@@ -216,6 +216,7 @@ async def run(ctx, doc, step):
             return result
         st["step"] = result
         ctx.save()
+        await ctx.tick()  # the next step does not start in the same stretch as this save
 
 
 async def _step(ctx, doc, step):

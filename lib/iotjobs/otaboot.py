@@ -94,8 +94,7 @@ async def activate(ctx, doc):
         ctx.board.update_slot(st["slot"]).activate()
     except OSError as e:
         return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
-    st["step"] = "booting"
-    ctx.save()
+    st["step"] = "booting"  # persisted by ctx.reboot()
     # self_test and updatedBy as AWS's OTA agent reports them across the reboot.
     await ctx.reboot(
         {
