@@ -20,6 +20,12 @@ def _main():
 
     if "" in sys.path:
         sys.path.remove("")
+    # The port puts this script's folder (sim/) first on the path: the stand-ins for the
+    # firmware's built-ins would then load from their .py source into the heap (a board has them
+    # in C or frozen, at no heap cost) instead of from the port's frozen modules.
+    here = __file__.rpartition("/")[0] or "."
+    if sys.path and sys.path[0] == here:
+        sys.path.pop(0)
     sys.path.insert(0, "")  # the board's root, as on a board
     # The firmware's built-in modules exist before any application code runs and cost it no heap
     # when used; load the stand-in of the one whose use must never fail (machine.reset()) now.

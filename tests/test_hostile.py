@@ -28,9 +28,11 @@ def frozen_boards(boards: Boards) -> Boards:
     return functools.partial(boards, frozen=True)
 
 
-# Since the library shrank (issue 14), 4.5 KB and 12 KB documents fit a 64 KB frozen heap and run;
-# 24 KB and AWS's 32 KB maximum do not, and must end REJECTED without a reset.
-@pytest.mark.parametrize("size", [24_000, 32_000])
+# Since the library shrank (issue 14), 4.5 KB and 12 KB documents fit a 64 KB frozen heap and run
+# (and 24 KB since the simulated board stopped loading its stand-ins for the firmware's built-ins
+# from source into that heap); 28 KB and AWS's 32 KB maximum do not, and must end REJECTED
+# without a reset.
+@pytest.mark.parametrize("size", [28_000, 32_000])
 def test_a_document_too_large_for_the_board_ends_rejected_naming_the_size_without_a_reset(
     stack_session: Stack, frozen_boards: Boards, size: int
 ) -> None:
