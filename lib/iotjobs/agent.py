@@ -206,18 +206,6 @@ class Agent:
             self._job.pop("boots", None)
         save(STATE_FILE, self._job)
 
-    async def report(self, status, details):
-        # IN_PROGRESS reports from a running handler: best effort on the network (a lost
-        # progress report is harmless), but the service saying "over" stops the handler.
-        try:
-            await self._update(status, protocol.clean_details(details or {}))
-            self._clean_step()
-        except _Drop as e:
-            self.log("info", str(e))
-            raise Canceled()
-        except OSError as e:
-            self.link.drop(e)
-
     async def poll(self):
         # Connects if needed, sends the application's queue and reads what MQTT has; never
         # waits for a message.
@@ -231,18 +219,6 @@ class Agent:
             return False
         self._pump(t)
         return True
-
-    async def describe(self, job_id, with_doc):
-        # -> Execution, or None when the service no longer has it for us (ResourceNotFound,
-        # TerminalStateReached). Other rejections are our bugs: logged, treated as gone.
-        topic = protocol.topic_describe(self.thing, job_id)
-        ok, body = await self._request(topic, lambda tok: protocol.describe(tok, with_doc))
-        if ok:
-            return protocol.reply_execution(body)
-        code, msg = protocol.reply_error(body)
-        if protocol.reaction(code) != protocol.DROP:
-            self.log("error", "describe %s: %s %s" % (job_id, code, msg))
-        return None
 
     async def sleep(self, ms):
         # Waits ms, fed, yielding to the event loop.
@@ -382,43 +358,6 @@ class Agent:
             await self.sleep(wait)
             backoff = min(backoff * 2, self.cfg["backoff_max_ms"])
 
-    async def _update(self, status, details, refresh=True):
-        j = self._job
-        topic = protocol.topic_update(self.thing, j["job"])
-        ok, body = await self._request(
-            topic,
-            lambda tok: protocol.update(
-                tok, status, details, j.get("version"), step_timeout=self._step(status)
-            ),
-        )
-        if ok:
-            v = protocol.reply_state(body)[1]
-            if v is not None:
-                j["version"] = v
-            return
-        code, msg = protocol.reply_error(body)
-        r = protocol.reaction(code)
-        if r == protocol.REFRESH and refresh:
-            ex = await self.describe(j["job"], False)
-            if ex is None or ex.terminal():
-                raise _Drop("%s, and the job is %s" % (code, ex.status if ex else "gone"))
-            self.log("info", "%s: version %s -> %s" % (code, j.get("version"), ex.version))
-            j["version"] = ex.version
-            return await self._update(status, details, False)
-        if r == protocol.BUG and status != protocol.FAILED:
-            self.log("error", "update refused: %s %s" % (code, msg))
-            reason = protocol.clean_details({"reason": "agent error: %s: %s" % (code, msg)})
-            await self._update(protocol.FAILED, reason, False)
-            raise _Drop("failed after the service refused an update: %s" % code)
-        raise _Drop("update refused: %s %s" % (code, msg))
-
-    def _step(self, status):
-        # Every IN_PROGRESS (re)starts the service's step timer; a board that dies mid-job
-        # ends TIMED_OUT instead of IN_PROGRESS for ever.
-        return (
-            (self.cfg.get("step_timeout_min") or None) if status == protocol.IN_PROGRESS else None
-        )
-
     # ---- persisted state
 
     def _clear(self):
@@ -461,10 +400,6 @@ class Agent:
                 self.log("error", "out of memory, re-syncing")
                 self.link.drop(e)
 
-    def _clean_step(self):
-        if "boots" in self._job:
-            self.persist()
-
     def _woken(self):
         return self._want_next or self._sync
 
@@ -474,7 +409,7 @@ class Agent:
             self._sync = False
             self.stale = False
             if self._job:
-                await self._resume()
+                await self._do("resume")
             self._want_next = True
         if self._want_next:
             self._want_next = False
@@ -488,13 +423,7 @@ class Agent:
         try:
             ok, body = await self._request(topic, lambda tok: protocol.start_next(tok))
         except _TooBig as e:
-            # The execution is ours now (IN_PROGRESS) but its document was dropped unread:
-            # ask which job it is without the document, and reject it.
-            ex = await self.describe("$next", False)
-            if ex is None or ex.terminal():
-                return
-            self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
-            return await self._finish(protocol.REJECTED, _too_big(e))
+            return await self._do("too_big", e)
         if not ok:
             code, msg = protocol.reply_error(body)
             self.log("error", "start-next refused: %s %s" % (code, msg))
@@ -507,103 +436,25 @@ class Agent:
                 self.log("info", "no pending job")
             return
         self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
-        await self._run(ex, False)
+        await self._do("run", ex, False)
 
-    async def _resume(self):
-        j = self._job
+    async def _do(self, fn, *args):
+        # Job-time code (iotjobs.job: run a handler, report, resume), loaded for a job and
+        # unloaded after it, so that an idle agent does not hold it.
+        from iotjobs import job
+
         try:
-            # A decided job needs no document (and one that looped the board is not read).
-            ex = await self.describe(j["job"], "final" not in j)
-        except _TooBig as e:
-            return await self._finish(protocol.REJECTED, _too_big(e))
-        if ex is None or ex.terminal():
-            self.log("info", "%s: %s while we were away" % (j["job"], ex.status if ex else "gone"))
-            self._clear()
-            return
-        j["version"] = ex.version
-        if "final" in j:
-            await self._finish(j["final"][0], j["final"][1])
-            return
-        self.log("info", "%s: resuming after a restart" % j["job"])
-        await self._run(ex, True)
+            await getattr(job, fn)(self, *args)
+        finally:
+            unload(("iotjobs.job",))
 
-    async def _run(self, ex, resumed):
-        j = self._job
-        op = protocol.operation(ex.document)
-        if ex.document is None:
-            return await self._finish(
-                protocol.REJECTED, {"reason": "job document is not a JSON object"}
-            )
-        if op is None:
-            return await self._finish(
-                protocol.REJECTED, {"reason": "job document has no operation"}
-            )
-        mods = list(sys.modules)  # what was loaded before the handler (and its Context)
-        fn, resumable = _resolve(op)
-        if fn is None:
-            return await self._finish(
-                protocol.REJECTED, {"reason": "unsupported operation %r" % op}
-            )
-        if resumed and not resumable:
-            fn = None
-            _forget(mods)
-            reason = "interrupted by a reset (%s is not resumable)" % op
-            return await self._finish(protocol.FAILED, {"reason": reason})
-        j["op"] = op
-        self.persist(False)
-        self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
-        from iotjobs.context import Context  # job-time code: unloaded with the handler's
+    # ---- the job surface a handler's Context uses (iotjobs.job, loaded while a job runs)
 
-        ctx = Context(self, ex.job_id, op, j["data"], resumed)
-        del Context
-        status = protocol.FAILED
-        try:
-            if not resumed:
-                await self.report(protocol.IN_PROGRESS, {"step": "started"})
-                if self.may_start is not None:
-                    await self._app().window(self, ctx, "job")
-            details = await fn(ctx, ex.document)
-            status = protocol.SUCCEEDED
-        except Rejected as e:
-            status, details = protocol.REJECTED, {"reason": _reason(e)}
-        except Failed as e:
-            details = {"reason": _reason(e)}
-        except Canceled:
-            self.log("info", "%s: canceled, handler stopped" % ex.job_id)
-            self._clear()
-            details = None
-        except MemoryError as e:  # freed below, before the report
-            details = {"reason": "out of memory: %s" % (e,)}
-        except Exception as e:  # a handler bug must not take the agent down
-            self.log("error", "%s: handler raised %r" % (ex.job_id, e))
-            details = {"reason": "handler error: %r" % (e,)}
-        fn = None
-        del ctx
-        _forget(mods)
-        if details is not None or status == protocol.SUCCEEDED:
-            await self._finish(status, details if isinstance(details, dict) else {})
+    async def report(self, status, details):
+        await sys.modules["iotjobs.job"].report(self, status, details)
 
-    async def _finish(self, status, details):
-        # The final report is persisted before it is sent, so that a reset or a dead link
-        # between the decision and the service's acceptance re-sends it instead of losing it.
-        j = self._job
-        details = protocol.clean_details(details)
-        if j.get("final") != [status, details]:
-            j["final"] = [status, details]
-            self.persist(False)
-        while True:
-            try:
-                await self._update(status, details)
-                self.log("info", "%s: %s %s" % (j["job"], status, details.get("reason", "")))
-                break
-            except _Drop as e:
-                self.log("info", "%s: %s" % (j["job"], e))
-                break
-            except OSError as e:
-                self.link.drop(e)
-        self._clear()
-        self._want_next = True
-
+    async def describe(self, job_id, with_doc):
+        return await sys.modules["iotjobs.job"].describe(self, job_id, with_doc)
 
 def save(path, obj):
     # Small JSON files that survive power loss: write a temporary file, then rename it over
@@ -615,20 +466,7 @@ def save(path, obj):
     os.rename(tmp, path)
 
 
-async def reboot(ctx, doc):
-    # The reboot job, {"operation": "reboot"}: report, reset, and SUCCEEDED once the board is
-    # back.
-    if ctx.state.get("rebooted"):
-        return {"reason": "rebooted", "firmware": ctx.board.firmware_version()}
-    ctx.state["rebooted"] = True
-    await ctx.reboot({"step": "rebooting"})
-
-
 def _forget(mods):
     # Unloads what a handler imported (its module and helpers): an idle agent holds none.
     unload([n for n in sys.modules if n not in mods])
     gc.collect()
-
-
-def _reason(e):
-    return str(e.args[0]) if e.args else type(e).__name__

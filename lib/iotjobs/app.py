@@ -41,7 +41,7 @@ def build(cfg, board=None):
     # Handlers by name: each module is imported when its first job arrives and unloaded when
     # the job ends (agent._run), so an idle agent holds none of them.
     for op, fn in (
-        ("reboot", "agent:reboot"),
+        ("reboot", "job:reboot"),
         ("config", "config:job"),
         ("ota", "ota:handle"),
         ("afr_ota", "afr:handle"),

@@ -242,6 +242,7 @@ class Transport:
         self._sock = None
         self._tx_ticks = time.ticks_ms()
         self._ping_ticks = None
+        self.hold = None  # Link.hold, for connect()
 
     def set_callback(self, fn, oversize=None):
         self._cb = fn
@@ -265,13 +266,22 @@ class Transport:
         # ssl_params may be a function that reads the PEMs: then they are read for each
         # connection and not kept as text between connections.
         p = self._ssl_params
+        p = p() if callable(p) else p
+        if self.hold is not None:
+            # The block kept for the session's objects (Link.hold), freed only now that the
+            # PEMs are read, and collected at once: the SSLContext finds it whole instead of
+            # growing the GC heap into the IDF heap the session needs itself.
+            import gc
+
+            self.hold = None
+            gc.collect()
         c = MQTTClient(
             self.client_id,
             self.host,
             self.port,
             keepalive=self._keepalive_ms // 1000,
             ssl=True,
-            ssl_params=p() if callable(p) else p,
+            ssl_params=p,
         )
         c.set_callback(self._deliver)
         try:
@@ -408,6 +418,7 @@ class Link:
         backoff = self._min
         while self.t is None:
             t = self._factory()
+            t.hold = self.hold
             self.hold = None
             try:
                 self.attempts += 1
