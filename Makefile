@@ -101,7 +101,7 @@ serve: setup ## run the local AWS IoT Jobs stack in the foreground (state in .lo
 	@$(BIN)/jobsctl serve --state-dir $(STATE)
 
 bench: setup ## run the benchmarks; writes bench/results.md
-	@$(BIN)/python -m jobsctl.bench
+	@$(BIN)/python -m bench
 
 reliability: setup ## the full fault-injection, fuzzing and security suite (SEED=N replays a run)
 	@$(BIN)/pytest -q -m reliability --reliability-full --timeout 7200 $(if $(SEED),--reliability-seed $(SEED))

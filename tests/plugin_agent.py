@@ -26,7 +26,8 @@ import pytest
 from plugin_stack import unique, wait_until
 
 from jobsctl import boardmodel
-from jobsctl.device import ROOT, DeviceProcess, setup_board, unix_port
+from jobsctl.checkout import ROOT, unix_port
+from jobsctl.device import DeviceProcess, setup_board
 from jobsctl.stack import Stack
 
 # The simulated board's memory (jobsctl.boardmodel, docs/board-model.md): a profile gives the

@@ -15,10 +15,10 @@ import pytest
 from plugin_board import ROOT, PtyConsole
 
 import upy
+from harness.rawrepl import RawReplBridge
 from jobsctl.deploy import BoardInfo, check_board, deploy, parse_sha256sum
 from jobsctl.errors import JobsctlError
 from jobsctl.pki import Credentials
-from jobsctl.rawrepl import RawReplBridge
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 

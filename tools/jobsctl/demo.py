@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import boardmodel, image
+from .checkout import LIB
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
 from .stack import LOCK_FILE, Stack
@@ -94,12 +95,11 @@ class Result:
 
 
 def ota_available() -> bool:
-    root = Path(__file__).resolve().parents[2]
     try:
         from . import image, otajob  # noqa: F401
     except ImportError:
         return False
-    return (root / "lib" / "iotjobs" / "ota.py").exists()
+    return (LIB / "iotjobs" / "ota.py").exists()
 
 
 # What a demo run leaves in its state dir (rollout.* only a demo writes).

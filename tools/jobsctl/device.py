@@ -31,36 +31,15 @@ from typing import Any
 
 from . import boardmodel
 from .boardmodel import DEFAULT as DEFAULT_PROFILE
+from .checkout import BUILD, LIB, ROOT, SIM, UPYLIB, unix_port
 from .errors import JobsctlError
 
-ROOT = Path(__file__).resolve().parents[2]
-# The stock-firmware board: MicroPython 1.25, 32-bit, with the board memory model and what
-# official ESP32 firmware has built in or frozen (firmware/unix-board-manifest.py).
-MICROPYTHON = ROOT / "build" / "micropython"
-# The custom-firmware board: the same with the device library frozen in too, as
-# firmware/manifest.py freezes it into a custom ESP32 firmware (`make micropython-frozen`).
-MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
-# The stock-firmware board on the newest MicroPython in Debian (`make micropython-newest`).
-MICROPYTHON_NEWEST = ROOT / "build" / "micropython-1.26"
-
-
-def unix_port(frozen: bool = False, newest: bool = False) -> Path:
-    """The Unix port a simulated board runs on; a clear error if it has not been built."""
-    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON_NEWEST if newest else MICROPYTHON
-    if not port.exists():
-        target = {MICROPYTHON: "setup", MICROPYTHON_NEWEST: "micropython-newest"}.get(
-            port, port.name
-        )
-        raise JobsctlError(f"{port} is missing: run `make {target}`")
-    return port
-
-
 RESET_STATUS = 3
-MPY_DIR = ROOT / "build" / "mpy"
+MPY_DIR = BUILD / "mpy"
 # What mpy-cross compiles: the device library (deployed as .mpy on a board), and for ports
 # without the board's frozen modules the simulated hardware and umqtt.simple. Precompiled, as
 # on a board: compiling source at import time costs more heap than a board ever spends.
-SOURCES = {"lib": ROOT / "lib", "sim": ROOT / "sim", "upylib": ROOT / "build" / "upylib"}
+SOURCES = {"lib": LIB, "sim": SIM, "upylib": UPYLIB}
 # What a board has on its path: its frozen modules, then /lib (.mpy files).
 DEVICE_PATH = [".frozen", str(MPY_DIR / "lib")]
 
@@ -232,7 +211,7 @@ class DeviceProcess:
         cmd = [str(unix_port(self.frozen, self.newest))]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
-        cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
+        cmd += [str(SIM / "boardrun.py"), str(self.root)]
         env = dict(device_env(self.profile, self.mem_report), **self.env)
         for stale in ("wdt", "wdt.fed"):
             (self.board / stale).unlink(missing_ok=True)

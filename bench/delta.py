@@ -1,4 +1,4 @@
-"""Delta OTA figures for ``make bench`` (its own section; also ``python -m jobsctl.bench_delta``).
+"""Delta OTA figures for ``make bench`` (its own section; also ``python -m bench.delta``).
 
 Two real firmware pairs built here, labelled as what they are:
 
@@ -30,9 +30,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import delta, image
-from .device import ROOT, device_env, unix_port
-from .errors import JobsctlError
+from jobsctl import delta, image
+from jobsctl.checkout import ROOT, unix_port
+from jobsctl.device import device_env
+from jobsctl.errors import JobsctlError
 
 APPLY = ROOT / "bench" / "delta_apply.py"
 LINKS = ((1_000_000, "1 Mbit/s"), (64_000, "64 kbit/s"))
@@ -187,7 +188,7 @@ def run(tmp: Path, runs: int, rows: list[Row]) -> None:
 
 
 def main() -> int:
-    from .bench import table
+    from .table import table
 
     rows: list[Row] = []
     try:

@@ -1,6 +1,6 @@
 """Memory per job type and board profile, a part of ``make bench`` (not a test).
 
-    python -m jobsctl.bench_memory [--profile P ...] [--job J ...] [--frozen]
+    python -m bench.memory [--profile P ...] [--job J ...] [--frozen]
 
 For each profile (jobsctl.boardmodel) and job, a fresh simulated board on the stock-firmware
 port (``lib/`` as .mpy files, as ``make deploy`` puts it on a board; ``--frozen``: the custom
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import boardmodel, image, otajob
-from .device import DeviceProcess, setup_board
-from .errors import JobsctlError
-from .stack import Stack
+from jobsctl import boardmodel, image, otajob
+from jobsctl.device import DeviceProcess, setup_board
+from jobsctl.errors import JobsctlError
+from jobsctl.stack import Stack
 
 JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "ota-stream-1MiB", "bundle")
 GOAL = 0.15
@@ -199,7 +199,7 @@ def table(measures: list[Measure]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_memory", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--profile", action="append", choices=list(boardmodel.PROFILES))
     parser.add_argument("--job", action="append", choices=JOBS)
     parser.add_argument("--frozen", action="store_true", help="the custom-firmware board")
