@@ -185,6 +185,72 @@ def test_cli_thing_create_without_serve_writes_the_store(
         assert s.iot_client().describe_thing(thingName="offline-1")["thingName"] == "offline-1"
 
 
+def test_thing_create_while_serve_runs_goes_through_the_running_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One write path into the jobs database: with `jobsctl serve` running on the folder, the
+    # command registers the thing, its group and its certificate through the control plane and
+    # never opens jobs.sqlite3 itself.
+    from botocore.exceptions import ClientError
+
+    from jobsctl.service import store
+    from jobsctl.stack import iot_client
+
+    state = tmp_path / "served"
+    proc = subprocess.Popen(
+        [str(JOBSCTL), "serve", "--state-dir", str(state)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert any("serving" in line for line in proc.stdout)
+        endpoints = json.loads((state / "endpoints.json").read_text())
+        iot = iot_client(endpoints)
+        iot.create_thing_group(thingGroupName="served")
+        job = iot.create_job(
+            jobId="cont",
+            targets=[f"{ARN}:thinggroup/served"],
+            document='{"operation": "x"}',
+            targetSelection="CONTINUOUS",
+        )["jobId"]
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("thing create opened the store around the running service")
+
+        monkeypatch.setattr(store.Store, "__init__", refuse)
+        for _ in range(2):  # and again: the same certificate, registered once
+            argv = ["thing", "create", "--state-dir", str(state), "served-1", "--group", "served"]
+            assert main(argv) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert out["mqtt_port"] == endpoints["mqtt_port"]
+        assert Path(out["cert_file"]).exists() and len(out["certificate_id"]) == 64
+        assert iot.describe_thing(thingName="served-1")["thingName"] == "served-1"
+        members = iot.list_things_in_thing_group(thingGroupName="served")["things"]
+        assert members == ["served-1"]
+        summaries = iot.list_job_executions_for_thing(thingName="served-1")["executionSummaries"]
+        assert [s["jobId"] for s in summaries] == [job]
+        # The service holds the certificate: a thing with one is not deleted.
+        with pytest.raises(ClientError, match="attached principals"):
+            iot.delete_thing(thingName="served-1")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_thing_create_without_serve_takes_the_state_dirs_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobsctl.statedir import StateDir
+
+    with StateDir(tmp_path).lock():  # as a stack that is starting holds it
+        assert main(["thing", "create", "--state-dir", str(tmp_path), "locked-1"]) == 1
+    assert "a stack is starting" in capsys.readouterr().err
+    assert not (tmp_path / "things" / "locked-1").exists()
+    assert main(["thing", "create", "--state-dir", str(tmp_path), "locked-1"]) == 0
+
+
 def test_serve_writes_endpoints_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "serve"
     proc = subprocess.Popen(

@@ -9,7 +9,6 @@ every board now runs the new version.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import shutil
@@ -24,7 +23,8 @@ from . import boardmodel, image
 from .checkout import LIB
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
-from .stack import LOCK_FILE, Stack
+from .stack import Stack
+from .statedir import StateDir
 
 GROUP = "demo-fleet"
 # Written into a state dir the demo made: the only kind of folder it ever empties.
@@ -103,11 +103,7 @@ def ota_available() -> bool:
 
 
 # What a demo run leaves in its state dir (rollout.* only a demo writes).
-_DEMO_ENTRIES = {
-    *(MARKER, LOCK_FILE, "broker", "ca", "devices", "jobs.sqlite3", "jobs.sqlite3-wal"),
-    *("jobs.sqlite3-shm", "rollout.json", "rollout.png", "s3", "service", "signing", "things"),
-    "endpoints.json",
-}
+_DEMO_ENTRIES = StateDir.ENTRIES | {MARKER, "rollout.json", "rollout.png"}
 
 
 def _earlier_demo(state_dir: Path) -> bool:
@@ -132,18 +128,13 @@ def prepare_state_dir(state_dir: Path) -> None:
             f"{state_dir} is not a demo folder (it has no {MARKER}): the demo empties its "
             "state dir first, so give it a new or empty folder; nothing was deleted"
         )
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock = state_dir / LOCK_FILE
-    with open(lock, "a+") as f:  # locked while the folder is emptied
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise JobsctlError(
-                f"a running stack holds {state_dir} (jobsctl serve or another demo): stop it "
-                "or give the demo another --state-dir; nothing was deleted"
-            ) from None
+    busy = (
+        f"a running stack holds {state_dir} (jobsctl serve or another demo): stop it "
+        "or give the demo another --state-dir; nothing was deleted"
+    )
+    with StateDir(state_dir).lock(busy):  # locked while the folder is emptied
         for child in state_dir.iterdir():
-            if child.name in (LOCK_FILE, MARKER):
+            if child.name in (StateDir.LOCK, MARKER):
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -279,7 +270,7 @@ class Demo:
     def _signing_key(self) -> Path:
         from . import otajob
 
-        return otajob.signing_key(self.state_dir / "signing")
+        return otajob.signing_key(StateDir(self.state_dir).signing_dir)
 
     def _create_job(self, document: dict[str, Any], extra: dict[str, Any]) -> None:
         assert self.stack is not None

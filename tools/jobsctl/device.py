@@ -33,6 +33,7 @@ from . import boardmodel
 from .boardmodel import DEFAULT as DEFAULT_PROFILE
 from .checkout import BUILD, LIB, ROOT, SIM, UPYLIB, unix_port
 from .errors import JobsctlError
+from .statedir import StateDir
 
 RESET_STATUS = 3
 MPY_DIR = BUILD / "mpy"
@@ -90,12 +91,12 @@ def device_env(profile: str | None = DEFAULT_PROFILE, report: Path | None = None
     return env
 
 
-def board_dir(state_dir: Path, name: str) -> Path:
-    return Path(state_dir) / "devices" / name
+def board_dir(state_dir: StateDir | Path, name: str) -> Path:
+    return StateDir.of(state_dir).board_dir(name)
 
 
 def setup_board(
-    state_dir: Path,
+    state_dir: StateDir | Path,
     name: str,
     *,
     version: str = "1.0.0",
@@ -108,19 +109,15 @@ def setup_board(
     created once with firmware ``version`` in ota_0; an existing board keeps its flash and
     state, like a real board keeps its filesystem when it is re-provisioned.
     """
-    state_dir = Path(state_dir)
-    creds = state_dir / "things" / name
+    state = StateDir.of(state_dir)
+    creds = state.thing_dir(name)
     if not (creds / "device.pem").exists():
         raise JobsctlError(
-            f"no thing {name!r} in {state_dir}: run `jobsctl thing create --state-dir "
-            f"{state_dir} {name}` first"
+            f"no thing {name!r} in {state}: run `jobsctl thing create --state-dir "
+            f"{state} {name}` first"
         )
-    endpoints_file = state_dir / "endpoints.json"
-    try:
-        endpoints = json.loads(endpoints_file.read_text())
-    except FileNotFoundError:
-        raise JobsctlError(f"{endpoints_file} is missing: start `jobsctl serve` first") from None
-    board = board_dir(state_dir, name)
+    endpoints = state.endpoints()
+    board = state.board_dir(name)
     board.mkdir(parents=True, exist_ok=True)
     for src, dst in (("device.pem", "cert.pem"), ("device.key", "key.pem"), ("ca.pem", "ca.pem")):
         shutil.copyfile(creds / src, board / dst)

@@ -235,7 +235,7 @@ class ControlPlane:
             if m:
                 if self.rate is not None:
                     self.rate.take(route.op.name)
-                params = self._params(route.op, m.groupdict(), raw_query, body)
+                params = self._params(route.op, m.groupdict(), raw_query, body, lower)
                 return self.handlers[route.op.name](params)
         raise ApiError(
             "UnknownOperationException", 404, f"No operation {request.method} {path} here."
@@ -243,7 +243,11 @@ class ControlPlane:
 
     @staticmethod
     def _params(
-        op: OperationModel, uri: dict[str, str], raw_query: str, body: bytes
+        op: OperationModel,
+        uri: dict[str, str],
+        raw_query: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         shape = op.input_shape
         assert shape is not None
@@ -268,6 +272,8 @@ class ControlPlane:
                 params[name] = _coerce(member.type_name, unquote(uri[wire]), wire)
             elif loc == "querystring" and wire in query:
                 params[name] = _coerce(member.type_name, query[wire], wire)
+            elif loc == "header" and headers and wire.lower() in headers:
+                params[name] = headers[wire.lower()]
             elif loc in ("uri", "querystring", "header"):
                 params.pop(name, None)
         seeded = params.pop("documentParameters", None) if op.name == "CreateJob" else None

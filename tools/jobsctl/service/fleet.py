@@ -155,3 +155,40 @@ def describe_endpoint(model: Model, endpoint_type: str | None) -> dict[str, Any]
         known = ", ".join(t for t in ENDPOINT_TYPES if model.endpoints.get(ENDPOINT_TYPES[t]))
         raise invalid(f"endpointType {endpoint_type} is not served here (known: {known}).")
     return {"endpointAddress": f"localhost:{port}"}
+
+
+def certificate_arn(cert_id: str) -> str:
+    return f"{_arn_prefix()}cert/{cert_id}"
+
+
+def register_certificate(model: Model, pem: str, status: str | None) -> dict[str, Any]:
+    """RegisterCertificateWithoutCA: record a device certificate, attached to no thing yet
+    (AttachThingPrincipal attaches it). Only ACTIVE certificates are kept here."""
+    from ..pki import certificate_id
+
+    if status not in (None, "ACTIVE"):
+        raise invalid(f"Only ACTIVE certificates are registered here, not {status}.")
+    try:
+        cert_id = certificate_id(pem.encode())
+    except ValueError:
+        raise invalid("certificatePem is not a PEM-encoded X.509 certificate.") from None
+    with model._op() as db:
+        if db.execute("SELECT 1 FROM certificates WHERE cert_id = ?", (cert_id,)).fetchone():
+            raise ApiError(
+                "ResourceAlreadyExistsException", 409, f"The certificate {cert_id} is registered."
+            )
+        db.execute("INSERT INTO certificates VALUES (?, '', ?, ?)", (cert_id, pem, model.now()))
+    return {"certificateArn": certificate_arn(cert_id), "certificateId": cert_id}
+
+
+def attach_principal(model: Model, thing: str, principal: str) -> dict[str, Any]:
+    """AttachThingPrincipal: the certificate (by ARN) becomes the thing's (one thing each)."""
+    prefix, _, cert_id = principal.rpartition(":cert/")
+    if prefix != _arn_prefix().rstrip(":") or not cert_id:
+        raise invalid(f"The principal {principal} is not a certificate ARN of this account.")
+    with model._op() as db:
+        model._thing(thing)
+        cur = db.execute("UPDATE certificates SET thing = ? WHERE cert_id = ?", (thing, cert_id))
+        if not cur.rowcount:
+            raise not_found(f"The certificate {cert_id} cannot be found.")
+    return {}

@@ -64,6 +64,12 @@ def handlers(model: Model) -> dict[str, Handler]:
             model, p["resourceArn"], p.get("nextToken")
         ),
         "DescribeEndpoint": lambda p: fleet.describe_endpoint(model, p.get("endpointType")),
+        "RegisterCertificateWithoutCA": lambda p: fleet.register_certificate(
+            model, p["certificatePem"], p.get("status")
+        ),
+        "AttachThingPrincipal": lambda p: fleet.attach_principal(
+            model, p["thingName"], p["principal"]
+        ),
     }
 
 
@@ -85,4 +91,6 @@ OPERATIONS = (
     "UntagResource",
     "ListTagsForResource",
     "DescribeEndpoint",
+    "RegisterCertificateWithoutCA",
+    "AttachThingPrincipal",
 )
