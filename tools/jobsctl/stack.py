@@ -24,7 +24,9 @@ from .errors import JobsctlError
 from .objectstore import DEFAULT_BUCKET, ObjectStore
 from .pki import CertificateAuthority
 from .service import Service
-from .service.model import ACCOUNT_ID, REGION, Model
+from .service.common import ACCOUNT_ID, REGION
+from .service.fleet import Registry
+from .service.model import Model
 from .service.quotas import Quotas
 from .service.service import ServiceConfig
 from .service.store import Store
@@ -215,9 +217,9 @@ class Stack:
         return self.service.model
 
     def create_thing(self, name: str, group: str | None = None) -> dict[str, Any]:
-        """Register a thing (things.register) through the running service's model."""
+        """Register a thing (things.register) in the running service's registry."""
         assert self.ca is not None
-        info = register(self.dir, self.ca, self.model, name, group)
+        info = register(self.dir, self.ca, Registry(self.model), name, group)
         info.update(mqtt_host="localhost", mqtt_port=self.mqtt_port)
         return info
 

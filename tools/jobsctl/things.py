@@ -4,7 +4,7 @@
 into ``DIR/things/NAME/``. The registry is always the Jobs service's own API, never the
 database around it:
 
-- in the stack's process (:meth:`jobsctl.stack.Stack.create_thing`), the service's model;
+- in the stack's process (:meth:`jobsctl.stack.Stack.create_thing`), the service's registry;
 - for ``jobsctl thing create`` while ``jobsctl serve`` runs, its control plane
   (:class:`ControlPlaneRegistry`: CreateThing, CreateThingGroup, AddThingToThingGroup,
   RegisterCertificateWithoutCA, AttachThingPrincipal), so the running service sees the new
@@ -22,8 +22,9 @@ from typing import Any, Protocol
 
 from .errors import JobsctlError
 from .pki import CertificateAuthority, certificate_id
+from .service.common import thing_arn
+from .service.fleet import Registry as ModelRegistry
 from .service.fleet import certificate_arn
-from .service.model import thing_arn
 from .statedir import StateDir, local_client
 
 _NAME_CHARS = set(string.ascii_letters + string.digits + ":_-")
@@ -39,7 +40,9 @@ def check_name(name: str, what: str = "thing") -> None:
 
 
 class Registry(Protocol):
-    """What registering a thing needs of the Jobs service (the model has these methods)."""
+    """What registering a thing needs of the Jobs service: its registry
+    (:class:`jobsctl.service.fleet.Registry` in-process, :class:`ControlPlaneRegistry` over
+    HTTPS)."""
 
     def create_thing(self, name: str) -> Any: ...
 
@@ -137,6 +140,6 @@ def create_thing(state_dir: StateDir | Path, name: str, group: str | None = None
     with state.lock(busy):
         store = Store(state.db_file)
         try:
-            return register(state, ca, Model(store), name, group)
+            return register(state, ca, ModelRegistry(Model(store)), name, group)
         finally:
             store.close()

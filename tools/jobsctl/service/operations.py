@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import fleet, jobops, templates
-from .model import Model, invalid
+from .errors import invalid
+from .model import Model
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
