@@ -50,11 +50,10 @@ $(BUILD)/.apt:
 	fi
 	@echo '$(APT_PKGS)' > $@
 
-venv: $(BIN)/jobsctl ## create .venv with the pinned host dependencies and jobsctl
+venv: $(BIN)/jobsctl ## create .venv: jobsctl (editable) with its dev extra, versions pinned
 $(BIN)/jobsctl: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q -r requirements.txt
-	@$(BIN)/pip install -q --no-deps -e .
+	@$(BIN)/pip install -q -c requirements.txt -e '.[dev]'
 	@touch $@
 
 micropython: $(MICROPYTHON) ## build the simulated stock-firmware board (MicroPython 1.25.0 Unix port)
