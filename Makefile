@@ -82,13 +82,14 @@ $(BUILD)/stubs-newest/esp32.pyi: | $(BIN)/jobsctl
 	  micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
 	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
 
-check: lint typecheck ## lint, type-check and mpy-cross compile all code
+check: lint typecheck ## lint, type-check, mpy-cross compile all code, check the host layers
 lint: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 typecheck: setup
 	@$(BIN)/mypy
 	@$(BIN)/python -m jobsctl.devcheck
+	@$(BIN)/python tests/harness/layers.py
 
 test: setup check ## the full quick suite (what CI runs)
 	@$(BIN)/pytest -q -n 2 -m "not slow"
