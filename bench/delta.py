@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from jobsctl import delta, image
-from jobsctl.checkout import ROOT, unix_port
+from jobsctl.checkout import BUILD, ROOT, unix_port
 from jobsctl.device import device_env
 from jobsctl.errors import JobsctlError
 
@@ -55,9 +55,9 @@ def one_line_pair(tmp: Path) -> tuple[bytes, bytes]:
     for name in ("firmware", "lib", "sim"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dl", "mbedtls-src", "upylib"):
-        (build / name).symlink_to(ROOT / "build" / name)
+        (build / name).symlink_to(BUILD / name)
     # The built sources and objects, so that each build only re-freezes and links.
-    shutil.copytree(ROOT / "build" / "micropython-src", build / "micropython-src", symlinks=True)
+    shutil.copytree(BUILD / "micropython-src", build / "micropython-src", symlinks=True)
     script = tree / "firmware" / "unix-port.sh"
     ota = tree / "lib" / "iotjobs" / "ota.py"
     out = []

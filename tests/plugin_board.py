@@ -18,8 +18,6 @@ import pytest
 
 from harness.rawrepl import RawReplBridge
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture()
 def sim_board(tmp_path: Path, board_port: Path) -> Iterator[RawReplBridge]:

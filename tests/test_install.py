@@ -8,14 +8,13 @@ installs with the checkout's pinned versions as constraints, from pip's cache wh
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from plugin_stack import served
 
 from jobsctl.checkout import ROOT
 from jobsctl.stack import iot_client
@@ -77,18 +76,7 @@ def test_pip_install_outside_the_checkout_gives_a_working_jobsctl(tmp_path: Path
     assert info.returncode == 0 and "2.3.4" in info.stdout, info.stdout + info.stderr
 
     state = work / "state"
-    serve = subprocess.Popen(
-        [jobsctl, "serve", "--state-dir", str(state)],
-        cwd=work,
-        env=_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert serve.stdout is not None
-        assert any("serving" in line for line in serve.stdout)
-        endpoints = json.loads((state / "endpoints.json").read_text())
+    with served(state, jobsctl=Path(jobsctl), cwd=work, env=_env()) as endpoints:
         created = run("thing", "create", "--state-dir", str(state), "installed-1")
         assert created.returncode == 0, created.stderr
         iot = iot_client(endpoints)
@@ -97,12 +85,6 @@ def test_pip_install_outside_the_checkout_gives_a_working_jobsctl(tmp_path: Path
         board = run("device", "run", "--state-dir", str(state), "installed-1")
         assert board.returncode == 1 and board.stderr.count("\n") == 1, board.stderr
         assert "needs the project's checkout" in board.stderr
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(timeout=30) == 0
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
     assert not (state / "endpoints.json").exists()
 
 

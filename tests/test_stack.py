@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import ssl
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_stack import JobsDevice, unique
+from plugin_stack import JobsDevice, served, unique
 
 from jobsctl.cli import main
 from jobsctl.errors import JobsctlError
@@ -197,16 +196,7 @@ def test_thing_create_while_serve_runs_goes_through_the_running_service(
     from jobsctl.stack import iot_client
 
     state = tmp_path / "served"
-    proc = subprocess.Popen(
-        [str(JOBSCTL), "serve", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        assert any("serving" in line for line in proc.stdout)
-        endpoints = json.loads((state / "endpoints.json").read_text())
+    with served(state) as endpoints:
         iot = iot_client(endpoints)
         iot.create_thing_group(thingGroupName="served")
         job = iot.create_job(
@@ -234,9 +224,6 @@ def test_thing_create_while_serve_runs_goes_through_the_running_service(
         # The service holds the certificate: a thing with one is not deleted.
         with pytest.raises(ClientError, match="attached principals"):
             iot.delete_thing(thingName="served-1")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
 
 
 def test_thing_create_without_serve_takes_the_state_dirs_lock(
@@ -253,20 +240,7 @@ def test_thing_create_without_serve_takes_the_state_dirs_lock(
 
 def test_serve_writes_endpoints_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "serve"
-    proc = subprocess.Popen(
-        [str(JOBSCTL), "serve", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving" in line:
-                break
-        endpoints = json.loads((state / "endpoints.json").read_text())
+    with served(state) as endpoints:  # its pid in endpoints.json; SIGTERM: status 0
         for key in (
             "mqtt_host",
             "mqtt_port",
@@ -279,13 +253,6 @@ def test_serve_writes_endpoints_and_stops_everything_on_sigterm(tmp_path: Path) 
             "aws_secret_access_key",
         ):
             assert key in endpoints
-        assert endpoints["service_pid"] == proc.pid
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert not (state / "endpoints.json").exists()
     for port in (endpoints["mqtt_port"], int(endpoints["s3_url"].rsplit(":", 1)[1])):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):

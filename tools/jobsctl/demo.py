@@ -23,6 +23,7 @@ from . import boardmodel, image
 from .checkout import LIB
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
+from .service.common import TERMINAL
 from .stack import Stack
 from .statedir import StateDir
 
@@ -31,7 +32,6 @@ GROUP = "demo-fleet"
 MARKER = ".jobsctl-demo"
 OLD_VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
-TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 # Colours of the timeline (and the live view) per state.
 # The phases of a job in the order a board goes through them. A board's console (read as it is
 # printed) is ahead of the service's record (polled), so a phase the poll reports late never

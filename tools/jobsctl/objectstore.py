@@ -17,14 +17,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from .errors import JobsctlError
-from .netutil import LogPump, dies_with_parent, free_port, reap_stale, wait_for_port, write_pid
+from .netutil import (
+    LogPump,
+    dies_with_parent,
+    free_port,
+    reap_stale,
+    terminate,
+    wait_for_port,
+    write_pid,
+)
 from .pki import CertificateAuthority
 from .statedir import local_client
 
@@ -187,11 +194,5 @@ class ObjectStore:
         # If the snapshot fails, the mirror still holds everything that went through put().
         with contextlib.suppress(Exception):
             self.snapshot()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None
