@@ -9,6 +9,7 @@ installs with the checkout's pinned versions as constraints, from pip's cache wh
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -29,19 +30,19 @@ def _env() -> dict[str, str]:
 # A fresh venv and every runtime dependency: about a minute from pip's cache on 2 cores.
 @pytest.mark.slow
 def test_pip_install_outside_the_checkout_gives_a_working_jobsctl(tmp_path: Path) -> None:
-    venv, work = tmp_path / "venv", tmp_path / "work"
+    venv, work, src = tmp_path / "venv", tmp_path / "work", tmp_path / "src"
     work.mkdir()
+    # The package's own files only (a build writes build/ beside pyproject.toml: not ours).
+    shutil.copytree(
+        ROOT / "tools" / "jobsctl",
+        src / "tools" / "jobsctl",
+        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+    )
+    shutil.copy(ROOT / "pyproject.toml", src)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = subprocess.run(
-        [
-            str(venv / "bin" / "pip"),
-            "install",
-            "-q",
-            "-c",
-            str(ROOT / "requirements.txt"),
-            str(ROOT),
-        ],
-        cwd=work,
+        [str(venv / "bin" / "pip"), "install", "-q", "-c", str(ROOT / "requirements.txt"), "."],
+        cwd=src,
         env=_env(),
         capture_output=True,
         text=True,
@@ -122,3 +123,26 @@ def test_the_runtime_dependencies_cover_every_import_of_the_package() -> None:
         owners = {d.lower() for d in dists.get(top, [])}
         assert owners & runtime, f"{where} imports {top} ({owners}): not in [project] dependencies"
         assert not owners & (dev - runtime), f"{where} imports {top}, a dev-only dependency"
+
+
+def test_jobsctl_checkout_names_the_checkout_for_an_installed_jobsctl(tmp_path: Path) -> None:
+    # README: an installed jobsctl runs the device code of the checkout JOBSCTL_CHECKOUT names,
+    # and without one says in one line what needs it.
+    code = (
+        "import jobsctl.checkout as c\n"
+        "print(c.ROOT, c.unix_port())\n"
+        "try:\n"
+        "    c.require('x')\n"
+        "except Exception as e:\n"
+        "    print(e)\n"
+    )
+    env = dict(_env(), JOBSCTL_CHECKOUT=str(ROOT))
+    named = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert named.stdout.split() == [str(ROOT), str(ROOT / "build" / "micropython")]
+    env["JOBSCTL_CHECKOUT"] = str(tmp_path)
+    elsewhere = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True
+    )
+    assert elsewhere.returncode == 1 and "needs the project's checkout" in elsewhere.stderr
