@@ -8,7 +8,10 @@ Two real firmware pairs built here, labelled as what they are:
   message); both stripped, as firmware images carry no symbols;
 - **another build**: the plain 1.25 Unix port (``build/micropython``) to the same port with the
   agent frozen in (``build/micropython-frozen``), both stripped: a firmware that gains a frozen
-  library. (Two MicroPython versions are not built here yet.)
+  library;
+- **two MicroPython versions**: the stock-firmware board on MicroPython 1.25.0
+  (``build/micropython``) to the same board on 1.26.1 (``build/micropython-1.26``, built from
+  Debian's source package), both stripped: a firmware upgrade across a MicroPython release.
 
 For each: the patch (``jobsctl.delta.create``: detools sequential, heatshrink with the default
 window/lookahead, and compression none) as a share of the new image; the time the device's
@@ -144,7 +147,7 @@ def pair_rows(tmp: Path, label: str, old: bytes, new: bytes, runs: int) -> list[
             (
                 f"delta apply ({name}), {label}",
                 f"{min(t) / 1000:.2f} s min, {statistics.median(t) / 1000:.2f} s median",
-                f"iotjobs.delta on the Unix port (x86-64), {runs} runs; "
+                f"iotjobs.delta on the 32-bit Unix port (i386, this PC), {runs} runs; "
                 + "; ".join(link)
                 + " (link: arithmetic, bytes x 8 / rate)",
             )
@@ -183,6 +186,14 @@ def run(tmp: Path, runs: int, rows: list[Row]) -> None:
         "Unix port 1.25 (stripped) → the same with the agent frozen in",
         plain,
         frozen,
+        runs,
+    )
+    newest = _strip(unix_port(newest=True), tmp / "newest.bin")
+    rows += pair_rows(
+        tmp / "versions",
+        "Unix port MicroPython 1.25.0 → 1.26.1 (stripped, stock-firmware board)",
+        plain,
+        newest,
         runs,
     )
 

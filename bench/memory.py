@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jobsctl import boardmodel, image, otajob
+from jobsctl import boardmodel, delta, image, otajob
 from jobsctl.device import DeviceProcess, setup_board
 from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
-JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "ota-stream-1MiB", "bundle")
+JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "ota-stream-1MiB", "ota-delta-1MiB", "bundle")
 GOAL = 0.15
 SLOT = 0x180000  # the OTA slot of the simulated board (1.5 MiB)
 APP_V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
@@ -85,7 +85,17 @@ def _final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]
     return {"status": "TIMEOUT"}
 
 
-def _document(stack: Stack, job: str, signing: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _delta_base(board: Path) -> bytes:
+    """A 1 MiB 1.0.0 image in the board's running slot: the base a delta job patches."""
+    old = image.build_app_image("1.0.0", size=1024 * 1024)
+    with (board / "flash" / "ota_0.bin").open("r+b") as f:
+        f.write(old)
+    return old
+
+
+def _document(
+    stack: Stack, job: str, signing: Path, board: Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
     if job == "reboot":
         return {"operation": "reboot"}, {}
     if job == "config":
@@ -102,6 +112,15 @@ def _document(stack: Stack, job: str, signing: Path) -> tuple[dict[str, Any], di
             roleArn=otajob.stream_role(ep["account_id"]),
         )
         return otajob.afr_document(data, image.sign(data, signing), stream=sid), {}
+    if job == "ota-delta-1MiB":  # a patch only (no full image offered), 1.0.0 -> 2.0.0
+        old = _delta_base(board)
+        new = image.build_app_image("2.0.0", size=len(old), seed="iotjobs-sim/1.0.0")
+        doc, extra = otajob.prepare(stack, new, key=signing)
+        patch = delta.create(old, new)
+        url = stack.upload(f"ota/mem-{patch.sha256[:16]}.patch", patch.data)
+        doc["delta"] = patch.document(otajob.placeholder(url))
+        del doc["url"]
+        return doc, extra
     if job.startswith("ota-"):
         size = 1 * 1024 * 1024 if job == "ota-1MiB" else SLOT
         return otajob.prepare(stack, image.build_app_image("2.0.0", size=size), key=signing)
@@ -124,7 +143,7 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
     (app / ".version").write_text("app-1")
     report = board / "mem.jsonl"
     report.unlink(missing_ok=True)
-    doc, extra = _document(stack, job, signing)
+    doc, extra = _document(stack, job, signing, board)
     dev = DeviceProcess(board, profile=profile, mem_report=report, frozen=frozen)
     try:
         dev.start()
