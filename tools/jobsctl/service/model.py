@@ -629,9 +629,8 @@ class Model:
         and the job's presignedUrlConfig (JSON, or None)."""
         with self.lock:
             job = self._job(ex.job_id)
-        return substitute_parameters(str(job["document"]), job["document_parameters"]), job[
-            "presigned"
-        ]
+        document = substitute_parameters(str(job["document"]), job["document_parameters"])
+        return document, job["presigned"]
 
     def start_next(
         self, thing: str, details: dict[str, str] | None, step_timeout: int | None
