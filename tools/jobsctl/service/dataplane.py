@@ -26,11 +26,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..broker import MAX_PACKET_SIZE
-from . import data_views
-from .common import DEVICE_STATUSES, TERMINAL, parse_s3_url
+from . import data_views, validate
+from .common import TERMINAL, parse_s3_url
 from .errors import JobsError
 from .model import Execution, Model
-from .validate import check_status_details, check_step_timeout
 
 log = logging.getLogger("jobsctl.dataplane")
 
@@ -39,17 +38,6 @@ _TOPIC = re.compile(r"\$aws/things/([^/]+)/jobs/(.+)")
 _JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _THING = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _PRESIGNED = re.compile(r"\$\{aws:iot:s3-presigned-url(?:-v2)?:([^}\s\"]+)\}")
-_UPDATE_KEYS = {
-    "status",
-    "statusDetails",
-    "expectedVersion",
-    "executionNumber",
-    "includeJobExecutionState",
-    "includeJobDocument",
-    "stepTimeoutInMinutes",
-    "clientToken",
-}
-
 Presigner = Callable[[str, str, int], str]
 Reply = tuple[str, dict[str, Any]]
 
@@ -367,22 +355,14 @@ class DataPlane:
         }
 
     def _start_next(self, thing: str, request: dict[str, Any]) -> dict[str, Any]:
-        details = request.get("statusDetails")
-        if details is not None:
-            details = check_status_details(details)
-        step = check_step_timeout(request.get("stepTimeoutInMinutes"))
+        details, step = validate.start_next_request(request)
         ex = self.model.start_next(thing, details, step)
         if ex is None:
             return {}
         return {"execution": self._execution(ex, True)}
 
     def _describe(self, thing: str, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
-        number = request.get("executionNumber")
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
-            raise JobsError("InvalidRequest", "executionNumber must be an integer.")
-        include = request.get("includeJobDocument", True)
-        if not isinstance(include, bool):
-            raise JobsError("InvalidRequest", "includeJobDocument must be a boolean.")
+        number, include = validate.describe_request(request)
         if job_id == "$next":
             pending = self.model.pending(thing)
             if not pending:
@@ -405,29 +385,7 @@ class DataPlane:
     def _update(self, thing: str, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         if job_id == "$next":
             raise JobsError("InvalidRequest", "$next is valid only for get.")
-        unknown = set(request) - _UPDATE_KEYS
-        if unknown:
-            raise JobsError("InvalidRequest", f"Unknown field {sorted(unknown)[0]}.")
-        status = request.get("status")
-        if status is None:
-            raise JobsError("InvalidRequest", "status is required.")
-        if status not in DEVICE_STATUSES:
-            raise JobsError(
-                "InvalidRequest",
-                f"status {str(status)[:40]} is not one of IN_PROGRESS, SUCCEEDED, FAILED,"
-                " REJECTED.",
-            )
-        details = request.get("statusDetails")
-        if details is not None:
-            details = check_status_details(details)
-        for key in ("expectedVersion", "executionNumber"):
-            value = request.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise JobsError("InvalidRequest", f"{key} must be an integer.")
-        for key in ("includeJobExecutionState", "includeJobDocument"):
-            if not isinstance(request.get(key, False), bool):
-                raise JobsError("InvalidRequest", f"{key} must be a boolean.")
-        step = check_step_timeout(request.get("stepTimeoutInMinutes"), allow_cancel=True)
+        status, details, step = validate.update_request(request)
         ex = self.model.update(
             thing,
             job_id,

@@ -19,7 +19,7 @@ from typing import Any
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
 from . import policies
-from .common import PARAM
+from .common import DEVICE_STATUSES, PARAM
 from .errors import JobsError, invalid
 
 MAX_DOCUMENT = 32768
@@ -75,6 +75,68 @@ def check_job_policies(req: dict[str, Any], now: float) -> None:
         rollouts.check(req, now)
     except ValueError as exc:
         raise invalid(str(exc)) from None
+
+
+# UpdateJobExecution's request members (MQTT and HTTPS alike).
+_UPDATE_KEYS = {
+    "status",
+    "statusDetails",
+    "expectedVersion",
+    "executionNumber",
+    "includeJobExecutionState",
+    "includeJobDocument",
+    "stepTimeoutInMinutes",
+    "clientToken",
+}
+
+
+def _integer(request: dict[str, Any], key: str) -> None:
+    value = request.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise JobsError("InvalidRequest", f"{key} must be an integer.")
+
+
+def _details(request: dict[str, Any]) -> dict[str, str] | None:
+    details = request.get("statusDetails")
+    return None if details is None else check_status_details(details)
+
+
+def start_next_request(request: dict[str, Any]) -> tuple[dict[str, str] | None, int | None]:
+    """StartNextPendingJobExecution: (statusDetails, stepTimeoutInMinutes)."""
+    return _details(request), check_step_timeout(request.get("stepTimeoutInMinutes"))
+
+
+def describe_request(request: dict[str, Any]) -> tuple[int | None, bool]:
+    """DescribeJobExecution: (executionNumber, includeJobDocument)."""
+    _integer(request, "executionNumber")
+    include = request.get("includeJobDocument", True)
+    if not isinstance(include, bool):
+        raise JobsError("InvalidRequest", "includeJobDocument must be a boolean.")
+    return request.get("executionNumber"), include
+
+
+def update_request(request: dict[str, Any]) -> tuple[str, dict[str, str] | None, int | None]:
+    """UpdateJobExecution: (status, statusDetails, stepTimeoutInMinutes); the other members
+    checked as they are."""
+    unknown = set(request) - _UPDATE_KEYS
+    if unknown:
+        raise JobsError("InvalidRequest", f"Unknown field {sorted(unknown)[0]}.")
+    status = request.get("status")
+    if status is None:
+        raise JobsError("InvalidRequest", "status is required.")
+    if status not in DEVICE_STATUSES:
+        raise JobsError(
+            "InvalidRequest",
+            f"status {str(status)[:40]} is not one of IN_PROGRESS, SUCCEEDED, FAILED, REJECTED.",
+        )
+    details = _details(request)
+    for key in ("expectedVersion", "executionNumber"):
+        _integer(request, key)
+    for key in ("includeJobExecutionState", "includeJobDocument"):
+        if not isinstance(request.get(key, False), bool):
+            raise JobsError("InvalidRequest", f"{key} must be a boolean.")
+    step = check_step_timeout(request.get("stepTimeoutInMinutes"), allow_cancel=True)
+    return status, details, step
 
 
 def check_job_document(document: str, params: dict[str, str] | None) -> None:
