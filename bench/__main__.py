@@ -11,7 +11,7 @@ consecutive sizes pass, with the lowest passing size beside it; the machine's lo
 each row names the command that made it and the figure it replaced:
 
 - OTA throughput: the device pipeline (iotjobs.http -> hashlib.sha256 -> simulated
-  esp32.Partition, driven by the OTA handler's own loop ``iotjobs.ota._stream`` from
+  esp32.Partition, driven by the OTA handler's own loop ``iotjobs.fetch.blocks`` from
   ``bench/ota_pipeline.py`` under the Unix port) on an 8 MiB image from a
   loopback HTTPS server, vs ``curl -s URL | tee slot.bin | sha256sum`` on the same URL (and
   ``curl -o /dev/null`` alone);

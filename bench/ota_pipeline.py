@@ -1,5 +1,5 @@
 # The device's OTA pipeline without the job around it: HTTPS GET -> SHA-256 -> flash (the
-# simulated esp32.Partition), run by the OTA handler's own loop (iotjobs.ota._stream) with the
+# simulated esp32.Partition), run by the OTA handler's own loop (iotjobs.fetch.blocks) with the
 # agent's own Context. Used by `make bench` (figures) and tests/test_ota_stream.py (pins that a
 # block allocates nothing). Run under the Unix port with a simulated board folder as the
 # current directory:
@@ -26,7 +26,7 @@ import time
 
 import esp32
 import micropython
-from iotjobs import http, ota
+from iotjobs import fetch, http
 from iotjobs.agent import Context
 from iotjobs.board import Board
 
@@ -99,7 +99,7 @@ def main(url, ca, interval_ms, locked, sample):
     if locked:
         micropython.heap_lock()
     try:
-        off = ota._stream(ctx, r, slot, h, buf, tail, 0, r.total)
+        off = fetch.blocks(ctx, r, slot, h, buf, tail, 0, r.total)
     finally:
         if locked:
             micropython.heap_unlock()

@@ -86,11 +86,11 @@ def test_a_renamed_hot_function_is_reported_not_skipped(tmp_path):
 
     lib = tmp_path / "lib"
     shutil.copytree(dc.ROOT / "lib", lib)
-    ota = lib / "iotjobs" / "ota.py"
-    ota.write_text(
-        ota.read_text().replace("def _stream(", "def _stream2(").replace("_stream(", "_stream2(")
+    fetch = lib / "iotjobs" / "fetch.py"
+    fetch.write_text(
+        fetch.read_text().replace("def blocks(", "def blocks2(").replace("blocks(", "blocks2(")
     )
-    assert any("hot path _stream not found" in p for p in dc.hot_imports(lib))
+    assert any("hot path blocks not found" in p for p in dc.hot_imports(lib))
 
 
 def test_only_the_listed_rare_path_loader_may_import_under_a_hot_path(tmp_path):
@@ -109,3 +109,32 @@ def test_only_the_listed_rare_path_loader_may_import_under_a_hot_path(tmp_path):
     agent.write_text(text.replace("def _rare(fn, *args):", "def _rarely(fn, *args):", 1))
     agent.write_text(agent.read_text().replace("_rare(", "_rarely("))
     assert any("import mishap in _rarely" in p for p in dc.hot_imports(lib))
+
+
+def test_an_esp32_import_outside_the_board_module_fails_the_device_check(tmp_path):
+    # Hardware comes in through iotjobs.board; only the modules devcheck.ESP32_IMPORTERS
+    # lists (each with its reason) may import esp32.
+    import shutil
+
+    from jobsctl import devcheck as dc
+
+    assert set(dc.ESP32_IMPORTERS) >= {"iotjobs/board.py"}
+    assert all(dc.ESP32_IMPORTERS.values())  # a reason for each
+    lib = tmp_path / "lib"
+    shutil.copytree(dc.ROOT / "lib", lib)
+    assert dc.esp32_imports(lib) == []
+    ota = lib / "iotjobs" / "ota.py"
+    text = ota.read_text()
+    assert "def _slot(ctx):\n" in text
+    ota.write_text(
+        text.replace(
+            "def _slot(ctx):\n",
+            "def _slot(ctx):\n    import esp32\n\n    esp32.Partition(ctx.state['slot'])\n",
+            1,
+        )
+    )
+    (tmp_path / "main.py").write_text("from esp32 import Partition\n")
+    problems = dc.esp32_imports(lib)
+    assert len(problems) == 2, problems
+    assert any(p.startswith("lib/iotjobs/ota.py:") and "imports esp32" in p for p in problems)
+    assert any(p.startswith("main.py:1:") for p in problems)

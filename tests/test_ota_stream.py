@@ -1,4 +1,4 @@
-"""The OTA download loop itself (iotjobs.ota._stream) allocates nothing per block.
+"""The OTA download loop itself (iotjobs.fetch.blocks) allocates nothing per block.
 
 bench/ota_pipeline.py (also the bench's pipeline) runs the handler's real loop with the agent's
 real Context over a real HTTPS response (tests/plugin_http.py) into the simulated flash, under
@@ -22,7 +22,7 @@ from jobsctl import image
 from jobsctl.pki import CertificateAuthority
 
 SCRIPT = Path(__file__).parent.parent / "bench" / "ota_pipeline.py"
-SAVE_EVERY = 16  # iotjobs.ota._SAVE_EVERY
+SAVE_EVERY = 16  # iotjobs.fetch._SAVE_EVERY
 
 
 @pytest.fixture()

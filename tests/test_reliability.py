@@ -301,7 +301,7 @@ def test_fuzzed_job_documents_never_crash_the_agent_and_each_ends_with_a_reason(
             refused("fuzz")  # the service refused it up front, as AWS does: not a trial passed
             return
         # A URL that never resolves ends FAILED only after the download's retry budget
-        # (backoff 2+4+8+16+30+30 s, iotjobs.ota._net_fail): wait past it.
+        # (backoff 2+4+8+16+30+30 s, iotjobs.fetch.net_fail): wait past it.
         ex = final(stack_session, dev.board.name, job, timeout=150)
         reason = details(ex).get("reason", "")
         ok = ex["status"] in ("REJECTED", "FAILED", "SUCCEEDED") and (

@@ -61,8 +61,7 @@ def several(ctx, afr, files):
                     raise Rejected("afr_ota: an app bundle is fetched over HTTP only")
                 parse(sub, _BUNDLE_MAX, bool(ctx.config.get("ota_key_file")), "bundle limit")
             else:
-                slot = ctx.board.next_partition()
-                parse(sub, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+                parse(sub, ctx.board.update_slot().size, bool(ctx.config.get("ota_key_file")))
             _check_certfile(ctx, sub)
         st["i"] = 0
         st["out"] = {}

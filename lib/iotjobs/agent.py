@@ -30,7 +30,7 @@ _EAGAIN = const(11)
 _CHECK_EVERY_MS = const(200)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
-_LEVELS = {"debug": 0, "info": 1, "warning": 2, "error": 3}
+LEVELS = ("debug", "info", "warning", "error")  # lowest first: config.json's log_level
 
 
 class Rejected(Exception):
@@ -204,6 +204,10 @@ class Context:
         raise SystemExit  # only reached with a fake board
 
 
+def _rank(level):
+    return LEVELS.index(level) if level in LEVELS else 1
+
+
 def _diff(a, b):
     # Called per OTA block: no import here (an import of a built-in searches the filesystem
     # path on every call, ~49,000 failed stats per 8 MiB).
@@ -242,7 +246,7 @@ class Agent:
         self.thing = cfg["thing_name"]
         self.board = board
         self.link = link
-        self._level = _LEVELS.get(log_level, 1)
+        self._level = _rank(log_level)
         self._tag = "%05x" % board.rand(0xFFFFF)
         self._n = 0
         self._await = None  # clientToken of the request in flight
@@ -256,7 +260,7 @@ class Agent:
         link.on_fail = self._link_failed
 
     def log(self, level, msg):
-        if _LEVELS.get(level, 1) >= self._level:
+        if _rank(level) >= self._level:
             print("%s %s" % (level[0].upper(), msg))
 
     # ---- MQTT plumbing
@@ -354,7 +358,7 @@ class Agent:
             if attempt > _RETRIES:
                 self.log("warning", "%s: still %s after %d tries" % (topic, code, _RETRIES))
                 raise OSError(_EAGAIN)
-            wait = backoff // 2 + b.rand(backoff // 2 + 1)
+            wait = b.jitter(backoff)
             self.log("info", "%s: %s, retry in %d ms" % (topic, code, wait))
             b.sleep_ms(wait)
             backoff = min(backoff * 2, self.cfg["backoff_max_ms"])

@@ -7,7 +7,7 @@ _HOLD = const(4096)
 
 def build(cfg, board=None):
     from iotjobs import agent, transport
-    from iotjobs.board import Board
+    from iotjobs.board import Board, read
 
     if board is None:
         board = Board(cfg["wdt_timeout_ms"])
@@ -18,9 +18,9 @@ def build(cfg, board=None):
     def params():
         # Read at each connection: the PEMs are not kept as text between connections.
         return {
-            "key": _read(cfg["key_file"]),
-            "cert": _read(cfg["cert_file"]),
-            "cadata": _read(cfg["ca_file"]),
+            "key": read(cfg["key_file"]),
+            "cert": read(cfg["cert_file"]),
+            "cadata": read(cfg["ca_file"]),
             "cert_reqs": ssl.CERT_REQUIRED,
             "server_hostname": cfg.get("server_hostname", cfg["endpoint"]),
         }
@@ -49,11 +49,6 @@ def build(cfg, board=None):
     ):
         agent.register(op, "iotjobs." + fn)
     return a
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
 
 
 def run(path="config.json"):

@@ -65,6 +65,11 @@ class Board:
 
         return random.getrandbits(30) % n if n > 0 else 0
 
+    def jitter(self, ms):
+        # A retry's wait for a backoff of ms: half of it, plus up to the other half at random,
+        # so that devices that failed together do not retry together (agent, link, downloads).
+        return ms // 2 + self.rand(ms // 2 + 1)
+
     def reset(self):
         import machine
 
@@ -129,26 +134,32 @@ class Board:
 
         ntptime.settime()
 
-    # ---- firmware slots
+    # ---- firmware slots: iotjobs.slot.Slot objects (that module is loaded with the first one)
 
-    def running_partition(self):
+    def running_slot(self):
         import esp32
+        from iotjobs.slot import Slot
 
-        return esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+        return Slot(esp32.Partition(esp32.Partition.RUNNING))  # type: ignore[arg-type]
 
-    def next_partition(self):
-        return self.running_partition().get_next_update()
-
-    def confirm_image(self):
+    def update_slot(self, label=None):
+        # The slot an update goes into: the one after the running slot, or the one labelled
+        # label (what a job persisted, across resets).
         import esp32
+        from iotjobs.slot import Slot
 
-        esp32.Partition.mark_app_valid_cancel_rollback()
+        if label is None:
+            p = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
+            return Slot(p.get_next_update())
+        return Slot(esp32.Partition(label))
 
     def firmware_version(self):
         # The version string of the running image's app descriptor (what `esptool image-info`
         # shows); "unknown" for an image without one.
+        import esp32
+
         try:
-            p = self.running_partition()
+            p = esp32.Partition(esp32.Partition.RUNNING)  # type: ignore[arg-type]
         except Exception:
             return "unknown"
         return app_version(p)
@@ -190,3 +201,9 @@ def app_secure_version(part):
     ):
         return 0
     return buf[d + 4] | buf[d + 5] << 8 | buf[d + 6] << 16 | buf[d + 7] << 24
+
+
+def read(path):
+    # A file's bytes (certificates, keys): the one reader the library has.
+    with open(path, "rb") as f:
+        return f.read()

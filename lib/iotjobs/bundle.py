@@ -10,7 +10,8 @@
 # its earlier headers).
 from iotjobs import appswap
 from iotjobs.agent import Failed
-from iotjobs.ota import _net_fail, check, open_url, parse
+from iotjobs.fetch import net_fail, open_url
+from iotjobs.ota import check, parse, run
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
@@ -25,12 +26,11 @@ def handle(ctx, doc):
         st["step"] = "download"
         st["old"] = appswap.version(app)
         ctx.save()
-    while True:
-        result = _STEPS[st["step"]](ctx, doc, app)
-        if isinstance(result, dict):
-            return result
-        st["step"] = result
-        ctx.save()
+    return run(ctx, doc, _step)
+
+
+def _step(ctx, doc, name):
+    return _STEPS[name](ctx, doc, ctx.config["app_dir"])
 
 
 def _download(ctx, doc, app):
@@ -76,7 +76,7 @@ def _fetch(ctx, job, app, keyed):
             h = hashlib.sha256()
             return stage, h, _extract(ctx, r, h, buf, stage, job["size"])
         except OSError as e:
-            tries[0] = _net_fail(ctx, tries[0], e)
+            tries[0] = net_fail(ctx, tries[0], e)
         except Failed:
             appswap.rmtree(stage)
             raise

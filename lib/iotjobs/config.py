@@ -5,6 +5,7 @@
 # plus the optional settings in DEFAULTS. File names are relative to the folder of config.json.
 # load() refuses a missing or bad file with ConfigError naming the problem; nothing else in the
 # agent ever sees an unchecked config.
+from iotjobs.agent import LEVELS
 from micropython import const
 
 PATH = "config.json"
@@ -39,7 +40,6 @@ _BOUNDS = {
     "tls_sessions": (0, 2),
     "checkin_ms": (1000, 3600000),
 }
-LEVELS = ("debug", "info", "warning", "error")
 
 # Settings only provisioning may change: a job that could move the device to another endpoint or
 # identity could take it off the fleet for good.

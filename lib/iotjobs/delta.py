@@ -73,14 +73,14 @@ def parse(doc, slot_size, keyed, what):
 
 def check_base(ctx, d):
     # Before anything is downloaded: is the running image the patch's base?
-    from iotjobs import ota
+    from iotjobs.fetch import rehash
 
-    part = ctx.board.running_partition()
+    part = ctx.board.running_slot()
     n = d["base_size"]
-    if n > part.info()[3]:
+    if n > part.size:
         raise Rejected("delta base of %d bytes is larger than the running slot" % n)
     buf = bytearray(_BLOCK)
-    h = ota._rehash(part, buf, n)  # the whole blocks
+    h = rehash(part, buf, n)  # the whole blocks
     tail = memoryview(buf)[: n % _BLOCK]
     if n % _BLOCK:
         part.readblocks(n // _BLOCK, tail)
@@ -95,8 +95,8 @@ def step(ctx, doc):
     from iotjobs import ota
 
     st = ctx.state
-    out = ota._slot(ctx)
-    limit, keyed = out.info()[3], bool(ctx.config.get("ota_key_file"))
+    out = ctx.board.update_slot(st["slot"])
+    limit, keyed = out.size, bool(ctx.config.get("ota_key_file"))
     job = ota.parse(doc, limit, keyed)
     try:
         st["sha256"] = _apply(ctx, job, out, limit, keyed)
@@ -116,21 +116,21 @@ def step(ctx, doc):
 def _apply(ctx, job, out, limit, keyed):
     import hashlib
 
-    from iotjobs import ota
+    from iotjobs import fetch
 
     d = job["delta"]
     size = job["size"]
     src = {"url": d["url"]}
     ob = bytearray(_BLOCK)
-    p = Patcher(ctx.board.running_partition(), out, d["base_size"], size, d["size"], ob)
+    p = Patcher(ctx.board.running_slot(), out, d["base_size"], size, d["size"], ob)
     tries = [0, 0]
     while True:
         ck = ctx.state.get("ck")  # the last checkpoint, if any
         at = ck[4] if ck else 0
-        # MQTT closed for the download (ota.open_url): check in at every reconnect (see ota).
+        # MQTT closed for the download (fetch.open_url): check in at every reconnect (see ota).
         ctx.checkin({"step": "delta", "progress": "%d/%d" % (at, d["size"])})
         ctx.check()
-        r = ota.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
+        r = fetch.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
         if r is None:
             continue
         try:
@@ -141,13 +141,13 @@ def _apply(ctx, job, out, limit, keyed):
             if ck:
                 ctx.log("resuming the patch at %d of %d" % (at, d["size"]))
             hp = hashlib.sha256()
-            ho = ota._rehash(out, ob, ck[0]) if ck else hashlib.sha256()
+            ho = fetch.rehash(out, ob, ck[0]) if ck else hashlib.sha256()
             p.run(r, hp, ho, ctx, ck)
             break
         except OSError as e:
             if ctx.state.get("ck") is not ck:
                 tries[0] = 0  # it got somewhere: failures in a row count from here
-            tries[0] = ota._net_fail(ctx, tries[0], e)  # and again from the last checkpoint
+            tries[0] = fetch.net_fail(ctx, tries[0], e)  # and again from the last checkpoint
         finally:
             r.close()
     if not ck and hp.digest() != d["sha256"]:
@@ -156,7 +156,7 @@ def _apply(ctx, job, out, limit, keyed):
     if digest != job["sha256"]:
         raise Failed("the rebuilt image's SHA-256 does not match")
     ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
-    return ota._tohex(digest)
+    return fetch.hexdigest(digest)
 
 
 def _url(doc, limit, keyed):

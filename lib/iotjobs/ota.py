@@ -15,13 +15,10 @@
 # switched (set_boot) after the whole image has been verified.
 import sys
 
-from iotjobs.agent import Failed, Rejected, _forget
+from iotjobs.agent import Rejected, _forget
 from micropython import const
 
 _BLOCK = const(4096)
-_SAVE_EVERY = const(16)  # blocks between persisted offsets (64 KB of re-download at most)
-_NET_RETRIES = const(6)  # failed connections in a row before the job fails
-_URL_REFRESHES = const(3)  # 403/404 in a row (expired URL) before the job fails
 _DOC_MAX_URL = const(4096)
 _MAX_WBITS = const(13)  # an 8 KB window at most: a 32 KB one rarely fits a busy heap
 # The fields of our own document formats (bundle; ota adds compression): any other
@@ -177,37 +174,41 @@ def _name(s):
 
 
 def handle(ctx, doc):
-    st = ctx.state
-    if "step" not in st:
-        slot = ctx.board.next_partition()
-        job = check(ctx, doc, slot.info()[3])
-        st["step"] = "download"
-        if "delta" in job:
-            from iotjobs import delta
-
-            delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
-            st["step"] = "delta"
-        st["slot"] = slot.info()[4]
-        st["off"] = 0
-        st["old"] = ctx.board.firmware_version()
-        ctx.save()
-    while True:
-        step = st["step"]
-        ctx.log("step " + step)  # the console's record of where a job got to
+    if "step" not in ctx.state:
+        # The checks' code (iotjobs.slot, a delta's base check) and objects go before the
+        # first step, like a step's (run).
         mods = list(sys.modules)
-        try:
-            # The steps after the download are iotjobs.otaboot's, imported when reached (and
-            # unloaded after, below): the download runs without their code in the heap.
-            if step == "download":
-                result = _download(ctx, doc)
-            elif step == "delta":
-                result = _delta(ctx, doc)
-            else:
-                result = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
-        except Exception:
-            if step in ("download", "verify", "delta"):
-                _erase_head(ctx)  # leave no partial image behind
-            raise
+        _begin(ctx, doc)
+        _forget(mods)
+    return run(ctx, doc, _step)
+
+
+def _begin(ctx, doc):
+    st = ctx.state
+    slot = ctx.board.update_slot()
+    job = check(ctx, doc, slot.size)
+    st["step"] = "download"
+    if "delta" in job:
+        from iotjobs import delta
+
+        delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+        st["step"] = "delta"
+    st["slot"] = slot.label
+    st["off"] = 0
+    st["old"] = ctx.board.firmware_version()
+    ctx.save()
+
+
+def run(ctx, doc, step):
+    # The update handlers' step runner (ota, bundle): step(ctx, doc, name) runs the persisted
+    # step ctx.state["step"] and returns the next one's name (saved before it runs: a reset
+    # anywhere continues from there) or the job's details (a dict).
+    st = ctx.state
+    while True:
+        name = st["step"]
+        ctx.log("step " + name)  # the console's record of where a job got to
+        mods = list(sys.modules)
+        result = step(ctx, doc, name)
         # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
         # next step connects MQTT again.
         _forget(mods)
@@ -217,184 +218,58 @@ def handle(ctx, doc):
         ctx.save()
 
 
-def _slot(ctx):
-    import esp32
+def _step(ctx, doc, step):
+    try:
+        if step == "download":
+            return _download(ctx, doc)
+        if step == "delta":
+            return _delta(ctx, doc)
+        # The steps after the download are iotjobs.otaboot's, imported when reached (and
+        # unloaded after, run()): the download runs without their code in the heap.
+        return getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
+    except Exception:
+        if step in ("download", "verify", "delta"):
+            _erase_head(ctx)  # leave no partial image behind
+        raise
 
-    return esp32.Partition(ctx.state["slot"])
+
+def _slot(ctx):
+    return ctx.board.update_slot(ctx.state["slot"])
 
 
 def _download(ctx, doc):
+    from iotjobs import fetch
+
     st = ctx.state
     b = ctx.board
     slot = _slot(ctx)
-    limit, keyed = slot.info()[3], bool(ctx.config.get("ota_key_file"))
+    limit, keyed = slot.size, bool(ctx.config.get("ota_key_file"))
     job = parse(doc, limit, keyed)
     size = job["size"]
     buf = bytearray(_BLOCK)
     tail = memoryview(buf)[: size % _BLOCK]  # the last, partial block's bytes (if any)
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
-    h = _rehash(slot, buf, off)
+    h = fetch.rehash(slot, buf, off)
+    reparse = lambda d: parse(d, limit, keyed)  # noqa: E731
     if job["stream"] is None:
-        off, h = _http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+        off, h = fetch.to_slot(ctx, job, slot, h, buf, tail, off, reparse)
     else:  # MQTT streams, or both (by preference, with a fallback)
         from iotjobs import stream
 
-        off, h = stream.either(ctx, job, slot, h, buf, tail, off, limit, keyed)
+        off, h = stream.either(ctx, job, slot, h, buf, tail, off, reparse)
     st["off"] = size
-    digest = h.digest()
-    st["sha256"] = _tohex(digest)
+    st["sha256"] = fetch.hexdigest(h.digest())
     del buf, tail  # the block buffer is free before verify needs the heap
     b.feed()
     return "verify"
 
 
-def _http(ctx, job, slot, h, buf, tail, off, limit, keyed):
-    # The whole image over HTTPS from off: -> (size, hash). Resumes with Range after a cut.
-    st = ctx.state
-    size = job["size"]
-    tries = [0, 0]
-    while off < size:
-        # MQTT closed for the download (one TLS session at a time): check in between two HTTPS
-        # sessions, at every reconnect and every checkin_ms. Canceled ends it here.
-        ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
-        ctx.check()
-        if off:
-            ctx.log("resuming download at %d of %d" % (off, size))
-        r = open_url(ctx, job, off, tries, lambda d: parse(d, limit, keyed))
-        if r is None:
-            continue
-        try:
-            src = r
-            if job["gz"]:
-                import deflate
-
-                src = deflate.DeflateIO(r, deflate.GZIP, job["gz"])
-            elif r.total != size:
-                raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
-            off = _stream(ctx, src, slot, h, buf, tail, off, size, job["gz"])
-            if job["gz"] and src.readinto(buf, 1):
-                raise Failed("the gzip payload is longer than 'size'")
-            tries[0] = 0
-        except OSError as e:
-            off = 0 if job["gz"] else st["off"]  # the last persisted block
-            h = _rehash(slot, buf, off)
-            tries[0] = _net_fail(ctx, tries[0], e)
-        finally:
-            r.close()
-    return off, h
-
-
-def _rehash(slot, buf, off):
-    # Resuming: hash what is already in flash instead of downloading it again.
-    import hashlib
-
-    h = hashlib.sha256()
-    for blk in range(off // _BLOCK):
-        slot.readblocks(blk, buf)
-        h.update(buf)
-    return h
-
-
-def open_url(ctx, job, off, tries, reparse):
-    # One attempt at GET job["url"] from byte off: the response, or None to try again, after a
-    # backoff (network error) or with job["url"] renewed by a describe (403/404: an expired
-    # pre-signed URL; the service signs a new one on every hand-out). tries = [network
-    # failures, URL refreshes] in a row, shared across attempts; Failed when they run out.
-    from iotjobs import http
-    from iotjobs.board import nomem
-
-    cfg = ctx.config
-    ctx.tls_open()
-    try:
-        r = http.open(
-            job["url"],
-            off,
-            _read(cfg.get("ota_ca_file") or cfg["ca_file"]),
-            cfg["timeout_ms"],
-            bool(cfg.get("ota_allow_http")),
-        )
-    except http.HTTPError as e:
-        if e.status in (403, 404) and tries[1] < _URL_REFRESHES:
-            tries[1] += 1
-            ctx.log("download refused (%d), asking for a new URL" % e.status)
-            ctx.board.sleep_ms(1000 * tries[1])
-            job.update(reparse(ctx.refresh()))
-            return None
-        raise Failed("download refused: HTTP %d" % e.status)
-    except (OSError, MemoryError) as e:
-        if nomem(e):
-            raise Failed("out of memory for the HTTPS session: %r" % (e,))
-        tries[0] = _net_fail(ctx, tries[0], e)
-        return None
-    tries[1] = 0
-    return r
-
-
-def _stream(ctx, r, slot, h, buf, tail, off, size, gz=None):
-    # The hot loop: one block at a time from the response into the hash and the flash. Only
-    # whole blocks are written (writeblocks erases first); the last one is padded with 0xFF.
-    # A block allocates nothing (tests/test_ota_stream.py runs this under heap_lock); only the
-    # offset checkpoint every _SAVE_EVERY blocks, a due progress report and ctx.check()'s
-    # periodic MQTT read do.
-    st = ctx.state
-    n_since_save = 0
-    while off < size:
-        want = min(_BLOCK, size - off)
-        if r.readinto(buf, want) != want:  # fills want bytes or raises (iotjobs.http)
-            if gz:
-                raise Failed("the gzip payload is shorter than 'size'")
-            raise OSError(5)  # EIO: the body ended early
-        if want < _BLOCK:
-            for i in range(want, _BLOCK):
-                buf[i] = 0xFF
-            h.update(tail)
-        else:
-            h.update(buf)
-        slot.writeblocks(off // _BLOCK, buf)
-        off += want
-        n_since_save += 1
-        if n_since_save >= _SAVE_EVERY and off < size:
-            n_since_save = 0
-            st["off"] = off
-            ctx.save()
-        if ctx.progress_due():
-            ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
-        ctx.check()
-        if not gz and off < size and ctx.checkin_due():
-            break  # the caller closes the response and checks in
-    return off
-
-
-def _net_fail(ctx, fails, e):
-    fails += 1
-    if fails > _NET_RETRIES:
-        raise Failed("download failed %d times in a row: %r" % (fails, e))
-    ms = min(1000 << fails, 30000)
-    ctx.log("download: %r, retry %d in %d ms" % (e, fails, ms), "warning")
-    ctx.board.sleep_ms(ms // 2 + ctx.board.rand(ms // 2))
-    return fails
-
-
 def _erase_head(ctx):
-    try:
-        _slot(ctx).ioctl(6, 0)
-    except OSError:
-        pass
+    _slot(ctx).erase()
 
 
 def _delta(ctx, doc):
     from iotjobs import delta
 
     return delta.step(ctx, doc)
-
-
-def _read(path):
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def _tohex(b):
-    import binascii
-
-    return binascii.hexlify(b).decode()

@@ -3,14 +3,14 @@
 # P-256 signature, version), activate it (set_boot, reset), self-test it after the reset and
 # confirm or roll back. check_signature() and self_test() serve the bundle job too.
 from iotjobs.agent import Canceled, Failed
-from iotjobs.ota import _erase_head, _read, _slot, parse
+from iotjobs.ota import parse
 
 
 def verify(ctx, doc):
     st = ctx.state
     ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
-    slot = _slot(ctx)
-    job = parse(doc, slot.info()[3], bool(ctx.config.get("ota_key_file")))
+    slot = ctx.board.update_slot(st["slot"])
+    job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     digest = bytes.fromhex(st["sha256"])
     if job["sha256"] is not None and job["sha256"] != digest:
         return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
@@ -48,7 +48,9 @@ def check_signature(ctx, sig, digest, details):
     except ValueError:
         return "signature is not base64"
     t0 = time.ticks_ms()
-    ok = ecdsa.verify(ecdsa.load_pubkey(_read(key_file)), digest, raw)
+    from iotjobs.board import read
+
+    ok = ecdsa.verify(ecdsa.load_pubkey(read(key_file)), digest, raw)
     details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
     return None if ok else "bad signature"
 
@@ -78,7 +80,7 @@ def self_test(ctx):
 def _fail_before_boot(ctx, reason):
     # Nothing was switched: erase the first block so that a half-good image can never be
     # booted by accident, and fail the job. The running firmware is untouched.
-    _erase_head(ctx)
+    ctx.board.update_slot(ctx.state["slot"]).erase()
     raise Failed(reason)
 
 
@@ -87,7 +89,7 @@ def activate(ctx, doc):
     # checksum or appended hash) and makes the slot boot next, once, pending verification.
     st = ctx.state
     try:
-        _slot(ctx).set_boot()
+        ctx.board.update_slot(st["slot"]).activate()
     except OSError as e:
         return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
     st["step"] = "booting"
@@ -109,13 +111,13 @@ def booting(ctx, doc):
     # rolled back by itself because the image did not come up.
     st = ctx.state
     b = ctx.board
-    running = b.running_partition().info()[4]
-    if running != st["slot"]:
+    running = b.running_slot()
+    if running.label != st["slot"]:
         raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
     ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
     reason = self_test(ctx)
     if reason is None:
-        b.confirm_image()
+        running.confirm()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
         details["updatedBy"] = st["old"]
         sv = st.get("sv", 0)
@@ -134,7 +136,7 @@ def booting(ctx, doc):
     st["reason"] = reason
     st["step"] = "rolledback"
     ctx.save()
-    b.running_partition().get_next_update().set_boot()
+    running.rollback()
     ctx.reboot({"step": "rolling back", "reason": reason})
     return "rolledback"  # not reached on a board
 

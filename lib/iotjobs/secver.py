@@ -26,7 +26,7 @@ def floor(board):
     from iotjobs.board import app_secure_version
 
     n = _stored()
-    running = app_secure_version(board.running_partition())
+    running = app_secure_version(board.running_slot())
     return running if running > n else n
 
 
@@ -46,7 +46,6 @@ def check(ctx, job, slot):
     # believed once the image is known to be genuine). Returns when the image may be booted.
     from iotjobs.agent import Rejected
     from iotjobs.board import app_secure_version
-    from iotjobs.ota import _erase_head
     from iotjobs.otaboot import _fail_before_boot
 
     new = app_secure_version(slot)
@@ -60,7 +59,7 @@ def check(ctx, job, slot):
     if job["down"] and ctx.config.get("ota_allow_downgrade") is True:
         ctx.log("downgrade to secure_version %d (floor %d): allowed" % (new, low), "warning")
         return
-    _erase_head(ctx)
+    ctx.board.update_slot(ctx.state["slot"]).erase()
     why = "downgrade: secure_version %d is below this device's %d" % (new, low)
     if job["down"]:
         why += " (the device config does not allow downgrades)"

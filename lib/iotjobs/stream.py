@@ -373,11 +373,11 @@ class Session:
         return i
 
 
-def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
+def either(ctx, job, slot, h, buf, tail, off, reparse):
     # A job with a stream (and maybe a URL): the device config's ota_protocol first ("mqtt"
     # unless it says "http"), the other once if that fails, from the last persisted block.
     # -> (size, hash).
-    from iotjobs import ota
+    from iotjobs.fetch import rehash, to_slot
 
     st = ctx.state
     order = ("HTTP", "MQTT") if ctx.config.get("ota_protocol") == "http" else ("MQTT", "HTTP")
@@ -388,7 +388,7 @@ def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
         try:
             if st["proto"] == "MQTT":
                 return download(ctx, job, slot, h, buf, tail, off, job["size"]), h
-            return ota._http(ctx, job, slot, h, buf, tail, off, limit, keyed)
+            return to_slot(ctx, job, slot, h, buf, tail, off, reparse)
         except (Failed, OSError) as e:
             other = [p for p in protos if p != st["proto"]]
             if not other or st.get("fell"):
@@ -398,7 +398,7 @@ def either(ctx, job, slot, h, buf, tail, off, limit, keyed):
             st["fell"] = True
             ctx.save()
             off = st["off"]
-            h = ota._rehash(slot, buf, off)
+            h = rehash(slot, buf, off)
 
 
 def download(ctx, job, slot, h, buf, tail, off, size):
@@ -426,13 +426,13 @@ def fetch(ctx, s, slot, h, buf, tail, off, size):
             t = s.link()
             s.window(t, off, size, buf, slot, h, tail)
         except OSError as e:
-            from iotjobs import ota
+            from iotjobs.fetch import net_fail
 
             if s.off > off:
                 fails = 0
             off = s.off  # the blocks of the window that did arrive are written and hashed
             ctx._a.link.drop(e)
-            fails = ota._net_fail(ctx, fails, e)
+            fails = net_fail(ctx, fails, e)
             continue
         if s.off > off:
             fails = 0

@@ -376,7 +376,7 @@ class Link:
                 t.close()
                 if self.on_fail is not None:
                     self.on_fail(e)  # may reset the board
-                wait = backoff // 2 + self._rand(backoff // 2 + 1)
+                wait = self._jitter(backoff)
                 if self._log:
                     why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
                     self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
@@ -399,12 +399,10 @@ class Link:
             self.t.close()
             self.t = None
 
-    def _rand(self, n):
+    def _jitter(self, ms):
         if self._board is not None:
-            return self._board.rand(n)
-        import random
-
-        return random.getrandbits(30) % n
+            return self._board.jitter(ms)
+        return ms
 
     def _sleep(self, ms):
         if self._board is not None:

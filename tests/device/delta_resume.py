@@ -9,7 +9,7 @@ import os
 import sys
 
 import esp32
-from iotjobs import ota
+from iotjobs import fetch
 from iotjobs.delta import Patcher
 
 
@@ -41,7 +41,7 @@ def apply(base, out, path, base_size, size, every, ctx, ck=None):
     ob = bytearray(4096)
     p = Patcher(base, out, base_size, size, psize, ob)
     p.every = every
-    ho = ota._rehash(out, ob, ck[0]) if ck else hashlib.sha256()
+    ho = fetch.rehash(out, ob, ck[0]) if ck else hashlib.sha256()
     with open(path, "rb") as f:
         if ck:
             f.seek(ck[4])

@@ -38,7 +38,7 @@ _STUB_NOISE = ["_mpy_shed.*", "hashlib", "micropython", "machine", "network", "u
 # lookup per block on a board. Rare paths they reach through other objects (a checkpoint, a
 # progress report, a describe) are not followed.
 HOT_PATHS = (
-    ("iotjobs/ota.py", "_stream"),
+    ("iotjobs/fetch.py", "blocks"),
     ("iotjobs/http.py", "Response.readinto"),
     ("iotjobs/agent.py", "Context.progress_due"),
     ("iotjobs/agent.py", "Context.check"),
@@ -55,6 +55,13 @@ HOT_PATHS = (
 # iotjobs.mishap), imported only while it runs and unloaded after: a hot path may call them,
 # and the check does not follow them.
 RARE_PATHS = (("iotjobs/agent.py", "_rare"),)
+
+# The hardware comes in through the board object (HACKING.md): only these device files may
+# import the firmware's ``esp32`` module, each for a reason (file under lib/ or the root).
+ESP32_IMPORTERS = {
+    "iotjobs/board.py": "the platform seam: app partitions (iotjobs.slot wraps them), IDF heap",
+    "iotjobs/secver.py": "the anti-rollback counter in NVS, which no slot holds",
+}
 
 
 def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
@@ -118,6 +125,41 @@ def hot_imports(lib: Path | None = None) -> list[str]:
                     and f"{cls}.{node.func.attr}" in funcs
                 ):
                     todo.append(f"{cls}.{node.func.attr}")
+    return problems
+
+
+def esp32_imports(lib: Path | None = None) -> list[str]:
+    """``import esp32`` in a device file not listed in ESP32_IMPORTERS: one message each."""
+    lib = lib or LIB
+    files = sorted(lib.rglob("*.py")) + [lib.parent / n for n in ("boot.py", "main.py")]
+    problems: list[str] = []
+    for path in files:
+        if not path.exists():
+            continue
+        rel = path.relative_to(lib).as_posix() if path.is_relative_to(lib) else path.name
+        if rel in ESP32_IMPORTERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "__import__"
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                names = [str(node.args[0].value)]
+            else:
+                continue
+            if "esp32" in names:
+                where = f"lib/{rel}" if path.is_relative_to(lib) else rel
+                problems.append(
+                    f"{where}:{node.lineno}: imports esp32; hardware goes through"
+                    " iotjobs.board (devcheck.ESP32_IMPORTERS lists the exceptions)"
+                )
     return problems
 
 
@@ -206,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     hot = [] if args.files else hot_imports()
     for line in hot:
         print(f"hot path: {line}")
-    ok = not failures and rc == 0 and not hot
+    seam = [] if args.files else esp32_imports()
+    for line in seam:
+        print(f"board seam: {line}")
+    ok = not failures and rc == 0 and not hot and not seam
     print(f"devcheck: {len(files)} device files {'ok' if ok else 'FAILED'}")
     return 0 if ok else 1
 
