@@ -5,10 +5,12 @@ seconds, absent members left out). Plain values in (:class:`~.model.Execution`),
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .common import drop_none, seconds_left
-from .model import Execution
+
+if TYPE_CHECKING:
+    from .model import Execution
 
 
 def state(ex: Execution) -> dict[str, Any]:

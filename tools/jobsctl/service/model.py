@@ -20,8 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError
 
@@ -38,6 +37,7 @@ from .common import (
     thing_arn,
 )
 from .common import drop_none as _drop_none
+from .data_views import state
 from .errors import ApiError, JobsError, invalid, not_found
 from .store import Store
 from .validate import MAX_DOCUMENT
@@ -47,9 +47,9 @@ EXTRA_JOB_FIELDS = ("abortConfig", "jobExecutionsRetryConfig", "schedulingConfig
 _ARN = re.compile(r"arn:aws:iot:([a-z0-9-]+):(\d{12}):(thing|thinggroup)/([a-zA-Z0-9:_-]+)")
 
 
-@dataclass(frozen=True, slots=True)
-class Execution:
-    """A job execution as the data plane gets it: plain values, no database row."""
+class Execution(NamedTuple):
+    """A job execution as the data plane gets it: plain values, no database row. The fields
+    are the executions table's columns in their order (checked when a Model opens a store)."""
 
     seq: int
     job_id: str
@@ -67,21 +67,7 @@ class Execution:
 
     @classmethod
     def of(cls, row: sqlite3.Row) -> Execution:
-        return cls(
-            row["seq"],
-            row["job_id"],
-            row["thing"],
-            row["execution_number"],
-            row["status"],
-            row["version"],
-            row["status_details"],
-            row["queued_at"],
-            row["started_at"],
-            row["updated_at"],
-            row["step_deadline"],
-            row["job_deadline"],
-            row["force_canceled"],
-        )
+        return cls._make(row)  # a row of executions (SELECT e.*): the columns above, in order
 
 
 class Model:
@@ -96,6 +82,9 @@ class Model:
     ) -> None:
         self.store = store
         self.db = store.db
+        columns = tuple(r["name"] for r in self.db.execute("PRAGMA table_info(executions)"))
+        if columns != Execution._fields:  # Execution.of maps a row by position
+            raise RuntimeError(f"executions has columns {columns}, Execution {Execution._fields}")
         self.lock = threading.RLock()
         self.on_change: Callable[[set[str]], None] | None = None
         self.fetch_object = fetch_object
@@ -658,8 +647,6 @@ class Model:
         execution_number: int | None,
         step_timeout: int | None,
     ) -> Execution:
-        from .data_views import state
-
         with self._op():
             ex = self._execution(thing, job_id, execution_number)
             if ex is None:
