@@ -5,6 +5,7 @@ seconds, absent members left out). Plain values in (:class:`~.model.Execution`),
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .common import drop_none, seconds_left
@@ -36,8 +37,12 @@ def summary(ex: Execution) -> dict[str, Any]:
     )
 
 
-def execution(ex: Execution, now: float) -> dict[str, Any]:
-    """JobExecution, without its jobDocument (the data plane hands that out itself)."""
+def execution(ex: Execution, clock: Callable[[], float]) -> dict[str, Any]:
+    """JobExecution, without its jobDocument (the data plane hands that out itself); the
+    ``clock`` is read only for an execution with a deadline."""
+    left = None
+    if ex.step_deadline is not None or ex.job_deadline is not None:
+        left = seconds_left(ex.status, ex.step_deadline, ex.job_deadline, clock())
     return drop_none(
         {
             "jobId": ex.job_id,
@@ -49,8 +54,6 @@ def execution(ex: Execution, now: float) -> dict[str, Any]:
             "lastUpdatedAt": int(ex.updated_at),
             "versionNumber": ex.version,
             "executionNumber": ex.execution_number,
-            "approximateSecondsBeforeTimedOut": seconds_left(
-                ex.status, ex.step_deadline, ex.job_deadline, now
-            ),
+            "approximateSecondsBeforeTimedOut": left,
         }
     )

@@ -406,7 +406,7 @@ class DataPlane:
     # ---------------------------------------------------------------- documents
 
     def _execution(self, ex: Execution, include_document: bool) -> dict[str, Any]:
-        out = data_views.execution(ex, self.model.now())
+        out = data_views.execution(ex, self.model.now)
         if include_document:
             document, presigned = self.model.document(ex)
             out["jobDocument"] = self.handout(document, presigned)

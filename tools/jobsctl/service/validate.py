@@ -129,9 +129,13 @@ def update_request(request: dict[str, Any]) -> tuple[str, dict[str, str] | None,
             "InvalidRequest",
             f"status {str(status)[:40]} is not one of IN_PROGRESS, SUCCEEDED, FAILED, REJECTED.",
         )
-    details = _details(request)
-    for key in ("expectedVersion", "executionNumber"):
-        _integer(request, key)
+    details = request.get("statusDetails")
+    if details is not None:
+        details = check_status_details(details)
+    for key in ("expectedVersion", "executionNumber"):  # inline: once per update, per device
+        value = request.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise JobsError("InvalidRequest", f"{key} must be an integer.")
     for key in ("includeJobExecutionState", "includeJobDocument"):
         if not isinstance(request.get(key, False), bool):
             raise JobsError("InvalidRequest", f"{key} must be a boolean.")
