@@ -31,7 +31,11 @@ each row names the command that made it and the figure it replaced:
 - ECDSA P-256 verify time on the Unix port;
 - delta OTA (``bench.delta``): patch share, apply time against the link, heap;
 - memory per job type and board profile (bench.memory): GC-heap and IDF-heap
-  high-water marks and headroom on the simulated board's memory model.
+  high-water marks and headroom on the simulated board's memory model, also with the example
+  sensor application running beside the agent (``+sensor``);
+- the agent as a guest in the application (bench.guest): a full signed OTA job beside
+  the example sensor: lateness of its 100 ms tick, readings lost, the longest stretch the loop
+  is held without a yield, and the agent's pieces of work between two yields timed alone.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from jobsctl import image, otajob
-from jobsctl.boardmodel import PROFILES
+from jobsctl.boardmodel import DEFAULT, PROFILES
 from jobsctl.checkout import ROOT, unix_port
 from jobsctl.device import DeviceProcess, device_env, setup_board
 from jobsctl.errors import JobsctlError
@@ -63,6 +67,7 @@ from jobsctl.pki import CertificateAuthority
 from jobsctl.stack import Stack
 
 from . import delta as bench_delta
+from . import guest as bench_guest
 from . import memory as bench_memory
 from . import service as bench_service
 from .table import Row, command, previous_figures, table
@@ -661,7 +666,7 @@ def bench_footprint(tmp: Path, rows: list[Row]) -> None:
 
 
 VERIFY = """
-import time, binascii
+import asyncio, time, binascii
 from iotjobs import ecdsa
 k = ecdsa.load_pubkey(open(%r).read())
 d = binascii.unhexlify(%r)
@@ -669,7 +674,7 @@ s = binascii.a2b_base64(%r)
 ts = []
 for i in range(%d):
     t0 = time.ticks_us()
-    assert ecdsa.verify(k, d, s)
+    assert asyncio.run(ecdsa.verify(k, d, s))
     ts.append(time.ticks_diff(time.ticks_us(), t0))
 ts.sort()
 print(ts[len(ts) // 2], ts[0], ts[-1])
@@ -739,13 +744,22 @@ def _fleet_row(devices: int, mode: str, rs: list[dict[str, Any]]) -> Row:
 # ---------------------------------------------------------------- main
 
 
+def bench_guest_rows(tmp: Path, runs: int, rows: list[Row]) -> None:
+    """The agent as a guest in the example sensor application (bench.guest)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    rs, pieces = bench_guest.run(tmp, runs)
+    for a, b, c in bench_guest.rows(rs, DEFAULT, pieces):
+        command(a, "`python -m bench.guest`")
+        rows.append((a, b, c))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, 100 service devices")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
         "--only",
-        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet", "delta"],
+        choices=["pipeline", "ecdsa", "footprint", "stack", "streams", "fleet", "delta", "guest"],
         action="append",
         help="run only these benchmarks (repeatable; default: all)",
     )
@@ -766,6 +780,7 @@ def main(argv: list[str] | None = None) -> int:
                 "streams": lambda: bench_streams(tmp / "streams", runs, rows),
                 "fleet": lambda: bench_fleet(sizes, 300.0, rounds, rows),
                 "delta": lambda: bench_delta.run(tmp / "delta", runs, rows),
+                "guest": lambda: bench_guest_rows(tmp / "guest", 3 if runs > 2 else 1, rows),
             }
             for name, step in steps.items():
                 if args.only and name not in args.only:

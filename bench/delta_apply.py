@@ -8,6 +8,7 @@
 #     or: ERR <exception name> <args>
 # The whole apply runs under micropython.heap_lock() (unless `unlocked`): a MemoryError there
 # means something allocated; the heap at lock time is then the high-water mark.
+import asyncio
 import gc
 import hashlib
 import os
@@ -35,8 +36,20 @@ class _Ctx:
     def progress_due(self):
         return False
 
-    def check(self):
+    def tick(self):
         self.checks += 1
+        return asyncio.sleep_ms(0)
+
+
+async def _run(c, locked):
+    await asyncio.sleep_ms(0)  # the scheduler's poller makes its result tuple once, now
+    if locked:
+        micropython.heap_lock()
+    try:
+        return await c
+    finally:
+        if locked:
+            micropython.heap_unlock()
 
 
 def _window(path):
@@ -70,13 +83,9 @@ def main(path, base_size, size, locked):
     gc.collect()
     ready = gc.mem_alloc()
     t0 = time.ticks_ms()
-    if locked:
-        micropython.heap_lock()
     try:
-        p.run(src, hp, ho, ctx)
+        asyncio.run(_run(p.run(src, hp, ho, ctx), locked))
     finally:
-        if locked:
-            micropython.heap_unlock()
         f.close()
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()

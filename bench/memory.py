@@ -33,7 +33,20 @@ from jobsctl.device import DeviceProcess, setup_board
 from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
-JOBS = ("reboot", "config", "ota-1MiB", "ota-1.5MiB", "ota-stream-1MiB", "ota-delta-1MiB", "bundle")
+JOBS = (
+    "reboot",
+    "config",
+    "ota-1MiB",
+    "ota-1.5MiB",
+    "ota-stream-1MiB",
+    "ota-delta-1MiB",
+    "bundle",
+    "config+sensor",
+    "ota-1MiB+sensor",
+)
+# A job name ending in SENSOR: the board runs the example application (examples/sensor, its
+# asyncio task beside the agent's, publishing through the agent's session) during the job.
+SENSOR = "+sensor"
 GOAL = 0.15
 SLOT = 0x180000  # the OTA slot of the simulated board (1.5 MiB)
 APP_V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
@@ -132,7 +145,7 @@ def _document(
 
 def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = False) -> Measure:
     """One fresh board of ``profile`` takes ``job``; its memory report, read after power-off."""
-    name = f"mem-{profile}-{job.replace('.', '_')}{'-frozen' if frozen else ''}"
+    name = f"mem-{profile}-{job.replace('.', '_').replace('+', '-')}{'-frozen' if frozen else ''}"
     stack.create_thing(name)
     board = setup_board(stack.state_dir, name, partition_size=SLOT, extra={"ota_key_file": "k.pem"})
     shutil.copy(image.public_key_path(signing), board / "k.pem")
@@ -141,9 +154,14 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
     for fname, data in APP_V1.items():
         (app / fname).write_bytes(data)
     (app / ".version").write_text("app-1")
+    if job.endswith(SENSOR):
+        from .device import ROOT
+
+        for f in (ROOT / "examples" / "sensor").glob("*.py"):
+            shutil.copy(f, app / f.name)
     report = board / "mem.jsonl"
     report.unlink(missing_ok=True)
-    doc, extra = _document(stack, job, signing, board)
+    doc, extra = _document(stack, job.removesuffix(SENSOR), signing, board)
     dev = DeviceProcess(board, profile=profile, mem_report=report, frozen=frozen)
     try:
         dev.start()

@@ -10,7 +10,10 @@
 # The loop runs under micropython.heap_lock() (unless `unlocked`). What it does only once per
 # window of blocks (the GetStream request's publish, the agent's MQTT poll) or now and then
 # (the offset checkpoint, a due progress report) reaches code below that unlocks the heap for
-# it and counts it; everything a block does runs locked.
+# it and counts it; everything a block does runs locked. The loop is an asyncio task that
+# yields between blocks, as on a board; the coroutine of each window is made unlocked
+# (counted with the requests: one per window).
+import asyncio
 import gc
 import hashlib
 import sys
@@ -19,10 +22,10 @@ import time
 import esp32
 import micropython
 from iotjobs import app, config, stream
-from iotjobs.agent import Context
+from iotjobs.context import Context
 
 _locked = [True]
-_calls = [0, 0, 0, 0]  # persist, report, pump, request
+_calls = [0, 0, 0, 0, 0]  # persist, report, pump, request, window
 
 
 def _unlock(i):
@@ -36,10 +39,23 @@ def _relock():
         micropython.heap_lock()
 
 
+_window_of = [None]
+
+
+def _window(self, t, off, size, buf, slot, h, tail):
+    # Not a closure: calling one with more than 5 values allocates their array.
+    _unlock(4)
+    try:
+        return _window_of[0](self, t, off, size, buf, slot, h, tail)
+    finally:
+        _relock()
+
+
 def _wrap(a):
     # Fixed arities: a *args wrapper would allocate its tuple before it could unlock.
-    persist, pump = a._persist, a._pump
+    persist, pump = a.persist, a.pump
     request = stream.Session._request
+    _window_of[0] = stream.Session.window
 
     def _persist():
         _unlock(0)
@@ -48,14 +64,14 @@ def _wrap(a):
         finally:
             _relock()
 
-    def _report(status, details):  # counted only: there is no such job on the service
+    async def _report(status, details):  # counted only: there is no such job on the service
         _unlock(1)
         _relock()
 
-    def _pump(ms):
+    def _pump():
         _unlock(2)
         try:
-            pump(ms)
+            return pump()
         finally:
             _relock()
 
@@ -66,8 +82,20 @@ def _wrap(a):
         finally:
             _relock()
 
-    a._persist, a._report, a._pump = _persist, _report, _pump
+    a.persist, a.report, a.pump = _persist, _report, _pump
     stream.Session._request = _request
+    stream.Session.window = _window
+
+
+async def _run(c):
+    await asyncio.sleep_ms(0)  # the scheduler's poller makes its result tuple once, now
+    if _locked[0]:
+        micropython.heap_lock()
+    try:
+        return await c
+    finally:
+        if _locked[0]:
+            micropython.heap_unlock()
 
 
 def main(name, size, fmt, interval_ms, locked):
@@ -77,12 +105,12 @@ def main(name, size, fmt, interval_ms, locked):
     cfg["ota_stream_format"] = fmt
     cfg["progress_interval_ms"] = interval_ms
     a = app.build(cfg)
-    a.link.ensure()
+    asyncio.run(a.link.ensure())
     _wrap(a)
     slot = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
     state = {"off": 0}
     ctx = Context(a, "bench-job", "afr_ota", state, False)
-    ctx.progress({"step": "download", "progress": "0"}, True)  # as when the job started
+    asyncio.run(ctx.progress({"step": "download", "progress": "0"}, True))  # as a job starts
     s = stream.Session(ctx, {"stream": name, "fileid": 0})
     buf = bytearray(4096)
     tail = memoryview(buf)[: size % 4096]
@@ -91,17 +119,11 @@ def main(name, size, fmt, interval_ms, locked):
     gc.collect()
     before = gc.mem_alloc()
     t0 = time.ticks_ms()
-    s.link()  # subscribes, makes the packet reader: once per connection
-    ctx.check()
+    asyncio.run(s.link())  # subscribes, makes the packet reader: once per connection
+    asyncio.run(ctx.check())
     gc.collect()
     ready = gc.mem_alloc()
-    if locked:
-        micropython.heap_lock()
-    try:
-        off = stream.fetch(ctx, s, slot, h, buf, tail, 0, size)
-    finally:
-        if locked:
-            micropython.heap_unlock()
+    off = asyncio.run(_run(stream.fetch(ctx, s, slot, h, buf, tail, 0, size)))
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
     c = _calls

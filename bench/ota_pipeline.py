@@ -8,16 +8,19 @@
 #            <checkpoints> <reports> <mqtt_reads> <offset_persisted_last> <imports>
 #            <heap_during>
 #     or: ERR <exception name> <args>
-# The loop runs under micropython.heap_lock() (unless `unlocked`): a MemoryError there means a
-# block allocated. What the loop does only now and then (the offset checkpoint, a due progress
-# report, ctx.check()'s MQTT read) reaches the stand-in agent below, which unlocks the heap for
-# it and counts it. <imports>: the imports the loop ran (builtins.__import__ counts them while
-# the loop runs; heap_lock does not catch one: importing a built-in allocates nothing, it only
-# searches the filesystem path, a littlefs lookup per call on a board); must be 0.
+# The loop runs as an asyncio task under micropython.heap_lock() (unless `unlocked`), yielding
+# to the event loop between blocks as on a board: a MemoryError there means a block (or the
+# loop's scheduling of it) allocated. What the loop does only now and then (the offset
+# checkpoint, a due progress report, ctx.tick()'s MQTT read) reaches the stand-in agent below,
+# which unlocks the heap for it and counts it. <imports>: the imports the loop ran
+# (builtins.__import__ counts them while the loop runs; heap_lock does not catch one:
+# importing a built-in allocates nothing, it only searches the filesystem path, a littlefs
+# lookup per call on a board); must be 0.
 # The default progress interval (an hour) keeps reports, which build their
 # details and so allocate, out of a locked run. gc.mem_alloc() after a collect gives the live
 # heap at each point; with `sample`, each checkpoint also collects and reads it, so
 # <heap_during> is the live heap's high-water while the loop runs (0 without `sample`).
+import asyncio
 import builtins
 import gc
 import hashlib
@@ -27,8 +30,8 @@ import time
 import esp32
 import micropython
 from iotjobs import fetch, http
-from iotjobs.agent import Context
 from iotjobs.board import Board
+from iotjobs.context import Context
 
 _imports = [0, None]  # how many, the last name
 _import = builtins.__import__
@@ -46,8 +49,9 @@ class _Agent:
     def __init__(self, interval_ms, locked, sample=False):
         self.thing = "bench"
         self.board = Board()
+        self.link = None
         self.cfg = {"progress_interval_ms": interval_ms}
-        self._stale = False
+        self.stale = False
         self.calls = [0, 0, 0]  # persist, report, pump
         self.locked = locked
         self.sample = sample
@@ -63,17 +67,33 @@ class _Agent:
         if self.locked:
             micropython.heap_lock()
 
-    def _persist(self):
+    def persist(self):
         self._count(0)
 
-    def _report(self, status, details):
+    async def report(self, status, details):
         self._count(1)
 
-    def _pump(self, ms):
+    def pump(self):
+        self._count(2)
+        return True
+
+    async def poll(self):
         self._count(2)
 
     def log(self, level, msg):
         pass
+
+
+async def _run(c, locked):
+    # The loop's coroutine c, awaited with the heap locked (the task around it exists already).
+    await asyncio.sleep_ms(0)  # the scheduler's poller makes its result tuple once, now
+    if locked:
+        micropython.heap_lock()
+    try:
+        return await c
+    finally:
+        if locked:
+            micropython.heap_unlock()
 
 
 def main(url, ca, interval_ms, locked, sample):
@@ -84,7 +104,7 @@ def main(url, ca, interval_ms, locked, sample):
     agent = _Agent(interval_ms, locked, sample)
     state = {"off": 0}
     ctx = Context(agent, "bench-job", "ota", state, False)
-    ctx.progress({"step": "download", "progress": "0"}, True)  # as when the job started
+    asyncio.run(ctx.progress({"step": "download", "progress": "0"}, True))  # as a job starts
     buf = bytearray(4096)
     h = hashlib.sha256()
     gc.collect()
@@ -95,14 +115,12 @@ def main(url, ca, interval_ms, locked, sample):
     slot.writeblocks(0, buf)  # the simulated slot opens its file on the first write (Unix only)
     gc.collect()
     opened = gc.mem_alloc()
+    c = fetch.blocks(ctx, r, slot, h, buf, tail, 0, r.total)
+    task = _run(c, locked)
     builtins.__import__ = _counting_import
-    if locked:
-        micropython.heap_lock()
     try:
-        off = fetch.blocks(ctx, r, slot, h, buf, tail, 0, r.total)
+        off = asyncio.run(task)
     finally:
-        if locked:
-            micropython.heap_unlock()
         builtins.__import__ = _import
         r.close()
     ms = time.ticks_diff(time.ticks_ms(), t0)

@@ -84,7 +84,7 @@ TEST_APP = """\
 from iotjobs import agent, app
 
 
-def wait(ctx, doc):
+async def wait(ctx, doc):
     ctx.state["runs"] = ctx.state.get("runs", 0) + 1
     ctx.save()
     ctx.log("waiting for %s (run %d)" % (doc["until"], ctx.state["runs"]))
@@ -94,12 +94,12 @@ def wait(ctx, doc):
             break
         except OSError:
             pass
-        ctx.check()
-        ctx.board.sleep_ms(20)
+        await ctx.check()
+        await ctx.sleep(20)
     return {"reason": "done", "runs": str(ctx.state["runs"])}
 
 
-def crash(ctx, doc):
+async def crash(ctx, doc):
     ctx.log("resetting in the middle of the job")
     ctx.board.reset()  # a hard reset with no clean step first, at every run
 

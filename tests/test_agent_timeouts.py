@@ -130,7 +130,7 @@ STEPS_APP = """\
 from iotjobs import agent, app
 
 
-def steps(ctx, doc):
+async def steps(ctx, doc):
     n = 0
     while True:
         try:
@@ -141,12 +141,12 @@ def steps(ctx, doc):
         try:
             open("step%d" % (n + 1)).close()
             n += 1
-            ctx.progress({"step": str(n)}, force=True)
+            await ctx.progress({"step": str(n)}, force=True)
             ctx.log("reported step %d" % n)
         except OSError:
             pass
-        ctx.check()
-        ctx.board.sleep_ms(20)
+        await ctx.check()
+        await ctx.sleep(20)
     return {"reason": "done"}
 
 
@@ -190,7 +190,7 @@ import os
 from iotjobs import agent, app
 
 
-def flaky(ctx, doc):
+async def flaky(ctx, doc):
     try:
         os.remove("fail")
     except OSError:

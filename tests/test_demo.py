@@ -65,6 +65,14 @@ def test_demo_ota_rollout_leaves_every_device_on_the_new_signed_firmware(tmp_pat
     for name in ("demo-01", "demo-02"):
         phases = [p for _, p in timelines[name] if p not in ("waiting", "QUEUED", "IN_PROGRESS")]
         assert phases == ["download", "verify", "rebooting", "self-test", "SUCCEEDED"], name
+    # The boards' sensor application published through the rollout: readings before the reset
+    # and on the new firmware after it, the gap between them shown in the summary.
+    readings = json.loads((state / "readings.json").read_text())
+    for name in ("demo-01", "demo-02"):
+        reset = next(t for t, p in timelines[name] if p == "rebooting")
+        assert [t for t in readings[name] if t < reset], readings[name]
+        assert [t for t in readings[name] if t > reset], readings[name]
+    assert "sensor readings during the rollout" in r.stdout
 
 
 def test_demo_refuses_a_fleet_size_it_cannot_run(tmp_path: Path) -> None:

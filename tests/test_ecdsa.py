@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 CHECK = """
-import json, binascii
+import asyncio, json, binascii
 from iotjobs import ecdsa
 cases = json.loads(%r)
 out = []
@@ -25,7 +25,7 @@ for pub, digest, sig in cases:
     except ValueError as e:
         out.append("badkey")
         continue
-    out.append(ecdsa.verify(k, binascii.unhexlify(digest), binascii.a2b_base64(sig)))
+    out.append(asyncio.run(ecdsa.verify(k, binascii.unhexlify(digest), binascii.a2b_base64(sig))))
 print(json.dumps(out))
 """
 

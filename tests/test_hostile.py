@@ -63,6 +63,9 @@ def test_a_job_that_resets_the_board_at_every_boot_ends_failed_and_the_agent_goe
     assert "boot loop" in details(ex)["reason"], details(ex)
     # the first run, then BOOT_LOOP (3) resumed runs, each ending in a reset
     assert dev.boots == 5, dev.boots
+    # The agent read the service's acceptance, dropped the job and asked for the next one.
+    done = dev.lines.index(dev.wait_for(lambda line: line.startswith(f"I {job}: FAILED")))
+    dev.wait_for("no pending job", since=done)
     assert not (dev.board / "jobstate.json").exists()
     ok = create_job(stack_session, thing, {"operation": "config", "set": {"keepalive_s": 50}})
     assert final(stack_session, thing, ok)["status"] == "SUCCEEDED"

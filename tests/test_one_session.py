@@ -254,8 +254,8 @@ def _idf_free():
     return sum(r[1] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
 
 
-def hog(ctx, doc):
-    link = ctx._a.link
+async def hog(ctx, doc):
+    link = ctx.link
     make = link._factory
 
     def factory():

@@ -140,6 +140,11 @@ def _own_requests(name: str) -> list[tuple[str, str]]:
         ("iot:Receive", f"{ARN}:topic/$aws/things/{name}/streams/AFR_OTA-1/data/cbor"),
         ("iot:Receive", f"{ARN}:topic/$aws/things/{name}/streams/AFR_OTA-1/rejected/json"),
         ("iot:Subscribe", f"{ARN}:topicfilter/$aws/things/{name}/streams/AFR_OTA-1/data/json"),
+        # the application's telemetry and commands (iotjobs.agent.publish, subscribe)
+        ("iot:Publish", f"{ARN}:topic/dt/{name}/reading"),
+        ("iot:Receive", f"{ARN}:topic/cmd/{name}/window"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/cmd/{name}/window"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/cmd/{name}/+"),
     ]
 
 
@@ -167,6 +172,14 @@ def test_policy_refuses_wildcard_filters_and_topics_outside_the_jobs_prefix() ->
         ("iot:Publish", f"{ARN}:topic/$aws/things/{ME}/streamsx/get/json"),
         ("iot:Receive", f"{ARN}:topic/$aws/things/{ME}/jobs"),
         ("iot:Publish", f"{ARN}:topic/telemetry/{ME}"),
+        ("iot:Publish", f"{ARN}:topic/dt/{ME}"),
+        ("iot:Publish", f"{ARN}:topic/dt/{ME}x/reading"),
+        ("iot:Publish", f"{ARN}:topic/cmd/{ME}/window"),
+        ("iot:Receive", f"{ARN}:topic/dt/{ME}/reading"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/dt/+/reading"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/dt/{ME}/reading"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/cmd/#"),
+        ("iot:Subscribe", f"{ARN}:topicfilter/cmd/+/window"),
         ("iot:Connect", f"{ARN}:client/{ME}-2"),
         ("iot:Connect", f"{ARN}:client/"),
         ("iot:UpdateThingShadow", f"{ARN}:thing/{ME}"),

@@ -4,7 +4,7 @@
 # (download, verify, activate, reset, self-test, confirm) with its own persisted state; a file
 # that fails ends the job FAILED naming it, files before it stay installed (each was verified
 # and self-tested). Imported only for afr_ota jobs.
-from iotjobs.agent import Context, Failed, Rejected
+from iotjobs.agent import Failed, Rejected
 from iotjobs.ota import handle as _run
 from iotjobs.ota import parse
 from micropython import const
@@ -14,14 +14,14 @@ _APP_BUNDLE = const(1)  # fileType of an application-file bundle (a tar, see iot
 _BUNDLE_MAX = const(1048576)
 
 
-def handle(ctx, doc):
+async def handle(ctx, doc):
     afr = doc.get("afr_ota")
     files = afr.get("files") if isinstance(afr, dict) else None
     if not isinstance(files, list) or len(files) < 2:
         if "step" not in ctx.state:
             _check_certfile(ctx, doc)
-        return _run(ctx, doc)
-    return several(ctx, afr, files)
+        return await _run(ctx, doc)
+    return await several(ctx, afr, files)
 
 
 def _check_certfile(ctx, doc):
@@ -45,7 +45,7 @@ def _basename(path):
     return path[path.rfind("/") + 1 :]
 
 
-def several(ctx, afr, files):
+async def several(ctx, afr, files):
     st = ctx.state
     if "i" not in st:
         kinds = [f.get("fileType", _FIRMWARE) if isinstance(f, dict) else -1 for f in files]
@@ -77,7 +77,7 @@ def several(ctx, afr, files):
             fn = _run
         part = st.setdefault("f%d" % i, {})
         try:
-            r = fn(Context(ctx._a, ctx.job_id, ctx.op, part, ctx.resumed), sub)
+            r = await fn(ctx.part(part), sub)
         except (Failed, Rejected) as e:
             raise Failed("file %d (%s): %s" % (i, f.get("filepath", "?"), e))
         for k, v in (r or {}).items():

@@ -1,19 +1,29 @@
 # The jobs agent: takes executions from AWS IoT Jobs one at a time, runs their handlers and
-# reports the outcome, across network failures, service errors and resets.
+# reports the outcome, across network failures, service errors and resets. It is an asyncio
+# task inside the application (`asyncio.create_task(agent.serve())`, see app.py): every wait
+# here, in the transport and in the handlers yields to the event loop, and the application
+# publishes and subscribes through the agent's one MQTT session (publish(), subscribe()).
 #
-# States (one job at a time, handlers run synchronously):
+# States (one job at a time; a handler is a coroutine the agent's task awaits):
 #   IDLE     connected, nothing to do: wait for notify-next with an execution -> ASK
-#   ASK      start-next sent: an execution -> RUN; none -> IDLE
+#   ASK      start-next sent: an execution -> RUN (once the application's update window,
+#            may_start, allows it: iotjobs.guest); none -> IDLE
 #   RUN      execution marked IN_PROGRESS (expectedVersion), handler running; it talks to the
 #            service only through its Context (progress, check, refresh, reboot)
 #   FINISH   final status persisted, then reported until the service has it -> ASK
 #   RESUME   after a (re)start with persisted state: describe the job, then FINISH (report
 #            already decided) or RUN again with ctx.resumed (or FAIL if the handler cannot
 #            resume)
+# What decides the next state is held as these, and nothing else:
+#   _sync       a new MQTT session: resubscribed, must re-synchronise -> RESUME or ASK
+#   _want_next  notify-next named an execution while IDLE (or after FINISH) -> ASK
+#   stale       while RUN: notify-next stopped naming our job; check() describes it
+#   _job        the persisted job state ({} when IDLE); "final" in it -> FINISH
 # Error replies follow protocol.REACTIONS: RETRY inside _request (bounded, backoff + jitter),
 # REFRESH = one describe then decide again, DROP = stop working on the job, BUG = log, report
 # FAILED once, go on. A network error anywhere drops the link; the Link reconnects with backoff
 # and on_connect re-subscribes and re-syncs from the persisted state.
+import asyncio
 import gc
 import json
 import os
@@ -27,7 +37,10 @@ STATE_FILE = "jobstate.json"
 _RETRIES = const(5)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
-_CHECK_EVERY_MS = const(200)
+# How often a waiting agent looks at the MQTT socket (non-blocking) between two yields to the
+# event loop: the latency it adds to a reply, and the wake-ups an idle agent costs.
+_TICK_MS = const(20)
+_IDLE_MS = const(1000)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
 LEVELS = ("debug", "info", "warning", "error")  # lowest first: config.json's log_level
@@ -84,126 +97,6 @@ def unload(names):
             pass
 
 
-class Context:
-    # What a handler gets: identity, settings, persisted state, and the service.
-    def __init__(self, agent, job_id, op, state, resumed):
-        self._a = agent
-        self.job_id = job_id
-        self.op = op
-        self.board = agent.board
-        self.config = agent.cfg
-        self.state = state  # the handler's own dict, persisted by save()
-        self.resumed = resumed
-        self._last_progress = None
-        self._last_check = agent.board.ticks_ms()
-        self._paused = None  # ticks when tls_open() closed MQTT for the handler's own session
-
-    def log(self, msg, level="info"):
-        self._a.log(level, "%s: %s" % (self.job_id, msg))
-
-    def save(self):
-        # Persists ctx.state atomically: after a reset the handler runs again with it. A clean
-        # step: the boot-loop count starts again.
-        self._a._persist()
-
-    def progress_due(self):
-        # Whether progress() would report now. Allocates nothing, so that a hot loop builds
-        # its details (which allocates) only when they will be sent.
-        if self._paused is not None:  # MQTT is closed: reported at the next check-in
-            return False
-        last = self._last_progress
-        if last is None:
-            return True
-        return _diff(self.board.ticks_ms(), last) >= self.config["progress_interval_ms"]
-
-    def progress(self, details, force=False):
-        # An IN_PROGRESS report with statusDetails, at most one per progress_interval_ms
-        # (unless force). Raises Canceled when the service says the job is over.
-        if not force and not self.progress_due():
-            return False
-        self._last_progress = self.board.ticks_ms()
-        self._a._report(protocol.IN_PROGRESS, details)
-        return True
-
-    def check(self):
-        # Call often from long work: feeds the watchdog, reads MQTT, raises Canceled when the
-        # job was canceled (notify-next stopped naming it, or it is terminal after a describe).
-        a = self._a
-        a.board.feed()
-        if self._paused is not None:  # MQTT is closed: see checkin()
-            return
-        now = a.board.ticks_ms()
-        if _diff(now, self._last_check) < _CHECK_EVERY_MS and not a._stale:
-            return
-        self._last_check = now
-        a._pump(0)
-        if a._stale:
-            try:
-                ex = a._describe(self.job_id, False)
-            except OSError as e:  # ask again on the next check; the work itself goes on
-                a.link.drop(e)
-                return
-            a._stale = False
-            if ex is None or ex.terminal():
-                raise Canceled()
-
-    def tls_open(self):
-        # Call before the handler opens a TLS session of its own (HTTPS). A plain ESP32 cannot
-        # hold two: unless the board has room to spare (PSRAM) or tls_sessions says 2, the MQTT
-        # session is closed until the next checkin(). Failed, naming memory, when even the
-        # one session does not fit now.
-        n = self.config["tls_sessions"]
-        b = self.board
-        if n == 1 or n == 0 and b.tls_room(True):
-            self._a.link.pause()
-            if self._paused is None:
-                self._paused = b.ticks_ms()
-        why = b.tls_room()
-        if why:
-            raise Failed(why)
-
-    def checkin_due(self):
-        # Whether MQTT has been closed for checkin_ms: the handler should close its session at
-        # the next good point and call checkin(). Allocates nothing.
-        p = self._paused
-        return p is not None and _diff(self.board.ticks_ms(), p) >= self.config["checkin_ms"]
-
-    def checkin(self, details):
-        # With MQTT closed by tls_open() (and the handler's own session closed): connect, report
-        # details, and learn of a cancellation (Canceled), as check() does while connected.
-        if self._paused is not None:
-            self._paused = None
-            self._a.link.ensure()  # a new session: the agent describes the job at check()
-            self.progress(details, True)
-            self.check()
-
-    def refresh(self):
-        # A fresh copy of the job document (pre-signed URLs are signed anew on every hand-out).
-        while True:
-            try:
-                ex = self._a._describe(self.job_id, True)
-                break
-            except _TooBig as e:
-                raise Rejected(_too_big(e)["reason"])
-            except OSError as e:  # no way on without a new URL: wait for the network
-                self._a.link.drop(e)
-        if ex is None or ex.terminal():
-            raise Canceled()
-        if ex.document is None:
-            raise Failed("job document is no longer readable")
-        return ex.document
-
-    def reboot(self, details=None):
-        # Persist, report, reset. Never returns: the handler runs again after the boot with
-        # ctx.resumed and its saved ctx.state.
-        self.save()
-        if details:
-            self._a._report(protocol.IN_PROGRESS, details)
-        self.log("resetting")
-        self.board.reset()
-        raise SystemExit  # only reached with a fake board
-
-
 def _rank(level):
     return LEVELS.index(level) if level in LEVELS else 1
 
@@ -253,9 +146,21 @@ class Agent:
         self._await_kind = None  # its topic kind (protocol.START_NEXT, DESCRIBE, ...)
         self._reply = None  # (accepted, body) for it; (None, size) when it was too large
         self._want_next = False
-        self._stale = False  # the running job may have been canceled: describe it
+        self.stale = False  # the running job may have been canceled: describe it
         self._sync = False  # (re)connected: resubscribed, must resynchronise
-        self._job = {}  # the persisted state of the running job; empty when there is none
+        self._job = {}  # the persisted job state of the running job; empty when there is none
+        # The application's side: its subscriptions [(filter, callback)], its outgoing
+        # messages [(topic, payload)] (at most _QUEUE, oldest dropped first and counted),
+        # and its update windows: may_start() / may_reboot() -> true when a job may start /
+        # the board may reset now (None: always).
+        self._guest = None  # iotjobs.guest once the application uses publish/subscribe
+        self._subs = []
+        self._out = []
+        self.dropped = 0
+        self.sent = 0
+        self.tls_opens = 0
+        self.may_start = None
+        self.may_reboot = None
         link.set_on_connect(self._on_connect)
         link.on_fail = self._link_failed
 
@@ -263,14 +168,103 @@ class Agent:
         if _rank(level) >= self._level:
             print("%s %s" % (level[0].upper(), msg))
 
+    # ---- the application's side: one MQTT session for everyone (iotjobs.guest, loaded when
+    # the application first uses it: an agent without an application does not hold its code)
+
+    def publish(self, topic, payload):
+        # Queues a QoS 0 message on one of this thing's telemetry topics (topic()); see guest.
+        self._app().publish(self, topic, payload)
+
+    def subscribe(self, filt, callback):
+        # callback(topic, msg) for every message on filt, under this thing's command topics.
+        self._app().subscribe(self, filt, callback)
+
+    def topic(self, name):
+        return self._app().topic(self, name)
+
+    def command(self, name):
+        return self._app().command(self, name)
+
+    def handshakes(self):
+        # TLS sessions opened so far (MQTT connects tried, HTTPS sessions of jobs): the loop is
+        # held for the length of each handshake (seconds of CPU on a board).
+        return self.link.attempts + self.tls_opens
+
+    def _app(self):
+        g = self._guest
+        if g is None:
+            from iotjobs import guest
+
+            g = self._guest = guest
+        return g
+
+    # ---- the job surface (what a handler's Context uses)
+
+    def persist(self, step=True):
+        # step: the handler got somewhere (its own save), which ends a boot loop's count.
+        if step:
+            self._job.pop("boots", None)
+        save(STATE_FILE, self._job)
+
+    async def report(self, status, details):
+        # IN_PROGRESS reports from a running handler: best effort on the network (a lost
+        # progress report is harmless), but the service saying "over" stops the handler.
+        try:
+            await self._update(status, protocol.clean_details(details or {}))
+            self._clean_step()
+        except _Drop as e:
+            self.log("info", str(e))
+            raise Canceled()
+        except OSError as e:
+            self.link.drop(e)
+
+    async def poll(self):
+        # Connects if needed, sends the application's queue and reads what MQTT has; never
+        # waits for a message.
+        t = await self.link.ensure()
+        self._pump(t)
+
+    def pump(self):
+        # As poll() when MQTT is up (-> True), else False; allocates nothing of its own.
+        t = self.link.t
+        if t is None:
+            return False
+        self._pump(t)
+        return True
+
+    async def describe(self, job_id, with_doc):
+        # -> Execution, or None when the service no longer has it for us (ResourceNotFound,
+        # TerminalStateReached). Other rejections are our bugs: logged, treated as gone.
+        topic = protocol.topic_describe(self.thing, job_id)
+        ok, body = await self._request(topic, lambda tok: protocol.describe(tok, with_doc))
+        if ok:
+            return protocol.reply_execution(body)
+        code, msg = protocol.reply_error(body)
+        if protocol.reaction(code) != protocol.DROP:
+            self.log("error", "describe %s: %s %s" % (job_id, code, msg))
+        return None
+
+    async def sleep(self, ms):
+        # Waits ms, fed, yielding to the event loop.
+        b = self.board
+        t0 = b.ticks_ms()
+        while True:
+            b.feed()
+            left = ms - _diff(b.ticks_ms(), t0)
+            if left <= 0:
+                return
+            await asyncio.sleep_ms(left if left < 500 else 500)
+
     # ---- MQTT plumbing
 
     def _on_connect(self, t):
         t.set_callback(self._on_msg, self._on_big)
         for topic in protocol.subscriptions(self.thing):
             t.subscribe(topic)
+        for filt, _ in self._subs:
+            t.subscribe(filt)
         self._sync = True
-        self._stale = bool(self._job)
+        self.stale = bool(self._job)
         self.log("info", "connected, subscribed")
 
     def _link_failed(self, e):
@@ -285,6 +279,8 @@ class Agent:
             topic = topic.decode()
             kind = protocol.parse_topic(self.thing, topic)
             if kind is None:
+                if self._subs:
+                    self._guest.deliver(self, topic, msg)  # type: ignore[union-attr]
                 return
             body = json.loads(msg)
         except (ValueError, UnicodeError):
@@ -302,7 +298,7 @@ class Agent:
                 if ex is not None:
                     self._want_next = True
             elif ex is None or ex.job_id != self._job["job"]:
-                self._stale = True
+                self.stale = True
         elif kind[2] is not None and isinstance(body, dict):
             if self._await is not None and body.get("clientToken") == self._await:
                 self._reply = (kind[2], body)
@@ -310,9 +306,13 @@ class Agent:
     def _on_big(self, topic, n):
         _rare("on_big", self, topic, n)
 
-    def _pump(self, timeout_ms):
+    def _pump(self, t):
+        # Sends what the application queued, then reads every message already there.
         try:
-            self.link.ensure().poll(timeout_ms)
+            if self._out:
+                self._guest.flush(self, t)  # type: ignore[union-attr]
+            while t.poll(0):
+                pass
         except MemoryError as e:
             # Not a network error, but the MQTT stream is mid-packet: start it afresh.
             self.log("error", "out of memory reading MQTT")
@@ -320,32 +320,48 @@ class Agent:
         except Exception as e:
             self.link.drop(e)
 
-    def _request(self, topic, build):
+    async def _wait(self, ms, done):
+        # Up to ms for done() (or a dropped link), reading MQTT every _TICK_MS and yielding in
+        # between. Raises OSError when the link went down.
+        b = self.board
+        t0 = b.ticks_ms()
+        while True:
+            t = self.link.t
+            if t is None:
+                raise OSError(_ETIMEDOUT)
+            self._pump(t)
+            b.feed()
+            if done():
+                return True
+            left = ms - _diff(b.ticks_ms(), t0)
+            if left <= 0:
+                return False
+            await asyncio.sleep_ms(left if left < _TICK_MS else _TICK_MS)
+
+    def _replied(self):
+        return self._reply is not None
+
+    async def _request(self, topic, build):
         # Publishes build(token) and waits for the reply with that token: (accepted, body).
         # RETRY codes are retried here with backoff and jitter; after _RETRIES, or when no
         # reply comes in time, raises OSError (the link is then dropped and re-synced).
         backoff = self.cfg["backoff_min_ms"]
         attempt = 0
         self._await_kind = protocol.parse_topic(self.thing, topic + "/accepted")[0]
+        b = self.board
         while True:
             self._n += 1
             token = "%s-%d" % (self._tag, self._n)
             self._await = token
             self._reply = None
-            t = self.link.ensure()
+            t = await self.link.ensure()
             t.publish(topic, build(token))
-            b = self.board
-            t0 = b.ticks_ms()
-            limit = self.cfg["timeout_ms"]
-            while self._reply is None:
-                b.feed()
-                left = limit - _diff(b.ticks_ms(), t0)
-                if left <= 0:
-                    self._await = None
+            try:
+                if not await self._wait(self.cfg["timeout_ms"], self._replied):
                     raise OSError(_ETIMEDOUT)
-                t.poll(left if left < 1000 else 1000)
-            self._await = None
-            ok, body = self._reply
+            finally:
+                self._await = None
+            ok, body = self._reply or (None, 0)  # set: _wait() saw it
             self._reply = None
             if ok is None:
                 raise _TooBig(body)
@@ -360,25 +376,13 @@ class Agent:
                 raise OSError(_EAGAIN)
             wait = b.jitter(backoff)
             self.log("info", "%s: %s, retry in %d ms" % (topic, code, wait))
-            b.sleep_ms(wait)
+            await self.sleep(wait)
             backoff = min(backoff * 2, self.cfg["backoff_max_ms"])
 
-    def _describe(self, job_id, with_doc):
-        # -> Execution, or None when the service no longer has it for us (ResourceNotFound,
-        # TerminalStateReached). Other rejections are our bugs: logged, treated as gone.
-        topic = protocol.topic_describe(self.thing, job_id)
-        ok, body = self._request(topic, lambda tok: protocol.describe(tok, with_doc))
-        if ok:
-            return protocol.reply_execution(body)
-        code, msg = protocol.reply_error(body)
-        if protocol.reaction(code) != protocol.DROP:
-            self.log("error", "describe %s: %s %s" % (job_id, code, msg))
-        return None
-
-    def _update(self, status, details, refresh=True):
+    async def _update(self, status, details, refresh=True):
         j = self._job
         topic = protocol.topic_update(self.thing, j["job"])
-        ok, body = self._request(
+        ok, body = await self._request(
             topic,
             lambda tok: protocol.update(
                 tok, status, details, j.get("version"), step_timeout=self._step(status)
@@ -392,16 +396,16 @@ class Agent:
         code, msg = protocol.reply_error(body)
         r = protocol.reaction(code)
         if r == protocol.REFRESH and refresh:
-            ex = self._describe(j["job"], False)
+            ex = await self.describe(j["job"], False)
             if ex is None or ex.terminal():
                 raise _Drop("%s, and the job is %s" % (code, ex.status if ex else "gone"))
             self.log("info", "%s: version %s -> %s" % (code, j.get("version"), ex.version))
             j["version"] = ex.version
-            return self._update(status, details, False)
+            return await self._update(status, details, False)
         if r == protocol.BUG and status != protocol.FAILED:
             self.log("error", "update refused: %s %s" % (code, msg))
             reason = protocol.clean_details({"reason": "agent error: %s: %s" % (code, msg)})
-            self._update(protocol.FAILED, reason, False)
+            await self._update(protocol.FAILED, reason, False)
             raise _Drop("failed after the service refused an update: %s" % code)
         raise _Drop("update refused: %s %s" % (code, msg))
 
@@ -412,25 +416,7 @@ class Agent:
             (self.cfg.get("step_timeout_min") or None) if status == protocol.IN_PROGRESS else None
         )
 
-    def _report(self, status, details):
-        # IN_PROGRESS reports from a running handler: best effort on the network (a lost
-        # progress report is harmless), but the service saying "over" stops the handler.
-        try:
-            self._update(status, protocol.clean_details(details or {}))
-            self._clean_step()
-        except _Drop as e:
-            self.log("info", str(e))
-            raise Canceled()
-        except OSError as e:
-            self.link.drop(e)
-
     # ---- persisted state
-
-    def _persist(self, step=True):
-        # step: the handler got somewhere (its own save), which ends a boot loop's count.
-        if step:
-            self._job.pop("boots", None)
-        save(STATE_FILE, self._job)
 
     def _clear(self):
         self._job = {}
@@ -441,8 +427,9 @@ class Agent:
 
     # ---- the state machine
 
-    def run(self, cycles=-1):
-        # The main loop; cycles < 0 runs forever (a board), else that many turns (tests).
+    async def serve(self, cycles=-1):
+        # The agent's task: asyncio.create_task(agent.serve()). cycles < 0 runs for ever (a
+        # board), else that many turns (tests).
         self.board.start_watchdog()
         try:
             with open(STATE_FILE) as f:
@@ -462,7 +449,7 @@ class Agent:
         while cycles != 0:
             cycles -= 1
             try:
-                self.turn()
+                await self.turn()
             except OSError as e:
                 self.link.drop(e)
             except MemoryError as e:
@@ -473,35 +460,38 @@ class Agent:
 
     def _clean_step(self):
         if "boots" in self._job:
-            self._persist()
+            self.persist()
 
-    def turn(self):
-        self.link.ensure()
+    def _woken(self):
+        return self._want_next or self._sync
+
+    async def turn(self):
+        await self.link.ensure()
         if self._sync:
             self._sync = False
-            self._stale = False
+            self.stale = False
             if self._job:
-                self._resume()
+                await self._resume()
             self._want_next = True
         if self._want_next:
             self._want_next = False
-            self._start_next()
+            await self._start_next()
         else:
-            self._pump(1000)
+            await self._wait(_IDLE_MS, self._woken)
         self.board.feed()
 
-    def _start_next(self):
+    async def _start_next(self):
         topic = protocol.topic_start_next(self.thing)
         try:
-            ok, body = self._request(topic, lambda tok: protocol.start_next(tok))
+            ok, body = await self._request(topic, lambda tok: protocol.start_next(tok))
         except _TooBig as e:
             # The execution is ours now (IN_PROGRESS) but its document was dropped unread:
             # ask which job it is without the document, and reject it.
-            ex = self._describe("$next", False)
+            ex = await self.describe("$next", False)
             if ex is None or ex.terminal():
                 return
             self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
-            return self._finish(protocol.REJECTED, _too_big(e))
+            return await self._finish(protocol.REJECTED, _too_big(e))
         if not ok:
             code, msg = protocol.reply_error(body)
             self.log("error", "start-next refused: %s %s" % (code, msg))
@@ -514,51 +504,62 @@ class Agent:
                 self.log("info", "no pending job")
             return
         self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
-        self._run(ex, False)
+        await self._run(ex, False)
 
-    def _resume(self):
+    async def _resume(self):
         j = self._job
         try:
             # A decided job needs no document (and one that looped the board is not read).
-            ex = self._describe(j["job"], "final" not in j)
+            ex = await self.describe(j["job"], "final" not in j)
         except _TooBig as e:
-            return self._finish(protocol.REJECTED, _too_big(e))
+            return await self._finish(protocol.REJECTED, _too_big(e))
         if ex is None or ex.terminal():
             self.log("info", "%s: %s while we were away" % (j["job"], ex.status if ex else "gone"))
             self._clear()
             return
         j["version"] = ex.version
         if "final" in j:
-            self._finish(j["final"][0], j["final"][1])
+            await self._finish(j["final"][0], j["final"][1])
             return
         self.log("info", "%s: resuming after a restart" % j["job"])
-        self._run(ex, True)
+        await self._run(ex, True)
 
-    def _run(self, ex, resumed):
+    async def _run(self, ex, resumed):
         j = self._job
         op = protocol.operation(ex.document)
         if ex.document is None:
-            return self._finish(protocol.REJECTED, {"reason": "job document is not a JSON object"})
+            return await self._finish(
+                protocol.REJECTED, {"reason": "job document is not a JSON object"}
+            )
         if op is None:
-            return self._finish(protocol.REJECTED, {"reason": "job document has no operation"})
-        mods = list(sys.modules)  # what was loaded before the handler
+            return await self._finish(
+                protocol.REJECTED, {"reason": "job document has no operation"}
+            )
+        mods = list(sys.modules)  # what was loaded before the handler (and its Context)
         fn, resumable = _resolve(op)
         if fn is None:
-            return self._finish(protocol.REJECTED, {"reason": "unsupported operation %r" % op})
+            return await self._finish(
+                protocol.REJECTED, {"reason": "unsupported operation %r" % op}
+            )
         if resumed and not resumable:
             fn = None
             _forget(mods)
             reason = "interrupted by a reset (%s is not resumable)" % op
-            return self._finish(protocol.FAILED, {"reason": reason})
+            return await self._finish(protocol.FAILED, {"reason": reason})
         j["op"] = op
-        self._persist(False)
+        self.persist(False)
         self.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
+        from iotjobs.context import Context  # job-time code: unloaded with the handler's
+
         ctx = Context(self, ex.job_id, op, j["data"], resumed)
+        del Context
         status = protocol.FAILED
         try:
             if not resumed:
-                self._report(protocol.IN_PROGRESS, {"step": "started"})
-            details = fn(ctx, ex.document)
+                await self.report(protocol.IN_PROGRESS, {"step": "started"})
+                if self.may_start is not None:
+                    await self._app().window(self, ctx, "job")
+            details = await fn(ctx, ex.document)
             status = protocol.SUCCEEDED
         except Rejected as e:
             status, details = protocol.REJECTED, {"reason": _reason(e)}
@@ -577,19 +578,19 @@ class Agent:
         del ctx
         _forget(mods)
         if details is not None or status == protocol.SUCCEEDED:
-            self._finish(status, details if isinstance(details, dict) else {})
+            await self._finish(status, details if isinstance(details, dict) else {})
 
-    def _finish(self, status, details):
+    async def _finish(self, status, details):
         # The final report is persisted before it is sent, so that a reset or a dead link
         # between the decision and the service's acceptance re-sends it instead of losing it.
         j = self._job
         details = protocol.clean_details(details)
         if j.get("final") != [status, details]:
             j["final"] = [status, details]
-            self._persist(False)
+            self.persist(False)
         while True:
             try:
-                self._update(status, details)
+                await self._update(status, details)
                 self.log("info", "%s: %s %s" % (j["job"], status, details.get("reason", "")))
                 break
             except _Drop as e:
@@ -611,13 +612,13 @@ def save(path, obj):
     os.rename(tmp, path)
 
 
-def reboot(ctx, doc):
+async def reboot(ctx, doc):
     # The reboot job, {"operation": "reboot"}: report, reset, and SUCCEEDED once the board is
     # back.
     if ctx.state.get("rebooted"):
         return {"reason": "rebooted", "firmware": ctx.board.firmware_version()}
     ctx.state["rebooted"] = True
-    ctx.reboot({"step": "rebooting"})
+    await ctx.reboot({"step": "rebooting"})
 
 
 def _forget(mods):

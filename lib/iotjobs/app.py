@@ -51,31 +51,82 @@ def build(cfg, board=None):
     return a
 
 
-def run(path="config.json"):
+def start(path="config.json"):
+    # The agent built from config.json, the network up: for an application that runs the
+    # loop itself (`asyncio.create_task(agent.serve())` beside its own tasks). None when
+    # config.json is missing or bad (said on the console).
     global build, _start
     # Boot leaves the heap in small pieces; a TLS session's objects (the SSLContext with
     # mbedTLS's state in it: ~2 KB) need one contiguous block, and without one the GC heap
     # grows into the IDF heap that the session itself needs. So a block is kept for them from
-    # the start and given back just before the first connection.
+    # the start and given back just before the first connection (Link.ensure() drops it).
     hold = bytearray(_HOLD)
     a = _start(path)
     # Boot-time code is not kept while the agent runs (.mpy code lives in the heap).
     del build, _start
     if a is None:
-        return
+        return None
     try:
         a.board.start_watchdog()
         a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
-        del hold
-        a.run()
     except Exception as e:
-        # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
-        # state makes the restart pick up where this one stopped.
+        _crash(a, e)
+    a.link.hold = hold
+    return a
+
+
+def run(path="config.json"):
+    # What main.py calls: the agent, and beside it the installed application (the module
+    # `application` in app_dir, whose `async def main(agent)` is its entry point), both
+    # tasks of one asyncio loop. Without an application the agent runs alone.
+    a = start(path)
+    if a is None:
+        return
+    try:
+        import asyncio
+
+        try:
+            from application import main  # type: ignore[import-not-found]  # the application
+        except ImportError:
+            main = None
+        except Exception as e:  # a broken application: the agent runs alone (a job can fix it)
+            import sys
+
+            sys.print_exception(e)
+            main = None
+        asyncio.run(_main(a, main))
+    except Exception as e:
+        _crash(a, e)
+
+
+def _crash(a, e):
+    # A bug in the agent: log, wait (fed), and reset rather than wedge. The persisted job
+    # state makes the restart pick up where this one stopped.
+    import sys
+
+    sys.print_exception(e)
+    a.board.sleep_ms(_CRASH_WAIT_MS)
+    a.board.reset()
+
+
+async def _main(a, main):
+    import asyncio
+
+    if main is not None:
+        asyncio.create_task(_guest(main, a))
+    await a.serve()
+
+
+async def _guest(main, a):
+    # The application's entry point; if it ends with an exception the agent goes on (a job
+    # can still replace the application).
+    try:
+        await main(a)
+    except Exception as e:
         import sys
 
+        a.log("error", "application stopped: %r" % (e,))
         sys.print_exception(e)
-        a.board.sleep_ms(_CRASH_WAIT_MS)
-        a.board.reset()
 
 
 def _start(path):

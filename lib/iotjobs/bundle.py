@@ -18,7 +18,7 @@ _MAX = const(1048576)  # bundle size limit
 _EXTS = (".py", ".mpy")
 
 
-def handle(ctx, doc):
+async def handle(ctx, doc):
     st = ctx.state
     app = ctx.config["app_dir"]
     if "step" not in st:
@@ -26,17 +26,17 @@ def handle(ctx, doc):
         st["step"] = "download"
         st["old"] = appswap.version(app)
         ctx.save()
-    return run(ctx, doc, _step)
+    return await run(ctx, doc, _step)
 
 
-def _step(ctx, doc, name):
-    return _STEPS[name](ctx, doc, ctx.config["app_dir"])
+async def _step(ctx, doc, name):
+    return await _STEPS[name](ctx, doc, ctx.config["app_dir"])
 
 
-def _download(ctx, doc, app):
+async def _download(ctx, doc, app):
     keyed = bool(ctx.config.get("ota_key_file"))
     job = parse(doc, _MAX, keyed, "bundle limit")
-    stage, h, files = _fetch(ctx, job, app, keyed)
+    stage, h, files = await _fetch(ctx, job, app, keyed)
     from iotjobs.agent import unload
 
     unload(("iotjobs.http",))  # the download's code goes before ECDSA comes in
@@ -47,7 +47,7 @@ def _download(ctx, doc, app):
     details = {"files": str(files)}
     from iotjobs.otaboot import check_signature
 
-    why = check_signature(ctx, job["sig"], digest, details)
+    why = await check_signature(ctx, job["sig"], digest, details)
     if why:
         appswap.rmtree(stage)
         raise Failed(why)
@@ -57,26 +57,26 @@ def _download(ctx, doc, app):
     return "activate"
 
 
-def _fetch(ctx, job, app, keyed):
+async def _fetch(ctx, job, app, keyed):
     # The tar, extracted into the staging folder while it streams: (stage, hash, files).
     import hashlib
 
     buf = bytearray(4096)
     tries = [0, 0]
     while True:
-        ctx.checkin({"step": "download", "progress": "0/%d" % job["size"]})  # see ota
-        ctx.check()
+        await ctx.checkin({"step": "download", "progress": "0/%d" % job["size"]})  # see ota
+        await ctx.check()
         stage = appswap.stage_begin(app)
-        r = open_url(ctx, job, 0, tries, lambda d: parse(d, _MAX, keyed, "bundle limit"))
+        r = await open_url(ctx, job, 0, tries, lambda d: parse(d, _MAX, keyed, "bundle limit"))
         if r is None:
             continue
         try:
             if r.total != job["size"]:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, job["size"]))
             h = hashlib.sha256()
-            return stage, h, _extract(ctx, r, h, buf, stage, job["size"])
+            return stage, h, await _extract(ctx, r, h, buf, stage, job["size"])
         except OSError as e:
-            tries[0] = net_fail(ctx, tries[0], e)
+            tries[0] = await net_fail(ctx, tries[0], e)
         except Failed:
             appswap.rmtree(stage)
             raise
@@ -84,7 +84,7 @@ def _fetch(ctx, job, app, keyed):
             r.close()
 
 
-def _extract(ctx, r, h, buf, stage, size):
+async def _extract(ctx, r, h, buf, stage, size):
     # Stream the tar: 512-byte headers, file data padded to 512, two zero blocks at the end.
     mv = memoryview(buf)
     got = 0
@@ -117,10 +117,10 @@ def _extract(ctx, r, h, buf, stage, size):
                 n -= w
                 left -= k
                 got += k
-                ctx.check()
+                await ctx.tick()
         files += 1
         if ctx.progress_due():
-            ctx.progress({"step": "download", "progress": "%d/%d" % (got, size)}, True)
+            await ctx.progress({"step": "download", "progress": "%d/%d" % (got, size)}, True)
     if not ended:
         raise Failed("bundle: archive has no end marker")
     return files
@@ -165,16 +165,16 @@ def _cstr(buf, off, n):
     return (raw if end < 0 else raw[:end]).decode()
 
 
-def _activate(ctx, doc, app):
+async def _activate(ctx, doc, app):
     appswap.swap(app)
     ctx.state["step"] = "booting"
     ctx.state["boots"] = 0
     ctx.save()
-    ctx.reboot({"step": "rebooting"})
+    await ctx.reboot({"step": "rebooting"})
     return "booting"  # not reached on a board
 
 
-def _booting(ctx, doc, app):
+async def _booting(ctx, doc, app):
     st = ctx.state
     st["boots"] = st.get("boots", 0) + 1
     ctx.save()
@@ -186,7 +186,7 @@ def _booting(ctx, doc, app):
     else:
         from iotjobs.otaboot import self_test
 
-        reason = self_test(ctx)
+        reason = await self_test(ctx)
     if reason is None:
         appswap.confirm(app)
         details = {"reason": "app %s running" % st["new"], "app": st["new"], "previous": st["old"]}
@@ -196,11 +196,11 @@ def _booting(ctx, doc, app):
     st["step"] = "rolledback"
     ctx.save()
     appswap.rollback(app)
-    ctx.reboot({"step": "rolling back", "reason": reason})
+    await ctx.reboot({"step": "rolling back", "reason": reason})
     return "rolledback"  # not reached on a board
 
 
-def _rolledback(ctx, doc, app):
+async def _rolledback(ctx, doc, app):
     st = ctx.state
     raise Failed("%s; rolled back to app %s" % (st["reason"], appswap.version(app)))
 

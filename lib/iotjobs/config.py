@@ -147,7 +147,7 @@ def merge_settings(cfg, new, strict=True):
     return out
 
 
-def job(ctx, doc):
+async def job(ctx, doc):
     # The config job, {"operation": "config", "set": {"log_level": "debug", "settings": {...}}}:
     # validate, then merge into config.json atomically. Identity and endpoint keys are refused:
     # a job that could point the device elsewhere could take it off the fleet for good.

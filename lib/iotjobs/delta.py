@@ -71,7 +71,7 @@ def parse(doc, slot_size, keyed, what):
     return job
 
 
-def check_base(ctx, d):
+async def check_base(ctx, d):
     # Before anything is downloaded: is the running image the patch's base?
     from iotjobs.fetch import rehash
 
@@ -80,7 +80,7 @@ def check_base(ctx, d):
     if n > part.size:
         raise Rejected("delta base of %d bytes is larger than the running slot" % n)
     buf = bytearray(_BLOCK)
-    h = rehash(part, buf, n)  # the whole blocks
+    h = await rehash(part, buf, n)  # the whole blocks
     tail = memoryview(buf)[: n % _BLOCK]
     if n % _BLOCK:
         part.readblocks(n // _BLOCK, tail)
@@ -89,7 +89,7 @@ def check_base(ctx, d):
         raise Rejected("delta base mismatch: the running image is not the patch's base")
 
 
-def step(ctx, doc):
+async def step(ctx, doc):
     # The "delta" step of the OTA handler: -> "verify", or "download" (falling back to the
     # full image) when the patch fails and the document offers one.
     from iotjobs import ota
@@ -99,21 +99,21 @@ def step(ctx, doc):
     limit, keyed = out.size, bool(ctx.config.get("ota_key_file"))
     job = ota.parse(doc, limit, keyed)
     try:
-        st["sha256"] = _apply(ctx, job, out, limit, keyed)
+        st["sha256"] = await _apply(ctx, job, out, limit, keyed)
     except Failed as e:
         st.pop("ck", None)
         if job["url"] is None:
             raise
         ctx.log("delta failed (%s); downloading the full image" % e.args[0], "warning")
         st["off"] = 0
-        ctx.progress({"step": "download", "reason": "delta failed: %s" % e.args[0]}, True)
+        await ctx.progress({"step": "download", "reason": "delta failed: %s" % e.args[0]}, True)
         return "download"
     st.pop("ck", None)
     st["off"] = job["size"]
     return "verify"
 
 
-def _apply(ctx, job, out, limit, keyed):
+async def _apply(ctx, job, out, limit, keyed):
     import hashlib
 
     from iotjobs import fetch
@@ -128,9 +128,9 @@ def _apply(ctx, job, out, limit, keyed):
         ck = ctx.state.get("ck")  # the last checkpoint, if any
         at = ck[4] if ck else 0
         # MQTT closed for the download (fetch.open_url): check in at every reconnect (see ota).
-        ctx.checkin({"step": "delta", "progress": "%d/%d" % (at, d["size"])})
-        ctx.check()
-        r = fetch.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
+        await ctx.checkin({"step": "delta", "progress": "%d/%d" % (at, d["size"])})
+        await ctx.check()
+        r = await fetch.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
         if r is None:
             continue
         try:
@@ -141,13 +141,13 @@ def _apply(ctx, job, out, limit, keyed):
             if ck:
                 ctx.log("resuming the patch at %d of %d" % (at, d["size"]))
             hp = hashlib.sha256()
-            ho = fetch.rehash(out, ob, ck[0]) if ck else hashlib.sha256()
-            p.run(r, hp, ho, ctx, ck)
+            ho = await fetch.rehash(out, ob, ck[0]) if ck else hashlib.sha256()
+            await p.run(r, hp, ho, ctx, ck)
             break
         except OSError as e:
             if ctx.state.get("ck") is not ck:
                 tries[0] = 0  # it got somewhere: failures in a row count from here
-            tries[0] = fetch.net_fail(ctx, tries[0], e)  # and again from the last checkpoint
+            tries[0] = await fetch.net_fail(ctx, tries[0], e)  # and again from the last checkpoint
         finally:
             r.close()
     if not ck and hp.digest() != d["sha256"]:
@@ -155,7 +155,7 @@ def _apply(ctx, job, out, limit, keyed):
     digest = ho.digest()
     if digest != job["sha256"]:
         raise Failed("the rebuilt image's SHA-256 does not match")
-    ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
+    await ctx.progress({"step": "verify", "progress": "%d/%d" % (size, size)}, True)
     return fetch.hexdigest(digest)
 
 
@@ -352,7 +352,7 @@ class Patcher:
         if self._num():
             raise Failed("data-format patches are not supported")
 
-    def run(self, src, hp, ho, ctx, ck=None):
+    async def run(self, src, hp, ho, ctx, ck=None):
         # From the patch's first byte (ck None), or from checkpoint ck (src starts at ck[4]).
         self.src, self.hp = src, hp
         self.ip = self.il = self.pp = self.pn = 0
@@ -410,8 +410,8 @@ class Patcher:
                         self._save(ctx, done, ph, n, fp)
                         mark = self._pos()
                     if ctx.progress_due():
-                        ctx.progress({"step": "delta", "progress": "%d/%d" % (done, size)})
-                    ctx.check()
+                        await ctx.progress({"step": "delta", "progress": "%d/%d" % (done, size)})
+                    await ctx.tick()
             elif ph == 4:
                 fp += self._num()
                 ph = 0

@@ -3,6 +3,9 @@
 # loop that takes a response block by block into the hash and an OTA slot through one
 # preallocated buffer, with the offset checkpoints and progress reports between blocks.
 # Imported by a handler's download step only (and unloaded with it, iotjobs.agent._forget).
+# Coroutines: every wait (the network, a backoff) and every block yields to the event loop.
+import asyncio
+
 from iotjobs.agent import Failed
 from micropython import const
 
@@ -12,7 +15,7 @@ _NET_RETRIES = const(6)  # failed connections in a row before the job fails
 _URL_REFRESHES = const(3)  # 403/404 in a row (expired URL) before the job fails
 
 
-def to_slot(ctx, job, slot, h, buf, tail, off, reparse):
+async def to_slot(ctx, job, slot, h, buf, tail, off, reparse):
     # The whole image over HTTPS from off into the slot: -> (size, hash). Resumes with Range
     # after a cut (from the last persisted block, ctx.state["off"]); a gzip payload (a deflate
     # stream cannot be entered part-way) starts again from zero. reparse(doc) -> job renews it.
@@ -22,11 +25,11 @@ def to_slot(ctx, job, slot, h, buf, tail, off, reparse):
     while off < size:
         # MQTT closed for the download (one TLS session at a time): check in between two HTTPS
         # sessions, at every reconnect and every checkin_ms. Canceled ends it here.
-        ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
-        ctx.check()
+        await ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
+        await ctx.check()
         if off:
             ctx.log("resuming download at %d of %d" % (off, size))
-        r = open_url(ctx, job, off, tries, reparse)
+        r = await open_url(ctx, job, off, tries, reparse)
         if r is None:
             continue
         try:
@@ -37,31 +40,33 @@ def to_slot(ctx, job, slot, h, buf, tail, off, reparse):
                 src = deflate.DeflateIO(r, deflate.GZIP, job["gz"])
             elif r.total != size:
                 raise Failed("the server has %d bytes, the job says %d" % (r.total, size))
-            off = blocks(ctx, src, slot, h, buf, tail, off, size, job["gz"])
+            off = await blocks(ctx, src, slot, h, buf, tail, off, size, job["gz"])
             if job["gz"] and src.readinto(buf, 1):
                 raise Failed("the gzip payload is longer than 'size'")
             tries[0] = 0
         except OSError as e:
             off = 0 if job["gz"] else st["off"]  # the last persisted block
-            h = rehash(slot, buf, off)
-            tries[0] = net_fail(ctx, tries[0], e)
+            h = await rehash(slot, buf, off)
+            tries[0] = await net_fail(ctx, tries[0], e)
         finally:
             r.close()
     return off, h
 
 
-def rehash(slot, buf, off):
-    # Resuming: hash what is already in flash instead of downloading it again.
+async def rehash(slot, buf, off):
+    # Resuming: hash what is already in flash instead of downloading it again (a block at a
+    # time between yields to the event loop).
     import hashlib
 
     h = hashlib.sha256()
     for blk in range(off // _BLOCK):
         slot.readblocks(blk, buf)
         h.update(buf)
+        await asyncio.sleep_ms(0)
     return h
 
 
-def open_url(ctx, job, off, tries, reparse):
+async def open_url(ctx, job, off, tries, reparse):
     # One attempt at GET job["url"] from byte off: the response, or None to try again, after a
     # backoff (network error) or with job["url"] renewed by a describe (403/404: an expired
     # pre-signed URL; the service signs a new one on every hand-out). tries = [network
@@ -83,28 +88,32 @@ def open_url(ctx, job, off, tries, reparse):
         if e.status in (403, 404) and tries[1] < _URL_REFRESHES:
             tries[1] += 1
             ctx.log("download refused (%d), asking for a new URL" % e.status)
-            ctx.board.sleep_ms(1000 * tries[1])
-            job.update(reparse(ctx.refresh()))
+            await ctx.sleep(1000 * tries[1])
+            job.update(reparse(await ctx.refresh()))
             return None
         raise Failed("download refused: HTTP %d" % e.status)
     except (OSError, MemoryError) as e:
         if nomem(e):
             raise Failed("out of memory for the HTTPS session: %r" % (e,))
-        tries[0] = net_fail(ctx, tries[0], e)
+        tries[0] = await net_fail(ctx, tries[0], e)
         return None
     tries[1] = 0
     return r
 
 
-def blocks(ctx, r, slot, h, buf, tail, off, size, gz=None):
+async def blocks(ctx, r, slot, h, buf, tail, off, size, gz=None):
     # The hot loop: one block at a time from the response into the hash and the flash. Only
     # whole blocks are written (writeblocks erases first); the last one is padded with 0xFF.
     # A block allocates nothing (tests/test_ota_stream.py runs this under heap_lock); only the
-    # offset checkpoint every _SAVE_EVERY blocks, a due progress report and ctx.check()'s
-    # periodic MQTT read do.
+    # offset checkpoint every _SAVE_EVERY blocks, a due progress report and ctx.tick()'s
+    # periodic MQTT read do. Between two blocks it yields to the event loop (ctx.tick()), and
+    # while the socket has nothing to read (ctx.io_wait(); a stall ends at timeout_ms).
     st = ctx.state
     n_since_save = 0
     while off < size:
+        if not gz:
+            while not r.ready():
+                await ctx.io_wait()
         want = min(_BLOCK, size - off)
         if r.readinto(buf, want) != want:  # fills want bytes or raises (iotjobs.http)
             if gz:
@@ -124,14 +133,14 @@ def blocks(ctx, r, slot, h, buf, tail, off, size, gz=None):
             st["off"] = off
             ctx.save()
         if ctx.progress_due():
-            ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
-        ctx.check()
+            await ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
+        await ctx.tick()
         if not gz and off < size and ctx.checkin_due():
             break  # the caller closes the response and checks in
     return off
 
 
-def net_fail(ctx, fails, e):
+async def net_fail(ctx, fails, e):
     # After a network failure: fails + 1 once the backoff is slept, or Failed when too many in
     # a row.
     fails += 1
@@ -139,7 +148,7 @@ def net_fail(ctx, fails, e):
         raise Failed("download failed %d times in a row: %r" % (fails, e))
     ms = min(1000 << fails, 30000)
     ctx.log("download: %r, retry %d in %d ms" % (e, fails, ms), "warning")
-    ctx.board.sleep_ms(ctx.board.jitter(ms))
+    await ctx.sleep(ctx.board.jitter(ms))
     return fails
 
 

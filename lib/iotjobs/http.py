@@ -4,6 +4,8 @@
 # r = http.open(url, start, cadata)      # Response: status, start, length, total
 # n = r.readinto(buf)                    # fills buf (or buf[:nbytes]) completely, or up to the
 #                                        # end of the body; 0 at the end
+# r.ready()                              # whether bytes are there now (never blocks): a caller
+#                                        # under asyncio yields until they are
 # r.close()
 #
 # Why readinto fills whole buffers: a stream's readinto(buf, nbytes) always writes at buf[0],
@@ -11,6 +13,7 @@
 # blocking read with a socket timeout returns short only at a stall or a close; both are errors
 # here (OSError), and the caller resumes with a Range request.
 import io
+import time
 
 from micropython import const
 
@@ -49,13 +52,38 @@ def parse_url(url):
 
 class Response(io.IOBase):
     # An io.IOBase so that firmware streams (deflate.DeflateIO) can read from it.
-    def __init__(self, sock, status, start, length, total):
+    def __init__(self, sock, status, start, length, total, timeout_ms=15000, raw=None):
         self._s = sock
         self.status = status
         self.start = start
         self.length = length
         self.total = total
         self._left = length
+        self._t = timeout_ms
+        self._since = None  # ticks since when ready() has found nothing
+        # The socket under TLS (an fd: polled at once on every port) first, then the TLS
+        # socket itself for bytes it has decrypted already (the Unix port polls such an
+        # object with a 1 ms sleep, ESP32 does not).
+        self._r = _poller(raw or sock)
+        self._p = _poller(sock) if raw is not None and raw is not sock else None
+
+    def ready(self):
+        # Whether a read would find bytes now (TLS: decrypted ones count); OSError(ETIMEDOUT)
+        # once nothing came for timeout_ms, as a blocking read would. Allocates nothing.
+        for _ in self._r.ipoll(0):
+            self._since = None
+            return True
+        p = self._p
+        if p is not None:
+            for _ in p.ipoll(0):
+                self._since = None
+                return True
+        now = time.ticks_ms()
+        if self._since is None:
+            self._since = now
+        elif time.ticks_diff(now, self._since) > self._t:
+            raise OSError(_ETIMEDOUT)
+        return False
 
     def readinto(self, buf, nbytes=0):
         want = nbytes or len(buf)
@@ -85,6 +113,16 @@ class Response(io.IOBase):
                 pass
 
 
+def _poller(s):
+    import select
+
+    p = select.poll()
+    p.register(s, 1)  # POLLIN
+    for _ in p.ipoll(0):  # the first ipoll() allocates the tuple it reuses after
+        pass
+    return p
+
+
 def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
     for _ in range(5):  # the request and up to 4 redirects
         scheme, host, port, path = parse_url(url)
@@ -92,7 +130,7 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
             raise ValueError("plain http refused (set ota_allow_http to allow it)")
         if scheme == "https" and not cadata:
             raise ValueError("https needs the server's CA (cadata); never unverified")
-        s = _connect(scheme, host, port, cadata, timeout_ms)
+        s, raw = _connect(scheme, host, port, cadata, timeout_ms)
         try:
             status, hdr = _request(s, host, port, scheme, path, start)
             url = hdr.get("location")
@@ -113,7 +151,7 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
                     span, _, total = rng.partition("/")
                     if unit != "bytes" or int(span.partition("-")[0]) != start:
                         raise ValueError
-                    return Response(s, status, start, length, int(total))
+                    return Response(s, status, start, length, int(total), timeout_ms, raw)
             except (KeyError, ValueError):
                 raise HTTPError(status, "bad Content-Length or Content-Range")
             # 200: the server ignored the Range header; the body is the whole object: read and
@@ -127,7 +165,7 @@ def open(url, start=0, cadata=None, timeout_ms=15000, allow_http=False):
                 if not k:
                     raise OSError(_EIO)
                 n -= k
-            return Response(s, status, start, length - start, length)
+            return Response(s, status, start, length - start, length, timeout_ms, raw)
         except BaseException:
             s.close()
             raise
@@ -138,7 +176,7 @@ def _connect(scheme, host, port, cadata, timeout_ms):
     import socket
 
     ai = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0]
-    s = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
+    s = raw = socket.socket(ai[0], socket.SOCK_STREAM, ai[2])
     try:
         # A timeout on the socket bounds connect, the TLS handshake and every read: no call
         # here can block forever.
@@ -156,7 +194,7 @@ def _connect(scheme, host, port, cadata, timeout_ms):
     except BaseException:
         s.close()
         raise
-    return s
+    return s, raw
 
 
 def _request(s, host, port, scheme, path, start):

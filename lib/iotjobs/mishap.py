@@ -21,7 +21,7 @@ def big(a, kind, n):
     if kind[0] == protocol.NOTIFY_NEXT:
         # Some job is next: start-next (or the running job's describe) finds out which.
         if a._job:
-            a._stale = True
+            a.stale = True
         else:
             a._want_next = True
     elif kind[2] and a._await is not None and kind[0] == a._await_kind:
@@ -71,7 +71,7 @@ def link_failed(a, e):
     n = j["memreset"] = j.get("memreset", 0) + 1
     if n > 1 and "final" not in j:
         j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
-    a._persist(False)
+    a.persist(False)
     a.log("error", "%s; resetting for a fresh heap" % why)
     a.board.reset()
 
@@ -91,4 +91,4 @@ def count_boot(a, j):
         reason = "boot loop: the board reset %d times in a row during this job" % (boots - 1)
         a.log("error", "%s: %s" % (j["job"], reason))
         j["final"] = [protocol.FAILED, {"reason": reason}]
-    a._persist(False)
+    a.persist(False)

@@ -173,17 +173,17 @@ def _name(s):
 # ---------------------------------------------------------------- the handler
 
 
-def handle(ctx, doc):
+async def handle(ctx, doc):
     if "step" not in ctx.state:
         # The checks' code (iotjobs.slot, a delta's base check) and objects go before the
         # first step, like a step's (run).
         mods = list(sys.modules)
-        _begin(ctx, doc)
+        await _begin(ctx, doc)
         _forget(mods)
-    return run(ctx, doc, _step)
+    return await run(ctx, doc, _step)
 
 
-def _begin(ctx, doc):
+async def _begin(ctx, doc):
     st = ctx.state
     slot = ctx.board.update_slot()
     job = check(ctx, doc, slot.size)
@@ -191,7 +191,7 @@ def _begin(ctx, doc):
     if "delta" in job:
         from iotjobs import delta
 
-        delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
+        await delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
         st["step"] = "delta"
     st["slot"] = slot.label
     st["off"] = 0
@@ -199,8 +199,8 @@ def _begin(ctx, doc):
     ctx.save()
 
 
-def run(ctx, doc, step):
-    # The update handlers' step runner (ota, bundle): step(ctx, doc, name) runs the persisted
+async def run(ctx, doc, step):
+    # The update handlers' step runner (ota, bundle): await step(ctx, doc, name) runs the persisted
     # step ctx.state["step"] and returns the next one's name (saved before it runs: a reset
     # anywhere continues from there) or the job's details (a dict).
     st = ctx.state
@@ -208,7 +208,7 @@ def run(ctx, doc, step):
         name = st["step"]
         ctx.log("step " + name)  # the console's record of where a job got to
         mods = list(sys.modules)
-        result = step(ctx, doc, name)
+        result = await step(ctx, doc, name)
         # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
         # next step connects MQTT again.
         _forget(mods)
@@ -218,15 +218,15 @@ def run(ctx, doc, step):
         ctx.save()
 
 
-def _step(ctx, doc, step):
+async def _step(ctx, doc, step):
     try:
         if step == "download":
-            return _download(ctx, doc)
+            return await _download(ctx, doc)
         if step == "delta":
-            return _delta(ctx, doc)
+            return await _delta(ctx, doc)
         # The steps after the download are iotjobs.otaboot's, imported when reached (and
         # unloaded after, run()): the download runs without their code in the heap.
-        return getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
+        return await getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
     except Exception:
         if step in ("download", "verify", "delta"):
             _erase_head(ctx)  # leave no partial image behind
@@ -237,7 +237,7 @@ def _slot(ctx):
     return ctx.board.update_slot(ctx.state["slot"])
 
 
-def _download(ctx, doc):
+async def _download(ctx, doc):
     from iotjobs import fetch
 
     st = ctx.state
@@ -250,14 +250,14 @@ def _download(ctx, doc):
     tail = memoryview(buf)[: size % _BLOCK]  # the last, partial block's bytes (if any)
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
-    h = fetch.rehash(slot, buf, off)
+    h = await fetch.rehash(slot, buf, off)
     reparse = lambda d: parse(d, limit, keyed)  # noqa: E731
     if job["stream"] is None:
-        off, h = fetch.to_slot(ctx, job, slot, h, buf, tail, off, reparse)
+        off, h = await fetch.to_slot(ctx, job, slot, h, buf, tail, off, reparse)
     else:  # MQTT streams, or both (by preference, with a fallback)
         from iotjobs import stream
 
-        off, h = stream.either(ctx, job, slot, h, buf, tail, off, reparse)
+        off, h = await stream.either(ctx, job, slot, h, buf, tail, off, reparse)
     st["off"] = size
     st["sha256"] = fetch.hexdigest(h.digest())
     del buf, tail  # the block buffer is free before verify needs the heap
@@ -269,7 +269,7 @@ def _erase_head(ctx):
     _slot(ctx).erase()
 
 
-def _delta(ctx, doc):
+async def _delta(ctx, doc):
     from iotjobs import delta
 
-    return delta.step(ctx, doc)
+    return await delta.step(ctx, doc)

@@ -6,16 +6,16 @@ from iotjobs.agent import Canceled, Failed
 from iotjobs.ota import parse
 
 
-def verify(ctx, doc):
+async def verify(ctx, doc):
     st = ctx.state
-    ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
+    await ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     slot = ctx.board.update_slot(st["slot"])
     job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     digest = bytes.fromhex(st["sha256"])
     if job["sha256"] is not None and job["sha256"] != digest:
         return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
     details: dict = {}
-    why = check_signature(ctx, job["sig"], digest, details)
+    why = await check_signature(ctx, job["sig"], digest, details)
     if why:
         return _fail_before_boot(ctx, why)
     from iotjobs.board import app_version
@@ -33,7 +33,7 @@ def verify(ctx, doc):
     return "activate"
 
 
-def check_signature(ctx, sig, digest, details):
+async def check_signature(ctx, sig, digest, details):
     # None when the device has no key or the signature is good; else why not. Adds verify_ms.
     key_file = ctx.config.get("ota_key_file")
     if not key_file:
@@ -50,12 +50,12 @@ def check_signature(ctx, sig, digest, details):
     t0 = time.ticks_ms()
     from iotjobs.board import read
 
-    ok = ecdsa.verify(ecdsa.load_pubkey(read(key_file)), digest, raw)
+    ok = await ecdsa.verify(ecdsa.load_pubkey(read(key_file)), digest, raw)
     details["verify_ms"] = str(time.ticks_diff(time.ticks_ms(), t0))
     return None if ok else "bad signature"
 
 
-def self_test(ctx):
+async def self_test(ctx):
     # None when the new code passed: the broker answered (ctx.check) and the application's
     # hook (board.self_test, from its selftest.py) returned None/True in time; else why not.
     import time
@@ -64,8 +64,10 @@ def self_test(ctx):
     t0 = time.ticks_ms()
     hook = getattr(b, "self_test", None)
     try:
-        ctx.check()
+        await ctx.check()
         r = hook(ctx) if hook is not None else None
+        if hasattr(r, "send"):  # an async def self-test
+            r = await r  # type: ignore[misc]
         if r is False or isinstance(r, str):
             return "self-test failed" + (": " + r if r else "")
     except (Canceled, Failed):
@@ -84,7 +86,7 @@ def _fail_before_boot(ctx, reason):
     raise Failed(reason)
 
 
-def activate(ctx, doc):
+async def activate(ctx, doc):
     # set_boot validates the image the way the bootloader will (ESP-IDF refuses a bad header,
     # checksum or appended hash) and makes the slot boot next, once, pending verification.
     st = ctx.state
@@ -95,7 +97,7 @@ def activate(ctx, doc):
     st["step"] = "booting"
     ctx.save()
     # self_test and updatedBy as AWS's OTA agent reports them across the reboot.
-    ctx.reboot(
+    await ctx.reboot(
         {
             "step": "rebooting",
             "progress": "%d/%d" % (st["off"], st["off"]),
@@ -106,7 +108,7 @@ def activate(ctx, doc):
     return "booting"  # not reached on a board
 
 
-def booting(ctx, doc):
+async def booting(ctx, doc):
     # After the reset. The bootloader either started the new image (pending verification) or
     # rolled back by itself because the image did not come up.
     st = ctx.state
@@ -114,8 +116,8 @@ def booting(ctx, doc):
     running = b.running_slot()
     if running.label != st["slot"]:
         raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
-    ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
-    reason = self_test(ctx)
+    await ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
+    reason = await self_test(ctx)
     if reason is None:
         running.confirm()
         details = {"reason": "running %s" % st["new"], "firmware": st["new"]}
@@ -137,10 +139,10 @@ def booting(ctx, doc):
     st["step"] = "rolledback"
     ctx.save()
     running.rollback()
-    ctx.reboot({"step": "rolling back", "reason": reason})
+    await ctx.reboot({"step": "rolling back", "reason": reason})
     return "rolledback"  # not reached on a board
 
 
-def rolledback(ctx, doc):
+async def rolledback(ctx, doc):
     st = ctx.state
     raise Failed("%s; rolled back to %s" % (st["reason"], ctx.board.firmware_version()))

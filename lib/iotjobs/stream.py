@@ -15,6 +15,9 @@
 # as umqtt.simple would have. Between windows (what allocates: the request's publish, the
 # agent's MQTT poll, checkpoints and progress reports) the socket is blocking again.
 
+import asyncio
+import time
+
 from iotjobs.agent import Failed
 from micropython import const
 
@@ -57,6 +60,31 @@ class _Reader:
         self.p.register(sock, _POLLIN)
         for _ in self.p.ipoll(0):  # the first ipoll() allocates the tuple it reuses after
             pass
+        self.since = None  # ticks since when ready() has found nothing
+
+    def ready(self):
+        # Between two packets, with the socket non-blocking: whether the next packet's first
+        # byte is here (read into rx now if it came: a packet has at least two, so this never
+        # reads past it); OSError(ETIMEDOUT) once nothing came for timeout_ms. Allocates
+        # nothing. (A read rather than a poll: the Unix port polls a TLS socket with a 1 ms
+        # sleep.)
+        if self.i < self.n or self.back >= 0:
+            return True
+        n = self.s.readinto(self.rx, 1)
+        if n:
+            self.i = 0
+            self.n = n
+            self.g.seen()
+            self.since = None
+            return True
+        if n == 0:
+            raise OSError(_ENOTCONN)  # closed
+        now = time.ticks_ms()
+        if self.since is None:
+            self.since = now
+        elif time.ticks_diff(now, self.since) > self.t:
+            raise OSError(_ETIMEDOUT)
+        return False
 
     def _fill(self, k):
         # Reads 1..k bytes (k <= bytes left in the packet) into rx; waits up to timeout.
@@ -148,11 +176,19 @@ class Session:
         self._len = 0  # every attribute exists before the heap is locked
         self.off = 0  # bytes written and hashed so far: what a failed window leaves behind
 
-    def link(self):
+    def ready(self):
+        # The transport when link() would have nothing to do (allocates nothing), else None.
+        link = self.ctx.link
+        t = link.t
+        if t is None or link.connects != self.connects or self.r is None or self.r.s is not t.raw():
+            return None
+        return t
+
+    async def link(self):
         # The connected transport, subscribed to the stream's topics (again after a reconnect),
         # and the packet reader over its TLS socket.
-        link = self.ctx._a.link
-        t = link.ensure()
+        link = self.ctx.link
+        t = await link.ensure()
         if link.connects != self.connects:
             t.subscribe(self.data)
             t.subscribe(self.rej)
@@ -184,7 +220,7 @@ class Session:
         t.send(bytes(head) + len(topic).to_bytes(2, "big") + topic + msg)
         self.requests += 1
 
-    def window(self, t, off, size, buf, slot, h, tail):
+    async def window(self, t, off, size, buf, slot, h, tail):
         # Asks for the next blocks from off and writes those that come, in order, into the slot.
         # -> the new offset (a gap or a late answer ends the window early: ask again from there).
         first = off // _BLOCK
@@ -203,6 +239,8 @@ class Session:
         try:
             end = first + n - 1  # the window's last block
             while off < size:
+                while not r.ready():  # waiting for the broker yields to the loop
+                    await self.ctx.io_wait()
                 i = self._packet(t, r, buf)
                 if i < 0:
                     continue  # not a block of ours
@@ -235,6 +273,7 @@ class Session:
                     sock.setblocking(False)
                 if i >= end:
                     break
+                await asyncio.sleep_ms(0)  # between two blocks: the application runs
         finally:
             sock.setblocking(True)
         return off
@@ -373,7 +412,7 @@ class Session:
         return i
 
 
-def either(ctx, job, slot, h, buf, tail, off, reparse):
+async def either(ctx, job, slot, h, buf, tail, off, reparse):
     # A job with a stream (and maybe a URL): the device config's ota_protocol first ("mqtt"
     # unless it says "http"), the other once if that fails, from the last persisted block.
     # -> (size, hash).
@@ -387,8 +426,8 @@ def either(ctx, job, slot, h, buf, tail, off, reparse):
     while True:
         try:
             if st["proto"] == "MQTT":
-                return download(ctx, job, slot, h, buf, tail, off, job["size"]), h
-            return to_slot(ctx, job, slot, h, buf, tail, off, reparse)
+                return await download(ctx, job, slot, h, buf, tail, off, job["size"]), h
+            return await to_slot(ctx, job, slot, h, buf, tail, off, reparse)
         except (Failed, OSError) as e:
             other = [p for p in protos if p != st["proto"]]
             if not other or st.get("fell"):
@@ -398,47 +437,49 @@ def either(ctx, job, slot, h, buf, tail, off, reparse):
             st["fell"] = True
             ctx.save()
             off = st["off"]
-            h = rehash(slot, buf, off)
+            h = await rehash(slot, buf, off)
 
 
-def download(ctx, job, slot, h, buf, tail, off, size):
+async def download(ctx, job, slot, h, buf, tail, off, size):
     # The whole file from off (a multiple of 4096) into the slot, hashing as it goes; -> size.
     # Raises Failed (the caller may fall back to HTTP), Canceled, or Failed after too many
     # network failures in a row.
     # The one TLS session: MQTT stays open for the whole download (never ctx.tls_open()).
     # After an HTTPS attempt closed it (a fallback), connect and check in first.
-    ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
+    await ctx.checkin({"step": "download", "progress": "%d/%d" % (off, size)})
     s = Session(ctx, job)
     if off:
         ctx.log("resuming download at %d of %d" % (off, size))
-    off = fetch(ctx, s, slot, h, buf, tail, off, size)
+    off = await fetch(ctx, s, slot, h, buf, tail, off, size)
     ctx.log("stream: %d blocks in %d requests" % (s.blocks, s.requests))
     return off
 
 
-def fetch(ctx, s, slot, h, buf, tail, off, size):
+async def fetch(ctx, s, slot, h, buf, tail, off, size):
     # The loop (bench/ota_mqtt_pipeline.py runs it under heap_lock): a window at a time.
     fails = 0
     s.off = off
     while off < size:
-        ctx.check()  # between windows: the agent reads MQTT, a cancel is noticed here
+        await ctx.tick()  # between windows: the agent reads MQTT, a cancel is noticed here
         try:
-            t = s.link()
-            s.window(t, off, size, buf, slot, h, tail)
+            t = s.ready()
+            if t is None:
+                t = await s.link()
+            await s.window(t, off, size, buf, slot, h, tail)
         except OSError as e:
             from iotjobs.fetch import net_fail
 
             if s.off > off:
                 fails = 0
             off = s.off  # the blocks of the window that did arrive are written and hashed
-            ctx._a.link.drop(e)
-            fails = net_fail(ctx, fails, e)
+            ctx.link.drop(e)
+            fails = await net_fail(ctx, fails, e)
             continue
         if s.off > off:
             fails = 0
         off = s.off
         if ctx.progress_due():
-            ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
+            await ctx.progress({"step": "download", "progress": "%d/%d" % (off, size)}, True)
     return off
 
 

@@ -4,10 +4,17 @@
 # Link is the connectivity layer: it reconnects with exponential backoff and full jitter and
 # lets its owner resubscribe after every new connection.
 #
+# Under asyncio (the agent is a task in the application): poll(0) never waits for a message
+# (the agent looks at the socket between yields to the event loop), Link.ensure() waits out
+# its backoff with asyncio.sleep_ms. What still holds the loop: the TCP connect and TLS
+# handshake of a new session, and reading the rest of a packet whose first byte has come
+# (bounded by timeout_ms).
+#
 # umqtt.simple is used as shipped (PyPI 1.3.4 on the Unix port, the copy frozen into official
 # ESP32 firmware on a board), so everything here goes through what every version has:
 # MQTTClient(..., ssl=True, ssl_params=...), connect(), subscribe(), publish(qos=0),
 # wait_msg(), ping(), and the `sock` attribute.
+import asyncio
 import time
 
 from micropython import const
@@ -50,12 +57,32 @@ class _Guard:
         self._wn = 0  # bytes of the current packet in _w
         self._left = 0  # bytes of the current packet still to come
         self._chunk = bytearray(_DRAIN)
+        self._pend = bytearray(1)  # a packet's first byte, read by ready(0)
+        self._has = False
         self.dropped = 0
         self._got = 0
         self.rx_ticks = time.ticks_ms()
 
     def ready(self, timeout_ms):
-        # ipoll: no list per call, so an idle poll allocates nothing.
+        # ipoll: no list per call, so an idle poll allocates nothing. ready(0), what the agent
+        # calls between two yields to the event loop, is a non-blocking read of one byte
+        # instead (kept for the next read): the Unix port polls a TLS socket with a 1 ms sleep.
+        if self._has:
+            return True
+        if not timeout_ms:
+            s = self._s
+            s.setblocking(False)
+            try:
+                n = s.readinto(self._pend, 1)
+            finally:
+                s.setblocking(True)
+            if n:
+                self._has = True
+                self.rx_ticks = time.ticks_ms()
+                return True
+            if n == 0:
+                raise OSError(_ENOTCONN)  # closed
+            return False
         for _, ev in self._poll.ipoll(timeout_ms):
             if ev & _POLL_BAD and not ev & _POLLIN:
                 raise OSError(_ENOTCONN)
@@ -68,6 +95,10 @@ class _Guard:
     def read(self, n):
         if not self._blocking and not self.ready(0):
             return None
+        if self._has:  # ready(0) read the packet's first byte
+            self._has = False
+            b = bytes(self._pend)
+            return b if n == 1 else b + self.read(n - 1)
         if n >= _DRAIN_MIN:
             if n > self._limit:
                 return self._drain(n, 0)
@@ -355,17 +386,20 @@ class Link:
         self.attempts = 0
         self.connects = 0
         self.paused = False
+        self.hold = None  # a block kept for the first session's objects (iotjobs.app), dropped
         self.on_fail = None  # on_fail(e) after each failed connect (the agent's memory check)
 
     def set_on_connect(self, fn):
         self._on_connect = fn
 
-    def ensure(self):
-        # Returns a connected Transport, trying until it gets one (and ends a pause).
+    async def ensure(self):
+        # Returns a connected Transport, trying until it gets one (and ends a pause); the
+        # backoff between tries yields to the event loop.
         self.paused = False
         backoff = self._min
         while self.t is None:
             t = self._factory()
+            self.hold = None
             try:
                 self.attempts += 1
                 t.connect()
@@ -380,7 +414,7 @@ class Link:
                 if self._log:
                     why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
                     self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
-                self._sleep(wait)
+                await self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
 
@@ -404,11 +438,14 @@ class Link:
             return self._board.jitter(ms)
         return ms
 
-    def _sleep(self, ms):
-        if self._board is not None:
-            self._board.sleep_ms(ms)
-        else:
-            time.sleep_ms(ms)
+    async def _sleep(self, ms):
+        b = self._board
+        while ms > 0:
+            if b is not None:
+                b.feed()
+            n = ms if ms < 500 else 500
+            await asyncio.sleep_ms(n)
+            ms -= n
 
 
 def _close(sock):

@@ -4,6 +4,7 @@
 # hash recomputed from the slot) and compare the result with the uninterrupted run's.
 #   micropython delta_resume.py PATCH BASE_SIZE NEW_SIZE EVERY
 # prints: OK <checkpoints> <sha256>   or   BAD <checkpoint index> <sha256>
+import asyncio
 import hashlib
 import os
 import sys
@@ -32,8 +33,8 @@ class _Ctx:
     def progress_due(self):
         return False
 
-    def check(self):
-        pass
+    def tick(self):
+        return asyncio.sleep_ms(0)
 
 
 def apply(base, out, path, base_size, size, every, ctx, ck=None):
@@ -41,11 +42,11 @@ def apply(base, out, path, base_size, size, every, ctx, ck=None):
     ob = bytearray(4096)
     p = Patcher(base, out, base_size, size, psize, ob)
     p.every = every
-    ho = fetch.rehash(out, ob, ck[0]) if ck else hashlib.sha256()
+    ho = asyncio.run(fetch.rehash(out, ob, ck[0])) if ck else hashlib.sha256()
     with open(path, "rb") as f:
         if ck:
             f.seek(ck[4])
-        p.run(_File(f), hashlib.sha256(), ho, ctx, ck)
+        asyncio.run(p.run(_File(f), hashlib.sha256(), ho, ctx, ck))
     return ho.digest().hex()
 
 

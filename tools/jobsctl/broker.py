@@ -37,12 +37,19 @@ topic readwrite $aws/#
 user {streams}
 topic readwrite $aws/things/+/streams/#
 
-# Operators' watchers of the Jobs events (AWS: an IoT policy allowing iot:Subscribe on them).
+# Operators' watchers of the Jobs events (AWS: an IoT policy allowing iot:Subscribe on them),
+# of the things' telemetry, and their commands to the applications.
 user {events}
 topic read $aws/events/#
+topic read dt/#
+topic write cmd/#
 
-# %u is the client certificate's CN, i.e. the thing name.
+# %u is the client certificate's CN, i.e. the thing name. Beside the agent, the application
+# publishes its telemetry under dt/<thing>/ and takes commands under cmd/<thing>/
+# (iotjobs.agent.TELEMETRY, COMMANDS).
 pattern readwrite $aws/things/%u/#
+pattern write dt/%u/#
+pattern read cmd/%u/#
 """
 # Reads $aws/events/# and nothing else; not a thing name (a '.' is not allowed in those).
 EVENTS_IDENTITY = "jobs.events"

@@ -5,6 +5,12 @@ Everything runs on loopback and is stopped at the end. The job is an OTA update 
 signed firmware image when the OTA pieces are present (``--job ota``, the default), or a
 ``config`` job (``--job config``). Success means: every execution SUCCEEDED and, for OTA,
 every board now runs the new version.
+
+Each board runs the example sensor application (examples/sensor) beside the agent: it samples
+every 100 ms and publishes a reading each second here (``publish_every`` 10) through the
+agent's MQTT session; the demo subscribes to ``dt/+/reading`` as the operators' identity, shows
+each board's readings in the live view and marks them on the timeline, where the gap around
+the reboot shows.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import boardmodel, image
-from .checkout import LIB
+from .checkout import LIB, ROOT
 from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
 from .service.common import TERMINAL
@@ -67,6 +73,14 @@ class Board:
     reason: str = ""
     # (seconds since the job was created, state) each time the state changes.
     timeline: list[tuple[float, str]] = field(default_factory=list)
+    # When a reading of the board's sensor arrived (time.monotonic()).
+    arrived: list[float] = field(default_factory=list)
+    # The same in seconds since the job was created (negative: before it), set by the demo.
+    readings: list[float] = field(default_factory=list)
+
+    def gap(self) -> float:
+        """The longest time between two readings (the reboot's gap, for an OTA)."""
+        return max((b - a for a, b in itertools.pairwise(self.readings)), default=0.0)
 
     def mark(self, t: float, state: str) -> None:
         if not self.timeline or self.timeline[-1][1] != state:
@@ -103,7 +117,7 @@ def ota_available() -> bool:
 
 
 # What a demo run leaves in its state dir (rollout.* only a demo writes).
-_DEMO_ENTRIES = StateDir.ENTRIES | {MARKER, "rollout.json", "rollout.png"}
+_DEMO_ENTRIES = StateDir.ENTRIES | {MARKER, "rollout.json", "rollout.png", "readings.json"}
 
 
 def _earlier_demo(state_dir: Path) -> bool:
@@ -181,6 +195,7 @@ class Demo:
         self.phase = "starting"
         self._created = self.t0
         self._lock = threading.Lock()
+        self._readings: Any = None
 
     # ---------------------------------------------------------------- running
 
@@ -189,6 +204,7 @@ class Demo:
         self.stack = Stack(self.state_dir)
         try:
             self.stack.start()
+            self._watch_readings()
             self._power_on_fleet()
             document, extra = self._prepare_job()
             self._create_job(document, extra)
@@ -197,6 +213,9 @@ class Demo:
             result = Result(self.job_id, self.boards, self.elapsed, png, self.kind == "ota")
             return result
         finally:
+            if self._readings is not None:
+                self._readings.disconnect()
+                self._readings.loop_stop()
             for b in self.boards:
                 b.process.stop()
             self.stack.stop()
@@ -212,12 +231,16 @@ class Demo:
         for i in range(1, self.count + 1):
             name = f"demo-{i:0{width}d}"
             self.stack.create_thing(name, group=GROUP)
-            extra = None
+            extra: dict[str, Any] = {"settings": {"publish_every": 10}}  # a reading a second
             if self.kind == "ota":  # boards trust the fleet's signing key, nothing else
-                extra = {"ota_key_file": "ota_key.pem"}
+                extra["ota_key_file"] = "ota_key.pem"
             path = setup_board(self.state_dir, name, version=OLD_VERSION, extra=extra)
             if self.kind == "ota":
                 shutil.copy(image.public_key_path(self._signing_key()), path / "ota_key.pem")
+            app = path / "app"  # the example sensor application, beside the agent
+            app.mkdir(exist_ok=True)
+            for f in (ROOT / "examples" / "sensor").glob("*.py"):
+                shutil.copy(f, app / f.name)
             log = (path / "console.log").open("a", buffering=1)
             proc = DeviceProcess(
                 path,
@@ -231,6 +254,12 @@ class Demo:
             b.process.start()
         for b in self.boards:
             b.process.wait_for("no pending job", timeout=60)
+        # The sensors publish before the job too: the picture shows readings, the gap, readings.
+        self.phase = "waiting for the sensors' first readings"
+        until = time.monotonic() + 15
+        while time.monotonic() < until and not all(len(b.arrived) >= 2 for b in self.boards):
+            self._changed()
+            time.sleep(0.25)  # refresh rate of the live view, not synchronisation
         self._changed()
 
     def _console(self, name: str, log: Any) -> Callable[[str], None]:
@@ -251,6 +280,36 @@ class Demo:
                     board.mark(self.elapsed, "self-test" if self.kind == "ota" else "IN_PROGRESS")
 
         return on_line
+
+    def _watch_readings(self) -> None:
+        """Subscribes to every board's readings (dt/+/reading) as the operators' identity."""
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        from .broker import EVENTS_IDENTITY
+
+        assert self.stack is not None
+        creds = self.stack.events_credentials()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{EVENTS_IDENTITY}-demo")
+        c.tls_set(
+            ca_certs=self.stack.endpoints["ca_file"],
+            certfile=str(creds.cert),
+            keyfile=str(creds.key),
+        )
+
+        def on_message(client: Any, userdata: Any, msg: Any) -> None:
+            name = msg.topic.split("/")[1]
+            with self._lock:
+                board = next((b for b in self.boards if b.name == name), None)
+                if board is not None:
+                    board.arrived.append(time.monotonic())
+                    board.readings = [t - self.t0 for t in board.arrived]
+
+        c.on_message = on_message
+        c.connect("localhost", self.stack.mqtt_port)
+        c.subscribe("dt/+/reading", qos=0)
+        c.loop_start()
+        self._readings = c
 
     def _prepare_job(self) -> tuple[dict[str, Any], dict[str, Any]]:
         if self.kind == "config":
@@ -291,6 +350,7 @@ class Demo:
             for b in self.boards:
                 b.status = "waiting"
                 b.mark(0.0, "waiting")
+                b.readings = [t - self.t0 for t in b.arrived]
         iot.create_job(**params)
         self._created = time.monotonic()
         self._changed()
@@ -322,8 +382,19 @@ class Demo:
                 self.phase = f"timed out after {self.timeout:.0f} s"
                 break
             time.sleep(0.25)  # refresh rate of the live view, not synchronisation
+        # The picture ends once every board that rebooted has published again (bounded).
+        self.phase = "waiting for the sensors' readings after the reboot"
+        until = time.monotonic() + 15
+        while time.monotonic() < until and not all(self._read_since_boot(b) for b in self.boards):
+            self._changed()
+            time.sleep(0.25)  # refresh rate of the live view, not synchronisation
         self.phase = "done"
         self._changed()
+
+    def _read_since_boot(self, b: Board) -> bool:
+        with self._lock:
+            boot = max((t for t, s in b.timeline if s in ("self-test", "rebooting")), default=0)
+            return b.status != "SUCCEEDED" or any(t > boot for t in b.readings)
 
     def _run_clock(self) -> None:
         """With ``minute`` < 60 the service's clock runs 60/minute times faster than real time
@@ -370,9 +441,13 @@ class Demo:
             points = [*b.timeline, (end, "")]
             for (t, state), (t_next, _) in itertools.pairwise(points):
                 ax.barh(row, max(t_next - t, 0.01), left=t, color=COLOURS.get(state, "#cccccc"))
+            # Each reading of the board's sensor: a tick on its row (a gap = no readings).
+            ax.plot(b.readings, [row] * len(b.readings), "|", color="black", markersize=9)
+        first = min((t for b in self.boards for t in b.readings), default=0.0)
+        ax.set_xlim(left=min(0.0, first) - 0.2)
         ax.set_yticks(range(len(self.boards)), [b.name for b in reversed(self.boards)])
         ax.set_xlabel("seconds since the job was created")
-        ax.set_title(f"{self.job_id}: {self.count} devices")
+        ax.set_title(f"{self.job_id}: {self.count} devices (ticks: sensor readings)")
         used = {s for b in self.boards for _, s in b.timeline}
         ax.legend(
             handles=[Patch(color=c, label=s) for s, c in COLOURS.items() if s in used],
@@ -388,4 +463,7 @@ class Demo:
         # The same timelines for programs: {board: [[seconds, state], ...]}.
         record = {b.name: [[round(t, 3), state] for t, state in b.timeline] for b in self.boards}
         (self.state_dir / "rollout.json").write_text(json.dumps(record, indent=1) + "\n")
+        # When each board's sensor readings arrived: {board: [seconds, ...]}.
+        readings = {b.name: [round(t, 3) for t in b.readings] for b in self.boards}
+        (self.state_dir / "readings.json").write_text(json.dumps(readings, indent=1) + "\n")
         return out

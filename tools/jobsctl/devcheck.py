@@ -40,8 +40,14 @@ _STUB_NOISE = ["_mpy_shed.*", "hashlib", "micropython", "machine", "network", "u
 HOT_PATHS = (
     ("iotjobs/fetch.py", "blocks"),
     ("iotjobs/http.py", "Response.readinto"),
-    ("iotjobs/agent.py", "Context.progress_due"),
-    ("iotjobs/agent.py", "Context.check"),
+    ("iotjobs/http.py", "Response.ready"),
+    ("iotjobs/stream.py", "_Reader.ready"),
+    ("iotjobs/context.py", "Context.io_wait"),
+    ("iotjobs/context.py", "Context.progress_due"),
+    ("iotjobs/context.py", "Context.check_due"),
+    ("iotjobs/context.py", "Context.tick"),
+    ("iotjobs/agent.py", "_diff"),  # what Context's hot methods call in the agent
+    ("iotjobs/agent.py", "Agent.pump"),
     ("iotjobs/agent.py", "Agent._pump"),
     ("iotjobs/agent.py", "Agent._on_msg"),
     ("iotjobs/board.py", "Board.feed"),
@@ -64,15 +70,18 @@ ESP32_IMPORTERS = {
 }
 
 
-def _functions(tree: ast.Module) -> dict[str, ast.FunctionDef]:
-    """Module functions by name, methods as ``Class.method``."""
-    out: dict[str, ast.FunctionDef] = {}
+_Def = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _functions(tree: ast.Module) -> dict[str, _Def]:
+    """Module functions (plain and coroutines) by name, methods as ``Class.method``."""
+    out: dict[str, _Def] = {}
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             out[node.name] = node
         elif isinstance(node, ast.ClassDef):
             for item in node.body:
-                if isinstance(item, ast.FunctionDef):
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     out[f"{node.name}.{item.name}"] = item
     return out
 
@@ -83,7 +92,7 @@ def hot_imports(lib: Path | None = None) -> list[str]:
     exists is reported too, so that a rename cannot switch the check off."""
     lib = lib or LIB
     problems: list[str] = []
-    trees: dict[str, dict[str, ast.FunctionDef]] = {}
+    trees: dict[str, dict[str, _Def]] = {}
     for file, root in HOT_PATHS:
         if file not in trees:
             path = lib / file
@@ -176,7 +185,8 @@ def sim_files() -> list[Path]:
 def script_files() -> list[Path]:
     """MicroPython programs the tests and benchmarks run on the Unix port (compiled only)."""
     scripts = sorted((ROOT / "tests" / "device").glob("*.py"))
-    return scripts + sorted((ROOT / "bench").glob("ota_*.py")) + [ROOT / "bench" / "delta_apply.py"]
+    scripts += sorted((ROOT / "bench").glob("ota_*.py"))
+    return scripts + [ROOT / "bench" / n for n in ("delta_apply.py", "guest_holds.py")]
 
 
 def compile_all(files: list[Path]) -> list[str]:

@@ -84,10 +84,14 @@ def policy_document(
 ) -> dict[str, Any]:
     """The least privilege a jobs agent needs: connect with its own name as client id, and
     publish/receive/subscribe on its own ``$aws/things/<name>/jobs/`` topics and (OTA over
-    MQTT) its own ``$aws/things/<name>/streams/`` topics, nothing else."""
+    MQTT) its own ``$aws/things/<name>/streams/`` topics; for the application beside the agent
+    (one MQTT session for both), publish on its telemetry topics ``dt/<name>/...`` and
+    receive/subscribe on its command topics ``cmd/<name>/...``; nothing else."""
     check_thing_name(thing_name)
     arn = f"arn:{partition}:iot:{region}:{account}"
     mine = [f"$aws/things/{thing_name}/{api}/*" for api in ("jobs", "streams")]
+    telemetry = f"dt/{thing_name}/*"  # iotjobs.agent.TELEMETRY
+    commands = f"cmd/{thing_name}/*"  # iotjobs.agent.COMMANDS
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -103,8 +107,18 @@ def policy_document(
             },
             {
                 "Effect": "Allow",
+                "Action": "iot:Publish",
+                "Resource": f"{arn}:topic/{telemetry}",
+            },
+            {
+                "Effect": "Allow",
+                "Action": "iot:Receive",
+                "Resource": f"{arn}:topic/{commands}",
+            },
+            {
+                "Effect": "Allow",
                 "Action": "iot:Subscribe",
-                "Resource": [f"{arn}:topicfilter/{t}" for t in mine],
+                "Resource": [f"{arn}:topicfilter/{t}" for t in [*mine, commands]],
             },
         ],
     }

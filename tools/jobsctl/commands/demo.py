@@ -75,7 +75,7 @@ def register(sub: Any) -> None:
 
 def _table(demo: Demo) -> Group:
     t = Table(box=None, pad_edge=False)
-    for col in ("device", "status", "step", "progress", "version", "reason"):
+    for col in ("device", "status", "step", "progress", "version", "readings", "reason"):
         t.add_column(col)
     for b in demo.boards:
         colour = COLOURS.get(b.status, "white")
@@ -88,6 +88,7 @@ def _table(demo: Demo) -> Group:
             b.step,
             bar,
             b.version,
+            f"{len(b.readings)} (gap {b.gap():.1f} s)",
             Text(b.reason[:60], overflow="ellipsis"),
         )
     head = Text(f"{demo.phase}  ({demo.elapsed:.1f} s)", style="bold")
@@ -151,6 +152,11 @@ def _summary(console: Console, r: Result) -> None:
     for b in r.boards:
         if b.status != "SUCCEEDED":
             console.print(f"  {b.name}: {b.status} {b.reason}")
+    gaps = [b.gap() for b in r.boards]
+    console.print(
+        f"sensor readings during the rollout: {sum(len(b.readings) for b in r.boards)}, "
+        f"longest gap on a board {max(gaps, default=0.0):.1f} s"
+    )
     if r.png:
         console.print(f"timeline: {r.png}")
     if r.ok:
