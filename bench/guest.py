@@ -40,6 +40,8 @@ from jobsctl.device import DeviceProcess, device_env, setup_board
 from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
+from .memory import final
+
 EXAMPLE = ROOT / "examples" / "sensor"
 SLOT = 0x180000
 EVERY = 10  # samples per reading in the bench: one a second
@@ -166,17 +168,6 @@ class _Collector:
         self.client.loop_stop()
 
 
-def _final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    iot = stack.iot_client()
-    while time.monotonic() < deadline:
-        ex = iot.describe_job_execution(jobId=job, thingName=thing)["execution"]
-        if ex["status"] not in ("QUEUED", "IN_PROGRESS"):
-            return dict(ex)
-        time.sleep(0.2)  # polling the service's record, as an operator would
-    return {"status": "TIMEOUT"}
-
-
 def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     name = f"guest-{profile}-{i}"
     stack.create_thing(name)
@@ -205,7 +196,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
         stack.iot_client().create_job(
             jobId=name, targets=[f"{arn}:thing/{name}"], document=json.dumps(doc), **extra
         )
-        ex = _final(stack, name, name, timeout=180)
+        ex = final(stack, name, name, timeout=180)
         got = col.wait(len(col.got) + 3, timeout=30)  # three more on the new firmware
     finally:
         col.close()

@@ -87,7 +87,8 @@ def _arn(stack: Stack, thing: str) -> str:
     return f"arn:aws:iot:{ep['region']}:{ep['account_id']}:thing/{thing}"
 
 
-def _final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
+def final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
+    """The execution once it left QUEUED/IN_PROGRESS (or {"status": "TIMEOUT"})."""
     deadline = time.monotonic() + timeout
     iot = stack.iot_client()
     while time.monotonic() < deadline:
@@ -170,7 +171,7 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
         stack.iot_client().create_job(
             jobId=name, targets=[_arn(stack, name)], document=json.dumps(doc), **extra
         )
-        ex = _final(stack, name, name, timeout=180)
+        ex = final(stack, name, name, timeout=180)
         if ex["status"] == "SUCCEEDED":
             # Idle again (after the reboot, for the jobs that reboot): the agent's steady state
             # after the job is part of what it must fit.
