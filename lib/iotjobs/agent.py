@@ -456,6 +456,7 @@ class Agent:
     async def describe(self, job_id, with_doc):
         return await sys.modules["iotjobs.job"].describe(self, job_id, with_doc)
 
+
 def save(path, obj):
     # Small JSON files that survive power loss: write a temporary file, then rename it over
     # the old one (atomic on LittleFS and POSIX): after a power cut the file holds the old or
