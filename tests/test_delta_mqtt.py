@@ -1,0 +1,204 @@
+"""Delta OTA over AWS IoT MQTT streams, end to end on the local stack: ``jobsctl job ota --from
+OLD.bin --protocol mqtt|both`` puts the patch into the job's stream (file 1, the full image file
+0), and the device reads it through its one MQTT session, block by block straight into the
+decoder (lib/iotjobs/stream.py's Blocks feeding lib/iotjobs/delta.py's Patcher): JSON and CBOR,
+a base mismatch, a corrupted patch with and without the full image to fall back to, and a reset
+while the patch is applied."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from plugin_agent import arn, details, final
+from plugin_stack import unique, wait_until
+from test_delta import BASE, corrupt, new_version
+from test_ota_e2e import (
+    Boards,
+    assert_old_firmware_boots,
+    ota_board,
+    running_version,
+    thing_of,
+)
+
+from jobsctl import delta, image, otajob
+from jobsctl.stack import Stack
+
+IN = 1024  # iotjobs.delta._IN: the patch's stream blocks (one decoder read each)
+WINDOW = 16  # iotjobs.stream._WINDOW: blocks asked for per request
+
+
+@pytest.fixture(scope="module")
+def signing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return otajob.signing_key(tmp_path_factory.mktemp("signing"))
+
+
+def log(dev: Any) -> str:
+    return "\n".join(dev.lines)
+
+
+def end(stack: Stack, dev: Any, job: str, timeout: float = 120) -> dict[str, Any]:
+    """The job's final execution on ``dev`` (the board's console in the failure, if none)."""
+    try:
+        return final(stack, thing_of(dev), job, timeout=timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{log(dev)}") from None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "protocol", "prefer"),
+    [("json", "mqtt", None), ("cbor", "mqtt", None), ("json", "both", "http")],
+)
+def test_delta_job_over_mqtt_streams_from_1_0_0_to_1_1_0_succeeds(
+    stack_session: Stack,
+    boards: Boards,
+    signing: Path,
+    tmp_path: Path,
+    capsys: Any,
+    fmt: str,
+    protocol: str,
+    prefer: str | None,
+) -> None:
+    from jobsctl import cli
+
+    extra: dict[str, Any] = {"ota_protocol": prefer} if prefer else {}
+    dev = ota_board(stack_session, boards, signing, ota_stream_format=fmt, **extra)
+    new = new_version("1.1.0")
+    (tmp_path / "new.bin").write_bytes(new)
+    (tmp_path / "old.bin").write_bytes(BASE)
+    job = unique("dmq")
+    argv = ["job", "ota", job, "--state-dir", str(stack_session.state_dir)]
+    argv += ["--targets", thing_of(dev), "--file", str(tmp_path / "new.bin")]
+    argv += ["--from", str(tmp_path / "old.bin"), "--key", str(signing)]
+    argv += ["--protocol", protocol]
+    assert cli.main(argv) == 0
+    doc = json.loads(capsys.readouterr().out)["document"]
+    d = doc["delta"]
+    assert doc["stream"] == job and doc["file_id"] == 0  # the full image, to fall back to
+    assert d["stream"] == job and d["file_id"] == otajob.DELTA_FILE_ID
+    assert ("url" in doc) == ("url" in d) == (protocol == "both")
+    assert d["base_sha256"] == hashlib.sha256(BASE).hexdigest() and d["size"] < len(new) // 10
+    files = stack_session.iot_client().describe_stream(streamId=job)["streamInfo"]["files"]
+    assert sorted(f["fileId"] for f in files) == [0, otajob.DELTA_FILE_ID]
+    ex = end(stack_session, dev, job)
+    assert ex["status"] == "SUCCEEDED", log(dev)
+    assert details(ex)["reason"] == "running 1.1.0" and running_version(dev) == "1.1.0"
+    assert "step delta" in log(dev) and "step download" not in log(dev)
+    blocks = -(-d["size"] // IN)
+    said = f"stream: {blocks} patch blocks in {-(-blocks // WINDOW)} requests"
+    if prefer == "http":  # both offered, the board prefers HTTPS: the patch comes that way
+        assert "stream:" not in log(dev)
+    else:
+        assert said in log(dev), log(dev)
+        assert "https" not in log(dev).lower()
+    assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
+
+
+def stream_delta(
+    stack: Stack,
+    thing: str,
+    new: bytes,
+    old: bytes,
+    signing: Path,
+    patch: bytes | None = None,
+    full: bool = True,
+) -> str:
+    """A delta job whose patch (and full image, with ``full``) only an MQTT stream offers."""
+    endpoints = stack.endpoints
+    doc, _ = otajob.prepare(stack, new, key=signing)  # uploads the image as object_key(new)
+    p = delta.create(old, new)
+    data = p.data if patch is None else patch
+    key = f"ota/test-{hashlib.sha256(data).hexdigest()[:16]}.patch"
+    stack.upload(key, data)
+    sid = unique("dms")
+    files = otajob.stream_files(endpoints["bucket"], otajob.object_key(new)) if full else []
+    files += otajob.stream_files(endpoints["bucket"], key, otajob.DELTA_FILE_ID)
+    stack.iot_client().create_stream(
+        streamId=sid, files=files, roleArn=otajob.stream_role(endpoints["account_id"])
+    )
+    del doc["url"]
+    if full:
+        doc.update(stream=sid, file_id=0)
+    doc["delta"] = {k: v for k, v in p.document("").items() if k != "url"}
+    doc["delta"].update(size=len(data), stream=sid, file_id=otajob.DELTA_FILE_ID)
+    job = unique("dms")
+    stack.iot_client().create_job(jobId=job, targets=[arn(stack, thing)], document=json.dumps(doc))
+    return job
+
+
+def test_a_patch_for_another_base_is_rejected_before_the_stream_is_asked(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    dev = ota_board(stack_session, boards, signing)
+    other = image.build_app_image("0.9.0", size=64 * 1024)
+    job = stream_delta(stack_session, thing_of(dev), new_version("1.1.0"), other, signing)
+    ex = end(stack_session, dev, job)
+    assert ex["status"] == "REJECTED", log(dev)
+    assert details(ex)["reason"] == (
+        "delta base mismatch: the running image is not the patch's base"
+    )
+    assert "step delta" not in log(dev) and "step download" not in log(dev)
+    assert "stream:" not in log(dev)
+    assert_old_firmware_boots(dev)
+
+
+@pytest.mark.parametrize("fmt", ["json", "cbor"])
+def test_a_corrupted_patch_over_mqtt_fails_and_the_old_firmware_still_boots(
+    stack_session: Stack, boards: Boards, signing: Path, fmt: str
+) -> None:
+    dev = ota_board(stack_session, boards, signing, ota_stream_format=fmt)
+    new = new_version("1.1.0")
+    bad = corrupt(delta.create(BASE, new, "none").data)
+    job = stream_delta(stack_session, thing_of(dev), new, BASE, signing, bad, full=False)
+    ex = end(stack_session, dev, job)
+    assert ex["status"] == "FAILED", log(dev)
+    reason = details(ex)["reason"]
+    assert reason in (
+        "patch SHA-256 mismatch",
+        "the patch reads outside the base",
+        "the rebuilt image's SHA-256 does not match",
+    ) or reason.startswith("bad "), reason
+    assert_old_firmware_boots(dev)
+
+
+def test_a_corrupted_patch_over_mqtt_falls_back_to_the_full_image_in_the_stream(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    dev = ota_board(stack_session, boards, signing)
+    new = new_version("1.1.0")
+    bad = corrupt(delta.create(BASE, new).data)
+    job = stream_delta(stack_session, thing_of(dev), new, BASE, signing, bad)
+    ex = end(stack_session, dev, job)
+    assert ex["status"] == "SUCCEEDED", log(dev)
+    assert running_version(dev) == "1.1.0"
+    assert "delta failed" in log(dev) and "step download" in log(dev)
+    blocks = -(-len(new) // 4096)  # the full image, file 0, in the slot's 4 KB blocks
+    assert f"stream: {blocks} blocks in" in log(dev), log(dev)
+    assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
+
+
+def test_a_reset_while_the_patch_streams_continues_from_the_checkpoint(
+    stack_session: Stack, boards: Boards, signing: Path
+) -> None:
+    from jobsctl.faultproxy import Fault, FaultProxy
+
+    new = new_version("1.3.0", size=300_000)  # 1.0.0's first 64 KB, then new bytes
+    with FaultProxy("127.0.0.1", stack_session.mqtt_port) as proxy:
+        # The job's connection stalls once ~100 KB of patch came (base64 in JSON); checkpoints
+        # are persisted every 16 KB of patch before that: the power goes then.
+        proxy.plan(Fault.none(), Fault.stall(140_000, seconds=60))
+        dev = ota_board(stack_session, boards, signing, port=proxy.port)
+        proxy.cut_all()  # the job starts on a fresh connection, the planned one
+        job = stream_delta(stack_session, thing_of(dev), new, BASE, signing, full=False)
+        state = dev.board / "jobstate.json"
+        wait_until(lambda: state.exists() and '"ck"' in state.read_text(), 60, "a checkpoint")
+        dev.kill()
+        dev.start()
+        ex = end(stack_session, dev, job)
+    assert ex["status"] == "SUCCEEDED", log(dev)
+    assert running_version(dev) == "1.3.0"
+    assert "resuming the patch at" in log(dev), log(dev)
+    assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
