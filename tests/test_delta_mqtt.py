@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 from plugin_agent import arn, details, final
 from plugin_stack import unique, wait_until
-from test_delta import BASE, corrupt, new_version
+from test_delta import BASE, corrupt, edited, new_version
 from test_ota_e2e import (
     Boards,
     assert_old_firmware_boots,
@@ -24,11 +25,14 @@ from test_ota_e2e import (
     thing_of,
 )
 
+import upy
 from jobsctl import delta, image, otajob
+from jobsctl.device import setup_board
 from jobsctl.stack import Stack
 
 IN = 1024  # iotjobs.delta._IN: the patch's stream blocks (one decoder read each)
 WINDOW = 16  # iotjobs.stream._WINDOW: blocks asked for per request
+SCRIPT = Path(__file__).parent.parent / "bench" / "delta_mqtt_apply.py"
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +206,48 @@ def test_a_reset_while_the_patch_streams_continues_from_the_checkpoint(
     assert running_version(dev) == "1.3.0"
     assert "resuming the patch at" in log(dev), log(dev)
     assert image.slot_image(dev.board, "ota_1")[: len(new)] == new
+
+
+# ---------------------------------------------------------------- the hot loop, heap locked
+
+
+@pytest.mark.parametrize(
+    ("fmt", "compression", "port"),
+    [("json", "heatshrink", "unix"), ("cbor", "none", "unix"), ("json", "heatshrink", "frozen")],
+)
+def test_the_patch_streams_into_the_decoder_with_the_heap_locked(
+    micropython: Any, stack_session: Stack, fmt: str, compression: str, port: str, request: Any
+) -> None:
+    # bench/delta_mqtt_apply.py: the agent's real MQTT session and Context, the stack's stream
+    # service, stream.Blocks feeding delta.Patcher under micropython.heap_lock(); the request
+    # of each window of blocks and the agent's MQTT poll run unlocked and are counted.
+    old = image.build_app_image("1.0.0", size=150_000)  # the board boots it: a real image
+    new = edited(old, 12) + random.Random(13).randbytes(40_000)  # edits and new bytes
+    patch = delta.create(old, new, compression)
+    thing = unique("dml")
+    stack_session.create_thing(thing)
+    board = setup_board(stack_session.state_dir, thing, partition_size=0x100000)
+    with (board / "flash" / "ota_0.bin").open("r+b") as f:
+        f.write(old)
+    key = f"bench/{unique('patch')}.patch"
+    stack_session.upload(key, patch.data)
+    sid = unique("dml")
+    stack_session.iot_client().create_stream(
+        streamId=sid,
+        files=otajob.stream_files(stack_session.endpoints["bucket"], key, otajob.DELTA_FILE_ID),
+        roleArn=otajob.stream_role(stack_session.endpoints["account_id"]),
+    )
+    window = 1 << delta.WINDOW_BITS if compression == "heatshrink" else 0
+    args = [sid, otajob.DELTA_FILE_ID, len(patch.data), len(old), len(new), fmt, window]
+    exe = request.getfixturevalue("frozen_port") if port == "frozen" else upy.MICROPYTHON
+    heap = "48k" if port == "frozen" else "256k"
+    r = micropython(
+        script=SCRIPT, args=tuple(map(str, args)), heapsize=heap, cwd=board, timeout=120, port=exe
+    ).check()
+    out = r.out.strip().splitlines()[-1].split()  # the agent's own log lines come first
+    assert out[0] == "OK", r.out + r.err
+    assert out[2] == hashlib.sha256(new).hexdigest() and out[3] == patch.sha256
+    blocks = -(-len(patch.data) // IN)
+    assert int(out[11]) == blocks and blocks > 2 * WINDOW  # several windows
+    assert int(out[10]) == -(-blocks // WINDOW)  # one request per window of blocks
+    assert image.slot_image(board, "ota_1")[: len(new)] == new
