@@ -251,3 +251,59 @@ def test_the_patch_streams_into_the_decoder_with_the_heap_locked(
     assert int(out[11]) == blocks and blocks > 2 * WINDOW  # several windows
     assert int(out[10]) == -(-blocks // WINDOW)  # one request per window of blocks
     assert image.slot_image(board, "ota_1")[: len(new)] == new
+
+
+# ---------------------------------------------------------------- the document, up front
+
+PARSE = """
+import json, sys
+from iotjobs import ota
+from iotjobs.agent import Rejected
+
+class Ctx:
+    config = {}
+
+for line in open(sys.argv[1]):
+    try:
+        job = ota.check(Ctx(), json.loads(line), 0x180000)
+        d = job["delta"]
+        print("OK", job["url"] is not None, job["stream"], d["url"] is not None, d["stream"],
+              d["fileid"])
+    except Rejected as e:
+        print("REJECTED", e.args[0])
+"""
+SHA = "ab" * 32
+PATCH = {"size": 900, "sha256": "cd" * 32, "base_size": 4096, "base_sha256": "ef" * 32}
+DOC = {"operation": "ota", "size": 1000, "sha256": SHA, "version": "1.1.0"}
+URL = "https://s3.example.com/b/x?X-Amz-Signature=ab"
+
+
+@pytest.mark.parametrize(
+    ("doc", "outcome"),
+    [
+        ({**DOC, "delta": {**PATCH, "stream": "j", "file_id": 1}}, "OK False None False j 1"),
+        (
+            {**DOC, "stream": "j", "file_id": 0, "delta": {**PATCH, "stream": "j", "file_id": 1}},
+            "OK False j False j 1",
+        ),
+        (
+            {**DOC, "url": URL, "delta": {**PATCH, "url": URL, "stream": "j", "file_id": 1}},
+            "OK True None True j 1",
+        ),
+        (
+            {**DOC, "delta": {**PATCH, "stream": "no/slash", "file_id": 1}},
+            "REJECTED 'stream' must be a stream name (1-128 of [a-zA-Z0-9_-])",
+        ),
+        (
+            {**DOC, "delta": {**PATCH, "stream": "j", "file_id": 256}},
+            "REJECTED 'file_id' must be an integer 0-255",
+        ),
+        ({**DOC, "delta": PATCH}, "REJECTED 'url' must be a URL string"),
+    ],
+)
+def test_delta_stream_documents_are_checked_before_anything_is_downloaded(
+    micropython: Any, tmp_path: Path, doc: dict[str, Any], outcome: str
+) -> None:
+    (tmp_path / "docs.jsonl").write_text(json.dumps(doc) + "\n")
+    r = micropython(code=PARSE, args=(str(tmp_path / "docs.jsonl"),), heapsize="256k").check()
+    assert r.out.strip() == outcome

@@ -5,6 +5,10 @@
 # image's; "url" is optional there and, when present, is the full image to fall back to):
 #   "delta": {"url": "<patch>", "size": <patch bytes>, "sha256": "<patch>",
 #             "base_size": <bytes>, "base_sha256": "<the running image's first base_size bytes>"}
+# The patch may come over an AWS IoT MQTT stream instead of (or besides) "url": "stream" and
+# "file_id" in "delta", as in a stream OTA document (whose top-level "stream"/"file_id" are then
+# the full image to fall back to). Over MQTT it is asked for in _IN-byte blocks, one per decoder
+# read (iotjobs.stream.Blocks); offered both ways, ota_protocol picks.
 #
 # Patch format (written from detools' format, decoded here): byte 0 is 0b0TTTCCCC (type 0 =
 # sequential; compression 0 = none, 4 = heatshrink), then the new size as a detools size, then
@@ -22,7 +26,8 @@
 # patch, the whole state is checkpointed in the job state (ctx.save): bytes made, where in the
 # bsdiff stream, the base position, the patch offset, the bit reader, the heatshrink window
 # and its undelivered bytes. After a reset (or a cut connection) the patch continues from the
-# checkpoint with a Range request, the new image's hash is recomputed from the slot, and the
+# checkpoint (its source from the start of the _IN-byte read the checkpoint is in: a Range
+# request, or the stream block), the new image's hash is recomputed from the slot, and the
 # patch's own SHA-256 is then not checked (the new image's SHA-256 and signature always are);
 # without a checkpoint it starts again from its first byte (the base is untouched until
 # set_boot).

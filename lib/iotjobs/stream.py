@@ -1,5 +1,6 @@
 # OTA download over AWS IoT MQTT-based file delivery (streams), through the agent's own MQTT
-# session: no second TLS session. Imported only when a job downloads this way.
+# session: no second TLS session. Imported only when a job downloads this way (a full image:
+# either/download/fetch; a delta patch: Blocks, the decoder's byte source).
 #
 # The device asks for _WINDOW blocks of 4096 bytes at a time on
 #   $aws/things/THING/streams/STREAM/get/F        {"f": file, "l": 4096, "o": first, "n": count}
