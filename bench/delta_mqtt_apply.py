@@ -113,7 +113,7 @@ def main(name, fid, psize, base_size, size, fmt, window, locked):
     t0 = time.ticks_ms()
     asyncio.run(s.link())  # subscribes, makes the packet reader: once per connection
     asyncio.run(ctx.check())
-    src = p.ticker = stream.Blocks(s, psize, 0)
+    src = p.ticker = stream.Blocks(s, psize, 0, p.inb)
     c = p.run(src, hp, ho, ctx)
     gc.collect()
     ready = gc.mem_alloc()

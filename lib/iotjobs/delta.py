@@ -158,7 +158,7 @@ async def _apply(ctx, job, out, limit, keyed):
         try:
             if s is not None:
                 await s.link()
-                r = p.ticker = stream.Blocks(s, d["size"], at)
+                r = p.ticker = stream.Blocks(s, d["size"], at, p.inb)
             elif r.total != d["size"]:
                 raise Failed(
                     "the server has %d patch bytes, the job says %d" % (r.total, d["size"])

@@ -422,11 +422,13 @@ class Session:
 class Blocks:
     # A stream file as the byte source of iotjobs.delta.Patcher: its reads of bl bytes (the
     # last one shorter) from a multiple of bl are one block each, decoded straight into the
-    # reader's buffer: no buffer of its own, nothing allocated per block. A read waits for its
+    # reader's buffer (whole, bl bytes; a read's buf is whole or its first n bytes): no buffer
+    # of its own, nothing allocated per block. A read waits for its
     # block on the socket (with the connection's timeout, as an HTTPS read does); the next
     # window of blocks is asked for when the last one asked for has been taken.
-    def __init__(self, s, size, off):
+    def __init__(self, s, size, off, whole):
         self.s = s
+        self.whole = whole  # the reader's whole buffer (bl bytes): what any block decodes into
         self.nxt = off // s.bl  # the next block to take
         self.end = -1  # the last block asked for
         self.last = (size + s.bl - 1) // s.bl - 1
@@ -444,7 +446,9 @@ class Blocks:
         sock.setblocking(False)
         try:
             while True:
-                j = s._packet(t, r, buf)  # waits for a packet up to timeout_ms
+                # Into the whole buffer (buf may be its first n bytes, for the last block): a
+                # late block of another window fits too. Waits for a packet up to timeout_ms.
+                j = s._packet(t, r, self.whole)
                 if j == i:
                     break
                 if j >= self.end:  # the window passed without block i: ask again from it
