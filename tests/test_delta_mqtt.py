@@ -53,8 +53,12 @@ def end(stack: Stack, dev: Any, job: str, timeout: float = 120) -> dict[str, Any
 
 
 @pytest.mark.parametrize(
-    ("fmt", "protocol", "prefer"),
-    [("json", "mqtt", None), ("cbor", "mqtt", None), ("json", "both", "http")],
+    ("fmt", "protocol", "prefer", "no_full"),
+    [
+        ("json", "mqtt", None, False),
+        ("cbor", "mqtt", None, True),
+        ("json", "both", "http", False),
+    ],
 )
 def test_delta_job_over_mqtt_streams_from_1_0_0_to_1_1_0_succeeds(
     stack_session: Stack,
@@ -65,6 +69,7 @@ def test_delta_job_over_mqtt_streams_from_1_0_0_to_1_1_0_succeeds(
     fmt: str,
     protocol: str,
     prefer: str | None,
+    no_full: bool,
 ) -> None:
     from jobsctl import cli
 
@@ -77,16 +82,21 @@ def test_delta_job_over_mqtt_streams_from_1_0_0_to_1_1_0_succeeds(
     argv = ["job", "ota", job, "--state-dir", str(stack_session.state_dir)]
     argv += ["--targets", thing_of(dev), "--file", str(tmp_path / "new.bin")]
     argv += ["--from", str(tmp_path / "old.bin"), "--key", str(signing)]
-    argv += ["--protocol", protocol]
+    argv += ["--protocol", protocol] + (["--no-full"] if no_full else [])
     assert cli.main(argv) == 0
     doc = json.loads(capsys.readouterr().out)["document"]
     d = doc["delta"]
-    assert doc["stream"] == job and doc["file_id"] == 0  # the full image, to fall back to
+    if no_full:  # nothing to fall back to: neither a stream file nor a URL for the image
+        assert "stream" not in doc and "file_id" not in doc and "url" not in doc
+    else:
+        assert doc["stream"] == job and doc["file_id"] == 0  # the full image, to fall back to
+        assert ("url" in doc) == (protocol == "both")
     assert d["stream"] == job and d["file_id"] == otajob.DELTA_FILE_ID
-    assert ("url" in doc) == ("url" in d) == (protocol == "both")
+    assert ("url" in d) == (protocol == "both")
     assert d["base_sha256"] == hashlib.sha256(BASE).hexdigest() and d["size"] < len(new) // 10
     files = stack_session.iot_client().describe_stream(streamId=job)["streamInfo"]["files"]
-    assert sorted(f["fileId"] for f in files) == [0, otajob.DELTA_FILE_ID]
+    ids = [otajob.DELTA_FILE_ID] if no_full else [0, otajob.DELTA_FILE_ID]
+    assert sorted(f["fileId"] for f in files) == ids
     ex = end(stack_session, dev, job)
     assert ex["status"] == "SUCCEEDED", log(dev)
     assert details(ex)["reason"] == "running 1.1.0" and running_version(dev) == "1.1.0"
