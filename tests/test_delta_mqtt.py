@@ -53,11 +53,12 @@ def end(stack: Stack, dev: Any, job: str, timeout: float = 120) -> dict[str, Any
 
 
 @pytest.mark.parametrize(
-    ("fmt", "protocol", "prefer", "no_full"),
+    ("fmt", "protocol", "prefer", "no_full", "frozen"),
     [
-        ("json", "mqtt", None, False),
-        ("cbor", "mqtt", None, True),
-        ("json", "both", "http", False),
+        ("json", "mqtt", None, False, False),
+        ("cbor", "mqtt", None, True, False),
+        ("json", "both", "http", False, False),
+        ("cbor", "mqtt", None, False, True),  # the library frozen in, in its smaller heap
     ],
 )
 def test_delta_job_over_mqtt_streams_from_1_0_0_to_1_1_0_succeeds(
@@ -70,11 +71,12 @@ def test_delta_job_over_mqtt_streams_from_1_0_0_to_1_1_0_succeeds(
     protocol: str,
     prefer: str | None,
     no_full: bool,
+    frozen: bool,
 ) -> None:
     from jobsctl import cli
 
     extra: dict[str, Any] = {"ota_protocol": prefer} if prefer else {}
-    dev = ota_board(stack_session, boards, signing, ota_stream_format=fmt, **extra)
+    dev = ota_board(stack_session, boards, signing, frozen=frozen, ota_stream_format=fmt, **extra)
     new = new_version("1.1.0")
     (tmp_path / "new.bin").write_bytes(new)
     (tmp_path / "old.bin").write_bytes(BASE)
