@@ -50,11 +50,10 @@ $(BUILD)/.apt:
 	fi
 	@echo '$(APT_PKGS)' > $@
 
-venv: $(BIN)/jobsctl ## create .venv with the pinned host dependencies and jobsctl
+venv: $(BIN)/jobsctl ## create .venv: jobsctl (editable) with its dev extra, versions pinned
 $(BIN)/jobsctl: requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/pip install -q -r requirements.txt
-	@$(BIN)/pip install -q --no-deps -e .
+	@$(BIN)/pip install -q -c requirements.txt -e '.[dev]'
 	@touch $@
 
 micropython: $(MICROPYTHON) ## build the simulated stock-firmware board (MicroPython 1.25.0 Unix port)
@@ -83,13 +82,14 @@ $(BUILD)/stubs-newest/esp32.pyi: | $(BIN)/jobsctl
 	  micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2 2>&1 | grep -v '^WARNING' || true
 	@test -f $@ || { echo "stubs: install failed" >&2; exit 1; }
 
-check: lint typecheck ## lint, type-check and mpy-cross compile all code
+check: lint typecheck ## lint, type-check, mpy-cross compile all code, check the host layers
 lint: setup
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 typecheck: setup
 	@$(BIN)/mypy
 	@$(BIN)/python -m jobsctl.devcheck
+	@$(BIN)/python tests/harness/layers.py
 
 test: setup check ## the full quick suite (what CI runs)
 	@$(BIN)/pytest -q -n 2 -m "not slow"
@@ -101,7 +101,7 @@ serve: setup ## run the local AWS IoT Jobs stack in the foreground (state in .lo
 	@$(BIN)/jobsctl serve --state-dir $(STATE)
 
 bench: setup ## run the benchmarks; writes bench/results.md
-	@$(BIN)/python -m jobsctl.bench
+	@$(BIN)/python -m bench
 
 reliability: setup ## the full fault-injection, fuzzing and security suite (SEED=N replays a run)
 	@$(BIN)/pytest -q -m reliability --reliability-full --timeout 7200 $(if $(SEED),--reliability-seed $(SEED))

@@ -1,6 +1,6 @@
 # The device's delta decoder without the job around it: a detools patch from a file, the base
 # from ota_0 (the running slot), the new image into the next slot (simulated esp32.Partition), by
-# iotjobs.delta.Patcher. Used by jobsctl.bench (apply time, heap) and tests/test_delta.py
+# iotjobs.delta.Patcher. Used by `make bench` (apply time, heap) and tests/test_delta.py
 # (pins that applying allocates nothing). Run under the Unix port in a simulated board folder:
 #   micropython delta_apply.py PATCH BASE_SIZE NEW_SIZE [unlocked]
 # prints: OK <ms> <sha256 of the new image> <heap_before> <heap_with_buffers> <heap_end>

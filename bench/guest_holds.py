@@ -1,5 +1,5 @@
 # What the agent does between two yields to the event loop, each timed alone (CPU-bound: the
-# least of N runs filters out the machine's noise). Used by jobsctl.bench_guest beside the
+# least of N runs filters out the machine's noise). Used by bench.guest beside the
 # probe's wall-clock figures. Run under the Unix port with a simulated board folder (a signed
 # 1 MiB image in ota_1) as the current directory:
 #   micropython guest_holds.py PUBKEY_PEM SIG_B64 DIGEST_HEX IMAGE

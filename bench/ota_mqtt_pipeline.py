@@ -1,6 +1,6 @@
 # The device's OTA download over MQTT streams without the job around it: the agent's real MQTT
 # session (config.json of a simulated board), GetStream windows -> decode -> SHA-256 -> flash,
-# run by iotjobs.stream.fetch with the agent's own Context. Used by jobsctl.bench (figures) and
+# run by iotjobs.stream.fetch with the agent's own Context. Used by `make bench` (figures) and
 # tests/test_ota_mqtt_stream.py (pins that a block allocates nothing). Run under the Unix port
 # with a provisioned simulated board folder as the current directory:
 #   micropython ota_mqtt_pipeline.py STREAM SIZE FORMAT [PROGRESS_INTERVAL_MS [unlocked]]

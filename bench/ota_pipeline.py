@@ -1,6 +1,6 @@
 # The device's OTA pipeline without the job around it: HTTPS GET -> SHA-256 -> flash (the
 # simulated esp32.Partition), run by the OTA handler's own loop (iotjobs.fetch.blocks) with the
-# agent's own Context. Used by jobsctl.bench (figures) and tests/test_ota_stream.py (pins that a
+# agent's own Context. Used by `make bench` (figures) and tests/test_ota_stream.py (pins that a
 # block allocates nothing). Run under the Unix port with a simulated board folder as the
 # current directory:
 #   micropython ota_pipeline.py URL CA_FILE [PROGRESS_INTERVAL_MS [unlocked] [sample]]

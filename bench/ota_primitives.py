@@ -1,4 +1,4 @@
-# The OTA loop's own primitives, each alone over the same image, for jobsctl.bench to set the
+# The OTA loop's own primitives, each alone over the same image, for `make bench` to set the
 # loop (bench/ota_pipeline.py) against: TLS readinto of the whole HTTPS body into one 4 KB
 # buffer, SHA-256 of as many 4 KB blocks, and as many slot writes (the simulated
 # esp32.Partition). Run under the Unix port with a simulated board folder as the current

@@ -26,7 +26,9 @@ import pytest
 from plugin_stack import unique, wait_until
 
 from jobsctl import boardmodel
-from jobsctl.device import ROOT, DeviceProcess, setup_board, unix_port
+from jobsctl.checkout import ROOT, unix_port
+from jobsctl.device import DeviceProcess, setup_board
+from jobsctl.service.common import TERMINAL
 from jobsctl.stack import Stack
 
 # The simulated board's memory (jobsctl.boardmodel, docs/board-model.md): a profile gives the
@@ -177,10 +179,9 @@ def execution(stack: Stack, thing: str, job_id: str) -> dict[str, Any]:
 
 def final(stack: Stack, thing: str, job_id: str, timeout: float = 60) -> dict[str, Any]:
     """The execution once it is terminal (polls the service's record)."""
-    terminal = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
     return dict(
         wait_until(
-            lambda: (ex := execution(stack, thing, job_id))["status"] in terminal and ex,
+            lambda: (ex := execution(stack, thing, job_id))["status"] in TERMINAL and ex,
             timeout=timeout,
             what=f"{job_id} to end",
         )

@@ -1,6 +1,6 @@
 """Fixtures for real-hardware tooling: a simulated board on a pty (raw REPL, for mpremote).
 
-``sim_board`` is a :class:`jobsctl.rawrepl.RawReplBridge` on a fresh board folder; its
+``sim_board`` is a :class:`harness.rawrepl.RawReplBridge` on a fresh board folder; its
 ``port`` is the pty path to give mpremote or ``jobsctl deploy``. ``PtyConsole`` talks to the
 port byte by byte for protocol-level tests.
 """
@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobsctl.rawrepl import RawReplBridge
-
-ROOT = Path(__file__).resolve().parent.parent
+from harness.rawrepl import RawReplBridge
 
 
 @pytest.fixture()

@@ -7,8 +7,12 @@ send a request and wait for its reply, and wait for pushed messages.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -21,6 +25,36 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from jobsctl.stack import Stack
+
+
+@contextlib.contextmanager
+def served(
+    state: Path, *options: str, jobsctl: Path | None = None, **popen: Any
+) -> Iterator[dict[str, Any]]:
+    """``jobsctl serve --state-dir STATE [OPTIONS]`` in a process of its own (``jobsctl``:
+    another installation's command): its endpoints once it says it serves (its pid in them);
+    after the block it must stop on SIGTERM with status 0."""
+    command = jobsctl or Path(sys.executable).parent / "jobsctl"
+    proc = subprocess.Popen(
+        [str(command), "serve", "--state-dir", str(state), *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        **popen,
+    )
+    try:
+        assert proc.stdout is not None
+        assert any("serving" in line for line in proc.stdout), "serve did not start"
+        threading.Thread(target=proc.stdout.read, daemon=True).start()  # never a full pipe
+        endpoints = json.loads((state / "endpoints.json").read_text())
+        assert endpoints["service_pid"] == proc.pid
+        yield endpoints
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 class JobsDevice:

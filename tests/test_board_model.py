@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 import upy
-from jobsctl import bench_memory, boardmodel
-from jobsctl.device import MICROPYTHON_FROZEN, MICROPYTHON_NEWEST
+from bench import memory as bench_memory
+from jobsctl import boardmodel
+from jobsctl.checkout import MICROPYTHON_FROZEN, MICROPYTHON_NEWEST
 from jobsctl.errors import JobsctlError
 
 # Opens N TLS sessions at once to the server (CA-verified, as the device does), after filling
@@ -227,7 +228,7 @@ def test_device_run_takes_the_board_profile(stack_session, tmp_path) -> None:
 
 
 def test_bench_memory_reports_high_water_marks_and_headroom(capsys) -> None:
-    # `python -m jobsctl.bench_memory`, the memory rows of `make bench`, on one job and profile.
+    # `python -m bench.memory`, the memory rows of `make bench`, on one job and profile.
     assert bench_memory.main(["--profile", "esp32-psram", "--job", "config"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "| esp32-psram |" in line]
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]

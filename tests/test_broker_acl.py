@@ -147,7 +147,7 @@ def test_the_services_identity_is_not_a_name_a_thing_can_have() -> None:
     import pytest
 
     from jobsctl.errors import JobsctlError
-    from jobsctl.stack import check_name
+    from jobsctl.things import check_name
 
     for name in (SERVICE_IDENTITY, "jobs-service", "Jobs-Service"):
         with pytest.raises(JobsctlError):

@@ -305,7 +305,7 @@ def test_the_bench_section_reports_share_apply_time_and_heap(
 ) -> None:
     # What `make bench` runs for each firmware pair, here on a small pair (figures not checked
     # against time: a benchmark is no timed test).
-    from jobsctl import bench_delta
+    from bench import delta as bench_delta
 
     rows = bench_delta.pair_rows(tmp_path, "test pair", BASE, new_version("1.1.0"), 1)
     assert [r[0] for r in rows] == [
@@ -381,7 +381,7 @@ def test_delta_documents_are_checked_before_anything_is_downloaded(
 def test_a_patch_download_cut_half_way_is_applied_again_from_its_start(
     stack_session: Stack, boards: Boards, signing: Path
 ) -> None:
-    from jobsctl.faultproxy import Fault, FaultProxy
+    from harness.faultproxy import Fault, FaultProxy
 
     objects = stack_session.objects
     assert objects is not None
@@ -414,7 +414,7 @@ def test_a_reset_while_the_patch_is_applied_continues_from_the_checkpoint(
 ) -> None:
     from plugin_stack import wait_until
 
-    from jobsctl.faultproxy import Fault, FaultProxy
+    from harness.faultproxy import Fault, FaultProxy
 
     objects = stack_session.objects
     assert objects is not None

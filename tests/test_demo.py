@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 
 from jobsctl import image
+from jobsctl.checkout import ROOT
 from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
-ROOT = Path(__file__).resolve().parent.parent
 JOBSCTL = Path(sys.executable).parent / "jobsctl"
 
 

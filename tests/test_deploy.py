@@ -12,13 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from plugin_board import ROOT, PtyConsole
+from plugin_board import PtyConsole
 
 import upy
+from harness.rawrepl import RawReplBridge
+from jobsctl.checkout import ROOT
 from jobsctl.deploy import BoardInfo, check_board, deploy, parse_sha256sum
 from jobsctl.errors import JobsctlError
 from jobsctl.pki import Credentials
-from jobsctl.rawrepl import RawReplBridge
 
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from jobsctl.checkout import ROOT
+
 DOC = ROOT / "docs" / "configuration.md"
 
 DUMP = """

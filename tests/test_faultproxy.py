@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from jobsctl.faultproxy import Fault, FaultProxy
+from harness.faultproxy import Fault, FaultProxy
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, position-dependent so truncation is visible
 

@@ -18,10 +18,10 @@ import pytest
 from esptool.bin_image import ELFSection, ESP32FirmwareImage
 
 from jobsctl import cli
+from jobsctl.checkout import ROOT
 from jobsctl.errors import JobsctlError
 from jobsctl.flash import check_firmware, flash, parse_partition_table
 
-ROOT = Path(__file__).resolve().parent.parent
 ESPTOOL = str(Path(sys.executable).parent / "esptool")
 
 # MicroPython's ports/esp32/partitions-4MiB-ota.csv (ESP32_GENERIC, BOARD_VARIANT=OTA)

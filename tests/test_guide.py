@@ -19,13 +19,13 @@ import boto3
 import pytest
 from botocore.stub import ANY, Stubber
 from plugin_agent import details, final
-from plugin_board import ROOT
 from plugin_stack import unique
 
+from harness.rawrepl import RawReplBridge
 from jobsctl import cli, image
+from jobsctl.checkout import ROOT
 from jobsctl.commands import aws as aws_command
 from jobsctl.device import DeviceProcess
-from jobsctl.rawrepl import RawReplBridge
 from jobsctl.stack import Stack
 
 GUIDE = ROOT / "docs" / "real-hardware.md"

@@ -16,9 +16,9 @@ import pytest
 from plugin_stack import JobsDevice, unique
 
 from jobsctl import __version__, cli, image, otajob
+from jobsctl.checkout import ROOT
 from jobsctl.stack import Stack
 
-ROOT = Path(__file__).resolve().parent.parent
 JOBSCTL = Path(sys.executable).parent / "jobsctl"
 
 

@@ -22,9 +22,9 @@ from test_ota_e2e import (
     running_version,
 )
 
+from harness.faultproxy import Fault, FaultProxy
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
-from jobsctl.faultproxy import Fault, FaultProxy
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]

@@ -17,9 +17,9 @@ import pytest
 from plugin_agent import FROZEN_OTA_HEAP, OTA_HEAP, arn, details, final
 from plugin_stack import unique, wait_until
 
+from harness.faultproxy import Fault, FaultProxy
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
-from jobsctl.faultproxy import Fault, FaultProxy
 from jobsctl.stack import Stack
 
 Boards = Callable[..., DeviceProcess]

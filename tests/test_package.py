@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.rawrepl import RawReplBridge
+from jobsctl.checkout import ROOT
 from jobsctl.deploy import package_json
-from jobsctl.rawrepl import RawReplBridge
 
-ROOT = Path(__file__).resolve().parent.parent
 MPREMOTE = str(Path(sys.executable).parent / "mpremote")
 
 

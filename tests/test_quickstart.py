@@ -16,8 +16,8 @@ from pathlib import Path
 from plugin_stack import wait_until
 
 from jobsctl import image
+from jobsctl.checkout import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 JOBSCTL = str(Path(sys.executable).parent / "jobsctl")
 
 

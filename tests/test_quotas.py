@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
-from plugin_stack import unique
+from plugin_stack import served, unique
 
 from jobsctl.service.quotas import Quotas
 from jobsctl.stack import Stack, iot_client
@@ -103,17 +100,7 @@ def test_object_store_down_answers_service_unavailable(stack: Stack) -> None:
 
 def test_serve_takes_the_quota_settings(tmp_path: Path) -> None:
     state = tmp_path / "serve"
-    jobsctl = Path(sys.executable).parent / "jobsctl"
-    argv = [str(jobsctl), "serve", "--state-dir", str(state), "--max-active-jobs", "1"]
-    proc = subprocess.Popen(
-        [*argv, "--api-rate", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "serving" in line:
-                break
-        endpoints = json.loads((state / "endpoints.json").read_text())
+    with served(state, "--max-active-jobs", "1", "--api-rate", "50") as endpoints:
         assert endpoints["jobs_data_url"].startswith("https://localhost:")
         iot = iot_client(endpoints, config=NO_RETRIES)
         iot.create_thing(thingName="q1")
@@ -122,9 +109,3 @@ def test_serve_takes_the_quota_settings(tmp_path: Path) -> None:
             lambda: iot.create_job(jobId="two", targets=[f"{ARN}:thing/q1"], document=DOC)
         )
         assert (status, code) == (410, "LimitExceededException")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

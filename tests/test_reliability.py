@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from plugin_agent import OTA_HEAP, arn, details, final
 from plugin_stack import unique, wait_until
 
+from harness.faultproxy import Fault, FaultProxy
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
-from jobsctl.faultproxy import Fault, FaultProxy
 from jobsctl.stack import Stack
 
 pytestmark = pytest.mark.reliability

@@ -31,16 +31,16 @@ from plugin_stack import JobsDevice, unique, wait_until
 from test_reliability import CREATE_JOB_BODY, CREATE_JOB_ERRORS, SEED_CODES, fuzz_settings
 
 from jobsctl.broker import MAX_PACKET_SIZE, SERVICE_IDENTITY
-from jobsctl.commands.thing import create_thing
 from jobsctl.device import DeviceProcess, setup_board
 from jobsctl.errors import JobsctlError
+from jobsctl.service.common import TERMINAL
 from jobsctl.service.controlplane import MAX_BODY
 from jobsctl.stack import iot_client
+from jobsctl.things import create_thing
 
 pytestmark = pytest.mark.reliability
 
 JOBSCTL = Path(sys.executable).parent / "jobsctl"
-TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 # What an unsigned or wrongly signed request may get: 403 and one of AWS's names for it.
 DENIED = {"UnrecognizedClientException", "InvalidSignatureException"}
 

@@ -26,9 +26,9 @@ from test_ota_mqtt import stream_job
 from test_reliability import SIZE, conclude, fuzz_settings
 from test_streams import StreamClient
 
+from harness.faultproxy import Fault, FaultProxy
 from jobsctl import image, otajob
 from jobsctl.device import DeviceProcess
-from jobsctl.faultproxy import Fault, FaultProxy
 from jobsctl.service.streams import CODES
 from jobsctl.stack import Stack
 

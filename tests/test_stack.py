@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import ssl
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_stack import JobsDevice, unique
+from plugin_stack import JobsDevice, served, unique
 
 from jobsctl.cli import main
 from jobsctl.errors import JobsctlError
@@ -185,22 +184,63 @@ def test_cli_thing_create_without_serve_writes_the_store(
         assert s.iot_client().describe_thing(thingName="offline-1")["thingName"] == "offline-1"
 
 
+def test_thing_create_while_serve_runs_goes_through_the_running_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One write path into the jobs database: with `jobsctl serve` running on the folder, the
+    # command registers the thing, its group and its certificate through the control plane and
+    # never opens jobs.sqlite3 itself.
+    from botocore.exceptions import ClientError
+
+    from jobsctl.service import store
+    from jobsctl.stack import iot_client
+
+    state = tmp_path / "served"
+    with served(state) as endpoints:
+        iot = iot_client(endpoints)
+        iot.create_thing_group(thingGroupName="served")
+        job = iot.create_job(
+            jobId="cont",
+            targets=[f"{ARN}:thinggroup/served"],
+            document='{"operation": "x"}',
+            targetSelection="CONTINUOUS",
+        )["jobId"]
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError("thing create opened the store around the running service")
+
+        monkeypatch.setattr(store.Store, "__init__", refuse)
+        for _ in range(2):  # and again: the same certificate, registered once
+            argv = ["thing", "create", "--state-dir", str(state), "served-1", "--group", "served"]
+            assert main(argv) == 0
+            out = json.loads(capsys.readouterr().out)
+            assert out["mqtt_port"] == endpoints["mqtt_port"]
+        assert Path(out["cert_file"]).exists() and len(out["certificate_id"]) == 64
+        assert iot.describe_thing(thingName="served-1")["thingName"] == "served-1"
+        members = iot.list_things_in_thing_group(thingGroupName="served")["things"]
+        assert members == ["served-1"]
+        summaries = iot.list_job_executions_for_thing(thingName="served-1")["executionSummaries"]
+        assert [s["jobId"] for s in summaries] == [job]
+        # The service holds the certificate: a thing with one is not deleted.
+        with pytest.raises(ClientError, match="attached principals"):
+            iot.delete_thing(thingName="served-1")
+
+
+def test_thing_create_without_serve_takes_the_state_dirs_lock(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from jobsctl.statedir import StateDir
+
+    with StateDir(tmp_path).lock():  # as a stack that is starting holds it
+        assert main(["thing", "create", "--state-dir", str(tmp_path), "locked-1"]) == 1
+    assert "a stack is starting" in capsys.readouterr().err
+    assert not (tmp_path / "things" / "locked-1").exists()
+    assert main(["thing", "create", "--state-dir", str(tmp_path), "locked-1"]) == 0
+
+
 def test_serve_writes_endpoints_and_stops_everything_on_sigterm(tmp_path: Path) -> None:
     state = tmp_path / "serve"
-    proc = subprocess.Popen(
-        [str(JOBSCTL), "serve", "--state-dir", str(state)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if "serving" in line:
-                break
-        endpoints = json.loads((state / "endpoints.json").read_text())
+    with served(state) as endpoints:  # its pid in endpoints.json; SIGTERM: status 0
         for key in (
             "mqtt_host",
             "mqtt_port",
@@ -213,13 +253,6 @@ def test_serve_writes_endpoints_and_stops_everything_on_sigterm(tmp_path: Path) 
             "aws_secret_access_key",
         ):
             assert key in endpoints
-        assert endpoints["service_pid"] == proc.pid
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert not (state / "endpoints.json").exists()
     for port in (endpoints["mqtt_port"], int(endpoints["s3_url"].rsplit(":", 1)[1])):
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jobsctl import boardmodel
+from jobsctl.checkout import LIB, MICROPYTHON, SIM, UPYLIB
+from jobsctl.checkout import ROOT as ROOT  # the tests name the checkout upy.ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-MICROPYTHON = ROOT / "build" / "micropython"
 # The device library, the simulated hardware and the pinned umqtt.simple as source, ahead of
 # the port's frozen copies of the last two (build/micropython is the stock-firmware board), so
 # that a snippet always runs the code as it is in the worktree; `.frozen` keeps asyncio.
-DEVICE_PATH = [str(ROOT / "lib"), str(ROOT / "sim"), str(ROOT / "build" / "upylib"), ".frozen"]
+DEVICE_PATH = [str(LIB), str(SIM), str(UPYLIB), ".frozen"]
 
 
 @dataclass

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import JobsctlError
-from .netutil import LogPump, dies_with_parent, free_port, reap_stale, write_pid
+from .netutil import LogPump, dies_with_parent, free_port, reap_stale, terminate, write_pid
 from .pki import CertificateAuthority, Credentials
 
 SERVICE_IDENTITY = "jobs.service"
@@ -82,13 +81,8 @@ class Broker:
     _server: Credentials | None = field(default=None, repr=False)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            terminate(self.proc)
         self.proc = None
 
     def __enter__(self) -> Broker:

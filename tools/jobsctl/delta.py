@@ -12,21 +12,22 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from .checkout import LIB, require
 from .errors import JobsctlError
 
 COMPRESSIONS = ("heatshrink", "none")
 WINDOW_BITS = 10
 LOOKAHEAD_BITS = 7
-DEVICE = Path(__file__).resolve().parent.parent.parent / "lib" / "iotjobs" / "delta.py"
+DEVICE = LIB / "iotjobs" / "delta.py"
 MIN_WINDOW_BITS = 4  # heatshrink's own limits
 MIN_LOOKAHEAD_BITS = 3
 
 
 def device_max_window_bits() -> int:
     """The device decoder's limit (``_MAX_WBITS`` in lib/iotjobs/delta.py: its one owner)."""
+    require("a delta patch (the device decoder's window limit is in lib/iotjobs/delta.py)")
     m = re.search(r"^_MAX_WBITS = const\((\d+)\)", DEVICE.read_text(), re.M)
     if m is None:  # pragma: no cover - the device module always states it
         raise JobsctlError(f"{DEVICE}: no _MAX_WBITS")

@@ -15,7 +15,6 @@ the reboot shows.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import shutil
@@ -27,16 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from . import boardmodel, image
-from .device import ROOT, DeviceProcess, setup_board
+from .checkout import LIB, ROOT
+from .device import DeviceProcess, setup_board
 from .errors import JobsctlError
-from .stack import LOCK_FILE, Stack
+from .service.common import TERMINAL
+from .stack import Stack
+from .statedir import StateDir
 
 GROUP = "demo-fleet"
 # Written into a state dir the demo made: the only kind of folder it ever empties.
 MARKER = ".jobsctl-demo"
 OLD_VERSION = "1.0.0"
 NEW_VERSION = "1.1.0"
-TERMINAL = {"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"}
 # Colours of the timeline (and the live view) per state.
 # The phases of a job in the order a board goes through them. A board's console (read as it is
 # printed) is ahead of the service's record (polled), so a phase the poll reports late never
@@ -108,21 +109,15 @@ class Result:
 
 
 def ota_available() -> bool:
-    root = Path(__file__).resolve().parents[2]
     try:
         from . import image, otajob  # noqa: F401
     except ImportError:
         return False
-    return (root / "lib" / "iotjobs" / "ota.py").exists()
+    return (LIB / "iotjobs" / "ota.py").exists()
 
 
 # What a demo run leaves in its state dir (rollout.* only a demo writes).
-_DEMO_ENTRIES = {
-    *(MARKER, LOCK_FILE, "broker", "ca", "devices", "jobs.sqlite3", "jobs.sqlite3-wal"),
-    *("jobs.sqlite3-shm", "rollout.json", "rollout.png", "s3", "service", "signing", "things"),
-    "endpoints.json",
-    "readings.json",
-}
+_DEMO_ENTRIES = StateDir.ENTRIES | {MARKER, "rollout.json", "rollout.png", "readings.json"}
 
 
 def _earlier_demo(state_dir: Path) -> bool:
@@ -147,18 +142,13 @@ def prepare_state_dir(state_dir: Path) -> None:
             f"{state_dir} is not a demo folder (it has no {MARKER}): the demo empties its "
             "state dir first, so give it a new or empty folder; nothing was deleted"
         )
-    state_dir.mkdir(parents=True, exist_ok=True)
-    lock = state_dir / LOCK_FILE
-    with open(lock, "a+") as f:  # locked while the folder is emptied
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise JobsctlError(
-                f"a running stack holds {state_dir} (jobsctl serve or another demo): stop it "
-                "or give the demo another --state-dir; nothing was deleted"
-            ) from None
+    busy = (
+        f"a running stack holds {state_dir} (jobsctl serve or another demo): stop it "
+        "or give the demo another --state-dir; nothing was deleted"
+    )
+    with StateDir(state_dir).lock(busy):  # locked while the folder is emptied
         for child in state_dir.iterdir():
-            if child.name in (LOCK_FILE, MARKER):
+            if child.name in (StateDir.LOCK, MARKER):
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -339,7 +329,7 @@ class Demo:
     def _signing_key(self) -> Path:
         from . import otajob
 
-        return otajob.signing_key(self.state_dir / "signing")
+        return otajob.signing_key(StateDir(self.state_dir).signing_dir)
 
     def _create_job(self, document: dict[str, Any], extra: dict[str, Any]) -> None:
         assert self.stack is not None

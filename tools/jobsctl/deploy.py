@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .checkout import ROOT
 from .errors import JobsctlError
 
-ROOT = Path(__file__).resolve().parents[2]
 LIB_PACKAGE = "iotjobs"
 MPY_VERSION = 6
 # MicroPython's MP_NATIVE_ARCH_* numbering, as encoded in sys.implementation._mpy >> 10.

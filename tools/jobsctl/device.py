@@ -31,36 +31,16 @@ from typing import Any
 
 from . import boardmodel
 from .boardmodel import DEFAULT as DEFAULT_PROFILE
+from .checkout import BUILD, LIB, ROOT, SIM, UPYLIB, unix_port
 from .errors import JobsctlError
-
-ROOT = Path(__file__).resolve().parents[2]
-# The stock-firmware board: MicroPython 1.25, 32-bit, with the board memory model and what
-# official ESP32 firmware has built in or frozen (firmware/unix-board-manifest.py).
-MICROPYTHON = ROOT / "build" / "micropython"
-# The custom-firmware board: the same with the device library frozen in too, as
-# firmware/manifest.py freezes it into a custom ESP32 firmware (`make micropython-frozen`).
-MICROPYTHON_FROZEN = ROOT / "build" / "micropython-frozen"
-# The stock-firmware board on the newest MicroPython in Debian (`make micropython-newest`).
-MICROPYTHON_NEWEST = ROOT / "build" / "micropython-1.26"
-
-
-def unix_port(frozen: bool = False, newest: bool = False) -> Path:
-    """The Unix port a simulated board runs on; a clear error if it has not been built."""
-    port = MICROPYTHON_FROZEN if frozen else MICROPYTHON_NEWEST if newest else MICROPYTHON
-    if not port.exists():
-        target = {MICROPYTHON: "setup", MICROPYTHON_NEWEST: "micropython-newest"}.get(
-            port, port.name
-        )
-        raise JobsctlError(f"{port} is missing: run `make {target}`")
-    return port
-
+from .statedir import StateDir
 
 RESET_STATUS = 3
-MPY_DIR = ROOT / "build" / "mpy"
+MPY_DIR = BUILD / "mpy"
 # What mpy-cross compiles: the device library (deployed as .mpy on a board), and for ports
 # without the board's frozen modules the simulated hardware and umqtt.simple. Precompiled, as
 # on a board: compiling source at import time costs more heap than a board ever spends.
-SOURCES = {"lib": ROOT / "lib", "sim": ROOT / "sim", "upylib": ROOT / "build" / "upylib"}
+SOURCES = {"lib": LIB, "sim": SIM, "upylib": UPYLIB}
 # What a board has on its path: its frozen modules, then /lib (.mpy files).
 DEVICE_PATH = [".frozen", str(MPY_DIR / "lib")]
 
@@ -111,12 +91,12 @@ def device_env(profile: str | None = DEFAULT_PROFILE, report: Path | None = None
     return env
 
 
-def board_dir(state_dir: Path, name: str) -> Path:
-    return Path(state_dir) / "devices" / name
+def board_dir(state_dir: StateDir | Path, name: str) -> Path:
+    return StateDir.of(state_dir).board_dir(name)
 
 
 def setup_board(
-    state_dir: Path,
+    state_dir: StateDir | Path,
     name: str,
     *,
     version: str = "1.0.0",
@@ -129,19 +109,15 @@ def setup_board(
     created once with firmware ``version`` in ota_0; an existing board keeps its flash and
     state, like a real board keeps its filesystem when it is re-provisioned.
     """
-    state_dir = Path(state_dir)
-    creds = state_dir / "things" / name
+    state = StateDir.of(state_dir)
+    creds = state.thing_dir(name)
     if not (creds / "device.pem").exists():
         raise JobsctlError(
-            f"no thing {name!r} in {state_dir}: run `jobsctl thing create --state-dir "
-            f"{state_dir} {name}` first"
+            f"no thing {name!r} in {state}: run `jobsctl thing create --state-dir "
+            f"{state} {name}` first"
         )
-    endpoints_file = state_dir / "endpoints.json"
-    try:
-        endpoints = json.loads(endpoints_file.read_text())
-    except FileNotFoundError:
-        raise JobsctlError(f"{endpoints_file} is missing: start `jobsctl serve` first") from None
-    board = board_dir(state_dir, name)
+    endpoints = state.endpoints()
+    board = state.board_dir(name)
     board.mkdir(parents=True, exist_ok=True)
     for src, dst in (("device.pem", "cert.pem"), ("device.key", "key.pem"), ("ca.pem", "ca.pem")):
         shutil.copyfile(creds / src, board / dst)
@@ -232,7 +208,7 @@ class DeviceProcess:
         cmd = [str(unix_port(self.frozen, self.newest))]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
-        cmd += [str(ROOT / "sim" / "boardrun.py"), str(self.root)]
+        cmd += [str(SIM / "boardrun.py"), str(self.root)]
         env = dict(device_env(self.profile, self.mem_report), **self.env)
         for stale in ("wdt", "wdt.fed"):
             (self.board / stale).unlink(missing_ok=True)

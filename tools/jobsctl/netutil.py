@@ -17,6 +17,17 @@ from typing import IO
 _PR_SET_PDEATHSIG = 1
 
 
+def terminate(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float = 10) -> None:
+    """Stop a server we started: SIGTERM, then SIGKILL if it has not gone within ``timeout``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port that was free a moment ago; callers retry if a server then fails to bind."""
     with socket.socket() as s:

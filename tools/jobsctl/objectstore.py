@@ -17,18 +17,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
-
 from .errors import JobsctlError
-from .netutil import LogPump, dies_with_parent, free_port, reap_stale, wait_for_port, write_pid
+from .netutil import (
+    LogPump,
+    dies_with_parent,
+    free_port,
+    reap_stale,
+    terminate,
+    wait_for_port,
+    write_pid,
+)
 from .pki import CertificateAuthority
+from .statedir import local_client
 
 DEFAULT_BUCKET = "jobs-payloads"
 
@@ -120,14 +125,15 @@ class ObjectStore:
 
     def client(self) -> Any:
         if self._client is None:
-            self._client = boto3.client(
+            self._client = local_client(
                 "s3",
-                endpoint_url=self.url,
-                region_name=self.region,
-                aws_access_key_id=self.access_key,
-                aws_secret_access_key=self.secret_key,
-                verify=str(self.ca.cert_path),
-                config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"),
+                {
+                    "s3_url": self.url,
+                    "region": self.region,
+                    "aws_access_key_id": self.access_key,
+                    "aws_secret_access_key": self.secret_key,
+                    "ca_file": self.ca.cert_path,
+                },
             )
         return self._client
 
@@ -188,11 +194,5 @@ class ObjectStore:
         # If the snapshot fails, the mirror still holds everything that went through put().
         with contextlib.suppress(Exception):
             self.snapshot()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         self.proc = None

@@ -13,37 +13,28 @@ on the same folder continues where the last one stopped.
 
 from __future__ import annotations
 
-import fcntl
-import json
 import os
 import secrets
-import shutil
 import string
 from pathlib import Path
 from typing import IO, Any
 
-import boto3
-
-from .broker import RESERVED_NAMES, SERVICE_IDENTITY, STREAMS_IDENTITY, Broker, start_broker
+from .broker import SERVICE_IDENTITY, STREAMS_IDENTITY, Broker, start_broker
 from .errors import JobsctlError
 from .objectstore import DEFAULT_BUCKET, ObjectStore
-from .pki import CertificateAuthority, certificate_id
+from .pki import CertificateAuthority
 from .service import Service
-from .service.model import ACCOUNT_ID, REGION, Model, thing_arn
+from .service.common import ACCOUNT_ID, REGION
+from .service.fleet import Registry
+from .service.model import Model
 from .service.quotas import Quotas
 from .service.service import ServiceConfig
 from .service.store import Store
+from .statedir import StateDir, local_client
+from .things import register
 
 # Held (flock) by a running stack in its state dir: one stack per folder.
-LOCK_FILE = ".stack.lock"
-_NAME_CHARS = set(string.ascii_letters + string.digits + ":_-")
-
-
-def check_name(name: str, what: str = "thing") -> None:
-    if not 1 <= len(name) <= 128 or not set(name) <= _NAME_CHARS:
-        raise JobsctlError(f"invalid {what} name {name!r}: use 1-128 characters of [a-zA-Z0-9:_-]")
-    if what == "thing" and name.lower() in RESERVED_NAMES:
-        raise JobsctlError(f"invalid thing name {name!r}: it is reserved for the Jobs service")
+LOCK_FILE = StateDir.LOCK
 
 
 def credentials(store: Store) -> tuple[str, str]:
@@ -56,31 +47,6 @@ def credentials(store: Store) -> tuple[str, str]:
         store.set_meta("aws_access_key_id", key)
         store.set_meta("aws_secret_access_key", secret)
     return key, secret
-
-
-def issue_thing(
-    state_dir: Path, ca: CertificateAuthority, model: Model, name: str
-) -> dict[str, Any]:
-    """Issue (or reuse) the thing's certificate into DIR/things/NAME and record it."""
-    check_name(name)  # never a certificate for a reserved or malformed name
-    folder = Path(state_dir) / "things" / name
-    cert, key = folder / "device.pem", folder / "device.key"
-    if not (cert.exists() and key.exists()):
-        creds = ca.issue(name, folder)
-        cert, key = creds.cert, creds.key
-    ca_copy = folder / "ca.pem"
-    shutil.copyfile(ca.cert_path, ca_copy)
-    pem = cert.read_text()
-    cert_id = certificate_id(pem.encode())
-    model.add_certificate(cert_id, name, pem)
-    return {
-        "thing_name": name,
-        "thing_arn": thing_arn(name),
-        "cert_file": str(cert),
-        "key_file": str(key),
-        "ca_file": str(ca_copy),
-        "certificate_id": cert_id,
-    }
 
 
 class Stack:
@@ -96,6 +62,7 @@ class Stack:
         quotas: Quotas | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        self.dir = StateDir(self.state_dir)
         self.mqtt_port, self.control_port, self.s3_port = mqtt_port, control_port, s3_port
         self.jobs_data_port = 0
         self.throttle_per_second = throttle_per_second
@@ -113,17 +80,11 @@ class Stack:
 
     @property
     def endpoints_file(self) -> Path:
-        return self.state_dir / "endpoints.json"
+        return self.dir.endpoints_file
 
     def _lock(self) -> None:
         """One running stack per state dir: two would share one SQLite store and broker dir."""
-        self._lock_file = open(self.state_dir / LOCK_FILE, "a+")  # noqa: SIM115
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_file.close()
-            self._lock_file = None
-            raise JobsctlError(f"another stack is already running on {self.state_dir}") from None
+        self._lock_file = self.dir.lock()
 
     def _unlock(self) -> None:
         if self._lock_file is not None:
@@ -131,24 +92,23 @@ class Stack:
             self._lock_file = None
 
     def start(self) -> dict[str, Any]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
-        self.endpoints_file.unlink(missing_ok=True)
-        self.ca = CertificateAuthority(self.state_dir / "ca")
-        store = Store(self.state_dir / "jobs.sqlite3")
+        self.dir.clear_endpoints()
+        self.ca = CertificateAuthority(self.dir.ca_dir)
+        store = Store(self.dir.db_file)
         try:
             self.access_key, self.secret_key = credentials(store)
         finally:
             store.close()
-        svc = self.state_dir / "service"
+        svc = self.dir.service_dir
         self.service_creds = self.ca.issue(SERVICE_IDENTITY, svc, stem=SERVICE_IDENTITY)
         self.streams_creds = self.ca.issue(STREAMS_IDENTITY, svc, stem=STREAMS_IDENTITY)
         self.server_creds = self.ca.issue_server(svc)
         try:
-            self.broker = start_broker(self.state_dir / "broker", self.ca, self.mqtt_port)
+            self.broker = start_broker(self.dir.broker_dir, self.ca, self.mqtt_port)
             self.mqtt_port = self.broker.port
             self.objects = ObjectStore(
-                self.state_dir / "s3",
+                self.dir.s3_dir,
                 self.ca,
                 region=REGION,
                 access_key=self.access_key,
@@ -177,17 +137,14 @@ class Stack:
             "service_pid": os.getpid(),
             "state_dir": str(self.state_dir),
         }
-        tmp = self.endpoints_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.endpoints, indent=2) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.endpoints_file)
+        self.dir.write_endpoints(self.endpoints)
         return self.endpoints
 
     def _start_service(self) -> None:
         assert self.ca is not None and self.objects is not None
         objects = self.objects
         config = ServiceConfig(
-            db_path=self.state_dir / "jobs.sqlite3",
+            db_path=self.dir.db_file,
             access_key=self.access_key,
             secret_key=self.secret_key,
             region=REGION,
@@ -217,7 +174,7 @@ class Stack:
     def stop(self) -> None:
         if self._lock_file is None:
             return  # not started (or already stopped): nothing of ours to stop
-        self.endpoints_file.unlink(missing_ok=True)
+        self.dir.clear_endpoints()
         if self.service is not None:
             self.service.stop()
             self.service = None
@@ -241,7 +198,7 @@ class Stack:
         """Stop and start mosquitto on the same port; the data plane reconnects by itself."""
         assert self.broker is not None and self.ca is not None
         self.broker.stop()
-        self.broker = start_broker(self.state_dir / "broker", self.ca, self.mqtt_port)
+        self.broker = start_broker(self.dir.broker_dir, self.ca, self.mqtt_port)
 
     def restart_service(self) -> None:
         """Stop both planes and start them again from SQLite (same ports)."""
@@ -260,22 +217,15 @@ class Stack:
         return self.service.model
 
     def create_thing(self, name: str, group: str | None = None) -> dict[str, Any]:
-        check_name(name)
-        if group is not None:
-            check_name(group, "thing group")
-        model, ca = self.model, self.ca
-        assert ca is not None
-        model.create_thing(name)
-        if group:
-            model.create_group(group)
-            model.add_thing_to_group(group, name)
-        info = issue_thing(self.state_dir, ca, model, name)
+        """Register a thing (things.register) in the running service's registry."""
+        assert self.ca is not None
+        info = register(self.dir, self.ca, Registry(self.model), name, group)
         info.update(mqtt_host="localhost", mqtt_port=self.mqtt_port)
         return info
 
     def iot_client(self) -> Any:
         if self._iot is None:
-            self._iot = iot_client(self.endpoints)
+            self._iot = local_client("iot", self.endpoints)
         return self._iot
 
     def events_credentials(self) -> Any:
@@ -283,20 +233,11 @@ class Stack:
         from .broker import EVENTS_IDENTITY
 
         assert self.ca is not None
-        return self.ca.issue(EVENTS_IDENTITY, self.state_dir / "service", stem=EVENTS_IDENTITY)
+        return self.ca.issue(EVENTS_IDENTITY, self.dir.service_dir, stem=EVENTS_IDENTITY)
 
     def jobs_data_client(self, **kwargs: Any) -> Any:
         """A boto3 ``iot-jobs-data`` client for the HTTPS device API."""
-        e = self.endpoints
-        return boto3.client(
-            "iot-jobs-data",
-            endpoint_url=e["jobs_data_url"],
-            region_name=e["region"],
-            aws_access_key_id=e["aws_access_key_id"],
-            aws_secret_access_key=e["aws_secret_access_key"],
-            verify=e["ca_file"],
-            **kwargs,
-        )
+        return local_client("iot-jobs-data", self.endpoints, **kwargs)
 
     def s3_client(self) -> Any:
         assert self.objects is not None
@@ -322,12 +263,4 @@ class Stack:
 
 def iot_client(endpoints: dict[str, Any], **kwargs: Any) -> Any:
     """A boto3 ``iot`` client for a local stack's control plane."""
-    return boto3.client(
-        "iot",
-        endpoint_url=endpoints["control_plane_url"],
-        region_name=endpoints["region"],
-        aws_access_key_id=endpoints["aws_access_key_id"],
-        aws_secret_access_key=endpoints["aws_secret_access_key"],
-        verify=endpoints["ca_file"],
-        **kwargs,
-    )
+    return local_client("iot", endpoints, **kwargs)

@@ -1,43 +1,39 @@
 """Subcommands of ``jobsctl``: each module here defines ``register(subparsers)``.
 
-Shared helpers for commands: :func:`load_endpoints`, :func:`print_json`, :func:`serve_alive`.
+Shared helpers for commands: :func:`state_dir_argument` (``--state-dir``, the same everywhere),
+:func:`print_json`, :func:`check_port`.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import JobsctlError
+from ..statedir import StateDir
 
 
-def load_endpoints(state_dir: Path) -> dict[str, Any]:
-    """DIR/endpoints.json written by a running ``jobsctl serve``."""
-    path = Path(state_dir) / "endpoints.json"
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise JobsctlError(
-            f"{path} does not exist: start `jobsctl serve --state-dir {state_dir}` first"
-        ) from None
-    except ValueError as exc:
-        raise JobsctlError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise JobsctlError(f"{path} is not a JSON object")
-    return data
-
-
-def serve_alive(state_dir: Path) -> dict[str, Any] | None:
-    """The endpoints of a running stack on this state dir, or None when none runs."""
-    try:
-        endpoints = load_endpoints(state_dir)
-        os.kill(int(endpoints["service_pid"]), 0)
-    except (JobsctlError, KeyError, ValueError, ProcessLookupError, PermissionError):
-        return None
-    return endpoints
+def state_dir_argument(
+    parser: argparse.ArgumentParser,
+    *,
+    required: bool = True,
+    default: str | None = None,
+    more: str = "",
+) -> None:
+    """``--state-dir DIR``, the same flag with the same meaning in every command: the local
+    stack's folder (jobsctl.statedir); parsed into a :class:`StateDir`."""
+    parser.add_argument(
+        "--state-dir",
+        type=StateDir,
+        required=required,
+        default=default,
+        metavar="DIR",
+        help="the local stack's folder (endpoints.json, jobs.sqlite3, ca/, things/NAME/, "
+        "devices/NAME/: README, 'The state directory')" + (f"; {more}" if more else ""),
+    )
 
 
 def check_port(port: str) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
@@ -16,6 +15,7 @@ from rich.text import Text
 
 from .. import boardmodel
 from ..demo import COLOURS, Demo, Result, ota_available
+from . import state_dir_argument
 from .image import parse_size
 
 
@@ -38,11 +38,12 @@ def register(sub: Any) -> None:
         default=None,
         help="job type (default: ota when available, else config)",
     )
-    p.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path("build/demo"),
-        help="state folder (default build/demo): new, empty, or one an earlier demo made",
+    state_dir_argument(
+        p,
+        required=False,
+        default="build/demo",
+        more="the demo runs a stack of its own here (default build/demo) and empties it "
+        "first: a new or empty folder, or one an earlier demo made",
     )
     p.add_argument(
         "--max-per-minute",

@@ -13,6 +13,7 @@ from typing import Any
 from ..boardmodel import DEFAULT, PROFILES
 from ..device import DeviceProcess, setup_board
 from ..errors import JobsctlError
+from . import state_dir_argument
 
 
 def register(sub: Any) -> None:
@@ -28,7 +29,7 @@ def register(sub: Any) -> None:
             "of the device code restarts it; an unfed watchdog resets it."
         ),
     )
-    r.add_argument("--state-dir", type=Path, required=True)
+    state_dir_argument(r, more="the stack the board connects to (jobsctl serve)")
     r.add_argument("name", help="the thing (made with jobsctl thing create)")
     r.add_argument("--version", default="1.0.0", help="firmware version of a new board's ota_0")
     r.add_argument(

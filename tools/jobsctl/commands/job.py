@@ -16,8 +16,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from ..errors import JobsctlError
-from ..stack import iot_client
-from . import load_endpoints, print_json
+from ..statedir import local_client
+from . import print_json, state_dir_argument
 from .image import add_slot_options, slot_size
 
 
@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
 
     def add(name: str, helptext: str) -> argparse.ArgumentParser:
         q: argparse.ArgumentParser = jsub.add_parser(name, help=helptext)
-        q.add_argument("--state-dir", type=Path, help="local stack (default: real AWS)")
+        state_dir_argument(q, required=False, more="without it, real AWS (--region, --profile)")
         q.add_argument("--region", help="AWS region (real AWS only)")
         q.add_argument("--profile", help="AWS profile (real AWS only)")
         return q
@@ -243,7 +243,7 @@ def _policies(args: argparse.Namespace) -> dict[str, Any]:
 
 def client(args: argparse.Namespace) -> Any:
     if args.state_dir is not None:
-        return iot_client(load_endpoints(args.state_dir))
+        return args.state_dir.client("iot")
     session = boto3.Session(profile_name=args.profile, region_name=args.region)
     return session.client("iot")
 
@@ -313,19 +313,9 @@ def create(args: argparse.Namespace) -> int:
 
 def _storage(args: argparse.Namespace) -> tuple[Any, str, str, str | None, str]:
     """(s3 client, bucket, account id, role ARN, region) for the local stack or real AWS."""
-    from botocore.config import Config
-
     if args.state_dir is not None:
-        ep = load_endpoints(args.state_dir)
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=ep["s3_url"],
-            region_name=ep["region"],
-            aws_access_key_id=ep["aws_access_key_id"],
-            aws_secret_access_key=ep["aws_secret_access_key"],
-            verify=ep["ca_file"],
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        ep = args.state_dir.endpoints()
+        s3 = local_client("s3", ep)
         bucket, account, role = args.bucket or ep["bucket"], str(ep["account_id"]), args.role_arn
         region = str(ep["region"])
     else:

@@ -7,11 +7,11 @@ import json
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from ..service.quotas import ACTIVE_JOBS, Quotas
 from ..stack import Stack
+from . import state_dir_argument
 
 
 def register(sub: Any) -> None:
@@ -20,7 +20,7 @@ def register(sub: Any) -> None:
         help="run mosquitto, the Jobs service and the object store until Ctrl-C",
         description="Run the local AWS IoT Jobs stack on loopback; writes DIR/endpoints.json.",
     )
-    p.add_argument("--state-dir", type=Path, required=True, help="state folder (e.g. .local)")
+    state_dir_argument(p, more="the stack runs here and keeps its state (e.g. .local)")
     p.add_argument("--mqtt-port", type=int, default=0, help="broker port (default: a free one)")
     p.add_argument("--control-port", type=int, default=0, help="control-plane HTTPS port")
     p.add_argument("--s3-port", type=int, default=0, help="object store HTTPS port")

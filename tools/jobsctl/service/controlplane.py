@@ -25,8 +25,10 @@ from botocore.model import OperationModel, ServiceModel
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from . import operations, quotas, sigv4, templates
-from .model import ApiError, Model, invalid
+from . import control_views as views
+from . import fleet, operations, quotas, sigv4, templates
+from .errors import ApiError, invalid
+from .model import Model
 from .validate import MAX_DEPTH, document_parameter_errors, json_depth, message, validate
 
 log = logging.getLogger("jobsctl.controlplane")
@@ -98,8 +100,9 @@ class ControlPlane:
         self.routes = [_Route(smodel.operation_model(name)) for name in names]
         self.handlers: dict[str, Handler] = {
             "CreateJob": lambda p: model.create_job(p["jobId"], templates.resolve(model, p)),
-            "DescribeJob": lambda p: model.describe_job(p["jobId"]),
-            "ListJobs": lambda p: model.list_jobs(
+            "DescribeJob": lambda p: views.describe_job(model, p["jobId"]),
+            "ListJobs": lambda p: views.list_jobs(
+                model,
                 p.get("status"),
                 p.get("targetSelection"),
                 p.get("thingGroupName"),
@@ -112,15 +115,16 @@ class ControlPlane:
             ),
             "DeleteJob": self._delete_job,
             "GetJobDocument": lambda p: {
-                "document": model.job_document(p["jobId"], bool(p.get("beforeSubstitution")))
+                "document": views.job_document(model, p["jobId"], bool(p.get("beforeSubstitution")))
             },
-            "DescribeJobExecution": lambda p: model.describe_execution(
-                p["thingName"], p["jobId"], p.get("executionNumber")
+            "DescribeJobExecution": lambda p: views.describe_execution(
+                model, p["thingName"], p["jobId"], p.get("executionNumber")
             ),
-            "ListJobExecutionsForJob": lambda p: model.list_executions_for_job(
-                p["jobId"], p.get("status"), p.get("maxResults"), p.get("nextToken")
+            "ListJobExecutionsForJob": lambda p: views.list_executions_for_job(
+                model, p["jobId"], p.get("status"), p.get("maxResults"), p.get("nextToken")
             ),
-            "ListJobExecutionsForThing": lambda p: model.list_executions_for_thing(
+            "ListJobExecutionsForThing": lambda p: views.list_executions_for_thing(
+                model,
                 p["thingName"],
                 p.get("status"),
                 p.get("jobId"),
@@ -129,13 +133,16 @@ class ControlPlane:
             ),
             "CancelJobExecution": self._cancel_execution,
             "CreateThing": self._create_thing,
-            "DescribeThing": lambda p: model.describe_thing(p["thingName"]),
-            "ListThings": lambda p: model.list_things(p.get("maxResults"), p.get("nextToken")),
-            "CreateThingGroup": lambda p: model.create_group(
+            "DescribeThing": lambda p: fleet.describe_thing(model, p["thingName"]),
+            "ListThings": lambda p: fleet.list_things(
+                model, p.get("maxResults"), p.get("nextToken")
+            ),
+            "CreateThingGroup": lambda p: fleet.create_group(
+                model,
                 p["thingGroupName"],
                 (p.get("thingGroupProperties") or {}).get("thingGroupDescription"),
             ),
-            "DescribeThingGroup": lambda p: model.describe_group(p["thingGroupName"]),
+            "DescribeThingGroup": lambda p: fleet.describe_group(model, p["thingGroupName"]),
             "AddThingToThingGroup": self._add_to_group,
             **operations.handlers(model),
         }
@@ -166,8 +173,8 @@ class ControlPlane:
 
         if p["thingName"].lower() in RESERVED_NAMES:
             raise invalid(f"Thing name {p['thingName']} is reserved for the Jobs service.")
-        return self.model.create_thing(
-            p["thingName"], (p.get("attributePayload") or {}).get("attributes")
+        return fleet.create_thing(
+            self.model, p["thingName"], (p.get("attributePayload") or {}).get("attributes")
         )
 
     def _add_to_group(self, p: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +182,7 @@ class ControlPlane:
         thing = p.get("thingName") or _arn_name(p.get("thingArn"), "thing")
         if not group or not thing:
             raise invalid("Both a thing (name or ARN) and a thing group (name or ARN) are needed.")
-        self.model.add_thing_to_group(group, thing)
+        fleet.add_thing_to_group(self.model, group, thing)
         return {}
 
     # ---------------------------------------------------------------- WSGI
@@ -235,7 +242,7 @@ class ControlPlane:
             if m:
                 if self.rate is not None:
                     self.rate.take(route.op.name)
-                params = self._params(route.op, m.groupdict(), raw_query, body)
+                params = self._params(route.op, m.groupdict(), raw_query, body, lower)
                 return self.handlers[route.op.name](params)
         raise ApiError(
             "UnknownOperationException", 404, f"No operation {request.method} {path} here."
@@ -243,7 +250,11 @@ class ControlPlane:
 
     @staticmethod
     def _params(
-        op: OperationModel, uri: dict[str, str], raw_query: str, body: bytes
+        op: OperationModel,
+        uri: dict[str, str],
+        raw_query: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         shape = op.input_shape
         assert shape is not None
@@ -268,6 +279,8 @@ class ControlPlane:
                 params[name] = _coerce(member.type_name, unquote(uri[wire]), wire)
             elif loc == "querystring" and wire in query:
                 params[name] = _coerce(member.type_name, query[wire], wire)
+            elif loc == "header" and headers and wire.lower() in headers:
+                params[name] = headers[wire.lower()]
             elif loc in ("uri", "querystring", "header"):
                 params.pop(name, None)
         seeded = params.pop("documentParameters", None) if op.name == "CreateJob" else None

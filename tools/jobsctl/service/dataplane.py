@@ -26,14 +26,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..broker import MAX_PACKET_SIZE
-from .model import (
-    DEVICE_STATUSES,
-    JobsError,
-    Model,
-    check_status_details,
-    check_step_timeout,
-    parse_s3_url,
-)
+from . import data_views, validate
+from .common import TERMINAL, parse_s3_url
+from .errors import JobsError
+from .model import Execution, Model
 
 log = logging.getLogger("jobsctl.dataplane")
 
@@ -42,17 +38,6 @@ _TOPIC = re.compile(r"\$aws/things/([^/]+)/jobs/(.+)")
 _JOB_ID = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _THING = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _PRESIGNED = re.compile(r"\$\{aws:iot:s3-presigned-url(?:-v2)?:([^}\s\"]+)\}")
-_UPDATE_KEYS = {
-    "status",
-    "statusDetails",
-    "expectedVersion",
-    "executionNumber",
-    "includeJobExecutionState",
-    "includeJobDocument",
-    "stepTimeoutInMinutes",
-    "clientToken",
-}
-
 Presigner = Callable[[str, str, int], str]
 Reply = tuple[str, dict[str, Any]]
 
@@ -321,13 +306,13 @@ class DataPlane:
     def _fault(self, thing: str, job_id: str | None, code: str) -> JobsError:
         state = None
         if code in ("VersionMismatch", "InvalidStateTransition"):
-            row = None
+            ex = None
             if job_id and job_id != "$next":
-                row = self.model.execution_row(thing, job_id)
+                ex = self.model.execution(thing, job_id)
             else:
-                rows = self.model.pending(thing)
-                row = rows[0] if rows else None
-            state = self.model.state_of(row) if row is not None else None
+                pending = self.model.pending(thing)
+                ex = pending[0] if pending else None
+            state = data_views.state(ex) if ex is not None else None
         return JobsError(code, f"Injected fault: {code}", state)
 
     def _reject(
@@ -363,82 +348,45 @@ class DataPlane:
         self.client.publish(topic, payload, qos=1)
 
     def _get(self, thing: str) -> dict[str, Any]:
-        rows = self.model.pending(thing)[:PENDING_MAX]
+        pending = self.model.pending(thing)[:PENDING_MAX]
         return {
-            "inProgressJobs": [self.model.summary_of(r) for r in rows if r["status"] != "QUEUED"],
-            "queuedJobs": [self.model.summary_of(r) for r in rows if r["status"] == "QUEUED"],
+            "inProgressJobs": [data_views.summary(e) for e in pending if e.status != "QUEUED"],
+            "queuedJobs": [data_views.summary(e) for e in pending if e.status == "QUEUED"],
         }
 
     def _start_next(self, thing: str, request: dict[str, Any]) -> dict[str, Any]:
-        details = request.get("statusDetails")
-        if details is not None:
-            details = check_status_details(details)
-        step = check_step_timeout(request.get("stepTimeoutInMinutes"))
-        row = self.model.start_next(thing, details, step)
-        if row is None:
+        details, step = validate.start_next_request(request)
+        ex = self.model.start_next(thing, details, step)
+        if ex is None:
             return {}
-        return {"execution": self._execution(row, True)}
+        return {"execution": self._execution(ex, True)}
 
     def _describe(self, thing: str, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
-        number = request.get("executionNumber")
-        if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
-            raise JobsError("InvalidRequest", "executionNumber must be an integer.")
-        include = request.get("includeJobDocument", True)
-        if not isinstance(include, bool):
-            raise JobsError("InvalidRequest", "includeJobDocument must be a boolean.")
+        number, include = validate.describe_request(request)
         if job_id == "$next":
-            rows = self.model.pending(thing)
-            if not rows:
+            pending = self.model.pending(thing)
+            if not pending:
                 return {}
-            row = rows[0]
+            ex = pending[0]
         else:
-            found = self.model.execution_row(thing, job_id)
-            if found is None or (number is not None and found["execution_number"] != number):
+            found = self.model.execution(thing, job_id)
+            if found is None or (number is not None and found.execution_number != number):
                 raise JobsError(
                     "ResourceNotFound", f"Job execution of {job_id} on {thing} does not exist."
                 )
-            if found["status"] in (
-                "SUCCEEDED",
-                "FAILED",
-                "REJECTED",
-                "CANCELED",
-                "TIMED_OUT",
-                "REMOVED",
-            ):
+            if found.status in TERMINAL:
                 raise JobsError(
                     "TerminalStateReached",
-                    f"Job execution of {job_id} on {thing} is {found['status']}.",
+                    f"Job execution of {job_id} on {thing} is {found.status}.",
                 )
-            row = found
-        return {"execution": self._execution(row, include)}
+            ex = found
+        return {"execution": self._execution(ex, include)}
 
     def _update(self, thing: str, job_id: str, request: dict[str, Any]) -> dict[str, Any]:
         if job_id == "$next":
             raise JobsError("InvalidRequest", "$next is valid only for get.")
-        unknown = set(request) - _UPDATE_KEYS
-        if unknown:
-            raise JobsError("InvalidRequest", f"Unknown field {sorted(unknown)[0]}.")
-        status = request.get("status")
-        if status is None:
-            raise JobsError("InvalidRequest", "status is required.")
-        if status not in DEVICE_STATUSES:
-            raise JobsError(
-                "InvalidRequest",
-                f"status {str(status)[:40]} is not one of IN_PROGRESS, SUCCEEDED, FAILED,"
-                " REJECTED.",
-            )
-        details = request.get("statusDetails")
-        if details is not None:
-            details = check_status_details(details)
-        for key in ("expectedVersion", "executionNumber"):
-            value = request.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise JobsError("InvalidRequest", f"{key} must be an integer.")
-        for key in ("includeJobExecutionState", "includeJobDocument"):
-            if not isinstance(request.get(key, False), bool):
-                raise JobsError("InvalidRequest", f"{key} must be a boolean.")
-        step = check_step_timeout(request.get("stepTimeoutInMinutes"), allow_cancel=True)
-        row = self.model.update(
+        status, details, step = validate.update_request(request)
+        ex = self.model.update(
             thing,
             job_id,
             status,
@@ -449,19 +397,19 @@ class DataPlane:
         )
         reply: dict[str, Any] = {}
         if request.get("includeJobExecutionState"):
-            reply["executionState"] = self.model.state_of(row)
+            reply["executionState"] = data_views.state(ex)
         if request.get("includeJobDocument"):
-            execution = self._execution(row, True)
-            reply["jobDocument"] = execution["jobDocument"]
+            document, presigned = self.model.document(ex)
+            reply["jobDocument"] = self.handout(document, presigned)
         return reply
 
     # ---------------------------------------------------------------- documents
 
-    def _execution(self, row: Any, include_document: bool) -> dict[str, Any]:
-        with self.model.lock:
-            out, job = self.model.execution_of(row, include_document)
+    def _execution(self, ex: Execution, include_document: bool) -> dict[str, Any]:
+        out = data_views.execution(ex, self.model.now)
         if include_document:
-            out["jobDocument"] = self.handout(out["jobDocument"], job["presigned"])
+            document, presigned = self.model.document(ex)
+            out["jobDocument"] = self.handout(document, presigned)
         return out
 
     def handout(self, document: str, presigned: str | None) -> Any:
@@ -497,22 +445,22 @@ class DataPlane:
 
     def _notify_one(self, thing: str) -> None:
         with self._notify_lock:
-            rows = self.model.pending(thing)
+            pending = self.model.pending(thing)
             now = int(time.time())
             # added to or removed from, or an execution moved QUEUED -> IN_PROGRESS
-            listing = tuple(sorted((r["job_id"], r["status"]) for r in rows))
+            listing = tuple(sorted((e.job_id, e.status) for e in pending))
             if self._last_list.get(thing) != listing:
                 self._last_list[thing] = listing
                 jobs: dict[str, list[dict[str, Any]]] = {}
-                for r in rows[:PENDING_MAX]:
-                    jobs.setdefault(r["status"], []).append(self.model.summary_of(r))
+                for e in pending[:PENDING_MAX]:
+                    jobs.setdefault(e.status, []).append(data_views.summary(e))
                 self._publish(f"{_PREFIX}{thing}/jobs/notify", {"timestamp": now, "jobs": jobs})
-            key = (rows[0]["job_id"], rows[0]["execution_number"]) if rows else None
+            key = (pending[0].job_id, pending[0].execution_number) if pending else None
             if self._last_next.get(thing, "unset") != key:
                 self._last_next[thing] = key
                 body: dict[str, Any] = {"timestamp": now}
-                if rows:
-                    body["execution"] = self._execution(rows[0], True)
+                if pending:
+                    body["execution"] = self._execution(pending[0], True)
                 self._publish(f"{_PREFIX}{thing}/jobs/notify-next", body)
 
 

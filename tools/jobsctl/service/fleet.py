@@ -1,23 +1,23 @@
-"""Registry operations beyond create/describe: removing things from groups, listing groups and
-their members, deleting things, resource tags, and DescribeEndpoint, with the rules of the AWS
-IoT API reference."""
+"""The registry: things, thing groups and their members, certificates, resource tags and
+DescribeEndpoint, with the rules of the AWS IoT API reference. Functions of the model (its lock
+and transaction, :meth:`Model._op`); adding a thing to a group is the one that starts
+transitions (a CONTINUOUS job's new target)."""
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any
+import sqlite3
+import uuid
+from typing import TYPE_CHECKING, Any
 
-from .model import (
-    ACCOUNT_ID,
-    REGION,
-    ApiError,
-    Model,
-    _drop_none,
-    _page,
-    group_arn,
-    invalid,
-    not_found,
-)
+from .common import ACCOUNT_ID, REGION, group_arn, thing_arn
+from .common import drop_none as _drop_none
+from .common import page as _page
+from .errors import ApiError, invalid, not_found
+
+if TYPE_CHECKING:
+    from .model import Model
 
 # TagResource: "Each resource can have up to 50 tags" (AWS IoT tagging guide).
 MAX_TAGS = 50
@@ -38,6 +38,141 @@ ENDPOINT_TYPES = {
 }
 
 
+def create_thing(
+    model: Model, name: str, attributes: dict[str, str] | None = None
+) -> dict[str, Any]:
+    with model._op() as db:
+        row = db.execute("SELECT * FROM things WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            if attributes and json.loads(row["attributes"]) != attributes:
+                raise ApiError(
+                    "ResourceAlreadyExistsException",
+                    409,
+                    f"Thing {name} already exists in account with different attributes",
+                )
+            thing_id = row["thing_id"]
+        else:
+            thing_id = str(uuid.uuid4())
+            db.execute(
+                "INSERT INTO things VALUES (?, ?, ?, 1, ?)",
+                (name, thing_id, json.dumps(attributes or {}), model.now()),
+            )
+    return {"thingName": name, "thingArn": thing_arn(name), "thingId": thing_id}
+
+
+def thing_row(db: sqlite3.Connection, name: str) -> sqlite3.Row:
+    """The thing's row; ResourceNotFoundException when there is none."""
+    row: sqlite3.Row | None = db.execute("SELECT * FROM things WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise not_found(f"Thing {name} cannot be found.")
+    return row
+
+
+def thing_exists(model: Model, name: str) -> bool:
+    with model.lock:
+        found = model.db.execute("SELECT 1 FROM things WHERE name = ?", (name,)).fetchone()
+    return found is not None
+
+
+def describe_thing(model: Model, name: str) -> dict[str, Any]:
+    with model.lock:
+        row = thing_row(model.db, name)
+    return {
+        "defaultClientId": name,
+        "thingName": name,
+        "thingId": row["thing_id"],
+        "thingArn": thing_arn(name),
+        "attributes": json.loads(row["attributes"]),
+        "version": row["version"],
+    }
+
+
+def list_things(model: Model, max_results: int | None, token: str | None) -> dict[str, Any]:
+    with model.lock:
+        rows = model.db.execute("SELECT * FROM things ORDER BY name").fetchall()
+    page, next_token = _page(rows, max_results, token)
+    things = [
+        {
+            "thingName": r["name"],
+            "thingArn": thing_arn(r["name"]),
+            "attributes": json.loads(r["attributes"]),
+            "version": r["version"],
+        }
+        for r in page
+    ]
+    return _drop_none({"things": things, "nextToken": next_token})
+
+
+def create_group(model: Model, name: str, description: str | None = None) -> dict[str, Any]:
+    with model._op() as db:
+        row = db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
+        if row is not None:
+            group_id = row["group_id"]
+        else:
+            group_id = str(uuid.uuid4())
+            db.execute(
+                "INSERT INTO groups VALUES (?, ?, ?, ?)",
+                (name, group_id, description, model.now()),
+            )
+    return {"thingGroupName": name, "thingGroupArn": group_arn(name), "thingGroupId": group_id}
+
+
+def describe_group(model: Model, name: str) -> dict[str, Any]:
+    with model.lock:
+        row = model.db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
+    if row is None:
+        raise not_found(f"Thing group {name} cannot be found.")
+    return _drop_none(
+        {
+            "thingGroupName": name,
+            "thingGroupId": row["group_id"],
+            "thingGroupArn": group_arn(name),
+            "version": 1,
+            "thingGroupProperties": _drop_none({"thingGroupDescription": row["description"]}),
+            "thingGroupMetadata": {"creationDate": row["created_at"]},
+            "status": "ACTIVE",
+        }
+    )
+
+
+def add_thing_to_group(model: Model, group: str, thing: str) -> None:
+    with model._op() as db:
+        if db.execute("SELECT 1 FROM groups WHERE name = ?", (group,)).fetchone() is None:
+            raise not_found(f"Thing group {group} cannot be found.")
+        thing_row(db, thing)
+        cur = db.execute("INSERT OR IGNORE INTO memberships VALUES (?, ?)", (group, thing))
+        if cur.rowcount:
+            model.joined_group(group, thing)
+
+
+def add_certificate(model: Model, cert_id: str, thing: str, pem: str) -> None:
+    """The thing's certificate, registered and attached at once (a stack's own things)."""
+    with model._op() as db:
+        db.execute(
+            "INSERT OR REPLACE INTO certificates VALUES (?, ?, ?, ?)",
+            (cert_id, thing, pem, model.now()),
+        )
+
+
+class Registry:
+    """The registry of one model as an object (what jobsctl.things registers a thing with)."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def create_thing(self, name: str) -> dict[str, Any]:
+        return create_thing(self.model, name)
+
+    def create_group(self, name: str) -> dict[str, Any]:
+        return create_group(self.model, name)
+
+    def add_thing_to_group(self, group: str, thing: str) -> None:
+        add_thing_to_group(self.model, group, thing)
+
+    def add_certificate(self, cert_id: str, thing: str, pem: str) -> None:
+        add_certificate(self.model, cert_id, thing, pem)
+
+
 def _group_row(model: Model, name: str) -> Any:
     row = model.db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
     if row is None:
@@ -48,7 +183,7 @@ def _group_row(model: Model, name: str) -> Any:
 def remove_thing_from_group(model: Model, group: str, thing: str) -> dict[str, Any]:
     with model._op() as db:
         _group_row(model, group)
-        model._thing(thing)
+        thing_row(db, thing)
         db.execute("DELETE FROM memberships WHERE group_name = ? AND thing = ?", (group, thing))
     return {}
 
@@ -155,3 +290,40 @@ def describe_endpoint(model: Model, endpoint_type: str | None) -> dict[str, Any]
         known = ", ".join(t for t in ENDPOINT_TYPES if model.endpoints.get(ENDPOINT_TYPES[t]))
         raise invalid(f"endpointType {endpoint_type} is not served here (known: {known}).")
     return {"endpointAddress": f"localhost:{port}"}
+
+
+def certificate_arn(cert_id: str) -> str:
+    return f"{_arn_prefix()}cert/{cert_id}"
+
+
+def register_certificate(model: Model, pem: str, status: str | None) -> dict[str, Any]:
+    """RegisterCertificateWithoutCA: record a device certificate, attached to no thing yet
+    (AttachThingPrincipal attaches it). Only ACTIVE certificates are kept here."""
+    from ..pki import certificate_id
+
+    if status not in (None, "ACTIVE"):
+        raise invalid(f"Only ACTIVE certificates are registered here, not {status}.")
+    try:
+        cert_id = certificate_id(pem.encode())
+    except ValueError:
+        raise invalid("certificatePem is not a PEM-encoded X.509 certificate.") from None
+    with model._op() as db:
+        if db.execute("SELECT 1 FROM certificates WHERE cert_id = ?", (cert_id,)).fetchone():
+            raise ApiError(
+                "ResourceAlreadyExistsException", 409, f"The certificate {cert_id} is registered."
+            )
+        db.execute("INSERT INTO certificates VALUES (?, '', ?, ?)", (cert_id, pem, model.now()))
+    return {"certificateArn": certificate_arn(cert_id), "certificateId": cert_id}
+
+
+def attach_principal(model: Model, thing: str, principal: str) -> dict[str, Any]:
+    """AttachThingPrincipal: the certificate (by ARN) becomes the thing's (one thing each)."""
+    prefix, _, cert_id = principal.rpartition(":cert/")
+    if prefix != _arn_prefix().rstrip(":") or not cert_id:
+        raise invalid(f"The principal {principal} is not a certificate ARN of this account.")
+    with model._op() as db:
+        thing_row(db, thing)
+        cur = db.execute("UPDATE certificates SET thing = ? WHERE cert_id = ?", (thing, cert_id))
+        if not cur.rowcount:
+            raise not_found(f"The certificate {cert_id} cannot be found.")
+    return {}

@@ -8,17 +8,11 @@ import json
 from typing import Any
 
 from . import events, policies
-from .model import (
-    TERMINAL,
-    ApiError,
-    Model,
-    _drop_none,
-    check_job_policies,
-    invalid,
-    job_arn,
-    not_found,
-    thing_arn,
-)
+from .common import TERMINAL, job_arn, thing_arn
+from .common import drop_none as _drop_none
+from .errors import ApiError, invalid, not_found
+from .model import Model
+from .validate import check_job_policies
 
 # AssociateTargetsWithJob: "The total number of targets associated with a job must not exceed
 # 100."

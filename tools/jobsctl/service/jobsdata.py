@@ -17,9 +17,11 @@ from typing import Any
 import botocore.session
 from botocore.model import OperationModel
 
+from . import fleet
 from .controlplane import ControlPlane, _Route
 from .dataplane import DataPlane
-from .model import ApiError, JobsError, Model, not_found
+from .errors import ApiError, JobsError, not_found
+from .model import Model
 
 OPERATIONS = (
     "GetPendingJobExecutions",
@@ -85,7 +87,7 @@ class JobsDataApi(ControlPlane):
 
     def _call(self, p: dict[str, Any], run: Any) -> dict[str, Any]:
         thing = p["thingName"]
-        if not self.model.thing_exists(thing):
+        if not fleet.thing_exists(self.model, thing):
             raise not_found(f"Thing {thing} cannot be found.")
         try:
             if self.data._throttled(thing):

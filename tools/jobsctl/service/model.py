@@ -1,9 +1,12 @@
-"""The jobs model: things, groups, jobs and job executions, as AWS IoT Jobs keeps them.
+"""The jobs model's transitions: jobs and job executions, as AWS IoT Jobs moves them.
 
 Both planes call this model; it owns every state transition (execution state machine, job
 status, rollout, step timeouts, CONTINUOUS targets) and persists each operation as one SQLite
-transaction. Control-plane failures raise :class:`ApiError` (the AWS exception name and HTTP
-status); data-plane failures raise :class:`JobsError` (the MQTT error codes).
+transaction, under one lock. Around it: the registry of things and groups (:mod:`.fleet`),
+validation (:mod:`.validate`), and the wire views of each plane (:mod:`.control_views`,
+:mod:`.data_views`). The data plane gets :class:`Execution` values, never rows or the lock.
+Control-plane failures raise :class:`ApiError` (the AWS exception name and HTTP status);
+data-plane failures raise :class:`JobsError` (the MQTT error codes), both in :mod:`.errors`.
 After each operation the things whose pending executions may have changed are handed to
 ``on_change`` (outside the lock), which the data plane turns into notify/notify-next pushes.
 """
@@ -15,143 +18,56 @@ import re
 import sqlite3
 import threading
 import time
-import unicodedata
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError
 
-from . import policies
+from . import fleet, policies, validate
+from .common import (
+    ACCOUNT_ID,
+    REGION,
+    TERMINAL,
+    group_arn,
+    job_arn,
+    opt_json,
+    parse_s3_url,
+    substitute_parameters,
+    thing_arn,
+)
+from .common import drop_none as _drop_none
+from .data_views import state
+from .errors import ApiError, JobsError, invalid, not_found
 from .store import Store
+from .validate import MAX_DOCUMENT
 
-REGION = "us-east-1"
-ACCOUNT_ID = "123456789012"
-
-TERMINAL = frozenset({"SUCCEEDED", "FAILED", "REJECTED", "CANCELED", "TIMED_OUT", "REMOVED"})
-PENDING = ("IN_PROGRESS", "QUEUED")
-DEVICE_STATUSES = frozenset({"IN_PROGRESS", "SUCCEEDED", "FAILED", "REJECTED"})
-EXECUTION_STATUSES = (
-    "QUEUED",
-    "IN_PROGRESS",
-    "SUCCEEDED",
-    "FAILED",
-    "TIMED_OUT",
-    "REJECTED",
-    "REMOVED",
-    "CANCELED",
-)
-
-MAX_DOCUMENT = 32768
-UNSUPPORTED_CREATE_JOB = (
-    "namespaceId",
-    "destinationPackageVersions",
-)
 # CreateJob settings kept in jobs.extra as given and returned by DescribeJob.
 EXTRA_JOB_FIELDS = ("abortConfig", "jobExecutionsRetryConfig", "schedulingConfig", "jobTemplateArn")
-_NAME = re.compile(r"[a-zA-Z0-9:_-]+")
-_JOB_ID = re.compile(r"[a-zA-Z0-9_-]+")
 _ARN = re.compile(r"arn:aws:iot:([a-z0-9-]+):(\d{12}):(thing|thinggroup)/([a-zA-Z0-9:_-]+)")
-_PARAM = re.compile(r"\$\{aws:iot:parameter:([a-zA-Z0-9:_-]+)\}")
-_S3_URL = re.compile(r"https://s3(?:[.-]([a-z0-9-]+))?\.amazonaws\.com/([^/]+)/(.+)")
 
 
-class ApiError(Exception):
-    """A control-plane error: AWS exception name, HTTP status, message."""
+class Execution(NamedTuple):
+    """A job execution as the data plane gets it: plain values, no database row. The fields
+    are the executions table's columns in their order (checked when a Model opens a store)."""
 
-    def __init__(self, name: str, status: int, message: str) -> None:
-        super().__init__(message)
-        self.name, self.status, self.message = name, status, message
+    seq: int
+    job_id: str
+    thing: str
+    execution_number: int
+    status: str
+    version: int
+    status_details: str  # JSON
+    queued_at: float
+    started_at: float | None
+    updated_at: float
+    step_deadline: float | None
+    job_deadline: float | None
+    force_canceled: int
 
-
-def not_found(message: str) -> ApiError:
-    return ApiError("ResourceNotFoundException", 404, message)
-
-
-def invalid(message: str) -> ApiError:
-    return ApiError("InvalidRequestException", 400, message)
-
-
-class JobsError(Exception):
-    """A data-plane error reply: code, message and (for two codes) the execution state."""
-
-    def __init__(self, code: str, message: str, state: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.code, self.message, self.state = code, message, state
-
-
-def thing_arn(name: str) -> str:
-    return f"arn:aws:iot:{REGION}:{ACCOUNT_ID}:thing/{name}"
-
-
-def group_arn(name: str) -> str:
-    return f"arn:aws:iot:{REGION}:{ACCOUNT_ID}:thinggroup/{name}"
-
-
-def job_arn(job_id: str) -> str:
-    return f"arn:aws:iot:{REGION}:{ACCOUNT_ID}:job/{job_id}"
-
-
-def has_control_chars(value: str) -> bool:
-    return any(unicodedata.category(c).startswith("C") for c in value)
-
-
-def check_status_details(details: object) -> dict[str, str]:
-    """statusDetails per AWS limits; raises JobsError(InvalidRequest)."""
-    if not isinstance(details, dict):
-        raise JobsError("InvalidRequest", "statusDetails must be an object of strings")
-    for key, value in details.items():
-        if not (1 <= len(key) <= 128) or not _NAME.fullmatch(key):
-            raise JobsError(
-                "InvalidRequest",
-                f"statusDetails key '{key[:140]}' must be 1-128 characters of [a-zA-Z0-9:_-]",
-            )
-        if not isinstance(value, str):
-            raise JobsError("InvalidRequest", f"statusDetails value of '{key}' must be a string")
-        if not (1 <= len(value) <= 1024) or has_control_chars(value):
-            raise JobsError(
-                "InvalidRequest",
-                f"statusDetails value of '{key}' must be 1-1024 characters without control"
-                " characters",
-            )
-    return details
-
-
-def check_step_timeout(value: object, allow_cancel: bool = False) -> int | None:
-    """stepTimeoutInMinutes of a data-plane request; -1 only where ``allow_cancel``."""
-    try:
-        return policies.check_step_timeout(value, allow_cancel)
-    except ValueError as exc:
-        raise JobsError("InvalidRequest", str(exc)) from None
-
-
-def check_job_policies(req: dict[str, Any], now: float) -> None:
-    """timeoutConfig, abortConfig, jobExecutionsRetryConfig, schedulingConfig and
-    jobExecutionsRolloutConfig beyond their botocore shapes."""
-    from . import rollouts
-
-    try:
-        policies.check_timeout_config(req.get("timeoutConfig"))
-        policies.check_abort_config(req.get("abortConfig"))
-        policies.check_retry_config(req.get("jobExecutionsRetryConfig"))
-        rollouts.check(req, now)
-    except ValueError as exc:
-        raise invalid(str(exc)) from None
-
-
-def parse_s3_url(url: str) -> tuple[str, str] | None:
-    """``https://s3[.region].amazonaws.com/BUCKET/KEY`` -> (bucket, key)."""
-    m = _S3_URL.fullmatch(url)
-    return (m.group(2), m.group(3)) if m else None
-
-
-def _opt_json(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None}
+    @classmethod
+    def of(cls, row: sqlite3.Row) -> Execution:
+        return cls._make(row)  # a row of executions (SELECT e.*): the columns above, in order
 
 
 class Model:
@@ -166,6 +82,9 @@ class Model:
     ) -> None:
         self.store = store
         self.db = store.db
+        columns = tuple(r["name"] for r in self.db.execute("PRAGMA table_info(executions)"))
+        if columns != Execution._fields:  # Execution.of maps a row by position
+            raise RuntimeError(f"executions has columns {columns}, Execution {Execution._fields}")
         self.lock = threading.RLock()
         self.on_change: Callable[[set[str]], None] | None = None
         self.fetch_object = fetch_object
@@ -242,114 +161,14 @@ class Model:
     def _touch(self, thing: str) -> None:
         self._changed.add(thing)
 
-    # ---------------------------------------------------------------- things and groups
-
-    def create_thing(self, name: str, attributes: dict[str, str] | None = None) -> dict[str, Any]:
-        with self._op() as db:
-            row = db.execute("SELECT * FROM things WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                if attributes and json.loads(row["attributes"]) != attributes:
-                    raise ApiError(
-                        "ResourceAlreadyExistsException",
-                        409,
-                        f"Thing {name} already exists in account with different attributes",
-                    )
-                thing_id = row["thing_id"]
-            else:
-                thing_id = str(uuid.uuid4())
-                db.execute(
-                    "INSERT INTO things VALUES (?, ?, ?, 1, ?)",
-                    (name, thing_id, json.dumps(attributes or {}), self.now()),
-                )
-        return {"thingName": name, "thingArn": thing_arn(name), "thingId": thing_id}
-
     def _thing(self, name: str) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM things WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise not_found(f"Thing {name} cannot be found.")
-        return row
+        return fleet.thing_row(self.db, name)
 
-    def thing_exists(self, name: str) -> bool:
-        with self.lock:
-            return (
-                self.db.execute("SELECT 1 FROM things WHERE name = ?", (name,)).fetchone()
-                is not None
-            )
+    # ---------------------------------------------------------------- targets
 
-    def describe_thing(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            row = self._thing(name)
-        return {
-            "defaultClientId": name,
-            "thingName": name,
-            "thingId": row["thing_id"],
-            "thingArn": thing_arn(name),
-            "attributes": json.loads(row["attributes"]),
-            "version": row["version"],
-        }
-
-    def list_things(self, max_results: int | None, token: str | None) -> dict[str, Any]:
-        with self.lock:
-            rows = self.db.execute("SELECT * FROM things ORDER BY name").fetchall()
-        page, next_token = _page(rows, max_results, token)
-        things = [
-            {
-                "thingName": r["name"],
-                "thingArn": thing_arn(r["name"]),
-                "attributes": json.loads(r["attributes"]),
-                "version": r["version"],
-            }
-            for r in page
-        ]
-        return _drop_none({"things": things, "nextToken": next_token})
-
-    def create_group(self, name: str, description: str | None = None) -> dict[str, Any]:
-        with self._op() as db:
-            row = db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
-            if row is not None:
-                group_id = row["group_id"]
-            else:
-                group_id = str(uuid.uuid4())
-                db.execute(
-                    "INSERT INTO groups VALUES (?, ?, ?, ?)",
-                    (name, group_id, description, self.now()),
-                )
-        return {"thingGroupName": name, "thingGroupArn": group_arn(name), "thingGroupId": group_id}
-
-    def describe_group(self, name: str) -> dict[str, Any]:
-        with self.lock:
-            row = self.db.execute("SELECT * FROM groups WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            raise not_found(f"Thing group {name} cannot be found.")
-        return _drop_none(
-            {
-                "thingGroupName": name,
-                "thingGroupId": row["group_id"],
-                "thingGroupArn": group_arn(name),
-                "version": 1,
-                "thingGroupProperties": _drop_none({"thingGroupDescription": row["description"]}),
-                "thingGroupMetadata": {"creationDate": row["created_at"]},
-                "status": "ACTIVE",
-            }
-        )
-
-    def add_thing_to_group(self, group: str, thing: str) -> None:
-        with self._op() as db:
-            if db.execute("SELECT 1 FROM groups WHERE name = ?", (group,)).fetchone() is None:
-                raise not_found(f"Thing group {group} cannot be found.")
-            self._thing(thing)
-            cur = db.execute("INSERT OR IGNORE INTO memberships VALUES (?, ?)", (group, thing))
-            if cur.rowcount:
-                self._continuous_targets(group, thing)
-
-    def add_certificate(self, cert_id: str, thing: str, pem: str) -> None:
-        with self._op() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO certificates VALUES (?, ?, ?, ?)",
-                (cert_id, thing, pem, self.now()),
-            )
-
-    def _continuous_targets(self, group: str, thing: str) -> None:
+    def joined_group(self, group: str, thing: str) -> None:
+        """``thing`` became a member of ``group`` (inside the registry's operation): it becomes
+        a target of the group's IN_PROGRESS CONTINUOUS jobs."""
         arn = group_arn(group)
         for job in self.db.execute(
             "SELECT * FROM jobs WHERE status = 'IN_PROGRESS' AND target_selection = 'CONTINUOUS'"
@@ -398,24 +217,10 @@ class Model:
         if source is not None:
             document = self._read_source(source)
         assert document is not None
-        if len(document) > MAX_DOCUMENT:
-            raise invalid(f"The job document is longer than {MAX_DOCUMENT} characters.")
-        try:
-            parsed = json.loads(document)
-        except (ValueError, RecursionError) as exc:
-            raise invalid(f"The job document is not valid JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise invalid("The job document must be a JSON object.")
         params = req.get("documentParameters")
-        if params:
-            missing = [p for p in _PARAM.findall(document) if p not in params]
-            if missing:
-                raise invalid(f"documentParameters lacks {', '.join(sorted(set(missing)))}.")
+        validate.check_job_document(document, params)
         rollout = req.get("jobExecutionsRolloutConfig")
-        for unsupported in UNSUPPORTED_CREATE_JOB:
-            if req.get(unsupported) is not None:
-                raise invalid(f"{unsupported} is not supported by the local service.")
-        check_job_policies(req, self.now())
+        validate.check_create_job(req, self.now())
         timeout = req.get("timeoutConfig") or None
         extra = {k: req[k] for k in EXTRA_JOB_FIELDS if req.get(k) is not None}
         now = self.now()
@@ -530,68 +335,10 @@ class Model:
             raise not_found(f"Job {job_id} cannot be found.")
         return row
 
-    def _process_details(self, job_id: str) -> dict[str, Any]:
-        counts = {s: 0 for s in EXECUTION_STATUSES}
-        for r in self.db.execute(
-            "SELECT status, COUNT(*) AS n FROM executions WHERE job_id = ? GROUP BY status",
-            (job_id,),
-        ):
-            counts[r["status"]] = r["n"]
-        names = {
-            "CANCELED": "numberOfCanceledThings",
-            "SUCCEEDED": "numberOfSucceededThings",
-            "FAILED": "numberOfFailedThings",
-            "REJECTED": "numberOfRejectedThings",
-            "QUEUED": "numberOfQueuedThings",
-            "IN_PROGRESS": "numberOfInProgressThings",
-            "REMOVED": "numberOfRemovedThings",
-            "TIMED_OUT": "numberOfTimedOutThings",
-        }
-        return {names[s]: counts[s] for s in names}
-
-    def _job_dict(self, row: sqlite3.Row) -> dict[str, Any]:
-        job_id = row["job_id"]
-        targets = json.loads(row["targets"])
-        return _drop_none(
-            {
-                "jobArn": job_arn(job_id),
-                "jobId": job_id,
-                "targetSelection": row["target_selection"],
-                "status": row["status"],
-                "forceCanceled": bool(row["force_canceled"]),
-                "reasonCode": row["reason_code"],
-                "comment": row["comment"],
-                "targets": targets,
-                "description": row["description"],
-                "presignedUrlConfig": _opt_json(row["presigned"]),
-                "jobExecutionsRolloutConfig": _opt_json(row["rollout"]),
-                "createdAt": row["created_at"],
-                "lastUpdatedAt": row["updated_at"],
-                "completedAt": row["completed_at"],
-                "jobProcessDetails": {
-                    "processingTargets": targets if row["status"] == "IN_PROGRESS" else [],
-                    **self._process_details(job_id),
-                },
-                "documentParameters": _opt_json(row["document_parameters"]),
-                "timeoutConfig": _opt_json(row["timeout_config"]),
-                "isConcurrent": False,
-                **self._extra(row),
-                "scheduledJobRollouts": self._scheduled_rollouts(row),
-            }
-        )
-
-    def _scheduled_rollouts(self, row: sqlite3.Row) -> list[dict[str, str]] | None:
-        from . import scheduling
-
-        sched = self._extra(row).get("schedulingConfig")
-        if row["status"] not in ("IN_PROGRESS", "SCHEDULED") or not sched:
-            return None
-        return scheduling.next_rollouts(sched, self.now()) or None
-
     @staticmethod
     def _extra(row: sqlite3.Row) -> dict[str, Any]:
         """The job's settings kept as given (abortConfig, jobExecutionsRetryConfig, ...)."""
-        extra: dict[str, Any] = _opt_json(row["extra"]) or {}
+        extra: dict[str, Any] = opt_json(row["extra"]) or {}
         return extra
 
     def _set_tags(self, arn: str, tags: list[dict[str, str]]) -> None:
@@ -600,71 +347,6 @@ class Model:
                 "INSERT OR REPLACE INTO tags VALUES (?, ?, ?)",
                 (arn, tag["Key"], tag.get("Value", "")),
             )
-
-    def describe_job(self, job_id: str) -> dict[str, Any]:
-        with self.lock:
-            row = self._job(job_id)
-            return _drop_none(
-                {"documentSource": row["document_source"], "job": self._job_dict(row)}
-            )
-
-    def job_document(self, job_id: str, before_substitution: bool = False) -> str:
-        with self.lock:
-            row = self._job(job_id)
-        if before_substitution:
-            return str(row["document"])
-        return self._substitute_parameters(row)
-
-    @staticmethod
-    def _substitute_parameters(row: sqlite3.Row) -> str:
-        params = _opt_json(row["document_parameters"]) or {}
-        doc = str(row["document"])
-        if not params:
-            return doc
-        return _PARAM.sub(lambda m: json.dumps(params[m.group(1)])[1:-1], doc)
-
-    def list_jobs(
-        self,
-        status: str | None,
-        target_selection: str | None,
-        group: str | None,
-        max_results: int | None,
-        token: str | None,
-        group_id: str | None = None,
-    ) -> dict[str, Any]:
-        with self.lock:
-            rows = self.db.execute("SELECT * FROM jobs ORDER BY created_at, job_id").fetchall()
-            if group_id:
-                named = self.db.execute(
-                    "SELECT name FROM groups WHERE group_id = ?", (group_id,)
-                ).fetchone()
-                if named is None or (group and group != named["name"]):
-                    rows = []
-                else:
-                    group = named["name"]
-        if status:
-            rows = [r for r in rows if r["status"] == status]
-        if target_selection:
-            rows = [r for r in rows if r["target_selection"] == target_selection]
-        if group:
-            rows = [r for r in rows if group_arn(group) in json.loads(r["targets"])]
-        page, next_token = _page(rows, max_results, token)
-        jobs = [
-            _drop_none(
-                {
-                    "jobArn": job_arn(r["job_id"]),
-                    "jobId": r["job_id"],
-                    "targetSelection": r["target_selection"],
-                    "status": r["status"],
-                    "createdAt": r["created_at"],
-                    "lastUpdatedAt": r["updated_at"],
-                    "completedAt": r["completed_at"],
-                    "isConcurrent": False,
-                }
-            )
-            for r in page
-        ]
-        return _drop_none({"jobs": jobs, "nextToken": next_token})
 
     def cancel_job(
         self, job_id: str, force: bool, reason_code: str | None, comment: str | None
@@ -735,101 +417,6 @@ class Model:
             return None
         return row
 
-    def _seconds_left(self, ex: sqlite3.Row | dict[str, Any]) -> int | None:
-        deadlines = [d for d in (ex["step_deadline"], ex["job_deadline"]) if d is not None]
-        if not deadlines or ex["status"] != "IN_PROGRESS":
-            return None
-        return max(0, int(min(deadlines) - self.now()))
-
-    def _exec_control(self, ex: sqlite3.Row | dict[str, Any]) -> dict[str, Any]:
-        left = self._seconds_left(ex)
-        return _drop_none(
-            {
-                "jobId": ex["job_id"],
-                "status": ex["status"],
-                "forceCanceled": bool(ex["force_canceled"]),
-                "statusDetails": {"detailsMap": json.loads(ex["status_details"])},
-                "thingArn": thing_arn(ex["thing"]),
-                "queuedAt": ex["queued_at"],
-                "startedAt": ex["started_at"],
-                "lastUpdatedAt": ex["updated_at"],
-                "executionNumber": ex["execution_number"],
-                "versionNumber": ex["version"],
-                "approximateSecondsBeforeTimedOut": left,
-            }
-        )
-
-    @staticmethod
-    def _summary_control(ex: sqlite3.Row) -> dict[str, Any]:
-        return _drop_none(
-            {
-                "status": ex["status"],
-                "queuedAt": ex["queued_at"],
-                "startedAt": ex["started_at"],
-                "lastUpdatedAt": ex["updated_at"],
-                "executionNumber": ex["execution_number"],
-            }
-        )
-
-    def describe_execution(
-        self, thing: str, job_id: str, execution_number: int | None
-    ) -> dict[str, Any]:
-        with self.lock:
-            ex = self._execution(thing, job_id, execution_number)
-            if ex is None and execution_number is not None and self._execution(thing, job_id):
-                old = self.db.execute(
-                    "SELECT row FROM execution_history WHERE job_id = ? AND thing = ?"
-                    " AND execution_number = ?",
-                    (job_id, thing, execution_number),
-                ).fetchone()
-                if old is not None:
-                    return {"execution": self._exec_control(json.loads(old["row"]))}
-            if ex is None:
-                raise not_found(f"Job execution of {job_id} on {thing} cannot be found.")
-            return {"execution": self._exec_control(ex)}
-
-    def list_executions_for_job(
-        self, job_id: str, status: str | None, max_results: int | None, token: str | None
-    ) -> dict[str, Any]:
-        with self.lock:
-            self._job(job_id)
-            rows = self.db.execute(
-                "SELECT * FROM executions WHERE job_id = ? ORDER BY seq", (job_id,)
-            ).fetchall()
-        rows = [r for r in rows if not status or r["status"] == status]
-        page, next_token = _page(rows, max_results, token)
-        summaries = [
-            {"thingArn": thing_arn(r["thing"]), "jobExecutionSummary": self._summary_control(r)}
-            for r in page
-        ]
-        return _drop_none({"executionSummaries": summaries, "nextToken": next_token})
-
-    def list_executions_for_thing(
-        self,
-        thing: str,
-        status: str | None,
-        job_id: str | None,
-        max_results: int | None,
-        token: str | None,
-    ) -> dict[str, Any]:
-        with self.lock:
-            self._thing(thing)
-            rows = self.db.execute(
-                "SELECT e.* FROM executions e JOIN jobs j USING (job_id) WHERE e.thing = ?"
-                " AND j.status != 'DELETION_IN_PROGRESS' ORDER BY e.seq",
-                (thing,),
-            ).fetchall()
-        rows = [
-            r
-            for r in rows
-            if (not status or r["status"] == status) and (not job_id or r["job_id"] == job_id)
-        ]
-        page, next_token = _page(rows, max_results, token)
-        summaries = [
-            {"jobId": r["job_id"], "jobExecutionSummary": self._summary_control(r)} for r in page
-        ]
-        return _drop_none({"executionSummaries": summaries, "nextToken": next_token})
-
     def cancel_execution(
         self,
         thing: str,
@@ -880,7 +467,7 @@ class Model:
         job_deadline = ex["job_deadline"]
         if status == "IN_PROGRESS" and started is None:
             started = now
-            timeout = _opt_json(self._job(ex["job_id"])["timeout_config"]) or {}
+            timeout = opt_json(self._job(ex["job_id"])["timeout_config"]) or {}
             if timeout.get("inProgressTimeoutInMinutes"):
                 job_deadline = now + 60.0 * int(timeout["inProgressTimeoutInMinutes"])
         if status != "IN_PROGRESS":
@@ -1006,81 +593,49 @@ class Model:
             self._job_event(job_id, "completed")
 
     # ---------------------------------------------------------------- data plane
+    # What the data plane calls: Execution values in and out, the lock taken here.
 
-    def state_of(self, ex: sqlite3.Row) -> dict[str, Any]:
-        """JobExecutionState as the data plane sends it."""
-        return {
-            "status": ex["status"],
-            "statusDetails": json.loads(ex["status_details"]),
-            "versionNumber": ex["version"],
-        }
+    def _pending(self, thing: str) -> list[sqlite3.Row]:
+        return self.db.execute(
+            "SELECT e.* FROM executions e JOIN jobs j USING (job_id) WHERE e.thing = ?"
+            " AND e.status IN ('IN_PROGRESS', 'QUEUED') AND j.status != 'DELETION_IN_PROGRESS'"
+            " ORDER BY e.status = 'QUEUED', e.queued_at, e.seq",
+            (thing,),
+        ).fetchall()
 
-    @staticmethod
-    def summary_of(ex: sqlite3.Row) -> dict[str, Any]:
-        """JobExecutionSummary as the data plane sends it."""
-        return _drop_none(
-            {
-                "jobId": ex["job_id"],
-                "queuedAt": int(ex["queued_at"]),
-                "startedAt": int(ex["started_at"]) if ex["started_at"] is not None else None,
-                "lastUpdatedAt": int(ex["updated_at"]),
-                "versionNumber": ex["version"],
-                "executionNumber": ex["execution_number"],
-            }
-        )
-
-    def execution_of(
-        self, ex: sqlite3.Row, include_document: bool = True
-    ) -> tuple[dict[str, Any], sqlite3.Row]:
-        """JobExecution as the data plane sends it, without the document (see handout)."""
-        job = self._job(ex["job_id"])
-        out = _drop_none(
-            {
-                "jobId": ex["job_id"],
-                "thingName": ex["thing"],
-                "status": ex["status"],
-                "statusDetails": json.loads(ex["status_details"]),
-                "queuedAt": int(ex["queued_at"]),
-                "startedAt": int(ex["started_at"]) if ex["started_at"] is not None else None,
-                "lastUpdatedAt": int(ex["updated_at"]),
-                "versionNumber": ex["version"],
-                "executionNumber": ex["execution_number"],
-                "approximateSecondsBeforeTimedOut": self._seconds_left(ex),
-            }
-        )
-        if include_document:
-            out["jobDocument"] = self._substitute_parameters(job)
-        return out, job
-
-    def pending(self, thing: str) -> list[sqlite3.Row]:
+    def pending(self, thing: str) -> list[Execution]:
         """Pending executions: IN_PROGRESS first, then QUEUED, each oldest first."""
         with self.lock:
-            return self.db.execute(
-                "SELECT e.* FROM executions e JOIN jobs j USING (job_id) WHERE e.thing = ?"
-                " AND e.status IN ('IN_PROGRESS', 'QUEUED') AND j.status != 'DELETION_IN_PROGRESS'"
-                " ORDER BY e.status = 'QUEUED', e.queued_at, e.seq",
-                (thing,),
-            ).fetchall()
+            return [Execution.of(r) for r in self._pending(thing)]
 
-    def execution_row(self, thing: str, job_id: str) -> sqlite3.Row | None:
+    def execution(self, thing: str, job_id: str) -> Execution | None:
         with self.lock:
-            return self._execution(thing, job_id)
+            row = self._execution(thing, job_id)
+        return None if row is None else Execution.of(row)
+
+    def document(self, ex: Execution) -> tuple[str, str | None]:
+        """The execution's job document as a device gets it (documentParameters filled in)
+        and the job's presignedUrlConfig (JSON, or None)."""
+        with self.lock:
+            job = self._job(ex.job_id)
+        document = substitute_parameters(str(job["document"]), job["document_parameters"])
+        return document, job["presigned"]
 
     def start_next(
         self, thing: str, details: dict[str, str] | None, step_timeout: int | None
-    ) -> sqlite3.Row | None:
+    ) -> Execution | None:
         with self._op():
-            rows = self.pending(thing)
+            rows = self._pending(thing)
             if not rows:
                 return None
             ex = rows[0]
             if ex["status"] == "QUEUED":
                 now = self.now()
                 deadline = now + 60 * step_timeout if step_timeout else None
-                return self._set_status(
+                ex = self._set_status(
                     ex, "IN_PROGRESS", now, details=details, step_deadline=deadline
                 )
-            return ex
+            return Execution.of(ex)
 
     def update(
         self,
@@ -1091,7 +646,7 @@ class Model:
         expected_version: int | None,
         execution_number: int | None,
         step_timeout: int | None,
-    ) -> sqlite3.Row:
+    ) -> Execution:
         with self._op():
             ex = self._execution(thing, job_id, execution_number)
             if ex is None:
@@ -1102,13 +657,13 @@ class Model:
                 raise JobsError(
                     "VersionMismatch",
                     f"expectedVersion {expected_version} does not match {ex['version']}",
-                    self.state_of(ex),
+                    state(Execution.of(ex)),
                 )
             if ex["status"] in TERMINAL:
                 raise JobsError(
                     "InvalidStateTransition",
                     f"Job execution is {ex['status']} and cannot change to {status}",
-                    self.state_of(ex),
+                    state(Execution.of(ex)),
                 )
             if step_timeout is not None and status != "IN_PROGRESS":
                 step_timeout = None
@@ -1123,7 +678,7 @@ class Model:
                 clear_step=cancel_step,
             )
             self._maybe_complete(job_id)
-            return row
+            return Execution.of(row)
 
     # ---------------------------------------------------------------- timers
 
@@ -1155,19 +710,3 @@ class Model:
                 " pending_targets)"
             ).fetchone()[0]
         return None if nxt is None else float(nxt) - self.skew
-
-
-def _page(
-    rows: list[sqlite3.Row], max_results: int | None, token: str | None
-) -> tuple[list[sqlite3.Row], str | None]:
-    start = 0
-    if token:
-        try:
-            start = int(token)
-        except ValueError:
-            raise invalid("The nextToken is not valid.") from None
-        if not 0 <= start <= len(rows):
-            raise invalid("The nextToken is not valid.")
-    size = max_results or 250
-    end = start + size
-    return rows[start:end], (str(end) if end < len(rows) else None)

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from . import fleet, jobops, templates
-from .model import Model, invalid
+from .errors import invalid
+from .model import Model
 
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 
@@ -64,6 +65,12 @@ def handlers(model: Model) -> dict[str, Handler]:
             model, p["resourceArn"], p.get("nextToken")
         ),
         "DescribeEndpoint": lambda p: fleet.describe_endpoint(model, p.get("endpointType")),
+        "RegisterCertificateWithoutCA": lambda p: fleet.register_certificate(
+            model, p["certificatePem"], p.get("status")
+        ),
+        "AttachThingPrincipal": lambda p: fleet.attach_principal(
+            model, p["thingName"], p["principal"]
+        ),
     }
 
 
@@ -85,4 +92,6 @@ OPERATIONS = (
     "UntagResource",
     "ListTagsForResource",
     "DescribeEndpoint",
+    "RegisterCertificateWithoutCA",
+    "AttachThingPrincipal",
 )

@@ -18,7 +18,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .model import ACCOUNT_ID, REGION, ApiError, Model, invalid, job_arn, not_found
+from .common import ACCOUNT_ID, REGION, job_arn
+from .errors import ApiError, invalid, not_found
+from .model import Model
 from .streams import Streams
 
 OPERATIONS = ("CreateOTAUpdate", "GetOTAUpdate", "ListOTAUpdates", "DeleteOTAUpdate")

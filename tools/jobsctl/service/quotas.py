@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .model import ApiError
+from .errors import ApiError
 
 ACTIVE_JOBS = 1000
 

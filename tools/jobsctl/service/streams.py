@@ -33,7 +33,9 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .model import ACCOUNT_ID, REGION, ApiError, Model, invalid, not_found
+from .common import ACCOUNT_ID, REGION
+from .errors import ApiError, invalid, not_found
+from .model import Model
 
 log = logging.getLogger("jobsctl.streams")
 

@@ -13,18 +13,13 @@ import json
 import re
 from typing import Any
 
-from .model import (
-    ACCOUNT_ID,
-    MAX_DOCUMENT,
-    REGION,
-    ApiError,
-    Model,
-    _drop_none,
-    _page,
-    check_job_policies,
-    invalid,
-    not_found,
-)
+from . import control_views
+from .common import ACCOUNT_ID, REGION
+from .common import drop_none as _drop_none
+from .common import page as _page
+from .errors import ApiError, invalid, not_found
+from .model import Model
+from .validate import MAX_DOCUMENT, check_job_policies
 
 # Settings a template carries into a job (CreateJobTemplate's members that CreateJob has too).
 _CARRIED = (
@@ -74,7 +69,7 @@ def create(model: Model, template_id: str, req: dict[str, Any]) -> dict[str, Any
         job_id = req["jobArn"].rpartition(":job/")[2]
         with model.lock:
             job = model._job(job_id)
-            described = model._job_dict(job)
+            described = control_views.job(model, job)
         body["document"] = job["document"]
         if job["document_source"]:
             body["documentSource"] = job["document_source"]
@@ -171,7 +166,7 @@ def _managed_summary(name: str, version: str, t: dict[str, Any]) -> dict[str, An
 
 def list_managed(name: str | None, max_results: int | None, token: str | None) -> dict[str, Any]:
     rows = [(n, v, t) for (n, v), t in sorted(MANAGED.items()) if not name or n == name]
-    page, next_token = _page(rows, max_results, token)  # type: ignore[arg-type]
+    page, next_token = _page(rows, max_results, token)
     return _drop_none(
         {
             "managedJobTemplates": [_managed_summary(*r) for r in page],

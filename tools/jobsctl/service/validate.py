@@ -1,4 +1,6 @@
-"""Request validation driven by botocore's own ``iot`` service model.
+"""Request validation: the control plane's, driven by botocore's own ``iot`` service model, and
+the checks beyond the shapes (job documents, job policies) and the data plane's (statusDetails,
+stepTimeoutInMinutes).
 
 Every member of an operation's input is checked against its shape: required members,
 string/list/map lengths, numeric ranges, enums and patterns, with AWS's message format
@@ -8,13 +10,164 @@ Java-style ``\\p{..}`` classes in the model are translated to Python checks.
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from collections.abc import Callable
 from typing import Any
 
 from botocore.model import ListShape, MapShape, Shape, StructureShape
 
-from .model import has_control_chars
+from . import policies
+from .common import DEVICE_STATUSES, PARAM
+from .errors import JobsError, invalid
+
+MAX_DOCUMENT = 32768
+UNSUPPORTED_CREATE_JOB = (
+    "namespaceId",
+    "destinationPackageVersions",
+)
+_NAME = re.compile(r"[a-zA-Z0-9:_-]+")
+
+
+def has_control_chars(value: str) -> bool:
+    return any(unicodedata.category(c).startswith("C") for c in value)
+
+
+def check_status_details(details: object) -> dict[str, str]:
+    """statusDetails per AWS limits; raises JobsError(InvalidRequest)."""
+    if not isinstance(details, dict):
+        raise JobsError("InvalidRequest", "statusDetails must be an object of strings")
+    for key, value in details.items():
+        if not (1 <= len(key) <= 128) or not _NAME.fullmatch(key):
+            raise JobsError(
+                "InvalidRequest",
+                f"statusDetails key '{key[:140]}' must be 1-128 characters of [a-zA-Z0-9:_-]",
+            )
+        if not isinstance(value, str):
+            raise JobsError("InvalidRequest", f"statusDetails value of '{key}' must be a string")
+        if not (1 <= len(value) <= 1024) or has_control_chars(value):
+            raise JobsError(
+                "InvalidRequest",
+                f"statusDetails value of '{key}' must be 1-1024 characters without control"
+                " characters",
+            )
+    return details
+
+
+def check_step_timeout(value: object, allow_cancel: bool = False) -> int | None:
+    """stepTimeoutInMinutes of a data-plane request; -1 only where ``allow_cancel``."""
+    try:
+        return policies.check_step_timeout(value, allow_cancel)
+    except ValueError as exc:
+        raise JobsError("InvalidRequest", str(exc)) from None
+
+
+def check_job_policies(req: dict[str, Any], now: float) -> None:
+    """timeoutConfig, abortConfig, jobExecutionsRetryConfig, schedulingConfig and
+    jobExecutionsRolloutConfig beyond their botocore shapes."""
+    from . import rollouts
+
+    try:
+        policies.check_timeout_config(req.get("timeoutConfig"))
+        policies.check_abort_config(req.get("abortConfig"))
+        policies.check_retry_config(req.get("jobExecutionsRetryConfig"))
+        rollouts.check(req, now)
+    except ValueError as exc:
+        raise invalid(str(exc)) from None
+
+
+# UpdateJobExecution's request members (MQTT and HTTPS alike).
+_UPDATE_KEYS = {
+    "status",
+    "statusDetails",
+    "expectedVersion",
+    "executionNumber",
+    "includeJobExecutionState",
+    "includeJobDocument",
+    "stepTimeoutInMinutes",
+    "clientToken",
+}
+
+
+def _integer(request: dict[str, Any], key: str) -> None:
+    value = request.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise JobsError("InvalidRequest", f"{key} must be an integer.")
+
+
+def _details(request: dict[str, Any]) -> dict[str, str] | None:
+    details = request.get("statusDetails")
+    return None if details is None else check_status_details(details)
+
+
+def start_next_request(request: dict[str, Any]) -> tuple[dict[str, str] | None, int | None]:
+    """StartNextPendingJobExecution: (statusDetails, stepTimeoutInMinutes)."""
+    return _details(request), check_step_timeout(request.get("stepTimeoutInMinutes"))
+
+
+def describe_request(request: dict[str, Any]) -> tuple[int | None, bool]:
+    """DescribeJobExecution: (executionNumber, includeJobDocument)."""
+    _integer(request, "executionNumber")
+    include = request.get("includeJobDocument", True)
+    if not isinstance(include, bool):
+        raise JobsError("InvalidRequest", "includeJobDocument must be a boolean.")
+    return request.get("executionNumber"), include
+
+
+def update_request(request: dict[str, Any]) -> tuple[str, dict[str, str] | None, int | None]:
+    """UpdateJobExecution: (status, statusDetails, stepTimeoutInMinutes); the other members
+    checked as they are."""
+    unknown = set(request) - _UPDATE_KEYS
+    if unknown:
+        raise JobsError("InvalidRequest", f"Unknown field {sorted(unknown)[0]}.")
+    status = request.get("status")
+    if status is None:
+        raise JobsError("InvalidRequest", "status is required.")
+    if status not in DEVICE_STATUSES:
+        raise JobsError(
+            "InvalidRequest",
+            f"status {str(status)[:40]} is not one of IN_PROGRESS, SUCCEEDED, FAILED, REJECTED.",
+        )
+    details = request.get("statusDetails")
+    if details is not None:
+        details = check_status_details(details)
+    for key in ("expectedVersion", "executionNumber"):  # inline: once per update, per device
+        value = request.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise JobsError("InvalidRequest", f"{key} must be an integer.")
+    for key in ("includeJobExecutionState", "includeJobDocument"):
+        if not isinstance(request.get(key, False), bool):
+            raise JobsError("InvalidRequest", f"{key} must be a boolean.")
+    step = check_step_timeout(request.get("stepTimeoutInMinutes"), allow_cancel=True)
+    return status, details, step
+
+
+def check_job_document(document: str, params: dict[str, str] | None) -> None:
+    """A CreateJob document: at most MAX_DOCUMENT characters, a JSON object, and every
+    ${aws:iot:parameter:NAME} in it given in documentParameters."""
+    if len(document) > MAX_DOCUMENT:
+        raise invalid(f"The job document is longer than {MAX_DOCUMENT} characters.")
+    try:
+        parsed = json.loads(document)
+    except (ValueError, RecursionError) as exc:
+        raise invalid(f"The job document is not valid JSON: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise invalid("The job document must be a JSON object.")
+    if params:
+        missing = [p for p in PARAM.findall(document) if p not in params]
+        if missing:
+            raise invalid(f"documentParameters lacks {', '.join(sorted(set(missing)))}.")
+
+
+def check_create_job(req: dict[str, Any], now: float) -> None:
+    """What CreateJob refuses beyond the shapes: members the local service does not keep, and
+    the job policies."""
+    for unsupported in UNSUPPORTED_CREATE_JOB:
+        if req.get(unsupported) is not None:
+            raise invalid(f"{unsupported} is not supported by the local service.")
+    check_job_policies(req, now)
+
 
 _SPECIAL: dict[str, Callable[[str], bool]] = {
     r"[^\p{C}]+": lambda v: bool(v) and not has_control_chars(v),

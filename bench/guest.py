@@ -1,6 +1,6 @@
 """The agent as a guest in the sensor's application, a part of ``make bench`` (not a test).
 
-    python -m jobsctl.bench_guest [--runs N] [--profile P]
+    python -m bench.guest [--runs N] [--profile P]
 
 A simulated board (the stock-firmware port, ``lib/`` as .mpy, the profile's memory model) runs
 the example application (``examples/sensor``: a 100 ms sampling tick) beside the agent, plus a
@@ -34,10 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import boardmodel, image, otajob
-from .device import ROOT, DeviceProcess, setup_board
-from .errors import JobsctlError
-from .stack import Stack
+from jobsctl import boardmodel, image, otajob
+from jobsctl.checkout import ROOT, unix_port
+from jobsctl.device import DeviceProcess, device_env, setup_board
+from jobsctl.errors import JobsctlError
+from jobsctl.stack import Stack
+
+from .memory import final
 
 EXAMPLE = ROOT / "examples" / "sensor"
 SLOT = 0x180000
@@ -133,7 +136,7 @@ class _Collector:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
-        from .broker import EVENTS_IDENTITY
+        from jobsctl.broker import EVENTS_IDENTITY
 
         creds = stack.events_credentials()
         self.got: list[dict[str, Any]] = []
@@ -165,17 +168,6 @@ class _Collector:
         self.client.loop_stop()
 
 
-def _final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    iot = stack.iot_client()
-    while time.monotonic() < deadline:
-        ex = iot.describe_job_execution(jobId=job, thingName=thing)["execution"]
-        if ex["status"] not in ("QUEUED", "IN_PROGRESS"):
-            return dict(ex)
-        time.sleep(0.2)  # polling the service's record, as an operator would
-    return {"status": "TIMEOUT"}
-
-
 def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     name = f"guest-{profile}-{i}"
     stack.create_thing(name)
@@ -204,7 +196,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
         stack.iot_client().create_job(
             jobId=name, targets=[f"{arn}:thing/{name}"], document=json.dumps(doc), **extra
         )
-        ex = _final(stack, name, name, timeout=180)
+        ex = final(stack, name, name, timeout=180)
         got = col.wait(len(col.got) + 3, timeout=30)  # three more on the new firmware
     finally:
         col.close()
@@ -254,8 +246,6 @@ def holds(tmp: Path, signing: Path, profile: str) -> dict[str, tuple[int, int]]:
     name -> (least, median) microseconds."""
     import hashlib
     import subprocess
-
-    from .device import device_env, unix_port
 
     board = tmp / "holds"
     board.mkdir()
@@ -348,7 +338,7 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_guest", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.guest", description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--profile", default=boardmodel.DEFAULT, choices=list(boardmodel.PROFILES))
     args = parser.parse_args(argv)
@@ -356,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="jobsctl-bench-guest-") as t:
             rs, pieces = run(Path(t), args.runs, args.profile)
     except JobsctlError as exc:
-        print(f"jobsctl bench_guest: {exc}", file=sys.stderr)
+        print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
     for a, b, c in rows(rs, args.profile, pieces):
         print(f"| {a} | {b} | {c} |")

@@ -1,6 +1,6 @@
 """Memory per job type and board profile, a part of ``make bench`` (not a test).
 
-    python -m jobsctl.bench_memory [--profile P ...] [--job J ...] [--frozen]
+    python -m bench.memory [--profile P ...] [--job J ...] [--frozen]
 
 For each profile (jobsctl.boardmodel) and job, a fresh simulated board on the stock-firmware
 port (``lib/`` as .mpy files, as ``make deploy`` puts it on a board; ``--frozen``: the custom
@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import boardmodel, delta, image, otajob
-from .device import DeviceProcess, setup_board
-from .errors import JobsctlError
-from .stack import Stack
+from jobsctl import boardmodel, delta, image, otajob
+from jobsctl.device import DeviceProcess, setup_board
+from jobsctl.errors import JobsctlError
+from jobsctl.stack import Stack
 
 JOBS = (
     "reboot",
@@ -88,7 +88,8 @@ def _arn(stack: Stack, thing: str) -> str:
     return f"arn:aws:iot:{ep['region']}:{ep['account_id']}:thing/{thing}"
 
 
-def _final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
+def final(stack: Stack, thing: str, job: str, timeout: float) -> dict[str, Any]:
+    """The execution once it left QUEUED/IN_PROGRESS (or {"status": "TIMEOUT"})."""
     deadline = time.monotonic() + timeout
     iot = stack.iot_client()
     while time.monotonic() < deadline:
@@ -185,7 +186,7 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
         stack.iot_client().create_job(
             jobId=name, targets=[_arn(stack, name)], document=json.dumps(doc), **extra
         )
-        ex = _final(stack, name, name, timeout=180)
+        ex = final(stack, name, name, timeout=180)
         if ex["status"] == "SUCCEEDED":
             # Idle again (after the reboot, for the jobs that reboot): the agent's steady state
             # after the job is part of what it must fit.
@@ -251,7 +252,7 @@ def table(measures: list[Measure]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_memory", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--profile", action="append", choices=list(boardmodel.PROFILES))
     parser.add_argument("--job", action="append", choices=JOBS)
     parser.add_argument("--frozen", action="store_true", help="the custom-firmware board")

@@ -1,4 +1,4 @@
-"""Delta OTA figures for ``make bench`` (its own section; also ``python -m jobsctl.bench_delta``).
+"""Delta OTA figures for ``make bench`` (its own section; also ``python -m bench.delta``).
 
 Two real firmware pairs built here, labelled as what they are:
 
@@ -33,9 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import delta, image
-from .device import ROOT, device_env, unix_port
-from .errors import JobsctlError
+from jobsctl import delta, image
+from jobsctl.checkout import BUILD, ROOT, unix_port
+from jobsctl.device import device_env
+from jobsctl.errors import JobsctlError
 
 APPLY = ROOT / "bench" / "delta_apply.py"
 LINKS = ((1_000_000, "1 Mbit/s"), (64_000, "64 kbit/s"))
@@ -57,9 +58,9 @@ def one_line_pair(tmp: Path) -> tuple[bytes, bytes]:
     for name in ("firmware", "lib", "sim"):
         shutil.copytree(ROOT / name, tree / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dl", "mbedtls-src", "upylib"):
-        (build / name).symlink_to(ROOT / "build" / name)
+        (build / name).symlink_to(BUILD / name)
     # The built sources and objects, so that each build only re-freezes and links.
-    shutil.copytree(ROOT / "build" / "micropython-src", build / "micropython-src", symlinks=True)
+    shutil.copytree(BUILD / "micropython-src", build / "micropython-src", symlinks=True)
     script = tree / "firmware" / "unix-port.sh"
     ota = tree / "lib" / "iotjobs" / "ota.py"
     out = []
@@ -198,7 +199,7 @@ def run(tmp: Path, runs: int, rows: list[Row]) -> None:
 
 
 def main() -> int:
-    from .bench import table
+    from .table import table
 
     rows: list[Row] = []
     try:

@@ -1,6 +1,6 @@
 """Benchmark of the local Jobs service's data plane (not a test).
 
-    python -m jobsctl.bench_service --devices 1000 [--rate 300] [--drivers 2]
+    python -m bench.service --devices 1000 [--rate 300] [--drivers 2]
 
 Starts a fresh stack in a temporary folder (this process: the service, as ``jobsctl serve``
 runs it; mosquitto beside it), registers N things in one group (each with its own
@@ -37,8 +37,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from .errors import JobsctlError
-from .stack import Stack
+from jobsctl.checkout import ROOT
+from jobsctl.errors import JobsctlError
+from jobsctl.stack import Stack
 
 ARN = "arn:aws:iot:us-east-1:123456789012"
 JOB = "bench-job"
@@ -266,11 +267,11 @@ def _round(
         )
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "jobsctl.bench_service", "--drive", str(spec)],
+                [sys.executable, "-m", "bench.service", "--drive", str(spec)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-                cwd=Path(__file__).resolve().parent.parent,
+                cwd=ROOT,
             )
         )
     try:
@@ -349,7 +350,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobsctl.bench_service", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.service", description=__doc__)
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=0.0, help="devices/s (default: a burst)")
     parser.add_argument("--drivers", type=int, default=2, help="load-generator processes")

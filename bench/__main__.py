@@ -1,6 +1,6 @@
 """``make bench``: the benchmarks, one table, written to ``bench/results.md`` (not a test).
 
-    python -m jobsctl.bench [--quick]
+    python -m bench [--quick]
 
 Every figure is measured in the same run, next to what it is compared with, because machines
 are noisy and ratios travel better than absolute numbers. A and B run interleaved, round by
@@ -24,16 +24,16 @@ each row names the command that made it and the figure it replaced:
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
   the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
 - service: 100 / 1,000 / 3,000 simulated devices doing start-next + two updates, as a burst
-  and at a steady arrival rate (jobsctl.bench_service);
+  and at a steady arrival rate (bench.service);
 - OTA over MQTT streams (JSON and CBOR) vs HTTPS on the same 1 MiB image: time, bytes on the
   wire, TLS sessions open at once, smallest heap for the whole job (``bench_streams``);
 - footprint: ``.mpy`` size of every device module (mpy-cross 1.25);
 - ECDSA P-256 verify time on the Unix port;
-- delta OTA (``jobsctl.bench_delta``): patch share, apply time against the link, heap;
-- memory per job type and board profile (jobsctl.bench_memory): GC-heap and IDF-heap
+- delta OTA (``bench.delta``): patch share, apply time against the link, heap;
+- memory per job type and board profile (bench.memory): GC-heap and IDF-heap
   high-water marks and headroom on the simulated board's memory model, also with the example
   sensor application running beside the agent (``+sensor``);
-- the agent as a guest in the application (jobsctl.bench_guest): a full signed OTA job beside
+- the agent as a guest in the application (bench.guest): a full signed OTA job beside
   the example sensor: lateness of its 100 ms tick, readings lost, the longest stretch the loop
   is held without a yield, and the agent's pieces of work between two yields timed alone.
 """
@@ -58,20 +58,24 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import bench_delta, bench_guest, bench_memory, bench_service, image, otajob
-from .boardmodel import DEFAULT, PROFILES
-from .device import ROOT, DeviceProcess, device_env, setup_board, unix_port
-from .errors import JobsctlError
-from .pki import CertificateAuthority
-from .stack import Stack
+from jobsctl import image, otajob
+from jobsctl.boardmodel import DEFAULT, PROFILES
+from jobsctl.checkout import ROOT, unix_port
+from jobsctl.device import DeviceProcess, device_env, setup_board
+from jobsctl.errors import JobsctlError
+from jobsctl.pki import CertificateAuthority
+from jobsctl.stack import Stack
+
+from . import delta as bench_delta
+from . import guest as bench_guest
+from . import memory as bench_memory
+from . import service as bench_service
+from .table import Row, command, previous_figures, table
 
 PIPELINE = ROOT / "bench" / "ota_pipeline.py"
 MQTT_PIPELINE = ROOT / "bench" / "ota_mqtt_pipeline.py"
 RESULTS = ROOT / "bench" / "results.md"
 MiB = 1 << 20
-
-Row = tuple[str, str, str]  # what, figure, compared with / note
-
 
 # ---------------------------------------------------------------- helpers
 
@@ -187,14 +191,6 @@ def _spread(values: list[float], unit: str = "", fmt: str = ".2f") -> str:
     return f"min {min(values):{fmt}}{unit}, median {statistics.median(values):{fmt}}{unit}"
 
 
-# The command that makes each row (by the start of its first column); `make bench` runs all.
-COMMANDS: dict[str, str] = {}
-
-
-def command(row_start: str, cmd: str) -> None:
-    COMMANDS[row_start] = cmd
-
-
 # ---------------------------------------------------------------- OTA pipeline
 
 
@@ -285,8 +281,8 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
             f"{med(t['write']):.3f} s (bench/ota_primitives.py); {runs} rounds, interleaved",
         )
     )
-    command("OTA pipeline", "`python -m jobsctl.bench` (bench_pipeline)")
-    command("OTA loop against", "`python -m jobsctl.bench` (bench_pipeline)")
+    command("OTA pipeline", "`python -m bench` (bench_pipeline)")
+    command("OTA loop against", "`python -m bench` (bench_pipeline)")
     for size in (1 * MiB, 8 * MiB):
         before, opened, end, during = heaps[size, True]
         mpy = heaps[size, False]
@@ -301,7 +297,7 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
                 f"{kb(end)} after; .mpy: {kb(mpy[0])} before it, mostly the modules' bytecode",
             )
         )
-        command(f"heap during the download loop, {size // MiB}", "`python -m jobsctl.bench`")
+        command(f"heap during the download loop, {size // MiB}", "`python -m bench`")
     rows.append(
         (
             "smallest -X heapsize for the pipeline (HTTPS, 1 MiB)",
@@ -311,7 +307,7 @@ def bench_pipeline(tmp: Path, runs: int, rows: list[Row]) -> None:
             "mbedTLS's own buffers are outside the heap on both)",
         )
     )
-    command("smallest -X heapsize for the pipeline", "`python -m jobsctl.bench` (bench_pipeline)")
+    command("smallest -X heapsize for the pipeline", "`python -m bench` (bench_pipeline)")
 
 
 def _timed(shell: str, runs: int) -> float:
@@ -366,7 +362,7 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 "lowest size seen to pass",
             )
         )
-        command("smallest -X heapsize for the agent", "`python -m jobsctl.bench` (bench_stack)")
+        command("smallest -X heapsize for the agent", "`python -m bench` (bench_stack)")
         ota = {
             f: smallest_stable(partial(job_ok, ota=True, frozen=f), 16, 512, 4)
             for f in (False, True)
@@ -379,7 +375,7 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 "which 5 consecutive sizes (4 KB steps) pass, and the lowest size seen to pass",
             )
         )
-        command("smallest -X heapsize for a whole", "`python -m jobsctl.bench` (bench_stack)")
+        command("smallest -X heapsize for a whole", "`python -m bench` (bench_stack)")
         ours, peer = _latency(stack, jobs)
         rows.append(
             (
@@ -392,7 +388,7 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 f"startedAt: ms resolution)",
             )
         )
-        command("create-job", "`python -m jobsctl.bench` (bench_stack, _latency)")
+        command("create-job", "`python -m bench` (bench_stack, _latency)")
 
 
 def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
@@ -401,7 +397,7 @@ def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
     the library frozen), and whole jobs on fresh boards with every byte through a counting
     proxy (one in front of the broker, one in front of the object store), TLS sessions open at
     once sampled from the proxies, and the smallest -X heapsize for each job."""
-    from .faultproxy import FaultProxy
+    from harness.faultproxy import FaultProxy
 
     with Stack(tmp / "stack") as stack:
         assert stack.objects is not None
@@ -660,7 +656,7 @@ def _p(values: list[float], pct: float) -> float:
 
 def bench_footprint(tmp: Path, rows: list[Row]) -> None:
     # As `make deploy` compiles the library for an ESP32 (jobsctl.deploy).
-    from .deploy import compile_library
+    from jobsctl.deploy import compile_library
 
     sizes = {}
     for board_path in compile_library(ROOT, tmp / "footprint", "xtensawin"):
@@ -717,14 +713,14 @@ def bench_fleet(sizes: list[int], rate: float, rounds: int, rows: list[Row]) -> 
         rows.append(_fleet_row(devices, "burst", rs))
         command(
             f"service: {devices} devices, burst",
-            f"`python -m jobsctl.bench_service --devices {devices} --rounds {rounds}`",
+            f"`python -m bench.service --devices {devices} --rounds {rounds}`",
         )
     devices = sizes[-2] if len(sizes) > 1 else sizes[-1]
     rs = bench_service.run(devices, 300, rate=rate, rounds=rounds)
     rows.append(_fleet_row(devices, f"steady {rate:g} devices/s", rs))
     command(
         f"service: {devices} devices, steady",
-        f"`python -m jobsctl.bench_service --devices {devices} --rate {rate:g} --rounds {rounds}`",
+        f"`python -m bench.service --devices {devices} --rate {rate:g} --rounds {rounds}`",
     )
 
 
@@ -748,50 +744,17 @@ def _fleet_row(devices: int, mode: str, rs: list[dict[str, Any]]) -> Row:
 # ---------------------------------------------------------------- main
 
 
-# Rows renamed since an older results.md: new name -> old name (for the "before" column).
-RENAMED = {
-    "service: 1000 devices, burst, start-next + 2 updates each (MQTT, mTLS)": (
-        "service: 1000 devices, start-next + 2 updates each (MQTT, mTLS)"
-    ),
-}
-
-
-def previous_figures(path: Path) -> dict[str, str]:
-    """measured -> figure of the results.md this run replaces (empty when there is none)."""
-    if not path.exists():
-        return {}
-    out = {}
-    for line in path.read_text().splitlines():
-        cells = [c.strip() for c in line.replace("\\|", "\x00").split("|")[1:-1]]
-        if len(cells) >= 3 and cells[0] not in ("measured", "---"):
-            out[cells[0].replace("\x00", "\\|")] = cells[1].replace("\x00", "\\|")
-    return out
-
-
-def table(rows: list[Row], before: dict[str, str] | None = None) -> str:
-    lines = [
-        "| measured | figure | before (the results.md this run replaced) "
-        "| compared with / note | command |",
-        "|---|---|---|---|---|",
-    ]
-    for a, b, c in rows:
-        old = (before or {}).get(a) or (before or {}).get(RENAMED.get(a, ""), "—")
-        cmd = next((v for k, v in COMMANDS.items() if a.startswith(k)), "`make bench`")
-        lines.append(f"| {a} | {b} | {old} | {c} | {cmd} |")
-    return "\n".join(lines)
-
-
 def bench_guest_rows(tmp: Path, runs: int, rows: list[Row]) -> None:
-    """The agent as a guest in the example sensor application (jobsctl.bench_guest)."""
+    """The agent as a guest in the example sensor application (bench.guest)."""
     tmp.mkdir(parents=True, exist_ok=True)
     rs, pieces = bench_guest.run(tmp, runs)
     for a, b, c in bench_guest.rows(rs, DEFAULT, pieces):
-        command(a, "`python -m jobsctl.bench_guest`")
+        command(a, "`python -m bench.guest`")
         rows.append((a, b, c))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobsctl.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer runs, 100 service devices")
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument(
@@ -841,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
     text = header + table(rows, before) + "\n"
     text += (
         "\n## Memory per job type and board profile\n\n"
-        "`python -m jobsctl.bench_memory` (a part of `make bench`): one fresh simulated board "
+        "`python -m bench.memory` (a part of `make bench`): one fresh simulated board "
         "per row (stock-firmware port, lib/ as .mpy, the profile's memory model, "
         "docs/board-model.md) takes the job and is switched off; figures from its port's "
         "memory report. GC headroom: 1 - live high-water / heap size reached; IDF headroom: "

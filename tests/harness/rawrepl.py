@@ -10,7 +10,8 @@ then works unchanged, and what lands in the folder is what a board would hold.
     with RawReplBridge(board_dir) as bridge:
         subprocess.run(["mpremote", "connect", bridge.port, "fs", "ls", ":"])
 
-Or from a shell: ``python -m jobsctl.rawrepl DIR`` prints the port and serves until Ctrl-C.
+Or from a shell: ``cd tests && python -m harness.rawrepl DIR`` prints the port and serves
+until Ctrl-C.
 
 Protocol on the pty (as MicroPython 1.25's pyexec.c): Ctrl-A enters raw mode
 (``raw REPL; CTRL-B to exit\\r\\n>``); in raw mode text is collected until Ctrl-D, answered with
@@ -43,10 +44,8 @@ import time
 import tty
 from pathlib import Path
 
-from .errors import JobsctlError
-
-ROOT = Path(__file__).resolve().parents[2]
-MICROPYTHON = ROOT / "build" / "micropython"
+from jobsctl.checkout import MICROPYTHON
+from jobsctl.errors import JobsctlError
 
 _RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _FRIENDLY_BANNER = (
@@ -58,63 +57,8 @@ _PROMPT = b">>> "
 # drops bytes nobody reads.
 _WRITE_TIMEOUT_S = 5.0
 
-# MicroPython side. CTL_FD is replaced by the inherited descriptor number of the control pipe,
-# opened through /proc before the board folder becomes the root.
-_HELPER = r"""
-import os, sys, io
-_ctl = open('/proc/self/fd/CTL_FD', 'wb')
-_inp = sys.stdin.buffer
-_root = os.getcwd()
-os.umount('/')
-os.mount(os.VfsPosix(_root), '/')
-os.chdir('/')
-sys.path[:] = ['', '.frozen', '/lib']
-del _root
-
-def _readn(n):
-    buf = bytearray(n)
-    mv = memoryview(buf)
-    got = 0
-    while got < n:
-        k = _inp.readinto(mv[got:])
-        if not k:
-            sys.exit(0)
-        got += k
-    return buf
-
-def _serve():
-    g = {'__name__': '__main__'}
-    while True:
-        try:
-            hdr = _readn(9)
-        except KeyboardInterrupt:
-            # a late Ctrl-C for the previous run; nothing of the next request was read yet
-            continue
-        seq = bytes(hdr[0:4])
-        src = bytes(_readn(int.from_bytes(hdr[5:9], 'little'))).decode()
-        err = None
-        try:
-            _ctl.write(b'S' + seq)
-            exec(compile(src, '<stdin>', 'single' if hdr[4] == 115 else 'exec'), g)
-        except BaseException as e:
-            err = e
-        src = None
-        # at most one SIGINT per run; if it lands here, write the end frame again (the bridge
-        # ignores a repeated one)
-        while True:
-            try:
-                text = b''
-                if err is not None:
-                    s = io.StringIO()
-                    sys.print_exception(err, s)
-                    text = s.getvalue().encode()
-                _ctl.write(b'D' + seq + len(text).to_bytes(4, 'little') + text)
-                break
-            except KeyboardInterrupt:
-                pass
-
-_serve()
-"""
+# The MicroPython side: a real file, compiled by `make check` (devcheck) and linted by ruff.
+_BOARD_PROGRAM = Path(__file__).resolve().parents[1] / "device" / "rawrepl_board.py"
 
 
 def _cooked(data: bytes) -> bytes:
@@ -200,18 +144,10 @@ class RawReplBridge:
 
     def _spawn(self) -> None:
         ctl_r, ctl_w = os.pipe()
-        code = _HELPER.replace("CTL_FD", str(ctl_w))
-        if self.frozen_path:
-            mounts = "".join(
-                f"os.mount(os.VfsPosix({str(p)!r}), '/.frozen-{i}')\n"
-                f"sys.path.append('/.frozen-{i}')\n"
-                for i, p in enumerate(self.frozen_path)
-            )
-            code = code.replace("del _root\n", "del _root\n" + mounts)
         cmd = [str(self.micropython)]
         if self.heapsize:
             cmd += ["-X", f"heapsize={self.heapsize}"]
-        cmd += ["-c", code]
+        cmd += [str(_BOARD_PROGRAM), str(ctl_w), *map(str, self.frozen_path)]
         env = dict(os.environ, MICROPYPATH=".frozen")
         try:
             self._proc = subprocess.Popen(
@@ -458,7 +394,7 @@ class RawReplBridge:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jobsctl.rawrepl",
+        prog="python -m harness.rawrepl",
         description="Serve a folder as a simulated MicroPython board on a pty (raw REPL).",
     )
     parser.add_argument("board_dir", type=Path)
