@@ -199,7 +199,7 @@ def test_a_corrupted_patch_over_mqtt_falls_back_to_the_full_image_in_the_stream(
 def test_a_reset_while_the_patch_streams_continues_from_the_checkpoint(
     stack_session: Stack, boards: Boards, signing: Path
 ) -> None:
-    from jobsctl.faultproxy import Fault, FaultProxy
+    from harness.faultproxy import Fault, FaultProxy
 
     new = new_version("1.3.0", size=300_000)  # 1.0.0's first 64 KB, then new bytes
     with FaultProxy("127.0.0.1", stack_session.mqtt_port) as proxy:
