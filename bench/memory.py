@@ -40,6 +40,7 @@ JOBS = (
     "ota-1.5MiB",
     "ota-stream-1MiB",
     "ota-delta-1MiB",
+    "ota-delta-stream-1MiB",
     "bundle",
     "config+sensor",
     "ota-1MiB+sensor",
@@ -126,14 +127,28 @@ def _document(
             roleArn=otajob.stream_role(ep["account_id"]),
         )
         return otajob.afr_document(data, image.sign(data, signing), stream=sid), {}
-    if job == "ota-delta-1MiB":  # a patch only (no full image offered), 1.0.0 -> 2.0.0
+    if job in ("ota-delta-1MiB", "ota-delta-stream-1MiB"):
+        # A patch only (no full image offered), 1.0.0 -> 2.0.0; over HTTPS, or as file 1 of a
+        # stream (the one TLS session).
         old = _delta_base(board)
         new = image.build_app_image("2.0.0", size=len(old), seed="iotjobs-sim/1.0.0")
         doc, extra = otajob.prepare(stack, new, key=signing)
         patch = delta.create(old, new)
-        url = stack.upload(f"ota/mem-{patch.sha256[:16]}.patch", patch.data)
+        key = f"ota/mem-{patch.sha256[:16]}.patch"
+        url = stack.upload(key, patch.data)
         doc["delta"] = patch.document(otajob.placeholder(url))
         del doc["url"]
+        if job == "ota-delta-stream-1MiB":
+            ep = stack.endpoints
+            sid = f"mem-dstream-{time.monotonic_ns()}"
+            stack.iot_client().create_stream(
+                streamId=sid,
+                files=otajob.stream_files(ep["bucket"], key, otajob.DELTA_FILE_ID),
+                roleArn=otajob.stream_role(ep["account_id"]),
+            )
+            del doc["delta"]["url"]
+            doc["delta"].update(stream=sid, file_id=otajob.DELTA_FILE_ID)
+            extra = {}
         return doc, extra
     if job.startswith("ota-"):
         size = 1 * 1024 * 1024 if job == "ota-1MiB" else SLOT

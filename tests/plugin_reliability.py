@@ -26,6 +26,7 @@ FULL = {
     "mqtt": 20,
     "power": 50,
     "delta-power": 50,
+    "delta-power-mqtt": 30,
     "server": 10,
     "stream-cut": 30,
     "stream-power": 30,

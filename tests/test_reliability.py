@@ -564,8 +564,10 @@ class TestDeltaPowerLoss:
     the board booting a valid image, no job state left. Trials alternate a version bump (a
     small patch, no checkpoint) and a larger image (mostly new bytes: a patch with checkpoints,
     so a cut while applying it resumes from one), with and without a full image to fall back
-    to."""
+    to. Over HTTPS (``delta-power``) and over an MQTT stream (``delta-power-mqtt``: the patch
+    file 1 of the job's stream, the full image file 0)."""
 
+    @pytest.mark.parametrize("route", ["https", "mqtt"])
     def test_power_loss_during_a_delta_job_never_leaves_it_stuck(
         self,
         stack_session: Stack,
@@ -574,11 +576,13 @@ class TestDeltaPowerLoss:
         trials: Callable[[str, int], int],
         record: Callable[[str, bool, str], None],
         rng: random.Random,
+        route: str,
     ) -> None:
         from jobsctl import delta
 
         base = image.build_app_image("1.0.0", size=64 * 1024)  # what a new simulated board runs
-        n = trials("delta-power", 2)
+        name = "delta-power" if route == "https" else "delta-power-mqtt"
+        n = trials(name, 2)
         failures = []
         for i in range(n):
             size = SIZE if i // 2 % 2 else 64 * 1024  # a 400 KB image: checkpoints
@@ -586,10 +590,13 @@ class TestDeltaPowerLoss:
             dev = board(stack_session, boards, signing)
             doc, extra = otajob.prepare(stack_session, new, key=signing)
             patch = delta.create(base, new)
-            url = stack_session.upload(delta.object_key(patch, new), patch.data)
+            key = delta.object_key(patch, new)
+            url = stack_session.upload(key, patch.data)
             doc["delta"] = patch.document(otajob.placeholder(url))
             if i % 8 >= 4:
                 del doc["url"]  # no full image to fall back to
+            if route == "mqtt":
+                doc, extra = self.over_mqtt(stack_session, doc, new, key), {}
             mark = dev.mark()
             job = create(stack_session, dev.board.name, doc, extra)
             if i % 2 == 0:
@@ -604,6 +611,24 @@ class TestDeltaPowerLoss:
             what = f"{len(patch.data)} B patch, cut {delay:.2f}s" + (
                 " into step delta" if i % 2 == 0 else " after the job was created"
             )
-            record("delta-power", not why, f"{what}: {why}" if why else "")
+            record(name, not why, f"{what}: {why}" if why else "")
             failures += [why] if why else []
         assert not failures
+
+    @staticmethod
+    def over_mqtt(stack: Stack, doc: dict[str, Any], new: bytes, key: str) -> dict[str, Any]:
+        """``doc`` with its patch (and full image, if it offers one) in a stream instead."""
+        sid = unique("rds")
+        bucket = stack.endpoints["bucket"]
+        full = "url" in doc
+        files = otajob.stream_files(bucket, otajob.object_key(new)) if full else []
+        files += otajob.stream_files(bucket, key, otajob.DELTA_FILE_ID)
+        stack.iot_client().create_stream(
+            streamId=sid, files=files, roleArn=otajob.stream_role(stack.endpoints["account_id"])
+        )
+        doc.pop("url", None)
+        if full:
+            doc.update(stream=sid, file_id=0)
+        del doc["delta"]["url"]
+        doc["delta"].update(stream=sid, file_id=otajob.DELTA_FILE_ID)
+        return doc

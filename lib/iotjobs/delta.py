@@ -5,6 +5,10 @@
 # image's; "url" is optional there and, when present, is the full image to fall back to):
 #   "delta": {"url": "<patch>", "size": <patch bytes>, "sha256": "<patch>",
 #             "base_size": <bytes>, "base_sha256": "<the running image's first base_size bytes>"}
+# The patch may come over an AWS IoT MQTT stream instead of (or besides) "url": "stream" and
+# "file_id" in "delta", as in a stream OTA document (whose top-level "stream"/"file_id" are then
+# the full image to fall back to). Over MQTT it is asked for in _IN-byte blocks, one per decoder
+# read (iotjobs.stream.Blocks); offered both ways, ota_protocol picks.
 #
 # Patch format (written from detools' format, decoded here): byte 0 is 0b0TTTCCCC (type 0 =
 # sequential; compression 0 = none, 4 = heatshrink), then the new size as a detools size, then
@@ -22,7 +26,8 @@
 # patch, the whole state is checkpointed in the job state (ctx.save): bytes made, where in the
 # bsdiff stream, the base position, the patch offset, the bit reader, the heatshrink window
 # and its undelivered bytes. After a reset (or a cut connection) the patch continues from the
-# checkpoint with a Range request, the new image's hash is recomputed from the slot, and the
+# checkpoint (its source from the start of the _IN-byte read the checkpoint is in: a Range
+# request, or the stream block), the new image's hash is recomputed from the slot, and the
 # patch's own SHA-256 is then not checked (the new image's SHA-256 and signature always are);
 # without a checkpoint it starts again from its first byte (the base is untouched until
 # set_boot).
@@ -46,19 +51,22 @@ def parse(doc, slot_size, keyed, what):
     if not isinstance(d, dict):
         raise Rejected("'delta' must be an object")
     for k in d:
-        if k not in ("url", "size", "sha256", "base_size", "base_sha256"):
+        if k not in ("url", "stream", "file_id", "size", "sha256", "base_size", "base_sha256"):
             raise Rejected("unknown field 'delta.%s'" % k)
     full = dict(doc)
     del full["delta"]
-    fallback = "url" in full
-    if not fallback:
-        full["url"] = d.get("url")
+    fallback = "url" in full or "stream" in full
+    if not fallback:  # the target's checks need a source: the patch's stands in
+        for k in ("url", "stream", "file_id"):
+            if k in d:
+                full[k] = d[k]
     job = ota.parse(full, slot_size, keyed, what)
     if not fallback:
-        job["url"] = None
+        job["url"] = job["stream"] = None
     if job["sha256"] is None:
         raise Rejected("a delta needs the new image's 'sha256'")
-    p = {"url": d.get("url"), "size": d.get("size"), "sha256": d.get("sha256")}
+    p = {k: d[k] for k in ("url", "stream", "file_id") if k in d}
+    p.update(size=d.get("size"), sha256=d.get("sha256"))
     p = ota.parse(p, slot_size, False, what)
     n = d.get("base_size")
     if not isinstance(n, int) or not 0 < n <= slot_size:
@@ -67,6 +75,7 @@ def parse(doc, slot_size, keyed, what):
     if base is None:
         raise Rejected("'delta.base_sha256' must be 64 hex digits")
     job["delta"] = {"url": p["url"], "size": p["size"], "sha256": p["sha256"]}
+    job["delta"].update(stream=p["stream"], fileid=p["fileid"])
     job["delta"].update(base_size=n, base=base)
     return job
 
@@ -102,7 +111,7 @@ async def step(ctx, doc):
         st["sha256"] = await _apply(ctx, job, out, limit, keyed)
     except Failed as e:
         st.pop("ck", None)
-        if job["url"] is None:
+        if job["url"] is None and job["stream"] is None:
             raise
         ctx.log("delta failed (%s); downloading the full image" % e.args[0], "warning")
         st["off"] = 0
@@ -120,36 +129,57 @@ async def _apply(ctx, job, out, limit, keyed):
 
     d = job["delta"]
     size = job["size"]
+    # The patch over the MQTT stream when the document offers one, unless the device prefers
+    # HTTPS (ota_protocol) and the document offers that too.
+    mqtt = d["stream"] is not None and (
+        d["url"] is None or ctx.config.get("ota_protocol") != "http"
+    )
     src = {"url": d["url"]}
     ob = bytearray(_BLOCK)
     p = Patcher(ctx.board.running_slot(), out, d["base_size"], size, d["size"], ob)
+    s = None
+    if mqtt:
+        from iotjobs import stream
+
+        s = stream.Session(ctx, {"stream": d["stream"], "fileid": d["fileid"]}, _IN)
     tries = [0, 0]
     while True:
         ck = ctx.state.get("ck")  # the last checkpoint, if any
-        at = ck[4] if ck else 0
+        at = p.start(ck)  # the source from there
         # MQTT closed for the download (fetch.open_url): check in at every reconnect (see ota).
         await ctx.checkin({"step": "delta", "progress": "%d/%d" % (at, d["size"])})
         await ctx.check()
-        r = await fetch.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
-        if r is None:
-            continue
+        if s is None:
+            r = await fetch.open_url(ctx, src, at, tries, lambda x: {"url": _url(x, limit, keyed)})
+            if r is None:
+                continue
+        else:
+            r = None
         try:
-            if r.total != d["size"]:
+            if s is not None:
+                await s.link()
+                r = p.ticker = stream.Blocks(s, d["size"], at, p.inb)
+            elif r.total != d["size"]:
                 raise Failed(
                     "the server has %d patch bytes, the job says %d" % (r.total, d["size"])
                 )
             if ck:
-                ctx.log("resuming the patch at %d of %d" % (at, d["size"]))
+                ctx.log("resuming the patch at %d of %d" % (ck[4], d["size"]))
             hp = hashlib.sha256()
             ho = await fetch.rehash(out, ob, ck[0]) if ck else hashlib.sha256()
             await p.run(r, hp, ho, ctx, ck)
             break
         except OSError as e:
+            if s is not None:
+                ctx.link.drop(e)
             if ctx.state.get("ck") is not ck:
                 tries[0] = 0  # it got somewhere: failures in a row count from here
             tries[0] = await fetch.net_fail(ctx, tries[0], e)  # and again from the last checkpoint
         finally:
-            r.close()
+            if r is not None:
+                r.close()
+    if s is not None:
+        ctx.log("stream: %d patch blocks in %d requests" % (s.blocks, s.requests))
     if not ck and hp.digest() != d["sha256"]:
         raise Failed("patch SHA-256 mismatch")
     digest = ho.digest()
@@ -177,6 +207,10 @@ class Patcher:
         self.bb = bytearray(_BASE)
         self.win = bytearray(0)  # the heatshrink window, made when a patch names its size
         self.every = _CK_BYTES  # 0: no checkpoints (bench/delta_apply.py, under heap_lock)
+        # An MQTT stream source (iotjobs.stream.Blocks), or None: while it has blocks in
+        # flight, the agent's MQTT read and progress reports (which would take them off the
+        # socket) wait, and an output block only yields (ticker.pause()).
+        self.ticker = None
         # Every attribute exists before run(): a new one would grow the dict (an allocation).
         self.src = self.hp = None  # the response and the patch's hash, given to run()
         self.p, self.hs = self.inb, False
@@ -306,11 +340,17 @@ class Patcher:
         ctx.state["ck"] = ck
         ctx.save()
 
+    def start(self, ck):
+        # Where the patch source starts for checkpoint ck (None: the first byte): the read of
+        # _IN bytes the checkpoint is in, so that reads stay _IN-aligned in the patch (an MQTT
+        # stream of _IN-byte blocks gives one block per read).
+        return ck[4] - ck[4] % _IN if ck else 0
+
     def _load(self, ck):
         import binascii
 
-        self.left = self.psize - ck[4]
-        self.inlast = memoryview(self.inb)[: self.left % _IN]  # the last read's bytes from here
+        at = ck[4]
+        self.left = self.psize - self.start(ck)
         self.hs = ck[10] > 0
         if self.hs:
             wb = self.wb = ck[10]
@@ -324,6 +364,14 @@ class Patcher:
             self.p, self.pn = self.pl, len(r)
             self.acc, self.nb, self.head = ck[5], ck[6], ck[7]
             self.cnt, self.dist = ck[8], ck[9]
+        k = at % _IN
+        if k:  # the read the checkpoint is in, from its start; on from the checkpoint
+            self._fill()
+            if self.hs:
+                self.ip = k
+            else:
+                self.p, self.pp, self.pn = self.inb, k, self.il
+                self.ip = self.il
         return ck[0], ck[1], ck[2], ck[3]
 
     def _header(self):
@@ -409,6 +457,10 @@ class Patcher:
                     if self.every and self._pos() - mark >= self.every and done < size:
                         self._save(ctx, done, ph, n, fp)
                         mark = self._pos()
+                    t = self.ticker
+                    if t is not None and t.busy():
+                        await t.pause(ctx)
+                        continue
                     if ctx.progress_due():
                         await ctx.progress({"step": "delta", "progress": "%d/%d" % (done, size)})
                     await ctx.tick()

@@ -1,5 +1,6 @@
 # OTA download over AWS IoT MQTT-based file delivery (streams), through the agent's own MQTT
-# session: no second TLS session. Imported only when a job downloads this way.
+# session: no second TLS session. Imported only when a job downloads this way (a full image:
+# either/download/fetch; a delta patch: Blocks, the decoder's byte source).
 #
 # The device asks for _WINDOW blocks of 4096 bytes at a time on
 #   $aws/things/THING/streams/STREAM/get/F        {"f": file, "l": 4096, "o": first, "n": count}
@@ -157,12 +158,13 @@ class _Reader:
 
 class Session:
     # The stream download of one job: topics, buffers, the socket while a window is in flight.
-    def __init__(self, ctx, job):
+    def __init__(self, ctx, job, bl=_BLOCK):
         name = job["stream"]
         fmt = "cbor" if ctx.config.get("ota_stream_format") == "cbor" else "json"
         base = "$aws/things/%s/streams/%s/" % (ctx.config["thing_name"], name)
         self.ctx = ctx
         self.fid = job["fileid"]
+        self.bl = bl  # the block length asked for (the slot's 4096; a delta patch's 1024)
         self.cbor = fmt == "cbor"
         self.get = (base + "get/" + fmt).encode()
         self.data = (base + "data/" + fmt).encode()
@@ -204,10 +206,15 @@ class Session:
         fid = self.fid
         if self.cbor:
             msg = (
-                b"\xa4af" + _cbor_uint(fid) + b"al\x19\x10\x00ao" + _cbor_uint(first) + b"an"
-            ) + _cbor_uint(n)
+                b"\xa4af"
+                + _cbor_uint(fid)
+                + b"al"
+                + _cbor_uint(self.bl)
+                + b"ao"
+                + _cbor_uint(first)
+            ) + (b"an" + _cbor_uint(n))
         else:
-            msg = b'{"f":%d,"l":%d,"o":%d,"n":%d}' % (fid, _BLOCK, first, n)
+            msg = b'{"f":%d,"l":%d,"o":%d,"n":%d}' % (fid, self.bl, first, n)
         topic = self.get
         size = 2 + len(topic) + len(msg)
         head = bytearray(b"\x30")
@@ -393,7 +400,7 @@ class Session:
                     elif k == 0x6C:
                         ln = v
             elif major == 0x40 and k == 0x70 and klen == 1:
-                if v > _BLOCK:
+                if v > len(buf):
                     raise Failed("stream block of %d bytes is larger than a block" % v)
                 r.into(buf, v)
                 pos = v
@@ -410,6 +417,71 @@ class Session:
             raise Failed("stream data block malformed (file %d, block %d)" % (f, i))
         self._len = ln
         return i
+
+
+class Blocks:
+    # A stream file as the byte source of iotjobs.delta.Patcher: its reads of bl bytes (the
+    # last one shorter) from a multiple of bl are one block each, decoded straight into the
+    # reader's buffer (whole, bl bytes; a read's buf is whole or its first n bytes): no buffer
+    # of its own, nothing allocated per block. A read waits for its
+    # block on the socket (with the connection's timeout, as an HTTPS read does); the next
+    # window of blocks is asked for when the last one asked for has been taken.
+    def __init__(self, s, size, off, whole):
+        self.s = s
+        self.whole = whole  # the reader's whole buffer (bl bytes): what any block decodes into
+        self.nxt = off // s.bl  # the next block to take
+        self.end = -1  # the last block asked for
+        self.last = (size + s.bl - 1) // s.bl - 1
+
+    def readinto(self, buf, n):
+        s = self.s
+        t = s.ready()
+        if t is None:  # the connection changed: the caller goes on from its checkpoint
+            raise OSError(_ENOTCONN)
+        i = self.nxt
+        if i > self.end:
+            self._ask(t, i)
+        r = s.r
+        sock = r.s
+        sock.setblocking(False)
+        try:
+            while True:
+                # Into the whole buffer (buf may be its first n bytes, for the last block): a
+                # late block of another window fits too. Waits for a packet up to timeout_ms.
+                j = s._packet(t, r, self.whole)
+                if j == i:
+                    break
+                if j >= self.end:  # the window passed without block i: ask again from it
+                    sock.setblocking(True)
+                    self._ask(t, i)
+                    sock.setblocking(False)
+        finally:
+            sock.setblocking(True)
+        if s._len != n:
+            raise Failed("stream block %d has %d bytes, expected %d" % (i, s._len, n))
+        self.nxt = i + 1
+        s.blocks += 1
+        s.ctx.board.feed()
+        return n
+
+    def _ask(self, t, i):
+        n = self.last - i + 1
+        if n > _WINDOW:
+            n = _WINDOW
+        self.s._request(t, i, n)
+        self.end = i + n - 1
+
+    def busy(self):
+        # Whether blocks asked for are still to come: then the patcher neither reports progress
+        # nor lets the agent read MQTT (both would take them off the socket), it only yields.
+        return self.nxt <= self.end
+
+    def pause(self, ctx):
+        ctx.board.feed()
+        return asyncio.sleep_ms(0)
+
+    def close(self):
+        pass
 
 
 async def either(ctx, job, slot, h, buf, tail, off, reparse):
@@ -535,7 +607,7 @@ def _b64(r, buf):
                 bits += 6
                 if bits >= 8:
                     bits -= 8
-                    if pos >= _BLOCK:
+                    if pos >= len(buf):
                         raise Failed("stream block larger than a block")
                     buf[pos] = (acc >> bits) & 0xFF
                     pos += 1

@@ -1,7 +1,8 @@
 # Resume from every checkpoint of a delta patch (iotjobs.delta): run the patch once, keeping
 # each checkpoint the decoder saves, then for each one erase the new slot from the checkpoint's
-# block on, continue from it (the patch file read from the checkpoint's offset, the new image's
-# hash recomputed from the slot) and compare the result with the uninterrupted run's.
+# block on, continue from it (the patch file read from the start of the decoder read the
+# checkpoint is in, the new image's hash recomputed from the slot) and compare the result with
+# the uninterrupted run's.
 #   micropython delta_resume.py PATCH BASE_SIZE NEW_SIZE EVERY
 # prints: OK <checkpoints> <sha256>   or   BAD <checkpoint index> <sha256>
 import asyncio
@@ -45,7 +46,7 @@ def apply(base, out, path, base_size, size, every, ctx, ck=None):
     ho = asyncio.run(fetch.rehash(out, ob, ck[0])) if ck else hashlib.sha256()
     with open(path, "rb") as f:
         if ck:
-            f.seek(ck[4])
+            f.seek(p.start(ck))  # the source starts at the read the checkpoint is in
         asyncio.run(p.run(_File(f), hashlib.sha256(), ho, ctx, ck))
     return ho.digest().hex()
 

@@ -186,7 +186,9 @@ def script_files() -> list[Path]:
     """MicroPython programs the tests and benchmarks run on the Unix port (compiled only)."""
     scripts = sorted((ROOT / "tests" / "device").glob("*.py"))
     scripts += sorted((ROOT / "bench").glob("ota_*.py"))
-    return scripts + [ROOT / "bench" / n for n in ("delta_apply.py", "guest_holds.py")]
+    return scripts + [
+        ROOT / "bench" / n for n in ("delta_apply.py", "delta_mqtt_apply.py", "guest_holds.py")
+    ]
 
 
 def compile_all(files: list[Path]) -> list[str]:

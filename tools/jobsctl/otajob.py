@@ -17,6 +17,9 @@ from typing import Any
 from . import image
 from .errors import JobsctlError
 
+# The file of a job's stream (``job ota --protocol mqtt|both``) that holds a delta's patch; the
+# full image is file 0.
+DELTA_FILE_ID = 1
 URL_LIFETIME_S = 3600  # the most AWS allows; a device asks for a new URL when one expires
 # The largest bundle (tar) a board takes: lib/iotjobs/bundle.py's _MAX (a test pins the two).
 BUNDLE_MAX = 1 << 20

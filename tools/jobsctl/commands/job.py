@@ -360,8 +360,6 @@ def create_ota(args: argparse.Namespace) -> int:
 
     if args.gzip_window is not None and args.protocol != "http":
         raise JobsctlError("--gzip-window works with --protocol http only")
-    if args.delta_from is not None and args.protocol != "http":
-        raise JobsctlError("--from works with --protocol http only")
     data = otajob.read_image(args.file, slot_size(args))
     patch = _delta_patch(args, data)  # before anything is uploaded
     signature = image.sign(data, args.key) if args.key else None
@@ -377,19 +375,27 @@ def create_ota(args: argparse.Namespace) -> int:
     doc = otajob.document(data, otajob.placeholder(url), signature)
     if args.gzip_window is not None:
         doc.update(compression="gzip", window_bits=args.gzip_window)
-    if patch is not None:
-        _add_delta(args, s3, bucket, region, patch, data, doc)
+    patch_key = None if patch is None else _add_delta(args, s3, bucket, region, patch, data, doc)
     if args.protocol != "http":
-        # A stream of the same object, named like the job: devices fetch it over MQTT.
+        # A stream named like the job, devices fetch it over MQTT: the image as file 0 (unless
+        # --no-full), a delta's patch as file 1.
+        full = "url" in doc
+        files = otajob.stream_files(bucket, otajob.object_key(data)) if full else []
+        if patch_key is not None:
+            files += otajob.stream_files(bucket, patch_key, otajob.DELTA_FILE_ID)
         iot.create_stream(
             streamId=args.job_id,
             description=f"OTA {doc['version']} for job {args.job_id}",
-            files=otajob.stream_files(bucket, otajob.object_key(data)),
+            files=files,
             roleArn=otajob.stream_role(account, role),
         )
-        doc.update(stream=args.job_id, file_id=0)
+        if full:
+            doc.update(stream=args.job_id, file_id=0)
+        if patch_key is not None:
+            doc["delta"].update(stream=args.job_id, file_id=otajob.DELTA_FILE_ID)
         if args.protocol == "mqtt":
-            del doc["url"]
+            doc.pop("url", None)
+            doc.get("delta", {}).pop("url", None)
     if args.allow_downgrade:
         doc["allow_downgrade"] = True
     params: dict[str, Any] = {
@@ -398,7 +404,7 @@ def create_ota(args: argparse.Namespace) -> int:
         "document": json.dumps(doc),
         "description": f"OTA to {doc['version']}",
     }
-    if "url" in doc or "delta" in doc:  # a pre-signed URL placeholder to fill
+    if "url" in doc or "url" in doc.get("delta", {}):  # a pre-signed URL placeholder to fill
         params["presignedUrlConfig"] = otajob.presigned_config(account, role)
     if args.target_selection:
         params["targetSelection"] = args.target_selection
@@ -428,8 +434,8 @@ def _add_delta(
     patch: Any,
     new: bytes,
     doc: dict[str, Any],
-) -> None:
-    """Upload ``patch`` and put its ``delta`` object into ``doc``."""
+) -> str:
+    """Upload ``patch`` and put its ``delta`` object into ``doc``; the patch's object key."""
     from .. import delta, otajob
 
     key = delta.object_key(patch, new)
@@ -437,6 +443,7 @@ def _add_delta(
     doc["delta"] = patch.document(otajob.placeholder(otajob.s3_url(bucket, key, region)))
     if args.no_full:
         del doc["url"]
+    return key
 
 
 def describe(args: argparse.Namespace) -> int:
