@@ -302,3 +302,70 @@ def test_an_idle_board_whose_mqtt_session_no_longer_fits_resets_once_for_a_fresh
         )
         assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
         assert dev.boots == 2, "\n".join(dev.lines)
+
+
+# A product's main.py whose `wedge` job leaves no room for the MQTT session at any connect of
+# a boot that still holds the job's state (as a job's state and code can on a tight board):
+# without a way out, the board would retry MQTT for ever and the job's report would never go.
+WEDGE_APP = """\
+import os
+
+from iotjobs import agent, app, transport
+
+_hog = []
+_connect = transport.Transport.connect
+
+
+def _idf_free():
+    import esp32
+
+    return sum(r[1] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
+
+
+def _hogging_connect(self):
+    try:
+        while _idf_free() > 4096:
+            _hog.append(bytearray(1024))
+    except MemoryError:
+        pass
+    print("hogged: %d bytes of IDF heap free" % _idf_free())
+    return _connect(self)
+
+
+async def wedge(ctx, doc):
+    transport.Transport.connect = _hogging_connect
+    ctx.link.drop("wedge")
+    return {"reason": "decided"}
+
+
+try:
+    os.stat(agent.STATE_FILE)
+    transport.Transport.connect = _hogging_connect
+except OSError:
+    pass
+agent.register("wedge", wedge)
+app.run()
+"""
+
+
+def test_a_job_whose_state_leaves_no_room_for_mqtt_is_given_up_and_its_report_still_sent(
+    stack_session: Stack, boards: Boards
+) -> None:
+    # Two memory resets inside the job (the second with the job decided), then the job is given
+    # up on the board: an idle boot connects, and its decision is sent when start-next offers
+    # the job again. Never wedged, never a reset loop; the next job runs.
+    dev = boards(stack_session, unique("wedge"), app=True, start=False)
+    (dev.board / "approot" / "main.py").write_text(WEDGE_APP)
+    dev.start()
+    dev.wait_for("no pending job")
+    job = create_job(stack_session, dev.board.name, {"operation": "wedge"})
+    ex = final(stack_session, dev.board.name, job, timeout=90)
+    assert ex["status"] == "SUCCEEDED" and details(ex)["reason"] == "decided", "\n".join(dev.lines)
+    assert any("given up on the board" in line for line in dev.lines), "\n".join(dev.lines)
+    assert dev.boots == 4, "\n".join(dev.lines)
+    assert not (dev.board / "gaveup.json").exists()
+    nxt = create_job(
+        stack_session, dev.board.name, {"operation": "config", "set": {"settings": {"w": 1}}}
+    )
+    assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
+    assert dev.boots == 4, "\n".join(dev.lines)

@@ -34,6 +34,9 @@ from iotjobs import protocol
 from micropython import const
 
 STATE_FILE = "jobstate.json"
+# A job given up on the board because even its report did not fit (mishap.link_failed): its
+# decision, reported when the service offers the job again (job.run).
+GAVEUP_FILE = "gaveup.json"
 _RETRIES = const(5)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
@@ -244,10 +247,10 @@ class Agent:
         self.log("info", "connected, subscribed")
 
     def _link_failed(self, e):
-        # A rare path (mishap.link_failed): with a job under way, at most twice; with none,
-        # only once MQTT has connected in this boot.
+        # A rare path (mishap.link_failed): with a job under way, at most three times; with
+        # none, only once MQTT has connected in this boot.
         j = self._job
-        if j.get("memreset", 0) < 2 if j else self.link.connects:
+        if j.get("memreset", 0) < 3 if j else self.link.connects:
             _rare("link_failed", self, e)
 
     def _on_msg(self, topic, msg):

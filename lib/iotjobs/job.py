@@ -5,6 +5,7 @@ import sys
 
 from iotjobs import protocol
 from iotjobs.agent import (
+    GAVEUP_FILE,
     Canceled,
     Failed,
     Rejected,
@@ -106,6 +107,13 @@ async def resume(a):
 
 async def run(a, ex, resumed):
     j = a._job
+    if not resumed:
+        gave = _gave_up(ex.job_id)
+        if gave is not None:  # decided before the board gave it up (mishap.link_failed)
+            try:
+                return await finish(a, gave[0], gave[1])  # persisted first: then the file goes
+            finally:
+                _forget_gave_up()
     op = protocol.operation(ex.document)
     if ex.document is None:
         return await finish(a, protocol.REJECTED, {"reason": "job document is not a JSON object"})
@@ -188,3 +196,27 @@ async def reboot(ctx, doc):
 
 def _reason(e):
     return str(e.args[0]) if e.args else type(e).__name__
+
+
+def _gave_up(job_id):
+    # The decision on a job given up on the board, if this is that job (else the file goes).
+    import json
+
+    try:
+        with open(GAVEUP_FILE) as f:
+            gave = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(gave, list) and len(gave) == 2 and gave[0] == job_id:
+        return gave[1]
+    _forget_gave_up()
+    return None
+
+
+def _forget_gave_up():
+    import os
+
+    try:
+        os.remove(GAVEUP_FILE)
+    except OSError:
+        pass

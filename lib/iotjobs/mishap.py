@@ -2,7 +2,7 @@
 # so that an idle agent does not hold their code: messages too large to hold, boot loops, and
 # an MQTT session that no longer fits in memory.
 from iotjobs import protocol
-from iotjobs.agent import BOOT_LOOP, save
+from iotjobs.agent import BOOT_LOOP, GAVEUP_FILE, save
 from micropython import const
 
 # The last reset for memory with no job (time.time()), and the least time between two.
@@ -42,7 +42,10 @@ def link_failed(a, e):
     # MQTT cannot connect and the IDF heap has no room for a TLS session: a job's code grew
     # the GC heap into it, and MicroPython does not always give that back. With a job under
     # way, reset (its state persisted) so that it goes on, or its report is sent, on a fresh
-    # heap: once to go on, once more with the job FAILED naming memory; never a loop.
+    # heap: once to go on, once more with the job FAILED naming memory. If even that boot
+    # cannot connect beside the job's state, the job is given up on the board (its decision
+    # kept in GAVEUP_FILE) and the board resets into an idle agent, which connects as at
+    # first boot and sends the decision when the service offers the job again: never wedged.
     # With no job, a board whose MQTT session fitted earlier in this boot resets too, at most
     # once per _IDLE_GAP_S (persisted in IDLE_FILE): never wedged, never a reset loop.
     import time
@@ -71,8 +74,14 @@ def link_failed(a, e):
     n = j["memreset"] = j.get("memreset", 0) + 1
     if n > 1 and "final" not in j:
         j["final"] = [protocol.FAILED, protocol.clean_details({"reason": why})]
-    a.persist(False)
-    a.log("error", "%s; resetting for a fresh heap" % why)
+    if n > 2:
+        save(GAVEUP_FILE, [j["job"], j["final"]])
+        a._clear()
+        why = "%s: %s; given up on the board until the service offers it" % (j["job"], why)
+        a.log("error", why)
+    else:
+        a.persist(False)
+        a.log("error", "%s; resetting for a fresh heap" % why)
     a.board.reset()
 
 
