@@ -4,8 +4,8 @@ Two real firmware pairs built here, labelled as what they are:
 
 - **one-line change**: the Unix port with the device code frozen in (``build/micropython-frozen``,
   what firmware/manifest.py makes of an ESP32 firmware), built twice by firmware/unix-port.sh
-  from copies of lib/: as it is, and with one line of lib/iotjobs/ota.py changed (a log
-  message); both stripped, as firmware images carry no symbols;
+  from copies of lib/: as it is, and with one line of lib/iotjobs/fetch.py (the download
+  pipeline) changed (a log message); both stripped, as firmware images carry no symbols;
 - **another build**: the plain 1.25 Unix port (``build/micropython``) to the same port with the
   agent frozen in (``build/micropython-frozen``), both stripped: a firmware that gains a frozen
   library;
@@ -62,14 +62,14 @@ def one_line_pair(tmp: Path) -> tuple[bytes, bytes]:
     # The built sources and objects, so that each build only re-freezes and links.
     shutil.copytree(BUILD / "micropython-src", build / "micropython-src", symlinks=True)
     script = tree / "firmware" / "unix-port.sh"
-    ota = tree / "lib" / "iotjobs" / "ota.py"
+    src = tree / "lib" / "iotjobs" / "fetch.py"
     out = []
     for i in range(2):
         if i:
-            text = ota.read_text()
+            text = src.read_text()
             if text.count(ONE_LINE[1]) != 1:
-                raise JobsctlError(f"bench: {ONE_LINE[1]!r} is not once in ota.py any more")
-            ota.write_text(text.replace(ONE_LINE[1], ONE_LINE[2]))
+                raise JobsctlError(f"bench: {ONE_LINE[1]!r} is not once in {src.name} any more")
+            src.write_text(text.replace(ONE_LINE[1], ONE_LINE[2]))
         r = subprocess.run(
             ["bash", str(script), str(build), "frozen"], capture_output=True, text=True
         )

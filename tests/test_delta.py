@@ -300,6 +300,16 @@ def test_a_corrupted_patch_falls_back_to_the_full_image_when_offered(
     assert any("step download" in line for line in dev.lines)
 
 
+def test_the_bench_one_line_change_still_finds_its_line() -> None:
+    # `make bench` builds the frozen port twice with this one line changed; a refactoring that
+    # moves the line must move the bench with it, not break `make bench`.
+    from bench import delta as bench_delta
+    from jobsctl.checkout import LIB
+
+    text = (LIB / "iotjobs" / "fetch.py").read_text()
+    assert text.count(bench_delta.ONE_LINE[1]) == 1
+
+
 def test_the_bench_section_reports_share_apply_time_and_heap(
     tmp_path: Path, frozen_port: Path
 ) -> None:

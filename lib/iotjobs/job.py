@@ -110,10 +110,10 @@ async def run(a, ex, resumed):
     if not resumed:
         gave = _gave_up(ex.job_id)
         if gave is not None:  # decided before the board gave it up (mishap.link_failed)
-            try:
-                return await finish(a, gave[0], gave[1])  # persisted first: then the file goes
-            finally:
-                _forget_gave_up()
+            j["final"] = gave
+            a.persist(False)  # the decision in the job's state again: the file can go
+            _forget_gave_up()
+            return await finish(a, gave[0], gave[1])
     op = protocol.operation(ex.document)
     if ex.document is None:
         return await finish(a, protocol.REJECTED, {"reason": "job document is not a JSON object"})
