@@ -171,7 +171,7 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
         (app / fname).write_bytes(data)
     (app / ".version").write_text("app-1")
     if job.endswith(SENSOR):
-        from .device import ROOT
+        from jobsctl.checkout import ROOT
 
         for f in (ROOT / "examples" / "sensor").glob("*.py"):
             shutil.copy(f, app / f.name)

@@ -228,11 +228,12 @@ def test_device_run_takes_the_board_profile(stack_session, tmp_path) -> None:
 
 
 def test_bench_memory_reports_high_water_marks_and_headroom(capsys) -> None:
-    # `python -m bench.memory`, the memory rows of `make bench`, on one job and profile.
-    assert bench_memory.main(["--profile", "esp32-psram", "--job", "config"]) == 0
+    # `python -m bench.memory`, the memory rows of `make bench`, on one job and profile (with
+    # the example application installed, as `make bench` also runs it).
+    assert bench_memory.main(["--profile", "esp32-psram", "--job", "config+sensor"]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "| esp32-psram |" in line]
     cells = [c.strip() for c in rows[-1].strip("|").split("|")]
-    assert cells[:3] == ["esp32-psram", "config", "SUCCEEDED"], rows
+    assert cells[:3] == ["esp32-psram", "config+sensor", "SUCCEEDED"], rows
     assert cells[3].endswith("(first area 56.0 KB)") and cells[4].endswith("%"), rows
     assert cells[5].endswith("of 4184.0 KB") and cells[6].endswith("%"), rows
 
