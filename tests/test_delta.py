@@ -261,6 +261,15 @@ def test_a_patch_for_another_base_is_rejected_before_any_download(
     assert_old_firmware_boots(dev)
 
 
+def assert_a_corruption_reason(reason: str) -> None:
+    """What a job with a corrupted patch ends FAILED with, whichever check catches it first."""
+    assert reason in (
+        "patch SHA-256 mismatch",
+        "the patch reads outside the base",
+        "the rebuilt image's SHA-256 does not match",
+    ) or reason.startswith("bad "), reason
+
+
 def corrupt(patch: bytes) -> bytes:
     b = bytearray(patch)
     for i in range(len(b) // 2, len(b) // 2 + 8):
@@ -277,12 +286,7 @@ def test_a_corrupted_patch_fails_and_the_old_firmware_still_boots(
     doc = delta_doc(stack_session, new, BASE, signing, corrupt(good), full=False)
     ex = final(stack_session, thing_of(dev), create(stack_session, thing_of(dev), doc))
     assert ex["status"] == "FAILED", "\n".join(dev.lines)
-    reason = details(ex)["reason"]
-    assert reason in (
-        "patch SHA-256 mismatch",
-        "the patch reads outside the base",
-        "the rebuilt image's SHA-256 does not match",
-    ) or reason.startswith("bad "), reason
+    assert_a_corruption_reason(details(ex)["reason"])
     assert_old_firmware_boots(dev)
 
 
