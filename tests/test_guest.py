@@ -268,3 +268,20 @@ def test_an_application_that_fails_to_start_leaves_the_agent_running(
     dev.start()
     dev.wait_for("application stopped: ValueError('oops',)", since=mark)
     dev.wait_for("no pending job", since=mark)
+
+
+def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> None:
+    # README: `python -m bench.guest`, as written, with one run (its figures are a benchmark's,
+    # not checked against time here): every row it advertises is printed, the job succeeded.
+    from bench import guest
+
+    assert guest.main(["--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in (
+        "largest lateness of the 100 ms tick outside TLS handshakes",
+        "readings lost outside the reboot",
+        "longest stretch the loop was held without a yield",
+        "the agent's pieces of work between two yields",
+    ):
+        assert row in out, out
+    assert "1/1 SUCCEEDED" in out, out
