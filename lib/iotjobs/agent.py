@@ -391,6 +391,7 @@ class Agent:
         self._job = j or {}
         if j:
             _rare("count_boot", self, j)
+        await asyncio.sleep_ms(0)  # the state read (and saved) apart from the first connect
         while cycles != 0:
             cycles -= 1
             try:
@@ -447,6 +448,7 @@ class Agent:
         from iotjobs import job
 
         try:
+            await asyncio.sleep_ms(0)  # the import apart from the work
             await getattr(job, fn)(self, *args)
         finally:
             unload(("iotjobs.job",))

@@ -114,6 +114,7 @@ async def _main(a, main):
 
     if main is not None:
         asyncio.create_task(_guest(main, a))
+        await asyncio.sleep_ms(0)  # the application's first turn before the agent's start
     await a.serve()
 
 

@@ -1,6 +1,7 @@
 # The agent's job-time code: running an execution's handler, reporting its progress and its
 # outcome, resuming it after a reset (see the states in iotjobs.agent). Loaded when a job starts
 # (Agent._do) and unloaded when it ends, so that an idle agent does not hold its code.
+import asyncio
 import sys
 
 from iotjobs import protocol
@@ -102,6 +103,7 @@ async def resume(a):
         await finish(a, j["final"][0], j["final"][1])
         return
     a.log("info", "%s: resuming after a restart" % j["job"])
+    await asyncio.sleep_ms(0)  # the reply's read apart from the handler's import
     await run(a, ex, True)
 
 
@@ -121,6 +123,7 @@ async def run(a, ex, resumed):
         return await finish(a, protocol.REJECTED, {"reason": "job document has no operation"})
     mods = list(sys.modules)  # what was loaded before the handler (and its Context)
     fn, resumable = _resolve(op)
+    await asyncio.sleep_ms(0)  # the handler's import apart from what follows
     if fn is None:
         return await finish(a, protocol.REJECTED, {"reason": "unsupported operation %r" % op})
     if resumed and not resumable:
@@ -141,6 +144,7 @@ async def run(a, ex, resumed):
             await report(a, protocol.IN_PROGRESS, {"step": "started"})
             if a.may_start is not None:
                 await a._app().window(a, ctx, "job")
+        await asyncio.sleep_ms(0)  # the handler starts in a stretch of its own
         details = await fn(ctx, ex.document)
         status = protocol.SUCCEEDED
     except Rejected as e:
@@ -159,6 +163,7 @@ async def run(a, ex, resumed):
     fn = None
     del ctx
     _forget(mods)
+    await asyncio.sleep_ms(0)  # the GC pass apart from the final report
     if details is not None or status == protocol.SUCCEEDED:
         await finish(a, status, details if isinstance(details, dict) else {})
 

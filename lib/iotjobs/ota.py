@@ -13,6 +13,7 @@
 # The handler is a table of steps; the current step and the download offset are persisted
 # (ctx.save) so that a reset at any point continues from there, and the boot slot is only
 # switched (set_boot) after the whole image has been verified.
+import asyncio
 import sys
 
 from iotjobs.agent import Rejected, _forget
@@ -179,7 +180,9 @@ async def handle(ctx, doc):
         # first step, like a step's (run).
         mods = list(sys.modules)
         await _begin(ctx, doc)
+        await asyncio.sleep_ms(0)  # the checks and the save, the GC pass, the first step: apart
         _forget(mods)
+        await asyncio.sleep_ms(0)
     return await run(ctx, doc, _step)
 
 
@@ -196,6 +199,7 @@ async def _begin(ctx, doc):
     st["slot"] = slot.label
     st["off"] = 0
     st["old"] = ctx.board.firmware_version()
+    await asyncio.sleep_ms(0)  # the checks apart from the save
     ctx.save()
 
 
@@ -210,8 +214,10 @@ async def run(ctx, doc, step):
         mods = list(sys.modules)
         result = await step(ctx, doc, name)
         # What the step imported (the HTTP client, ECDSA) goes with its frame, before the
-        # next step connects MQTT again.
+        # next step connects MQTT again. The step's end, the GC pass and the save: apart.
+        await asyncio.sleep_ms(0)
         _forget(mods)
+        await asyncio.sleep_ms(0)
         if isinstance(result, dict):
             return result
         st["step"] = result
@@ -227,7 +233,9 @@ async def _step(ctx, doc, step):
             return await _delta(ctx, doc)
         # The steps after the download are iotjobs.otaboot's, imported when reached (and
         # unloaded after, run()): the download runs without their code in the heap.
-        return await getattr(__import__("iotjobs.otaboot", None, None, [step]), step)(ctx, doc)
+        fn = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)
+        await asyncio.sleep_ms(0)  # the import apart from the step
+        return await fn(ctx, doc)
     except Exception:
         if step in ("download", "verify", "delta"):
             _erase_head(ctx)  # leave no partial image behind
@@ -249,6 +257,7 @@ async def _download(ctx, doc):
     size = job["size"]
     buf = bytearray(_BLOCK)
     tail = memoryview(buf)[: size % _BLOCK]  # the last, partial block's bytes (if any)
+    await asyncio.sleep_ms(0)  # the imports, the checks and the buffer apart from the download
     # A deflate stream cannot be entered part-way: a gzip download starts again from zero.
     off = 0 if job["gz"] else st["off"]
     h = await fetch.rehash(slot, buf, off)
