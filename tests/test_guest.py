@@ -281,7 +281,11 @@ def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> 
         "largest lateness of the 100 ms tick outside TLS handshakes",
         "readings lost outside the reboot",
         "longest stretch the loop was held without a yield",
+        "every stretch over 0.5 ms outside handshakes with the stand-ins taken out, named",
+        "after the reset, before the application's loop exists",
         "the agent's pieces of work between two yields",
     ):
         assert row in out, out
     assert "1/1 SUCCEEDED" in out, out
+    # the attribution named what ran in the longest stretch (set_boot's, in the simulator)
+    assert "sim.set_boot=" in out, out

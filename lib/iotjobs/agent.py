@@ -343,6 +343,7 @@ class Agent:
                     raise OSError(_ETIMEDOUT)
             finally:
                 self._await = None
+            await asyncio.sleep_ms(0)  # the reply's read apart from what the caller does next
             ok, body = self._reply or (None, 0)  # set: _wait() saw it
             self._reply = None
             if ok is None:
@@ -390,6 +391,7 @@ class Agent:
             j = None
         self._job = j or {}
         if j:
+            await asyncio.sleep_ms(0)  # the state's read apart from the boot's count
             _rare("count_boot", self, j)
         await asyncio.sleep_ms(0)  # the state read (and saved) apart from the first connect
         while cycles != 0:

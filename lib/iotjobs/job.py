@@ -134,10 +134,12 @@ async def run(a, ex, resumed):
     j["op"] = op
     a.persist(False)
     a.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
+    await asyncio.sleep_ms(0)  # the save apart from the Context's import
     from iotjobs.context import Context  # job-time code: unloaded with the handler's
 
     ctx = Context(a, ex.job_id, op, j["data"], resumed)
     del Context
+    await asyncio.sleep_ms(0)  # the import apart from the first report
     status = protocol.FAILED
     try:
         if not resumed:
