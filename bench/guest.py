@@ -1,14 +1,15 @@
 """The agent as a guest in the sensor's application, a part of ``make bench`` (not a test).
 
-    python -m bench.guest [--runs N] [--profile P] [--profile-pieces]
+    python -m bench.guest [--runs N] [--profile P] [--profile-pieces] [--no-attribution]
 
-A simulated board (the stock-firmware port, ``lib/`` as .mpy, the profile's memory model) runs
-the example application (``examples/sensor``: a 100 ms sampling tick) beside the agent, plus a
-probe task that yields (``asyncio.sleep_ms(0)``) in a loop and records the longest time between
-two of its turns: the longest stretch some other task (the agent, or the sensor's few lines)
-held the loop. The board takes a full signed 1 MiB OTA job (HTTPS download, SHA-256, ECDSA,
-set_boot, reset, self-test, confirm) while an operator's MQTT client collects the readings
-(one per second here: ``publish_every`` 10; the example's default is 5 s). Per run:
+A simulated board (the stock-firmware port, ``lib/`` as .mpy, the profile's memory model, its
+folder on tmpfs where there is one) runs the example application (``examples/sensor``: a 100 ms
+sampling tick) beside the agent, plus a probe task that yields (``asyncio.sleep_ms(0)``) in a
+loop and records the time between two of its turns: a stretch some other task (the agent, or
+the sensor's few lines) held the loop. The board takes a full signed 1 MiB OTA job (HTTPS
+download, SHA-256, ECDSA, set_boot, reset, self-test, confirm) while an operator's MQTT client
+collects the readings (one per second here: ``publish_every`` 10; the example's default is
+5 s). Per run:
 
 - the largest lateness of a sampling tick outside TLS handshakes, and apart for ticks during
   which a handshake ran, with the number of handshakes during the job;
@@ -16,13 +17,22 @@ set_boot, reset, self-test, confirm) while an operator's MQTT client collects th
   queue dropped, samples missed outside handshakes; the reboot's own gap (time between the old
   firmware's last reading and the new one's first) reported apart;
 - the longest stretch the loop was held without a yield outside handshakes (and how many
-  stretches passed 0.5 ms): wall-clock time on this x86 port, so it includes the scheduler, GC
-  and whatever else the machine ran at that moment (an upper bound of the agent's CPU time);
+  stretches passed 0.5 ms): wall-clock time on this x86 port less the time the OS kept the
+  process waiting for a CPU (/proc/self/schedstat) and less the attribution's own bookkeeping;
   and the same with the simulator's stand-ins for firmware C code taken out (esp32.Partition's
-  set_boot, whose whole-image check is ESP-IDF's C on a board, and mark_app_valid's otadata
-  write), with what the agent did inside the longest stretch (a request sent, an MQTT message
-  read, a GC pass). ``--profile-pieces`` also times the agent's synchronous pieces (transport,
-  persist, board) inside each reading's longest stretch and prints them per reading.
+  set_boot, whose whole-image check is ESP-IDF's C on a board, mark_app_valid's otadata write,
+  esp32.NVS);
+- every stretch over 0.5 ms outside handshakes, named: the probe wraps the agent's coroutines
+  and its plain functions that can take long (files, imports, flash, TLS and MQTT packets) when
+  their module is imported, each charging its own time (not its callees') to its name, plus
+  'import:x' for each import and 'gc~us' when a GC pass ran in the stretch (what one costs
+  then). The wrappers take ~10 KB of the board's heap: the board gets ``ATTRIBUTION_ROOM``
+  more (``--no-attribution`` runs without them, on the profile as it is);
+- the boot after the reset (CPU before the application is imported: no loop exists yet) and
+  the first stretch of the new firmware's loop.
+
+``--profile-pieces`` prints every stretch over 0.5 ms (handshakes too) with the agent
+functions that ran in it, in order.
 """
 
 from __future__ import annotations
@@ -282,10 +292,16 @@ def _top(n):
 
 def _line(kind, s, g, ds, at, flag, off):
     # kind, reading seq, us, us less the simulator's, the simulator's, the job's step, GC pass
-    # or handshake (1/0), boot, the process left the CPU in it (1/0), what ran (name=own us),
-    # "|", the agent functions called, in order.
+    # or handshake (1/0), boot, the process left the CPU in it (1/0), what ran (name=own us;
+    # gc~us: a GC pass ran in it, and what one costs now: a gc.collect() timed here, outside
+    # any stretch), "|", the agent functions called, in order.
+    top = _top(8)
+    if kind == "job" and flag:
+        t = time.ticks_us()
+        gc.collect()
+        top += " gc~%d" % time.ticks_diff(time.ticks_us(), t)
     return "%s %d %d %d %d %s %d %s %d %s | %s\\n" % (
-        kind, s.seq, g, g - ds, ds, at, flag, s.boot, off, _top(8), " ".join(_seq)
+        kind, s.seq, g, g - ds, ds, at, flag, s.boot, off, top, " ".join(_seq)
     )
 
 
@@ -551,7 +567,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
         if kind == "start" and boot != old:
             start = (int(nosim), flag == "1", " ".join(names))
         elif kind == "job" and (boot != old or int(seq) >= seq0) and int(nosim) > 500:
-            more = (" gc" if flag == "1" else "") + (" off-cpu" if off == "1" else "")
+            more = " off-cpu" if off == "1" else ""  # (a GC pass: "gc~us" in the names)
             long.append((int(nosim), int(sim), at, " ".join(names) + more))
     boot_cpu = new[0]["boot_cpu_us"] if new else 0
     return Run(

@@ -275,8 +275,11 @@ def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> 
     # not checked against time here): every row it advertises is printed, the job succeeded.
     from bench import guest
 
-    assert guest.main(["--runs", "1"]) == 0
+    assert guest.main(["--runs", "1", "--profile-pieces"]) == 0
     out = capsys.readouterr().out
+    # --profile-pieces: every stretch over 0.5 ms, set_boot's among them, named with the agent
+    # functions that ran in it, in order
+    assert "  stretch job " in out and " | otaboot.activate " in out, out
     for row in (
         "largest lateness of the 100 ms tick outside TLS handshakes",
         "readings lost outside the reboot",
@@ -289,3 +292,19 @@ def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> 
     assert "1/1 SUCCEEDED" in out, out
     # the attribution named what ran in the longest stretch (set_boot's, in the simulator)
     assert "sim.set_boot=" in out, out
+
+
+@pytest.mark.slow
+def test_python_m_bench_guest_runs_without_the_attribution(capsys: Any) -> None:
+    # README: `--no-attribution` runs the same job without the timing wrappers: the rows are
+    # printed, and no agent function is named in them.
+    from bench import guest
+
+    try:
+        assert guest.main(["--runs", "1", "--no-attribution"]) == 0
+    finally:
+        guest.ATTRIBUTE = True
+    out = capsys.readouterr().out
+    assert "1/1 SUCCEEDED" in out, out
+    assert "every stretch over 0.5 ms outside handshakes" in out, out
+    assert "agent.save=" not in out and "otaboot." not in out, out
