@@ -296,7 +296,7 @@ def _line(kind, s, g, ds, at, flag, off):
     # gc~us: a GC pass ran in it, and what one costs now: a gc.collect() timed here, outside
     # any stretch), "|", the agent functions called, in order.
     top = _top(8)
-    if kind == "job" and flag:
+    if kind == "job" and flag and g - ds > 500:
         t = time.ticks_us()
         gc.collect()
         top += " gc~%d" % time.ticks_diff(time.ticks_us(), t)
@@ -341,7 +341,7 @@ async def _probe(agent, s):
         h = agent.handshakes()
         ds = _sim[0] - sim
         j = agent._job  # what the agent was at (a bench's look inside)
-        at = (j.get("data") or {}).get("step", j.get("op")) if j else "idle"
+        at = ((j.get("data") or {}).get("step") or j.get("op") or "starting") if j else "idle"
         if first:
             first = False
             # What held the loop before the probe's first turn (the agent's start, the first
@@ -369,6 +369,7 @@ async def _probe(agent, s):
                 _g[2] += 1
                 if g - ds > 500:
                     _g[11] += 1
+            if g > 300:  # logged from 0.3 ms: each step's longest, and the ones over 0.5 ms
                 _log(_line("job", s, g, ds, at, m1 < m, _s[2] != pc))
         hs = h
         k = _marks(agent)
@@ -440,6 +441,7 @@ class Run:
     # every stretch over 0.5 ms outside handshakes during the job: (us with the simulator's
     # time taken out, us of the simulator's, the job's step, what ran in it: name=own us ...)
     long: list[tuple[int, int, str, str]]
+    steps: dict[str, int]  # the longest stretch (stand-ins out) per step of the job, from 0.3 ms
     boot_cpu_us: int  # the new firmware's boot: CPU time before the application's import
     start: tuple[int, bool, str]  # its first stretch: us, a handshake in it, what ran in it
 
@@ -556,6 +558,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     what = (top["hold_what"].strip() + (" gc" if top["hold_gc"] else "")).strip()
     # The probe's log of every stretch over 0.5 ms (both boots), named by what ran in it.
     long: list[tuple[int, int, str, str]] = []
+    steps: dict[str, int] = {}
     start = (0, False, "")
     seq0 = got[n0]["seq"]
     log = (board / "holds.txt").read_text() if (board / "holds.txt").exists() else ""
@@ -566,9 +569,12 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
             print("  stretch", x)
         if kind == "start" and boot != old:
             start = (int(nosim), flag == "1", " ".join(names))
-        elif kind == "job" and (boot != old or int(seq) >= seq0) and int(nosim) > 500:
-            more = " off-cpu" if off == "1" else ""  # (a GC pass: "gc~us" in the names)
-            long.append((int(nosim), int(sim), at, " ".join(names) + more))
+        elif kind == "job" and (boot != old or int(seq) >= seq0):
+            step = at + ("" if boot == old else " (new firmware)")
+            steps[step] = max(steps.get(step, 0), int(nosim))
+            if int(nosim) > 500:
+                more = " off-cpu" if off == "1" else ""  # (a GC pass: "gc~us" in the names)
+                long.append((int(nosim), int(sim), at, " ".join(names) + more))
     boot_cpu = new[0]["boot_cpu_us"] if new else 0
     return Run(
         str(ex["status"]),
@@ -591,6 +597,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
         max(r["hold_nosim_us"] for r in job),
         sum(r["over_nosim"] for r in job),
         long,
+        steps,
         boot_cpu,
         start,
     )
@@ -669,6 +676,14 @@ def run(tmp: Path, runs: int, profile: str = boardmodel.DEFAULT) -> tuple[list[R
     return out, pieces
 
 
+def _per_step(runs: list[Run]) -> str:
+    top: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.steps.items():
+            top[k] = max(top.get(k, 0), v)
+    return ", ".join(f"{k} {v / 1000:.2f} ms" for k, v in top.items()) or "none over 0.3 ms"
+
+
 def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str]]:
     def mm(xs: list[float], unit: str, fmt: str = "{:.0f}") -> str:
         return (
@@ -726,12 +741,16 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
             f"{what}: every stretch over 0.5 ms outside handshakes with the stand-ins taken out, "
             "named",
             f"{sum(len(r.long) for r in runs)} in {len(runs)} jobs",
-            "; ".join(
-                f"run {i}: {n / 1000:.2f} ms at {at} ({names})"
-                for i, r in enumerate(runs)
-                for n, _, at, names in r.long
+            (
+                "; ".join(
+                    f"run {i}: {n / 1000:.2f} ms at {at} ({names})"
+                    for i, r in enumerate(runs)
+                    for n, _, at, names in r.long
+                )
+                or "none"
             )
-            or "none",
+            + "; the longest per step of the job, over the runs (those under 0.3 ms not "
+            f"logged): {_per_step(runs)}",
         ),
         (
             f"{what}: after the reset, before the application's loop exists, and the agent's "
@@ -741,6 +760,9 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
             "not a hold of the application's loop: the boot (the simulated bootloader's check, "
             "boot.py, main.py's imports, config.json, the agent built) runs before asyncio.run "
             "and the application's own import; it is part of the reboot's gap (readings row). "
+            "Of it, the simulated bootloader's check of the new image (the check set_boot makes, "
+            f"{pieces.get('set-boot-1MiB-image-sim', (0, 0))[0] / 1000:.1f} ms timed alone) is "
+            "the second-stage bootloader's C on a board. "
             "The first stretch: from the application's import to its probe's first turn, "
             f"a TLS handshake in it: {[r.start[1] for r in runs]}; what ran in it: "
             f"{[r.start[2] for r in runs]}",

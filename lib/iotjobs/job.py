@@ -121,6 +121,7 @@ async def run(a, ex, resumed):
         return await finish(a, protocol.REJECTED, {"reason": "job document is not a JSON object"})
     if op is None:
         return await finish(a, protocol.REJECTED, {"reason": "job document has no operation"})
+    await asyncio.sleep_ms(0)  # the document's checks apart from the handler's import
     mods = list(sys.modules)  # what was loaded before the handler (and its Context)
     fn, resumable = _resolve(op)
     await asyncio.sleep_ms(0)  # the handler's import apart from what follows
