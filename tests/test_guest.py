@@ -270,6 +270,24 @@ def test_an_application_that_fails_to_start_leaves_the_agent_running(
     dev.wait_for("no pending job", since=mark)
 
 
+def test_the_application_starts_before_the_agents_first_tls_handshake(
+    stack_session: Stack, boards: Boards
+) -> None:
+    # The application's first turn comes before the agent's start (its state file, the first
+    # MQTT connect: a TLS handshake that holds the loop), not after it.
+    thing = unique("first")
+    dev = boards(stack_session, thing, start=False)
+    app = dev.board / "app"
+    app.mkdir(exist_ok=True)
+    (app / "application.py").write_text(
+        "async def main(agent):\n"
+        "    print('application: first turn, connects tried: %d' % agent.link.attempts)\n"
+    )
+    dev.start()
+    dev.wait_for("no pending job")
+    assert any("application: first turn, connects tried: 0" in x for x in dev.lines), dev.lines
+
+
 def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> None:
     # README: `python -m bench.guest`, as written, with one run (its figures are a benchmark's,
     # not checked against time here): every row it advertises is printed, the job succeeded.
