@@ -192,12 +192,16 @@ def drive(spec_file: str) -> int:
         line = sys.stdin.readline().split()
         if not line or line[0] != "go":
             return 1
+        cpu0 = _cpu()
         driver.run(float(line[1]), spec["rate"], spec["offset"], spec["stride"], spec["timeout"])
+        cpu = _cpu() - cpu0
     except JobsctlError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 1
     finally:
         driver.close()
+    # The load generators share the machine's cores with the service and the broker: their
+    # CPU time is reported beside the service's, so that a reader sees what competes.
     print(
         json.dumps(
             {
@@ -205,6 +209,7 @@ def drive(spec_file: str) -> int:
                 "rejected": sum(d.errors for d in driver.devices),
                 "first_sent": driver.first_sent,
                 "last_reply": driver.last_reply,
+                "cpu": cpu,
             }
         ),
         flush=True,
@@ -280,6 +285,7 @@ def _round(
             if p.stdout.readline().strip() != "ready":
                 raise JobsctlError("a load generator did not connect its devices")
         broker = stack.broker.proc.pid if stack.broker and stack.broker.proc else 0
+        load = os.getloadavg()[0]  # the machine is shared: what else ran, over the last minute
         cpu0, broker0 = _cpu(), _proc_cpu(broker)
         start = time.monotonic() + 0.2
         for p in procs:
@@ -305,6 +311,7 @@ def _round(
         if "error" in r:
             raise JobsctlError(f"benchmark: {r['error']}")
     latencies = [x for r in results for x in r["latencies"]]
+    drivers_cpu = sum(r.get("cpu", 0.0) for r in results)
     wall = max(r["last_reply"] for r in results) - min(r["first_sent"] for r in results)
     job = stack.iot_client().describe_job(jobId=job_id)["job"]
     return {
@@ -320,6 +327,8 @@ def _round(
         "latency_max_ms": round(max(latencies) * 1000, 2),
         "service_cpu_us_per_reply": round(cpu / len(latencies) * 1e6, 1),
         "broker_cpu_us_per_reply": round(broker_cpu / len(latencies) * 1e6, 1),
+        "drivers_cpu_us_per_reply": round(drivers_cpu / len(latencies) * 1e6, 1),
+        "load_average": round(load, 2),
         "job_status": job["status"],
         "succeeded": job["jobProcessDetails"]["numberOfSucceededThings"],
     }
@@ -370,8 +379,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['devices']} devices, {r['mode']}: {r['replies']} replies in {r['wall_s']} s:"
             f" {r['throughput_replies_per_s']} replies/s, p50 {r['latency_p50_ms']} ms,"
-            f" p99 {r['latency_p99_ms']} ms, service {r['service_cpu_us_per_reply']} µs CPU"
-            " per reply"
+            f" p99 {r['latency_p99_ms']} ms, CPU per reply: service"
+            f" {r['service_cpu_us_per_reply']} µs, broker {r['broker_cpu_us_per_reply']} µs,"
+            f" load generators {r['drivers_cpu_us_per_reply']} µs; load average"
+            f" {r['load_average']}"
         )
     return 0
 
