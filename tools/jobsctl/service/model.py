@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError
 
-from . import fleet, policies, validate
+from . import events, fleet, policies, rollouts, validate
 from .common import (
     ACCOUNT_ID,
     REGION,
@@ -154,8 +154,6 @@ class Model:
             self.db.execute("RELEASE request")
 
     def _job_event(self, job_id: str, operation: str) -> None:
-        from . import events
-
         self._events.append(events.job_event(self.db, self._job(job_id), operation))
 
     def _touch(self, thing: str) -> None:
@@ -308,16 +306,12 @@ class Model:
         ).fetchone():
             return
         now = self.now()
-        from . import rollouts
-
         if rollouts.gated(self, job):  # released by _release (rate, schedule, windows)
             self.db.execute("INSERT INTO pending_targets VALUES (?, ?, ?)", (job_id, thing, now))
             return
         self._queue(job_id, thing, now)
 
     def _release(self, job: sqlite3.Row) -> None:
-        from . import rollouts
-
         if rollouts.gated(self, job):
             rollouts.release(self, job["job_id"], self.now())
 
@@ -496,8 +490,6 @@ class Model:
         if status != ex["status"]:
             self._touch(ex["thing"])
             if status in TERMINAL:
-                from . import events
-
                 self._events.append(
                     events.execution_event(row, thing_arn(row["thing"]), status.lower())
                 )
@@ -572,7 +564,11 @@ class Model:
         self._job_event(job_id, "canceled")
 
     def _maybe_complete(self, job_id: str) -> None:
-        job = self._job(job_id)
+        job = self.db.execute(  # two columns, not the row with its document
+            "SELECT status, target_selection FROM jobs WHERE job_id = ?", (job_id,)
+        ).fetchone()
+        if job is None:
+            raise not_found(f"Job {job_id} cannot be found.")
         if job["status"] != "IN_PROGRESS" or job["target_selection"] != "SNAPSHOT":
             return
         # Two index lookups (executions_job_status, pending_targets' key), not a scan of the
@@ -693,8 +689,6 @@ class Model:
             ).fetchall():
                 self._set_status(ex, "TIMED_OUT", now)
                 self._maybe_complete(ex["job_id"])
-            from . import rollouts
-
             for job_id in rollouts.due(self, now):
                 rollouts.release(self, job_id, now)
             for job in db.execute(
