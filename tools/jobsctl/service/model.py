@@ -323,8 +323,10 @@ class Model:
         )
         self._touch(thing)
 
-    def _job(self, job_id: str) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    def _job(self, job_id: str, columns: str = "*") -> sqlite3.Row:
+        """The job's row, or the ``columns`` (constant SQL, e.g. ``"status, extra"``) that a
+        per-request path needs: not the document it would not read."""
+        row = self.db.execute(f"SELECT {columns} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise not_found(f"Job {job_id} cannot be found.")
         return row
@@ -461,7 +463,7 @@ class Model:
         job_deadline = ex["job_deadline"]
         if status == "IN_PROGRESS" and started is None:
             started = now
-            timeout = opt_json(self._job(ex["job_id"])["timeout_config"]) or {}
+            timeout = opt_json(self._job(ex["job_id"], "timeout_config")["timeout_config"]) or {}
             if timeout.get("inProgressTimeoutInMinutes"):
                 job_deadline = now + 60.0 * int(timeout["inProgressTimeoutInMinutes"])
         if status != "IN_PROGRESS":
@@ -498,7 +500,7 @@ class Model:
 
     def _ended(self, ex: sqlite3.Row, now: float) -> None:
         """An execution reached a terminal status: retry it, or weigh the abort criteria."""
-        job = self._job(ex["job_id"])
+        job = self._job(ex["job_id"], "job_id, status, extra")
         if job["status"] != "IN_PROGRESS":
             return
         extra = self._extra(job)
@@ -564,11 +566,7 @@ class Model:
         self._job_event(job_id, "canceled")
 
     def _maybe_complete(self, job_id: str) -> None:
-        job = self.db.execute(  # two columns, not the row with its document
-            "SELECT status, target_selection FROM jobs WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        if job is None:
-            raise not_found(f"Job {job_id} cannot be found.")
+        job = self._job(job_id, "status, target_selection")
         if job["status"] != "IN_PROGRESS" or job["target_selection"] != "SNAPSHOT":
             return
         # Two index lookups (executions_job_status, pending_targets' key), not a scan of the
@@ -613,7 +611,7 @@ class Model:
         """The execution's job document as a device gets it (documentParameters filled in)
         and the job's presignedUrlConfig (JSON, or None)."""
         with self.lock:
-            job = self._job(ex.job_id)
+            job = self._job(ex.job_id, "document, document_parameters, presigned")
         document = substitute_parameters(str(job["document"]), job["document_parameters"])
         return document, job["presigned"]
 
