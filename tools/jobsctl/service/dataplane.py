@@ -459,13 +459,15 @@ class DataPlane:
 
     # ---------------------------------------------------------------- pushes
 
-    def on_change(self, things: set[str]) -> None:
-        """Model listener: push now, or after the reply when inside a request."""
+    def on_change(self, things: set[str]) -> bool:
+        """Model listener: push now, or after the reply when inside a request (then True:
+        the change came from a device's request)."""
         deferred = getattr(self._local, "deferred", None)
         if deferred is not None:
             deferred.update(things)
-        else:
-            self.notify(things)
+            return True
+        self.notify(things)
+        return False
 
     def notify(self, things: set[str]) -> None:
         for thing in sorted(things):

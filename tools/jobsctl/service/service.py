@@ -98,8 +98,10 @@ class Service:
             self.control.rate = RateLimiter(config.quotas.api_rate_per_second)
 
     def _changed(self, things: set[str]) -> None:
-        self.data.on_change(things)
-        self._wake.set()
+        # A device's request wakes no timer: what it can make due (a step or in-progress
+        # timeout) is a minute away at least, and the timer looks every second anyway.
+        if not self.data.on_change(things):
+            self._wake.set()
 
     def _events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Jobs events on $aws/events/... (QoS 1, from the service's own identity)."""
