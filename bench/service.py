@@ -43,6 +43,7 @@ from jobsctl.stack import Stack
 
 ARN = "arn:aws:iot:us-east-1:123456789012"
 JOB = "bench-job"
+_CPUS = sorted(os.sched_getaffinity(0))  # before --split-cores narrows this process's
 
 
 @dataclass
@@ -246,8 +247,10 @@ def _round(
     drivers: int,
     timeout: float,
     tmp: Path,
+    split: bool = False,
 ) -> dict[str, Any]:
-    """One job over the fleet, its devices driven by ``drivers`` processes."""
+    """One job over the fleet, its devices driven by ``drivers`` processes; ``split``: the
+    service alone on the first CPU, the broker and the load generators on the others."""
     stack.iot_client().create_job(
         jobId=job_id,
         targets=[f"{ARN}:thinggroup/bench-fleet"],
@@ -285,6 +288,8 @@ def _round(
             if p.stdout.readline().strip() != "ready":
                 raise JobsctlError("a load generator did not connect its devices")
         broker = stack.broker.proc.pid if stack.broker and stack.broker.proc else 0
+        if split:
+            _split_cores([broker, *(p.pid for p in procs)])
         load = os.getloadavg()[0]  # the machine is shared: what else ran, over the last minute
         cpu0, broker0 = _cpu(), _proc_cpu(broker)
         start = time.monotonic() + 0.2
@@ -334,12 +339,25 @@ def _round(
     }
 
 
+def _split_cores(others: list[int]) -> None:
+    """This process (the service) on one CPU alone, ``others`` on the rest: what the service
+    does when the load generators do not take its core (other users of the machine still
+    may: the load average says)."""
+    if len(_CPUS) < 2:
+        raise JobsctlError("--split-cores needs two CPUs at least")
+    for pid, cpus in [(os.getpid(), _CPUS[:1]), *((p, _CPUS[1:]) for p in others if p)]:
+        for task in os.listdir(f"/proc/{pid}/task"):  # every thread: affinity is per thread
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task), cpus)
+
+
 def run(
     devices: int,
     timeout: float,
     rate: float = 0.0,
     drivers: int = 2,
     rounds: int = 1,
+    split: bool = False,
 ) -> list[dict[str, Any]]:
     """``rounds`` jobs over one fleet of ``devices`` (a burst, or ``rate`` devices/s): one
     result per round. The fleet is provisioned once; each round is a new job."""
@@ -352,7 +370,10 @@ def run(
         provisioning = time.monotonic() - t0
         out = []
         for n in range(rounds):
-            r = _round(stack, creds, f"{JOB}-{n}", rate, min(drivers, devices), timeout, Path(tmp))
+            r = _round(
+                stack, creds, f"{JOB}-{n}", rate, min(drivers, devices), timeout, Path(tmp), split
+            )
+            r["cores"] = "split: the service on a CPU of its own" if split else "shared"
             r["provisioning_s"] = round(provisioning, 2)
             out.append(r)
         return out
@@ -365,12 +386,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drivers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--rounds", type=int, default=1, help="jobs run one after the other")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for a round")
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the service alone on one CPU, the broker and the load generators on the others",
+    )
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:
         return drive(args.drive)
     try:
-        results = run(args.devices, args.timeout, args.rate, args.drivers, args.rounds)
+        results = run(
+            args.devices, args.timeout, args.rate, args.drivers, args.rounds, args.split_cores
+        )
     except JobsctlError as exc:
         print(f"jobsctl: {exc}", file=sys.stderr)
         return 1
