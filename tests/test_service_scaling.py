@@ -1,17 +1,22 @@
 """The service's per-request and per-tick work is by index, never a scan of the fleet's
-executions: what keeps the cost per reply flat from 100 to 3,000 devices (bench.service)."""
+executions: what keeps the cost per reply flat from 100 to 3,000 devices (bench.service);
+and the data plane's batching keeps a thing's requests in order, each checked against the
+version the one before it left."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from plugin_stack import JobsDevice, unique
 
 from jobsctl.service import fleet
 from jobsctl.service.model import Model
 from jobsctl.service.store import Store
+from jobsctl.stack import Stack
 
 ARN = "arn:aws:iot:us-east-1:123456789012"
 # Tables that grow with the fleet (or its rollouts): a statement on them must search an index.
@@ -84,3 +89,38 @@ def test_the_timer_still_times_out_what_is_due(model: Model) -> None:
     model.tick()
     timed_out = model.execution("t001", "job-1")
     assert timed_out is not None and timed_out.status == "TIMED_OUT"
+
+
+def test_a_things_pipelined_requests_are_answered_in_order_each_against_the_last_version(
+    stack_session: Stack, jobs_device: Callable[..., JobsDevice]
+) -> None:
+    dev = jobs_device(stack_session)
+    job = unique("job")
+    stack_session.iot_client().create_job(
+        jobId=job, targets=[f"{ARN}:thing/{dev.name}"], document=json.dumps({"operation": "x"})
+    )
+    outcome, reply = dev.request("start-next")
+    assert outcome == "accepted" and reply["execution"]["versionNumber"] == 2
+    since = dev.mark()
+    # Sent back to back, no reply awaited: they reach the service together (one batch or
+    # several), and each passes only if the one before it was applied first.
+    tokens = [f"v{v}" for v in range(2, 9)] + ["stale"]
+    for v, token in zip([*range(2, 9), 2], tokens, strict=True):
+        body = {"status": "IN_PROGRESS", "expectedVersion": v, "clientToken": token}
+        dev.client.publish(dev.prefix + f"{job}/update", json.dumps(body), qos=1)
+    for token in tokens:
+        dev.wait_for(
+            f"{job}/update/" + ("rejected" if token == "stale" else "accepted"),
+            lambda body, token=token: body.get("clientToken") == token,  # type: ignore[misc]
+            since,
+        )
+    replies = [
+        (topic.rsplit("/", 1)[1], body)
+        for topic, body in dev.messages[since:]
+        if topic.startswith(dev.prefix + f"{job}/update/")
+    ]
+    assert [body["clientToken"] for _, body in replies] == tokens  # in the order sent
+    assert [outcome for outcome, _ in replies] == ["accepted"] * 7 + ["rejected"]
+    stale = replies[-1][1]
+    assert stale["code"] == "VersionMismatch"
+    assert stale["executionState"]["versionNumber"] == 9  # after the seven in order

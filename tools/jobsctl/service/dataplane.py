@@ -40,8 +40,8 @@ _PRESIGNED = re.compile(r"\$\{aws:iot:s3-presigned-url(?:-v2)?:([^}\s\"]+)\}")
 Presigner = Callable[[str, str, int], str]
 Reply = tuple[str, dict[str, Any]]
 
-# Requests handled in one SQLite transaction, at most: the worker takes what has arrived
-# (up to this many), answers each in its own savepoint, commits once, then publishes the
+# Requests handled in one SQLite transaction, at most: the network thread takes what it has
+# read (up to this many), answers each in its own savepoint, commits once, then writes the
 # replies. Under load this turns hundreds of commits per second into a few; alone, a request
 # is a batch of one and waits for nothing.
 BATCH_MAX = 64
@@ -211,7 +211,10 @@ class DataPlane:
                 delay = 1.0
             rc = client.loop(timeout=1.0)
             if self._inbox:
-                self._answer_all()
+                try:
+                    self._answer_all()
+                except Exception:  # the thread must live on: the next requests need it
+                    log.exception("data plane failed to answer what it read")
             if rc != mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
                 self.connected.clear()
                 self._stopping.wait(delay)
