@@ -1,6 +1,7 @@
 """Benchmark of the local Jobs service's data plane (not a test).
 
-    python -m bench.service --devices 1000 [--rate 300] [--drivers 2]
+    python -m bench.service --devices 1000 [--rate 300] [--drivers 2] [--rounds 3]
+                            [--split-cores]
 
 Starts a fresh stack in a temporary folder (this process: the service, as ``jobsctl serve``
 runs it; mosquitto beside it), registers N things in one group (each with its own
@@ -14,7 +15,11 @@ Two arrival patterns: a burst (every device starts at once) and, with ``--rate D
 arrival of D devices per second (3·D requests per second). Prints the throughput (replies per
 second from the first request to the last reply), p50/p90/p99 reply latency, and the
 service's CPU time per reply (this process's CPU time over the run, which is the service's
-alone: the main thread only waits), the figure that must stay flat as the fleet grows.
+alone: the main thread only waits), the figure that must stay flat as the fleet grows; beside
+it the broker's and the load generators' CPU per reply and the load average, since all of
+them share the machine's cores. ``--split-cores`` puts the service on a CPU of its own and
+the broker and the load generators on the others: the figure without the load generators
+taking the service's core.
 """
 
 from __future__ import annotations

@@ -6,13 +6,17 @@ version the one before it left."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from plugin_stack import JobsDevice, unique
 
+from jobsctl.checkout import ROOT
 from jobsctl.service import fleet
 from jobsctl.service.model import Model
 from jobsctl.service.store import Store
@@ -124,3 +128,31 @@ def test_a_things_pipelined_requests_are_answered_in_order_each_against_the_last
     stale = replies[-1][1]
     assert stale["code"] == "VersionMismatch"
     assert stale["executionState"]["versionNumber"] == 9  # after the seven in order
+
+
+def test_bench_service_runs_as_its_docstring_gives_it() -> None:
+    split = ["--split-cores"] if len(os.sched_getaffinity(0)) >= 2 else []
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.service", "--devices", "6", "--rounds", "2", *split],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    decoder = json.JSONDecoder()
+    text = out.stdout
+    results = []
+    at = text.find("{")
+    while at >= 0:
+        result, end = decoder.raw_decode(text, at)
+        results.append(result)
+        at = text.find("{", end)
+    assert len(results) == 2  # one per round
+    for r in results:
+        assert r["replies"] == 18 and r["rejected"] == 0  # start-next + 2 updates, 6 devices
+        assert r["job_status"] == "COMPLETED" and r["succeeded"] == 6
+        assert r["service_cpu_us_per_reply"] > 0 and r["drivers_cpu_us_per_reply"] > 0
+        assert r["latency_p99_ms"] >= r["latency_p50_ms"] > 0
+        assert r["cores"] == ("split: the service on a CPU of its own" if split else "shared")
+    assert out.stdout.count("replies/s") == 2
