@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .controlplane import ControlPlane
-from .dataplane import DataPlane, Presigner
+from .dataplane import DataPlane, Presigner, to_json
 from .jobsdata import JobsDataApi
 from .model import Model
 from .otaupdates import OtaUpdates
@@ -106,7 +105,7 @@ class Service:
     def _events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Jobs events on $aws/events/... (QoS 1, from the service's own identity)."""
         for topic, body in events:
-            self.data.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
+            self.data.client.publish(topic, to_json(body), qos=1)
 
     def start(self) -> int:
         """Start both planes; returns the control-plane port."""
