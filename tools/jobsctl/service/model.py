@@ -671,7 +671,8 @@ class Model:
                 step_deadline=now + 60 * step_timeout if step_timeout and not cancel_step else None,
                 clear_step=cancel_step,
             )
-            self._maybe_complete(job_id)
+            if status in TERMINAL:  # an execution left IN_PROGRESS or QUEUED keeps it busy
+                self._maybe_complete(job_id)
             return Execution.of(row)
 
     # ---------------------------------------------------------------- timers
