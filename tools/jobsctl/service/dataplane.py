@@ -213,7 +213,11 @@ class DataPlane:
                     delay = min(delay * 2, 4.0)
                     continue
                 delay = 1.0
-            rc = client.loop(timeout=1.0)
+            try:
+                rc = client.loop(timeout=1.0)
+            except Exception:  # as paho's own thread would die of it; this one waits, goes on
+                log.exception("data plane network loop failed")
+                rc = mqtt.MQTT_ERR_UNKNOWN
             if self._inbox:
                 try:
                     self._answer_all()
