@@ -229,19 +229,12 @@ class DataPlane:
                 delay = min(delay * 2, 4.0)
 
     def _answer_all(self) -> None:
-        """Answer what has been read, batch by batch, each batch's replies written at once:
-        corked, so that they leave in as few TCP segments as fit (the broker reads them
-        together) and uncorked as soon as they are written, so that none waits."""
-        sock = self.client.socket()
-        corked = _cork(sock, True)
-        try:
-            while self._inbox:
-                batch, self._inbox = self._inbox[:BATCH_MAX], self._inbox[BATCH_MAX:]
-                self._answer(batch)
-                self.client.loop_write()
-        finally:
-            if corked:
-                _cork(sock, False)
+        """Answer what has been read, batch by batch, each batch's replies written as soon as
+        it is committed (not after the next batch)."""
+        while self._inbox:
+            batch, self._inbox = self._inbox[:BATCH_MAX], self._inbox[BATCH_MAX:]
+            self._answer(batch)
+            self.client.loop_write()
 
     def _answer(self, batch: list[tuple[str, bytes]]) -> None:
         """One batch: each request in its savepoint, one commit, then the replies in order,
@@ -510,18 +503,6 @@ class DataPlane:
 
 def _later(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     pass  # paho's own wake-up (its socket pair) brings the network thread to the write
-
-
-def _cork(sock: Any, on: bool) -> bool:
-    """TCP_CORK on (True: it was set) or off; where the platform has none, nothing."""
-    cork = getattr(socket, "TCP_CORK", None)
-    if sock is None or cork is None:
-        return False
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, cork, int(on))
-    except OSError:
-        return False
-    return True
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
