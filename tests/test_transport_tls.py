@@ -7,6 +7,7 @@ each one fails when verification is broken.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -51,6 +52,21 @@ def test_the_mqtt_read_path_allocates_nothing_idle_and_imports_nothing(broker, c
     r = probe("hot", thing_creds("dev-hot"), "dev-hot", broker, ca.cert_path).check()
     assert "IDLE-POLLS-LOCKED 500 imports 0" in r.out, r.out
     assert "MESSAGE-READ 300 imports 0" in r.out, r.out
+
+
+def test_the_wait_lasts_its_time_ends_on_a_message_or_wake_and_never_polls_tls(
+    broker, ca, thing_creds
+):
+    # tests/device/mqtt_probe.py "wait": Transport.wait(), what the agent awaits between two
+    # reads (issue 18: woken by the socket, not a 20 ms tick).
+    r = probe("wait", thing_creds("dev-wait"), "dev-wait", broker, ca.cert_path).check()
+    idle = re.search(r"IDLE-WAIT-MS (\d+) got 0", r.out)
+    assert idle and int(idle.group(1)) >= 200, r.out
+    alloc = re.search(r"ALLOC-10MS (\d+) ALLOC-300MS (\d+)", r.out)
+    assert alloc and int(alloc.group(1)) == int(alloc.group(2)), r.out
+    assert "MESSAGE-WOKE True got 1" in r.out, r.out
+    assert "WAKE-WOKE True" in r.out, r.out
+    assert "GUARD-POLLS 0" in r.out, r.out
 
 
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):

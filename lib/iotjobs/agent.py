@@ -40,10 +40,12 @@ GAVEUP_FILE = "gaveup.json"
 _RETRIES = const(5)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
-# How often a waiting agent looks at the MQTT socket (non-blocking) between two yields to the
-# event loop: the latency it adds to a reply, and the wake-ups an idle agent costs.
-_TICK_MS = const(20)
-_IDLE_MS = const(1000)
+# A waiting agent wakes when the MQTT socket has bytes, the application queues a message, or
+# at the latest after _FEED_MS (the watchdog is fed, the keepalive checked: Board.sleep_ms's
+# slice). An idle turn lasts _IDLE_MS: nothing but those wakes it sooner, and each turn
+# allocates (its coroutines), each wait too (its generator, asyncio's poller entry).
+_FEED_MS = const(500)
+_IDLE_MS = const(10000)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
 LEVELS = ("debug", "info", "warning", "error")  # lowest first: config.json's log_level
@@ -177,6 +179,9 @@ class Agent:
     def publish(self, topic, payload):
         # Queues a QoS 0 message on one of this thing's telemetry topics (topic()); see guest.
         self._app().publish(self, topic, payload)
+        t = self.link.t
+        if t is not None:
+            t.wake()  # a waiting agent sends it now
 
     def subscribe(self, filt, callback):
         # callback(topic, msg) for every message on filt, under this thing's command topics.
@@ -300,8 +305,9 @@ class Agent:
             self.link.drop(e)
 
     async def _wait(self, ms, done):
-        # Up to ms for done() (or a dropped link), reading MQTT every _TICK_MS and yielding in
-        # between. Raises OSError when the link went down.
+        # Up to ms for done() (or a dropped link): reads MQTT whenever its socket has bytes,
+        # yielding to the event loop in between (Transport.wait). Raises OSError when the link
+        # went down.
         b = self.board
         t0 = b.ticks_ms()
         while True:
@@ -315,7 +321,7 @@ class Agent:
             left = ms - _diff(b.ticks_ms(), t0)
             if left <= 0:
                 return False
-            await asyncio.sleep_ms(left if left < _TICK_MS else _TICK_MS)
+            await t.wait(left if left < _FEED_MS else _FEED_MS)
 
     def _replied(self):
         return self._reply is not None
