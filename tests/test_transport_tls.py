@@ -57,7 +57,7 @@ def test_the_mqtt_read_path_allocates_nothing_idle_and_imports_nothing(broker, c
 
 
 @pytest.mark.parametrize("port", ["board_port", "frozen_port", "newest_port"])
-def test_the_wait_lasts_its_time_ends_on_a_message_or_wake_and_never_polls_tls(
+def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_tls(
     broker, ca, thing_creds, request, port
 ):
     # tests/device/mqtt_probe.py "wait": Transport.wait(), what the agent awaits between two
@@ -74,6 +74,7 @@ def test_the_wait_lasts_its_time_ends_on_a_message_or_wake_and_never_polls_tls(
     assert "MESSAGE-WOKE True got 1" in r.out, r.out
     assert "WAKE-WOKE True" in r.out, r.out
     assert "GUARD-POLLS 0" in r.out, r.out
+    assert "KEEPALIVE-WOKE True ping sent True" in r.out, r.out
 
 
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):

@@ -40,11 +40,10 @@ GAVEUP_FILE = "gaveup.json"
 _RETRIES = const(5)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
-# A waiting agent wakes when the MQTT socket has bytes, the application queues a message, or
-# at the latest after _FEED_MS (the watchdog is fed, the keepalive checked: Board.sleep_ms's
-# slice). An idle turn lasts _IDLE_MS: nothing but those wakes it sooner, and each turn
-# allocates (its coroutines), each wait too (its generator, asyncio's poller entry).
-_FEED_MS = const(500)
+# A waiting agent wakes when the MQTT socket has bytes, the application queues a message, the
+# keepalive has something to do (Transport.wait), or after half the watchdog's timeout (it is
+# fed). An idle turn lasts _IDLE_MS. Each wake costs a few small allocations (the wait's
+# generator, asyncio's poller entry), each turn a few more (its coroutines).
 _IDLE_MS = const(10000)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
@@ -321,7 +320,8 @@ class Agent:
             left = ms - _diff(b.ticks_ms(), t0)
             if left <= 0:
                 return False
-            await t.wait(left if left < _FEED_MS else _FEED_MS)
+            feed = self.cfg.get("wdt_timeout_ms", 0) >> 1
+            await t.wait(left if not feed or left < feed else feed)
 
     def _replied(self):
         return self._reply is not None

@@ -356,12 +356,21 @@ class Transport:
 
     def wait(self, ms):
         # An awaitable: yields to the event loop until the socket has a byte (poll(0) then
-        # reads the message), wake() is called, or ms passed; at once when the transport is
-        # closed. Allocates one generator (the wait itself), nothing per pass of the poller.
+        # reads the message), wake() is called, or ms passed, or sooner when the keepalive
+        # has something to do (a ping to send, a ping's reply overdue: poll(0) does it); at
+        # once when the transport is closed. Allocates one generator (the wait itself),
+        # nothing per pass of the poller.
         w = self._wake
         if w is None or self._c is None:
             return asyncio.sleep_ms(0)
-        w.until = time.ticks_add(time.ticks_ms(), ms)
+        now = time.ticks_ms()
+        if self._ping_ticks is None:
+            due = self._keepalive_ms // 2 - time.ticks_diff(now, self._tx_ticks)
+        else:
+            due = self._timeout_ms - time.ticks_diff(now, self._ping_ticks) + 1
+        if due < ms:
+            ms = due if due > 0 else 0
+        w.until = time.ticks_add(now, ms)
         return w.wait()
 
     def wake(self):

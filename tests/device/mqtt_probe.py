@@ -88,9 +88,9 @@ elif mode == "hot":
 elif mode == "wait":
     # Transport.wait() under asyncio, what the agent awaits between two reads: it lasts its
     # time when nothing comes, allocates the same for 10 ms as for 300 ms (nothing per pass of
-    # asyncio's poller), ends when a message comes or wake() is called, and the guard never
-    # polls the TLS socket meanwhile (the wait asks it with a non-blocking read, and the read
-    # finds the message's bytes already in mbedTLS).
+    # asyncio's poller), ends when a message comes, wake() is called or a ping is due, and the
+    # guard never polls the TLS socket meanwhile (the wait asks it with a non-blocking read,
+    # and the read finds the message's bytes already in mbedTLS).
     import asyncio
     import gc
 
@@ -110,6 +110,7 @@ elif mode == "wait":
             self.p.unregister(s)
 
     t._sock._poll = _Counted(t._sock._poll)
+    t._keepalive_ms = 600000  # no ping wakes a wait here, but the one the last step asks for
 
     async def waker():
         await asyncio.sleep_ms(50)
@@ -140,6 +141,13 @@ elif mode == "wait":
         await t.wait(20000)
         print("WAKE-WOKE", time.ticks_diff(time.ticks_ms(), t0) < 20000)
         print("GUARD-POLLS", polls[0])
+        t._keepalive_ms = 1000  # a ping due in 500 ms: the wait ends for it, poll(0) sends it
+        t0 = time.ticks_ms()
+        await t.wait(20000)
+        dt = time.ticks_diff(time.ticks_ms(), t0)
+        tx = t._tx_ticks
+        t.poll(0)
+        print("KEEPALIVE-WOKE", dt < 20000, "ping sent", t._tx_ticks != tx)
 
     asyncio.run(main())
 elif mode == "keepalive":
