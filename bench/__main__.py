@@ -22,7 +22,8 @@ each row names the command that made it and the figure it replaced:
   firmware: bytecode in the heap) and frozen into the port (``build/micropython-frozen``, as a
   custom firmware built from firmware/manifest.py carries it);
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
-  the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
+  the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack,
+  and the heap an idle agent allocates per minute (``bench.latency``, also alone);
 - service: 100 / 1,000 / 3,000 simulated devices doing start-next + two updates, as a burst
   and at a steady arrival rate (bench.service);
 - OTA over MQTT streams (JSON and CBOR) vs HTTPS on the same 1 MiB image: time, bytes on the
