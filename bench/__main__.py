@@ -394,7 +394,8 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 "heap allocated by an idle agent (connected, no job), per minute",
                 f"{kb(n * 60000 / max(ms, 1))}",
                 f"measured over {ms / 1000:.0f} s with the GC's automatic passes off (Unix "
-                "port, 32-bit: an id() is a long int there, not on a board)",
+                "port: its wait asks every 1 ms from the run queue; a board's, through "
+                "asyncio's poller, adds a poller entry per wake)",
             )
         )
         command("heap allocated by an idle", "`python -m bench.latency --idle-s 30`")

@@ -15,6 +15,7 @@
 # MQTTClient(..., ssl=True, ssl_params=...), connect(), subscribe(), publish(qos=0),
 # wait_msg(), ping(), and the `sock` attribute.
 import asyncio
+import sys
 import time
 
 from micropython import const
@@ -27,6 +28,13 @@ _WBUF = const(512)  # one outgoing packet gathered here (a Jobs update fits)
 _DRAIN = const(256)  # the chunk a message too large to hold is drained through
 _DRAIN_MIN = const(64)  # smaller reads (headers, lengths) are never dropped
 MAX_MSG = const(131072)  # AWS IoT's largest MQTT message
+# The Unix port's poller (select.poll built with MICROPY_PY_SELECT_POSIX_OPTIMISATIONS) sleeps
+# 1 ms on every pass while a stream without a file descriptor (_Wake, as a TLS socket) is in
+# it, even a pass with another task ready: each yield of every task would cost 1 ms. There
+# Transport.wait asks _Wake itself every 1 ms from the run queue instead (_ticked: the cadence
+# that poller gives, holding nobody). A board's poller (ESP32) asks once per pass, sleeps only
+# when no task is due, and is the one used there.
+_TICKED = sys.platform in ("linux", "darwin")
 
 
 class _Guard:
@@ -215,8 +223,8 @@ class _Wake(asyncio.ThreadSafeFlag):
     # (asyncio.wait_for_ms) costs two tasks per wait; this costs one generator (wait()).
     # The socket is asked as the guard's ready(0) asks it (a non-blocking read of one byte,
     # kept for the next read): never a poll of a TLS socket that already holds bytes. The
-    # poller asks each pass of its loop: every 1 ms on the Unix port (a stream without a file
-    # descriptor), every FreeRTOS tick on ESP32; the same wake-up a socket in it would get.
+    # poller asks each pass of its loop: every FreeRTOS tick on ESP32 while nothing else runs,
+    # the same wake-up a socket in it would get (on the Unix port _ticked asks, see _TICKED).
     def __init__(self, guard):
         super().__init__()
         self._g = guard
@@ -234,6 +242,13 @@ class _Wake(asyncio.ThreadSafeFlag):
         except Exception:  # closed or broken: the reader finds out (an exception here would
             return flags  # end the event loop)
         return flags if time.ticks_diff(time.ticks_ms(), self.until) >= 0 else 0
+
+
+async def _ticked(w):
+    # w.wait() on the Unix port (see _TICKED): the same question, asked every 1 ms.
+    while not w.ioctl(3, 1):
+        await asyncio.sleep_ms(1)
+    w.state = 0
 
 
 def _packet_size(buf, n):
@@ -371,7 +386,7 @@ class Transport:
         if due < ms:
             ms = due if due > 0 else 0
         w.until = time.ticks_add(now, ms)
-        return w.wait()
+        return _ticked(w) if _TICKED else w.wait()
 
     def wake(self):
         # Ends a wait() under way (or makes the next one return at once).

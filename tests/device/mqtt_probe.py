@@ -85,15 +85,20 @@ elif mode == "hot":
         t.poll(1000)
     builtins.__import__ = real
     print("MESSAGE-READ", len(got[0][1]), "imports", seen[0])
-elif mode == "wait":
+elif mode in ("wait", "wait-poller"):
     # Transport.wait() under asyncio, what the agent awaits between two reads: it lasts its
     # time when nothing comes, allocates the same for 10 ms as for 300 ms (nothing per pass of
     # asyncio's poller), ends when a message comes, wake() is called or a ping is due, and the
     # guard never polls the TLS socket meanwhile (the wait asks it with a non-blocking read,
     # and the read finds the message's bytes already in mbedTLS).
+    # "wait-poller": the same through asyncio's poller (what a board uses; the Unix port
+    # asks _Wake from the run queue instead, transport._TICKED).
     import asyncio
     import gc
 
+    from iotjobs import transport
+
+    transport._TICKED = mode == "wait"
     topic = "$aws/things/%s/jobs/probe" % thing
     t.subscribe(topic)
     polls = [0]
@@ -116,10 +121,21 @@ elif mode == "wait":
         await asyncio.sleep_ms(50)
         t.wake()
 
+    spins = [0, True]
+
+    async def spinner():  # another task that yields in a loop, as the application may
+        while spins[1]:
+            spins[0] += 1
+            await asyncio.sleep_ms(0)
+
     async def main():
+        asyncio.create_task(spinner())
         t0 = time.ticks_ms()
         await t.wait(200)
+        spins[1] = False
         print("IDLE-WAIT-MS", time.ticks_diff(time.ticks_ms(), t0), "got", len(got))
+        print("SPINNER-YIELDS", spins[0])
+        await asyncio.sleep_ms(5)  # the spinner ends (its task's end allocates)
         gc.collect()
         gc.disable()
         a0 = gc.mem_alloc()
