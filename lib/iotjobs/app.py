@@ -42,7 +42,7 @@ def build(cfg, board=None):
     # the job ends (agent._run), so an idle agent holds none of them.
     for op, fn in (
         ("reboot", "job:reboot"),
-        ("config", "config:job"),
+        ("config", "settings:job"),
         ("ota", "ota:handle"),
         ("afr_ota", "afr:handle"),
         ("bundle", "bundle:handle"),
@@ -141,7 +141,7 @@ def _start(path):
         print("E config: %s" % e)
         return None
     del config
-    agent.unload(("iotjobs.config",))  # a config job imports it again
+    agent.unload(("iotjobs.config", "iotjobs.settings"))  # boot-time code
     a = build(cfg)
     if cfg["app_dir"] not in sys.path:
         sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)
