@@ -438,6 +438,9 @@ class Agent:
             else:
                 self.log("info", "no pending job")
             return
+        # The reply (every field of the execution, the document parsed twice over) is not
+        # held while the job runs: ex has what the job needs.
+        body = None
         self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
         await self._do("run", ex, False)
 

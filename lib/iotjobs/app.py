@@ -79,7 +79,9 @@ def run(path="config.json"):
     # What main.py calls: the agent, and beside it the installed application (the module
     # `application` in app_dir, whose `async def main(agent)` is its entry point), both
     # tasks of one asyncio loop. Without an application the agent runs alone.
+    global start
     a = start(path)
+    del start  # boot-time code, as build and _start: not kept while the agent runs
     if a is None:
         return
     try:
