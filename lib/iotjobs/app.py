@@ -71,6 +71,10 @@ def start(path="config.json"):
         a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
     except Exception as e:
         _crash(a, e)
+    # Boot-time too: Wi-Fi's and the clock's modules are not used again (agent.unload).
+    from iotjobs.agent import unload
+
+    unload(("network", "ntptime"))
     a.link.hold = hold
     return a
 
