@@ -246,6 +246,7 @@ MODULE_GROUPS = (
     ("idle agent (boot: app, config)", ("iotjobs.app", "iotjobs.settings", "iotjobs.config")),
     ("every job", ("iotjobs.job", "iotjobs.context")),
     ("ota download", ("iotjobs.ota", "iotjobs.fetch", "iotjobs.http", "iotjobs.slot")),
+    ("ota: document checks, per call", ("iotjobs.otadoc",)),
     ("ota verify", ("iotjobs.otaboot", "iotjobs.ecdsa", "iotjobs.secver")),
     ("bundle", ("iotjobs.bundle", "iotjobs.appswap")),
     ("MQTT streams, afr_ota", ("iotjobs.stream", "iotjobs.afr")),
