@@ -33,21 +33,23 @@ def _hex(s, n):
 
 
 def check(ctx, doc, slot_size, what="OTA slot"):
-    from iotjobs import otadoc
-
-    try:
-        return otadoc.check(ctx, doc, slot_size, what)
-    finally:
-        unload(("iotjobs.otadoc",))
+    return _doc("check", ctx, doc, slot_size, what)
 
 
 def parse(doc, slot_size, keyed, what="OTA slot"):
+    return _doc("parse", doc, slot_size, keyed, what)
+
+
+def _doc(fn, *args):
+    # Unloaded by the outermost call only (a delta document's checks call parse() again).
+    outer = "iotjobs.otadoc" not in sys.modules
     from iotjobs import otadoc
 
     try:
-        return otadoc.parse(doc, slot_size, keyed, what)
+        return getattr(otadoc, fn)(*args)
     finally:
-        unload(("iotjobs.otadoc",))
+        if outer:
+            unload(("iotjobs.otadoc",))
 
 
 # ---------------------------------------------------------------- the handler
