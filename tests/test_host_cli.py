@@ -64,6 +64,28 @@ def test_image_build_refuses_an_image_larger_than_the_slot(
     assert rc == 1 and "do not fit a 1048576-byte OTA slot" in one_line(err)
 
 
+def test_image_build_and_sign_rewrite_their_own_output_and_nothing_else(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out, sig, key = tmp_path / "app.bin", tmp_path / "app.sig", tmp_path / "k.pem"
+    assert run(capsys, "image", "keygen", str(key))[0] == 0
+    assert run(capsys, "image", "build", "--version", "1.0", "-o", str(out))[0] == 0
+    assert run(capsys, "image", "build", "--version", "1.1", "-o", str(out))[0] == 0  # rebuilt
+    assert run(capsys, "image", "info", str(out))[1].count('"version": "1.1"') == 1
+    assert run(capsys, "image", "sign", str(out), "--key", str(key), "-o", str(sig))[0] == 0
+    assert run(capsys, "image", "sign", str(out), "--key", str(key), "-o", str(sig))[0] == 0
+    # What a user made is refused, untouched, in one line.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    rc, _, err = run(capsys, "image", "build", "--version", "2.0", "-o", str(notes))
+    assert rc == 1 and "is not an app image; not overwriting it\n" in one_line(err)
+    rc, _, err = run(capsys, "image", "sign", str(out), "--key", str(key), "-o", str(notes))
+    assert rc == 1 and "is not a signature; not overwriting it\n" in one_line(err)
+    assert notes.read_text() == "my notes\n"
+    rc, _, err = run(capsys, "image", "build", "--version", "2.0", "-o", str(tmp_path))
+    assert rc == 1 and "not overwriting it" in one_line(err)
+
+
 def test_the_slot_is_read_from_a_csv_a_partition_table_or_a_firmware(tmp_path: Path) -> None:
     import struct
 

@@ -122,7 +122,7 @@ def _xor(data: bytes) -> int:
     return x
 
 
-def _problem(data: bytes, slot_size: int | None = None) -> str | None:
+def problem(data: bytes, slot_size: int | None = None) -> str | None:
     """Why the bootloader would refuse ``data``, or None when it is a valid app image."""
     if len(data) < 24 or data[0] != MAGIC:
         return "not an ESP32 app image (no 0xE9 header)"
@@ -162,7 +162,7 @@ def _problem(data: bytes, slot_size: int | None = None) -> str | None:
 
 def check_app_image(data: bytes, slot_size: int | None = None) -> None:
     """Raise JobsctlError saying why ``data`` is not a bootable ESP32 app image."""
-    why = _problem(data, slot_size)
+    why = problem(data, slot_size)
     if why is not None:
         raise JobsctlError(f"invalid app image: {why}")
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,13 @@ def register(sub: Any) -> None:
         help="the app descriptor's secure_version: devices refuse images below the highest"
         " they have confirmed (default 0)",
     )
-    b.add_argument("-o", "--output", type=Path, required=True)
+    b.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="the image to write (an app image there is rebuilt; any other file is refused)",
+    )
     add_slot_options(b)
     b.set_defaults(func=build)
 
@@ -85,7 +93,12 @@ def register(sub: Any) -> None:
     )
     s.add_argument("file", type=Path, help="the image (or bundle) to sign")
     s.add_argument("--key", type=Path, required=True, help="PEM private key (from keygen)")
-    s.add_argument("-o", "--output", type=Path, help="also write the signature here")
+    s.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="also write the signature here (replaces a signature, refuses any other file)",
+    )
     s.set_defaults(func=sign)
 
     d = isub.add_parser(
@@ -123,7 +136,26 @@ def _read(path: Path) -> bytes:
         raise JobsctlError(f"cannot read {path}: {exc.strerror}") from None
 
 
+def _is_signature(data: bytes) -> bool:
+    try:
+        der = base64.b64decode(data.strip(), validate=True)
+    except ValueError:
+        return False
+    return 8 <= len(der) <= 80 and der[0] == 0x30
+
+
+def _replaceable(path: Path, what: str, holds_it: Callable[[bytes], bool]) -> None:
+    """-o rewrites a file that holds what the command makes (an image rebuilt, a signature
+    made again) and refuses any other: a typo in -o must not cost the user a file."""
+    if not path.exists():
+        return
+    if path.is_file() and holds_it(_read(path)):
+        return
+    raise JobsctlError(f"{path} exists and is not {what}; not overwriting it")
+
+
 def build(args: argparse.Namespace) -> int:
+    _replaceable(args.output, "an app image", lambda b: image.problem(b) is None)
     limit = slot_size(args)
     if args.size is not None and args.size > limit:  # refused before anything is made
         raise JobsctlError(
@@ -156,6 +188,8 @@ def keygen(args: argparse.Namespace) -> int:
 
 
 def sign(args: argparse.Namespace) -> int:
+    if args.output:
+        _replaceable(args.output, "a signature", _is_signature)
     sig = image.sign(_read(args.file), args.key)
     if args.output:
         args.output.write_text(sig + "\n")
