@@ -22,7 +22,8 @@ each row names the command that made it and the figure it replaced:
   firmware: bytecode in the heap) and frozen into the port (``build/micropython-frozen``, as a
   custom firmware built from firmware/manifest.py carries it);
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
-  the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack;
+  the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack,
+  and the heap an idle agent allocates per minute (``bench.latency``, also alone);
 - service: 100 / 1,000 / 3,000 simulated devices doing start-next + two updates, as a burst
   and at a steady arrival rate (bench.service);
 - OTA over MQTT streams (JSON and CBOR) vs HTTPS on the same 1 MiB image: time, bytes on the
@@ -68,6 +69,7 @@ from jobsctl.stack import Stack
 
 from . import delta as bench_delta
 from . import guest as bench_guest
+from . import latency as bench_latency
 from . import memory as bench_memory
 from . import service as bench_service
 from .table import Row, command, previous_figures, table
@@ -343,7 +345,10 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 if ota:
                     doc, extra = otajob.prepare(stack, data, key=signing)
                 stack.iot_client().create_job(
-                    jobId=name, targets=[_arn(stack, name)], document=json.dumps(doc), **extra
+                    jobId=name,
+                    targets=[bench_latency.arn(stack, name)],
+                    document=json.dumps(doc),
+                    **extra,
                 )
                 status = _final(stack, name, name, timeout=60 if ota else 30)
             return status == "SUCCEEDED"
@@ -376,19 +381,24 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
             )
         )
         command("smallest -X heapsize for a whole", "`python -m bench` (bench_stack)")
-        ours, peer = _latency(stack, jobs)
+        ours, peer = bench_latency.run(stack, jobs)
+        rows.append(
+            ("create-job → IN_PROGRESS, our agent (Unix port)", *bench_latency.figure(ours, peer))
+        )
+        command(
+            "create-job", f"`python -m bench.latency --jobs {jobs}` (also in `python -m bench`)"
+        )
+        n, ms = bench_latency.idle_alloc(stack, 30)
         rows.append(
             (
-                "create-job → IN_PROGRESS, our agent (Unix port)",
-                f"p50 {_p(ours, 50):.1f} ms, p90 {_p(ours, 90):.1f} ms",
-                f"AWS IoT Device SDK v2 (awsiotsdk, CPython): p50 {_p(peer, 50):.1f} ms, "
-                f"p90 {_p(peer, 90):.1f} ms; agent/SDK p50 ratio "
-                f"{_p(ours, 50) / _p(peer, 50):.2f} (goal ≤ 1.2); {jobs} jobs each, one of "
-                f"each in turn on the same stack; the service's timestamps (createdAt, "
-                f"startedAt: ms resolution)",
+                "heap allocated by an idle agent (connected, no job), per minute",
+                f"{kb(n * 60000 / max(ms, 1))}",
+                f"measured over {ms / 1000:.0f} s with the GC's automatic passes off (Unix "
+                "port: its wait asks every 1 ms from the run queue; a board's, through "
+                "asyncio's poller, adds a poller entry per wake)",
             )
         )
-        command("create-job", "`python -m bench` (bench_stack, _latency)")
+        command("heap allocated by an idle", "`python -m bench.latency --idle-s 30`")
 
 
 def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
@@ -476,7 +486,7 @@ def bench_streams(tmp: Path, runs: int, rows: list[Row]) -> None:
                     sampler.start()
                     iot.create_job(
                         jobId=name,
-                        targets=[_arn(stack, name)],
+                        targets=[bench_latency.arn(stack, name)],
                         document=json.dumps(document(variant)),
                     )
                     status = _final(stack, name, name, timeout=120)
@@ -534,11 +544,6 @@ def _wire(proxy: Any) -> int:
     return int(proxy.stats.bytes_down + proxy.stats.bytes_up)
 
 
-def _arn(stack: Stack, thing: str) -> str:
-    ep = stack.endpoints
-    return f"arn:aws:iot:{ep['region']}:{ep['account_id']}:thing/{thing}"
-
-
 def _final(stack: Stack, thing: str, job: str, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     iot = stack.iot_client()
@@ -548,107 +553,6 @@ def _final(stack: Stack, thing: str, job: str, timeout: float) -> str:
             return str(ex["status"])
         time.sleep(0.2)  # polling the service's record, as an operator would
     return "TIMEOUT"
-
-
-def _started_latency(stack: Stack, thing: str, job: str) -> float:
-    iot = stack.iot_client()
-    created = iot.describe_job(jobId=job)["job"]["createdAt"]
-    started = iot.describe_job_execution(jobId=job, thingName=thing)["execution"]["startedAt"]
-    return float((started - created).total_seconds() * 1000)
-
-
-def _latency(stack: Stack, jobs: int) -> tuple[list[float], list[float]]:
-    """create-job -> IN_PROGRESS for our agent and for the awsiotsdk peer, one job each in
-    turn (agent, peer, agent, ...), ``jobs`` each, on the same stack: the same load, the same
-    moment, for both."""
-    ours: list[float] = []
-    peer: list[float] = []
-    name = "lat-agent"
-    stack.create_thing(name)
-    board = setup_board(stack.state_dir, name)
-    doc = {"operation": "config", "set": {"log_level": "info"}}
-    with DeviceProcess(board) as dev, _sdk_peer(stack, "lat-sdk"):
-        dev.wait_for("no pending job", timeout=30)
-        for i in range(jobs):
-            for thing, job, out, document in (
-                (name, f"lat-agent-{i}", ours, doc),
-                ("lat-sdk", f"lat-sdk-{i}", peer, {"operation": "x"}),
-            ):
-                stack.iot_client().create_job(
-                    jobId=job, targets=[_arn(stack, thing)], document=json.dumps(document)
-                )
-                if _final(stack, thing, job, 30) != "SUCCEEDED":
-                    raise JobsctlError(f"{job} did not succeed")
-                out.append(_started_latency(stack, thing, job))
-    return ours, peer
-
-
-@contextlib.contextmanager
-def _sdk_peer(stack: Stack, name: str) -> Iterator[None]:
-    """The AWS IoT Device SDK v2 doing what the agent does: start-next on notify-next, then
-    SUCCEEDED."""
-    from awscrt import mqtt
-    from awsiot import iotjobs, mqtt_connection_builder
-
-    info = stack.create_thing(name)
-    conn = mqtt_connection_builder.mtls_from_path(
-        endpoint="localhost",
-        port=int(stack.endpoints["mqtt_port"]),
-        cert_filepath=info["cert_file"],
-        pri_key_filepath=info["key_file"],
-        ca_filepath=stack.endpoints["ca_file"],
-        client_id=name,
-        clean_session=True,
-        keep_alive_secs=30,
-    )
-    conn.connect().result(10)
-    jobs_client = iotjobs.IotJobsClient(conn)
-    qos = mqtt.QoS.AT_LEAST_ONCE
-
-    def start_next(*_: Any) -> None:
-        jobs_client.publish_start_next_pending_job_execution(
-            iotjobs.StartNextPendingJobExecutionRequest(thing_name=name), qos
-        )
-
-    def on_started(resp: Any) -> None:
-        ex = resp.execution
-        if ex is None:
-            return
-        jobs_client.publish_update_job_execution(
-            iotjobs.UpdateJobExecutionRequest(
-                thing_name=name,
-                job_id=ex.job_id,
-                status="SUCCEEDED",
-                expected_version=ex.version_number,
-            ),
-            qos,
-        )
-
-    try:
-        f, _ = jobs_client.subscribe_to_start_next_pending_job_execution_accepted(
-            iotjobs.StartNextPendingJobExecutionSubscriptionRequest(thing_name=name),
-            qos,
-            on_started,
-        )
-        f.result(10)
-        f, _ = jobs_client.subscribe_to_update_job_execution_accepted(
-            iotjobs.UpdateJobExecutionSubscriptionRequest(thing_name=name, job_id="+"),
-            qos,
-            lambda resp: None,
-        )
-        f.result(10)
-        f, _ = jobs_client.subscribe_to_next_job_execution_changed_events(
-            iotjobs.NextJobExecutionChangedSubscriptionRequest(thing_name=name), qos, start_next
-        )
-        f.result(10)
-        yield
-    finally:
-        conn.disconnect().result(10)
-
-
-def _p(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
 # ---------------------------------------------------------------- small ones

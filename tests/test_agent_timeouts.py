@@ -229,3 +229,27 @@ def test_a_failed_execution_is_retried_and_the_board_runs_it_again(
     )["execution"]
     assert first["status"] == "FAILED" and details(first)["reason"] == "failed once"
     assert dev.boots == 1  # no reset: the agent took the re-queued execution like any other
+
+
+def test_an_idle_agent_with_a_watchdog_feeds_it_while_it_waits_for_its_socket(
+    stack_session: Stack, boards: Boards
+) -> None:
+    # The idle agent waits for its MQTT socket, not on a tick; with a watchdog it still wakes
+    # to feed it (half its timeout): across five feeds (two and a half timeouts) the board is
+    # never bitten and runs the same process.
+    thing = unique("wdt")
+    dev = boards(stack_session, thing, wdt_timeout_ms=2000)
+    dev.wait_for("no pending job")
+    pid = dev.pid
+    fed = dev.board / "wdt.fed"
+    seen: list[float] = []
+
+    def feeds() -> bool:
+        t = fed.stat().st_mtime
+        if not seen or t != seen[-1]:
+            seen.append(t)
+        return len(seen) > 5
+
+    wait_until(feeds, timeout=30)
+    assert dev.watchdog_resets == 0 and dev.pid == pid, "\n".join(dev.lines)
+    assert not any("watchdog" in line for line in dev.lines), "\n".join(dev.lines)

@@ -129,3 +129,20 @@ def test_sdk_v2_jobs_client_gets_notify_when_an_execution_goes_in_progress(
     assert updated.execution_state.status == "SUCCEEDED"
     sdk_device.wait_event(lambda e: e.jobs == {})
     del stream
+
+
+def test_python_m_bench_latency_compares_the_agent_with_the_sdk(capsys: Any) -> None:
+    # README: `python -m bench.latency`, as written, with 2 jobs each and 2 s of an idle agent
+    # (its figures are a benchmark's, not checked against time here): both sides' percentiles,
+    # the ratio, the idle agent's allocations and the load are printed.
+    import re
+
+    from bench import latency
+
+    assert latency.main(["--jobs", "2", "--idle-s", "2"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"our agent: p50 [\d.]+ ms, p90 [\d.]+ ms", out), out
+    assert re.search(r"awsiotsdk, CPython\): p50 [\d.]+ ms, p90 [\d.]+ ms", out), out
+    assert "agent/SDK p50 ratio" in out and "2 jobs each" in out, out
+    assert re.search(r"idle agent: \d+ bytes allocated in \d+ ms, \d+ bytes/min", out), out
+    assert "load average (1 min)" in out, out

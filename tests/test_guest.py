@@ -285,3 +285,46 @@ def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> 
     ):
         assert row in out, out
     assert "1/1 SUCCEEDED" in out, out
+
+
+WAKE = """
+from iotjobs import agent
+
+
+class T:
+    wakes = 0
+
+    def wake(self):
+        T.wakes += 1
+
+
+class L:
+    t = None
+    on_fail = None
+
+    def set_on_connect(self, fn):
+        pass
+
+
+class B:
+    def rand(self, n):
+        return 0
+
+
+link = L()
+a = agent.Agent({"thing_name": "th"}, B(), link)
+a.publish(a.topic("reading"), b"1")
+print("DOWN", T.wakes, len(a._out))
+link.t = T()
+a.publish(a.topic("reading"), b"2")
+print("UP", T.wakes, len(a._out))
+"""
+
+
+def test_a_publish_wakes_the_waiting_agent(micropython: Callable[..., Any]) -> None:
+    # The agent waits for its socket (Transport.wait), not on a tick: a message the
+    # application queues ends that wait (Transport.wake; tests/test_transport_tls.py shows
+    # wake() ending a wait), and is only queued while MQTT is down.
+    out = micropython(WAKE).check().out
+    assert "DOWN 0 1" in out, out
+    assert "UP 1 2" in out, out

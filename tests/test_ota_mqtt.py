@@ -41,8 +41,11 @@ def stream_job(
     http: bool = False,
     mqtt: bool = True,
     stream_key: str | None = None,
+    gone: bool = False,
 ) -> tuple[str, str]:
-    """Upload ``data``, make a stream of it, and an afr_ota job offering MQTT (and HTTP)."""
+    """Upload ``data``, make a stream of it, and an afr_ota job offering MQTT (and HTTP);
+    ``gone``: the stream is deleted before the job is created (the device reacts to a new job
+    within milliseconds: a deletion after it would race the device's first request)."""
     endpoints = stack.endpoints
     obj = otajob.object_key(data)
     url = stack.upload(obj, data)
@@ -63,6 +66,8 @@ def stream_job(
     extra: dict[str, Any] = {}
     if http:
         extra["presignedUrlConfig"] = otajob.presigned_config(endpoints["account_id"])
+    if gone:
+        iot.delete_stream(streamId=sid)
     iot.create_job(jobId=job, targets=[arn(stack, thing)], document=json.dumps(doc), **extra)
     return job, sid
 
@@ -100,8 +105,7 @@ def test_a_broken_stream_falls_back_to_http(
     # stream is gone; either way the device falls back to the document's HTTP URL.
     dev = ota_board(stack_session, boards, signing)
     data = image.build_app_image("4.0.2", size=100_000)
-    job, sid = stream_job(stack_session, thing_of(dev), data, signing, http=True)
-    stack_session.iot_client().delete_stream(streamId=sid)  # before the device asks
+    job, _ = stream_job(stack_session, thing_of(dev), data, signing, http=True, gone=True)
     ex = final(stack_session, thing_of(dev), job, timeout=120)
     assert ex["status"] == "SUCCEEDED", "\n".join(dev.lines)
     log = "\n".join(dev.lines)
@@ -114,8 +118,7 @@ def test_a_missing_stream_without_http_fails_with_the_services_reason(
 ) -> None:
     dev = ota_board(stack_session, boards, signing)
     data = image.build_app_image("4.0.3", size=50_000)
-    job, sid = stream_job(stack_session, thing_of(dev), data, signing)
-    stack_session.iot_client().delete_stream(streamId=sid)
+    job, _ = stream_job(stack_session, thing_of(dev), data, signing, gone=True)
     ex = final(stack_session, thing_of(dev), job, timeout=60)
     assert ex["status"] == "FAILED"
     assert details(ex)["reason"].startswith("stream rejected: ResourceNotFound")

@@ -7,6 +7,7 @@ each one fails when verification is broken.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,12 +31,14 @@ def probe(
     ca_file: Path,
     host: str = "localhost",
     timeout: float = 60,
+    port: Path = upy.MICROPYTHON,
 ) -> upy.Result:
     folder = str(creds.cert.parent) if creds else "-"
     return upy.run(
         script=PROBE,
         args=(mode, folder, thing, str(broker.port), str(ca_file), host),
         timeout=timeout,
+        port=port,
     )
 
 
@@ -51,6 +54,34 @@ def test_the_mqtt_read_path_allocates_nothing_idle_and_imports_nothing(broker, c
     r = probe("hot", thing_creds("dev-hot"), "dev-hot", broker, ca.cert_path).check()
     assert "IDLE-POLLS-LOCKED 500 imports 0" in r.out, r.out
     assert "MESSAGE-READ 300 imports 0" in r.out, r.out
+
+
+@pytest.mark.parametrize("mode", ["wait", "wait-poller"])
+@pytest.mark.parametrize("port", ["board_port", "frozen_port", "newest_port"])
+def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_tls(
+    broker, ca, thing_creds, request, port, mode
+):
+    # tests/device/mqtt_probe.py "wait": Transport.wait(), what the agent awaits between two
+    # reads (issue 18: woken by the socket, not a 20 ms tick), as the Unix port runs it and
+    # through asyncio's poller as a board does ("wait-poller"), on the stock-firmware port,
+    # the custom firmware's (library frozen) and the newest MicroPython's (each its asyncio).
+    thing = f"dev-{mode}-{port.split('_')[0]}"
+    r = probe(
+        mode, thing_creds(thing), thing, broker, ca.cert_path, port=request.getfixturevalue(port)
+    ).check()
+    idle = re.search(r"IDLE-WAIT-MS (\d+) got 0", r.out)
+    assert idle and int(idle.group(1)) >= 200, r.out
+    if mode == "wait":
+        # Another task's yields are not held while the agent waits: through the Unix port's
+        # poller each would take 1 ms, at most 200 in those 200 ms (transport._TICKED).
+        spins = re.search(r"SPINNER-YIELDS (\d+)", r.out)
+        assert spins and int(spins.group(1)) > 400, r.out
+    alloc = re.search(r"ALLOC-10MS (\d+) ALLOC-300MS (\d+)", r.out)
+    assert alloc and int(alloc.group(1)) == int(alloc.group(2)), r.out
+    assert "MESSAGE-WOKE True got 1" in r.out, r.out
+    assert "WAKE-WOKE True" in r.out, r.out
+    assert "GUARD-POLLS 0" in r.out, r.out
+    assert "KEEPALIVE-WOKE True ping sent True" in r.out, r.out
 
 
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):

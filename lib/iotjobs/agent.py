@@ -40,10 +40,11 @@ GAVEUP_FILE = "gaveup.json"
 _RETRIES = const(5)
 _ETIMEDOUT = const(110)
 _EAGAIN = const(11)
-# How often a waiting agent looks at the MQTT socket (non-blocking) between two yields to the
-# event loop: the latency it adds to a reply, and the wake-ups an idle agent costs.
-_TICK_MS = const(20)
-_IDLE_MS = const(1000)
+# A waiting agent wakes when the MQTT socket has bytes, the application queues a message, the
+# keepalive has something to do (Transport.wait), or after half the watchdog's timeout (it is
+# fed). An idle turn lasts _IDLE_MS. Each wake costs a few small allocations (the wait's
+# generator, asyncio's poller entry), each turn a few more (its coroutines).
+_IDLE_MS = const(10000)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
 LEVELS = ("debug", "info", "warning", "error")  # lowest first: config.json's log_level
@@ -177,6 +178,9 @@ class Agent:
     def publish(self, topic, payload):
         # Queues a QoS 0 message on one of this thing's telemetry topics (topic()); see guest.
         self._app().publish(self, topic, payload)
+        t = self.link.t
+        if t is not None:
+            t.wake()  # a waiting agent sends it now
 
     def subscribe(self, filt, callback):
         # callback(topic, msg) for every message on filt, under this thing's command topics.
@@ -300,8 +304,9 @@ class Agent:
             self.link.drop(e)
 
     async def _wait(self, ms, done):
-        # Up to ms for done() (or a dropped link), reading MQTT every _TICK_MS and yielding in
-        # between. Raises OSError when the link went down.
+        # Up to ms for done() (or a dropped link): reads MQTT whenever its socket has bytes,
+        # yielding to the event loop in between (Transport.wait). Raises OSError when the link
+        # went down.
         b = self.board
         t0 = b.ticks_ms()
         while True:
@@ -315,7 +320,8 @@ class Agent:
             left = ms - _diff(b.ticks_ms(), t0)
             if left <= 0:
                 return False
-            await asyncio.sleep_ms(left if left < _TICK_MS else _TICK_MS)
+            feed = self.cfg.get("wdt_timeout_ms", 0) >> 1
+            await t.wait(left if not feed or left < feed else feed)
 
     def _replied(self):
         return self._reply is not None

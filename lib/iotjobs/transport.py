@@ -4,17 +4,18 @@
 # Link is the connectivity layer: it reconnects with exponential backoff and full jitter and
 # lets its owner resubscribe after every new connection.
 #
-# Under asyncio (the agent is a task in the application): poll(0) never waits for a message
-# (the agent looks at the socket between yields to the event loop), Link.ensure() waits out
-# its backoff with asyncio.sleep_ms. What still holds the loop: the TCP connect and TLS
-# handshake of a new session, and reading the rest of a packet whose first byte has come
-# (bounded by timeout_ms).
+# Under asyncio (the agent is a task in the application): poll(0) never waits for a message;
+# the agent waits with `await t.wait(ms)`, which yields to the event loop until the socket has
+# a byte, wake() was called or ms passed (_Wake); Link.ensure() waits out its backoff with
+# asyncio.sleep_ms. What still holds the loop: the TCP connect and TLS handshake of a new
+# session, and reading the rest of a packet whose first byte has come (bounded by timeout_ms).
 #
 # umqtt.simple is used as shipped (PyPI 1.3.4 on the Unix port, the copy frozen into official
 # ESP32 firmware on a board), so everything here goes through what every version has:
 # MQTTClient(..., ssl=True, ssl_params=...), connect(), subscribe(), publish(qos=0),
 # wait_msg(), ping(), and the `sock` attribute.
 import asyncio
+import sys
 import time
 
 from micropython import const
@@ -27,6 +28,13 @@ _WBUF = const(512)  # one outgoing packet gathered here (a Jobs update fits)
 _DRAIN = const(256)  # the chunk a message too large to hold is drained through
 _DRAIN_MIN = const(64)  # smaller reads (headers, lengths) are never dropped
 MAX_MSG = const(131072)  # AWS IoT's largest MQTT message
+# The Unix port's poller (select.poll built with MICROPY_PY_SELECT_POSIX_OPTIMISATIONS) sleeps
+# 1 ms on every pass while a stream without a file descriptor (_Wake, as a TLS socket) is in
+# it, even a pass with another task ready: each yield of every task would cost 1 ms. There
+# Transport.wait asks _Wake itself every 1 ms from the run queue instead (_ticked: the cadence
+# that poller gives, holding nobody). A board's poller (ESP32) asks once per pass, sleeps only
+# when no task is due, and is the one used there.
+_TICKED = sys.platform in ("linux", "darwin")
 
 
 class _Guard:
@@ -206,6 +214,43 @@ class _Guard:
         self._s.close()
 
 
+class _Wake(asyncio.ThreadSafeFlag):
+    # What Transport.wait() awaits: asyncio's poller asks this stream (ioctl, MP_STREAM_POLL,
+    # as it asks a socket) whether its task may run, and it may when set() was called (the
+    # application queued a message), the socket has a byte or the deadline passed. One
+    # waiter at a time (the agent's task). Why not the TLS socket itself in asyncio's poller
+    # (what asyncio.StreamReader awaits): that takes no deadline, and a deadline beside it
+    # (asyncio.wait_for_ms) costs two tasks per wait; this costs one generator (wait()).
+    # The socket is asked as the guard's ready(0) asks it (a non-blocking read of one byte,
+    # kept for the next read): never a poll of a TLS socket that already holds bytes. The
+    # poller asks each pass of its loop: every FreeRTOS tick on ESP32 while nothing else runs,
+    # the same wake-up a socket in it would get (on the Unix port _ticked asks, see _TICKED).
+    def __init__(self, guard):
+        super().__init__()
+        self._g = guard
+        self.until = time.ticks_ms()
+
+    def ioctl(self, req, flags):
+        if req != 3:  # MP_STREAM_POLL, the only request asyncio makes
+            return -1
+        g = self._g
+        if self.state or g is None:  # None: closed (a closed TLS socket must not be touched)
+            return flags
+        try:
+            if g.ready(0):
+                return flags
+        except Exception:  # closed or broken: the reader finds out (an exception here would
+            return flags  # end the event loop)
+        return flags if time.ticks_diff(time.ticks_ms(), self.until) >= 0 else 0
+
+
+async def _ticked(w):
+    # w.wait() on the Unix port (see _TICKED): the same question, asked every 1 ms.
+    while not w.ioctl(3, 1):
+        await asyncio.sleep_ms(1)
+    w.state = 0
+
+
 def _packet_size(buf, n):
     # Whole length of the MQTT packet that starts buf: 1 + its Remaining Length field + the
     # length it gives; None when buf[:n] ends inside that field.
@@ -240,6 +285,7 @@ class Transport:
         self._big = None
         self._c = None
         self._sock = None
+        self._wake = None  # _Wake, for wait()
         self._tx_ticks = time.ticks_ms()
         self._ping_ticks = None
         self.hold = None  # Link.hold, for connect()
@@ -295,6 +341,7 @@ class Transport:
             raise
         c.ssl_params = None  # parsed into the TLS session by now
         self._sock = _Guard(c.sock, self._timeout_ms, self._max_msg)
+        self._wake = _Wake(self._sock)
         c.sock = self._sock
         self._c = c
         self._tx_ticks = time.ticks_ms()
@@ -321,6 +368,31 @@ class Transport:
         c.wait_msg()
         self._ping_ticks = None
         return True
+
+    def wait(self, ms):
+        # An awaitable: yields to the event loop until the socket has a byte (poll(0) then
+        # reads the message), wake() is called, or ms passed, or sooner when the keepalive
+        # has something to do (a ping to send, a ping's reply overdue: poll(0) does it); at
+        # once when the transport is closed. Allocates one generator (the wait itself),
+        # nothing per pass of the poller.
+        w = self._wake
+        if w is None or self._c is None:
+            return asyncio.sleep_ms(0)
+        now = time.ticks_ms()
+        if self._ping_ticks is None:
+            due = self._keepalive_ms // 2 - time.ticks_diff(now, self._tx_ticks)
+        else:
+            due = self._timeout_ms - time.ticks_diff(now, self._ping_ticks) + 1
+        if due < ms:
+            ms = due if due > 0 else 0
+        w.until = time.ticks_add(now, ms)
+        return _ticked(w) if _TICKED else w.wait()
+
+    def wake(self):
+        # Ends a wait() under way (or makes the next one return at once).
+        w = self._wake
+        if w is not None:
+            w.set()
 
     def _keepalive(self, c, s):
         now = time.ticks_ms()
@@ -377,6 +449,10 @@ class Transport:
         return n <= self._max_msg
 
     def close(self):
+        w = self._wake
+        if w is not None:
+            w._g = None
+            w.set()
         c, self._c = self._c, None
         if c is not None:
             try:

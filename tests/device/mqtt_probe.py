@@ -85,6 +85,87 @@ elif mode == "hot":
         t.poll(1000)
     builtins.__import__ = real
     print("MESSAGE-READ", len(got[0][1]), "imports", seen[0])
+elif mode in ("wait", "wait-poller"):
+    # Transport.wait() under asyncio, what the agent awaits between two reads: it lasts its
+    # time when nothing comes, allocates the same for 10 ms as for 300 ms (nothing per pass of
+    # asyncio's poller), ends when a message comes, wake() is called or a ping is due, and the
+    # guard never polls the TLS socket meanwhile (the wait asks it with a non-blocking read,
+    # and the read finds the message's bytes already in mbedTLS).
+    # "wait-poller": the same through asyncio's poller (what a board uses; the Unix port
+    # asks _Wake from the run queue instead, transport._TICKED).
+    import asyncio
+    import gc
+
+    from iotjobs import transport
+
+    transport._TICKED = mode == "wait"
+    topic = "$aws/things/%s/jobs/probe" % thing
+    t.subscribe(topic)
+    polls = [0]
+
+    class _Counted:
+        def __init__(self, p):
+            self.p = p
+
+        def ipoll(self, ms):
+            polls[0] += 1
+            return self.p.ipoll(ms)
+
+        def unregister(self, s):
+            self.p.unregister(s)
+
+    t._sock._poll = _Counted(t._sock._poll)
+    t._keepalive_ms = 600000  # no ping wakes a wait here, but the one the last step asks for
+
+    async def waker():
+        await asyncio.sleep_ms(50)
+        t.wake()
+
+    spins = [0, True]
+
+    async def spinner():  # another task that yields in a loop, as the application may
+        while spins[1]:
+            spins[0] += 1
+            await asyncio.sleep_ms(0)
+
+    async def main():
+        asyncio.create_task(spinner())
+        t0 = time.ticks_ms()
+        await t.wait(200)
+        spins[1] = False
+        print("IDLE-WAIT-MS", time.ticks_diff(time.ticks_ms(), t0), "got", len(got))
+        print("SPINNER-YIELDS", spins[0])
+        await asyncio.sleep_ms(5)  # the spinner ends (its task's end allocates)
+        gc.collect()
+        gc.disable()
+        a0 = gc.mem_alloc()
+        await t.wait(10)
+        a1 = gc.mem_alloc()
+        await t.wait(300)
+        a2 = gc.mem_alloc()
+        gc.enable()
+        print("ALLOC-10MS", a1 - a0, "ALLOC-300MS", a2 - a1)
+        t.publish(topic, b"ping")
+        t0 = time.ticks_ms()
+        await t.wait(20000)
+        dt = time.ticks_diff(time.ticks_ms(), t0)
+        while t.poll(0):
+            pass
+        print("MESSAGE-WOKE", dt < 20000, "got", len(got))
+        asyncio.create_task(waker())
+        t0 = time.ticks_ms()
+        await t.wait(20000)
+        print("WAKE-WOKE", time.ticks_diff(time.ticks_ms(), t0) < 20000)
+        print("GUARD-POLLS", polls[0])
+        t._keepalive_ms = 1000  # a ping due in 500 ms: the wait ends for it, poll(0) sends it
+        t0 = time.ticks_ms()
+        await t.wait(20000)
+        dt = time.ticks_diff(time.ticks_ms(), t0)
+        tx = t._tx_ticks
+        t.poll(0)
+        print("KEEPALIVE-WOKE", dt < 20000, "ping sent", t._tx_ticks != tx)
+
+    asyncio.run(main())
 elif mode == "keepalive":
     # Idle for three keepalive periods: pings must keep the link up.
     start = time.ticks_ms()

@@ -56,6 +56,9 @@ HOT_PATHS = (
     ("iotjobs/transport.py", "_Guard.ready"),
     ("iotjobs/transport.py", "_Guard.read"),
     ("iotjobs/transport.py", "_Guard.write"),
+    ("iotjobs/transport.py", "_Wake.ioctl"),  # asyncio's poller calls it on every pass
+    ("iotjobs/transport.py", "Transport.wait"),  # the agent's every wait (Agent._wait)
+    ("iotjobs/agent.py", "Agent._wait"),
 )
 # Functions that load a rarely taken path's code on purpose (oversize messages, memory trouble:
 # iotjobs.mishap), imported only while it runs and unloaded after: a hot path may call them,
