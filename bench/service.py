@@ -1,6 +1,7 @@
 """Benchmark of the local Jobs service's data plane (not a test).
 
-    python -m bench.service --devices 1000 [--rate 300] [--drivers 2]
+    python -m bench.service --devices 1000 [--rate 300] [--drivers 2] [--rounds 3]
+                            [--split-cores]
 
 Starts a fresh stack in a temporary folder (this process: the service, as ``jobsctl serve``
 runs it; mosquitto beside it), registers N things in one group (each with its own
@@ -14,7 +15,11 @@ Two arrival patterns: a burst (every device starts at once) and, with ``--rate D
 arrival of D devices per second (3·D requests per second). Prints the throughput (replies per
 second from the first request to the last reply), p50/p90/p99 reply latency, and the
 service's CPU time per reply (this process's CPU time over the run, which is the service's
-alone: the main thread only waits), the figure that must stay flat as the fleet grows.
+alone: the main thread only waits), the figure that must stay flat as the fleet grows; beside
+it the broker's and the load generators' CPU per reply and the load average, since all of
+them share the machine's cores. ``--split-cores`` puts the service on a CPU of its own and
+the broker and the load generators on the others: the figure without the load generators
+taking the service's core.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from jobsctl.stack import Stack
 
 ARN = "arn:aws:iot:us-east-1:123456789012"
 JOB = "bench-job"
+_CPUS = sorted(os.sched_getaffinity(0))  # before --split-cores narrows this process's
 
 
 @dataclass
@@ -192,12 +198,16 @@ def drive(spec_file: str) -> int:
         line = sys.stdin.readline().split()
         if not line or line[0] != "go":
             return 1
+        cpu0 = _cpu()
         driver.run(float(line[1]), spec["rate"], spec["offset"], spec["stride"], spec["timeout"])
+        cpu = _cpu() - cpu0
     except JobsctlError as exc:
         print(json.dumps({"error": str(exc)}), flush=True)
         return 1
     finally:
         driver.close()
+    # The load generators share the machine's cores with the service and the broker: their
+    # CPU time is reported beside the service's, so that a reader sees what competes.
     print(
         json.dumps(
             {
@@ -205,6 +215,7 @@ def drive(spec_file: str) -> int:
                 "rejected": sum(d.errors for d in driver.devices),
                 "first_sent": driver.first_sent,
                 "last_reply": driver.last_reply,
+                "cpu": cpu,
             }
         ),
         flush=True,
@@ -241,8 +252,10 @@ def _round(
     drivers: int,
     timeout: float,
     tmp: Path,
+    split: bool = False,
 ) -> dict[str, Any]:
-    """One job over the fleet, its devices driven by ``drivers`` processes."""
+    """One job over the fleet, its devices driven by ``drivers`` processes; ``split``: the
+    service alone on the first CPU, the broker and the load generators on the others."""
     stack.iot_client().create_job(
         jobId=job_id,
         targets=[f"{ARN}:thinggroup/bench-fleet"],
@@ -280,6 +293,9 @@ def _round(
             if p.stdout.readline().strip() != "ready":
                 raise JobsctlError("a load generator did not connect its devices")
         broker = stack.broker.proc.pid if stack.broker and stack.broker.proc else 0
+        if split:
+            _split_cores([broker, *(p.pid for p in procs)])
+        load = os.getloadavg()[0]  # the machine is shared: what else ran, over the last minute
         cpu0, broker0 = _cpu(), _proc_cpu(broker)
         start = time.monotonic() + 0.2
         for p in procs:
@@ -305,6 +321,7 @@ def _round(
         if "error" in r:
             raise JobsctlError(f"benchmark: {r['error']}")
     latencies = [x for r in results for x in r["latencies"]]
+    drivers_cpu = sum(r.get("cpu", 0.0) for r in results)
     wall = max(r["last_reply"] for r in results) - min(r["first_sent"] for r in results)
     job = stack.iot_client().describe_job(jobId=job_id)["job"]
     return {
@@ -320,9 +337,23 @@ def _round(
         "latency_max_ms": round(max(latencies) * 1000, 2),
         "service_cpu_us_per_reply": round(cpu / len(latencies) * 1e6, 1),
         "broker_cpu_us_per_reply": round(broker_cpu / len(latencies) * 1e6, 1),
+        "drivers_cpu_us_per_reply": round(drivers_cpu / len(latencies) * 1e6, 1),
+        "load_average": round(load, 2),
         "job_status": job["status"],
         "succeeded": job["jobProcessDetails"]["numberOfSucceededThings"],
     }
+
+
+def _split_cores(others: list[int]) -> None:
+    """This process (the service) on one CPU alone, ``others`` on the rest: what the service
+    does when the load generators do not take its core (other users of the machine still
+    may: the load average says)."""
+    if len(_CPUS) < 2:
+        raise JobsctlError("--split-cores needs two CPUs at least")
+    for pid, cpus in [(os.getpid(), _CPUS[:1]), *((p, _CPUS[1:]) for p in others if p)]:
+        for task in os.listdir(f"/proc/{pid}/task"):  # every thread: affinity is per thread
+            with contextlib.suppress(ProcessLookupError):
+                os.sched_setaffinity(int(task), cpus)
 
 
 def run(
@@ -331,6 +362,7 @@ def run(
     rate: float = 0.0,
     drivers: int = 2,
     rounds: int = 1,
+    split: bool = False,
 ) -> list[dict[str, Any]]:
     """``rounds`` jobs over one fleet of ``devices`` (a burst, or ``rate`` devices/s): one
     result per round. The fleet is provisioned once; each round is a new job."""
@@ -343,7 +375,10 @@ def run(
         provisioning = time.monotonic() - t0
         out = []
         for n in range(rounds):
-            r = _round(stack, creds, f"{JOB}-{n}", rate, min(drivers, devices), timeout, Path(tmp))
+            r = _round(
+                stack, creds, f"{JOB}-{n}", rate, min(drivers, devices), timeout, Path(tmp), split
+            )
+            r["cores"] = "split: the service on a CPU of its own" if split else "shared"
             r["provisioning_s"] = round(provisioning, 2)
             out.append(r)
         return out
@@ -356,12 +391,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drivers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--rounds", type=int, default=1, help="jobs run one after the other")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for a round")
+    parser.add_argument(
+        "--split-cores",
+        action="store_true",
+        help="the service alone on one CPU, the broker and the load generators on the others",
+    )
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.drive:
         return drive(args.drive)
     try:
-        results = run(args.devices, args.timeout, args.rate, args.drivers, args.rounds)
+        results = run(
+            args.devices, args.timeout, args.rate, args.drivers, args.rounds, args.split_cores
+        )
     except JobsctlError as exc:
         print(f"jobsctl: {exc}", file=sys.stderr)
         return 1
@@ -370,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['devices']} devices, {r['mode']}: {r['replies']} replies in {r['wall_s']} s:"
             f" {r['throughput_replies_per_s']} replies/s, p50 {r['latency_p50_ms']} ms,"
-            f" p99 {r['latency_p99_ms']} ms, service {r['service_cpu_us_per_reply']} µs CPU"
-            " per reply"
+            f" p99 {r['latency_p99_ms']} ms, CPU per reply: service"
+            f" {r['service_cpu_us_per_reply']} µs, broker {r['broker_cpu_us_per_reply']} µs,"
+            f" load generators {r['drivers_cpu_us_per_reply']} µs; load average"
+            f" {r['load_average']}"
         )
     return 0
 

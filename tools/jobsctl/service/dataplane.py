@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
 import re
 import socket
 import threading
@@ -41,8 +40,8 @@ _PRESIGNED = re.compile(r"\$\{aws:iot:s3-presigned-url(?:-v2)?:([^}\s\"]+)\}")
 Presigner = Callable[[str, str, int], str]
 Reply = tuple[str, dict[str, Any]]
 
-# Requests handled in one SQLite transaction, at most: the worker takes what has arrived
-# (up to this many), answers each in its own savepoint, commits once, then publishes the
+# Requests handled in one SQLite transaction, at most: the network thread takes what it has
+# read (up to this many), answers each in its own savepoint, commits once, then writes the
 # replies. Under load this turns hundreds of commits per second into a few; alone, a request
 # is a batch of one and waits for nothing.
 BATCH_MAX = 64
@@ -55,6 +54,10 @@ PENDING_MAX = 10
 # Fixed header (5), topic length (2), packet id (2), MQTT 5 properties (1): what a PUBLISH
 # adds to its topic and payload.
 _PUBLISH_OVERHEAD = 10
+
+# A message body as the service sends it: compact JSON, by one encoder made once (json.dumps
+# with separators= would build an encoder for every message).
+to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 # Requests per second per thing (token bucket, burst = rate) beyond which the data plane
 # answers RequestThrottled; 0 turns throttling off.
@@ -94,7 +97,8 @@ class DataPlane:
         self._local = threading.local()
         self.connected = threading.Event()
         self.handled = 0
-        self._inbox: queue.SimpleQueue[tuple[str, bytes] | None] = queue.SimpleQueue()
+        self._inbox: list[tuple[str, bytes]] = []
+        self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self.dropped = 0  # replies too large to deliver
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -106,27 +110,29 @@ class DataPlane:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_socket_open = _no_delay
+        # Every write happens on the network thread (in loop()): a publish from another
+        # thread (a control-plane notify, a Jobs event) is queued and wakes it.
+        client.on_socket_register_write = _later
         self.client = client
 
     # ---------------------------------------------------------------- connection
 
     def start(self, timeout: float = 15) -> None:
-        self._worker = threading.Thread(target=self._work, name="jobs-data-plane", daemon=True)
-        self._worker.start()
+        self._stopping.clear()
         self.client.connect_async("localhost", self.port, keepalive=30)
-        self.client.loop_start()
+        self._worker = threading.Thread(target=self._run, name="jobs-data-plane", daemon=True)
+        self._worker.start()
         if not self.connected.wait(timeout):
             self.stop()
             raise TimeoutError(f"the data plane could not connect to localhost:{self.port}")
 
     def stop(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.connected.clear()
+        self._stopping.set()
+        self.client.disconnect()  # queued (and wakes the network thread), which sends it
         if self._worker is not None:
-            self._inbox.put(None)
             self._worker.join()
             self._worker = None
+        self.connected.clear()
 
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any
@@ -179,27 +185,56 @@ class DataPlane:
     # ---------------------------------------------------------------- requests
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        # paho's network thread only hands the request over: the worker answers it, so that
-        # reading the next packets overlaps answering these (requests keep their order).
-        self._inbox.put((msg.topic, bytes(msg.payload)))
+        # Called by paho while it reads, on the network thread: the request waits in the
+        # inbox until the packets at hand are read, then the batch is answered (in order).
+        self._inbox.append((msg.topic, bytes(msg.payload)))
 
-    def _work(self) -> None:
-        inbox = self._inbox
+    def _run(self) -> None:
+        """The network thread: one thread reads the requests, answers them and writes the
+        replies (paho's loop() in our own loop), so that no request crosses threads and no
+        reply waits for another thread to be scheduled. Reconnects as paho's loop_forever
+        would (1 s, doubling to 4 s)."""
+        client = self.client
+        delay = 1.0
         while True:
-            item = inbox.get()
-            if item is None:
+            if self._stopping.is_set():
+                if client.socket() is not None:  # stop() raced a reconnect: say goodbye
+                    client.disconnect()
+                    for _ in range(20):
+                        if client.loop(0.05) != mqtt.MQTT_ERR_SUCCESS or not client.socket():
+                            break
                 return
-            batch = [item]
-            while len(batch) < BATCH_MAX:
+            if client.socket() is None:
                 try:
-                    item = inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._answer(batch)
-                    return
-                batch.append(item)
+                    client.reconnect()
+                except OSError as exc:
+                    log.debug("data plane connect failed: %s", exc)
+                    self._stopping.wait(delay)
+                    delay = min(delay * 2, 4.0)
+                    continue
+                delay = 1.0
+            try:
+                rc = client.loop(timeout=1.0)
+            except Exception:  # as paho's own thread would die of it; this one waits, goes on
+                log.exception("data plane network loop failed")
+                rc = mqtt.MQTT_ERR_UNKNOWN
+            if self._inbox:
+                try:
+                    self._answer_all()
+                except Exception:  # the thread must live on: the next requests need it
+                    log.exception("data plane failed to answer what it read")
+            if rc != mqtt.MQTT_ERR_SUCCESS and not self._stopping.is_set():
+                self.connected.clear()
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 4.0)
+
+    def _answer_all(self) -> None:
+        """Answer what has been read, batch by batch, each batch's replies written as soon as
+        it is committed (not after the next batch)."""
+        while self._inbox:
+            batch, self._inbox = self._inbox[:BATCH_MAX], self._inbox[BATCH_MAX:]
             self._answer(batch)
+            self.client.loop_write()
 
     def _answer(self, batch: list[tuple[str, bytes]]) -> None:
         """One batch: each request in its savepoint, one commit, then the replies in order,
@@ -332,7 +367,7 @@ class DataPlane:
         return topic + "/rejected", body
 
     def _publish(self, topic: str, body: dict[str, Any]) -> None:
-        payload = json.dumps(body, separators=(",", ":")).encode()
+        payload = to_json(body).encode()
         size = len(payload) + len(topic.encode()) + _PUBLISH_OVERHEAD
         if size > MAX_PACKET_SIZE:
             # The broker would drop the service's connection for it, and paho would send it
@@ -428,13 +463,15 @@ class DataPlane:
 
     # ---------------------------------------------------------------- pushes
 
-    def on_change(self, things: set[str]) -> None:
-        """Model listener: push now, or after the reply when inside a request."""
+    def on_change(self, things: set[str]) -> bool:
+        """Model listener: push now, or after the reply when inside a request (then True:
+        the change came from a device's request)."""
         deferred = getattr(self._local, "deferred", None)
         if deferred is not None:
             deferred.update(things)
-        else:
-            self.notify(things)
+            return True
+        self.notify(things)
+        return False
 
     def notify(self, things: set[str]) -> None:
         for thing in sorted(things):
@@ -462,6 +499,10 @@ class DataPlane:
                 if pending:
                     body["execution"] = self._execution(pending[0], True)
                 self._publish(f"{_PREFIX}{thing}/jobs/notify-next", body)
+
+
+def _later(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    pass  # paho's own wake-up (its socket pair) brings the network thread to the write
 
 
 def _no_delay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 from botocore.exceptions import BotoCoreError
 
-from . import fleet, policies, validate
+from . import events, fleet, policies, rollouts, validate
 from .common import (
     ACCOUNT_ID,
     REGION,
@@ -154,8 +154,6 @@ class Model:
             self.db.execute("RELEASE request")
 
     def _job_event(self, job_id: str, operation: str) -> None:
-        from . import events
-
         self._events.append(events.job_event(self.db, self._job(job_id), operation))
 
     def _touch(self, thing: str) -> None:
@@ -308,16 +306,12 @@ class Model:
         ).fetchone():
             return
         now = self.now()
-        from . import rollouts
-
         if rollouts.gated(self, job):  # released by _release (rate, schedule, windows)
             self.db.execute("INSERT INTO pending_targets VALUES (?, ?, ?)", (job_id, thing, now))
             return
         self._queue(job_id, thing, now)
 
     def _release(self, job: sqlite3.Row) -> None:
-        from . import rollouts
-
         if rollouts.gated(self, job):
             rollouts.release(self, job["job_id"], self.now())
 
@@ -329,8 +323,10 @@ class Model:
         )
         self._touch(thing)
 
-    def _job(self, job_id: str) -> sqlite3.Row:
-        row = self.db.execute("SELECT * FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    def _job(self, job_id: str, columns: str = "*") -> sqlite3.Row:
+        """The job's row, or the ``columns`` (constant SQL, e.g. ``"status, extra"``) that a
+        per-request path needs: not the document it would not read."""
+        row = self.db.execute(f"SELECT {columns} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
         if row is None:
             raise not_found(f"Job {job_id} cannot be found.")
         return row
@@ -467,7 +463,7 @@ class Model:
         job_deadline = ex["job_deadline"]
         if status == "IN_PROGRESS" and started is None:
             started = now
-            timeout = opt_json(self._job(ex["job_id"])["timeout_config"]) or {}
+            timeout = opt_json(self._job(ex["job_id"], "timeout_config")["timeout_config"]) or {}
             if timeout.get("inProgressTimeoutInMinutes"):
                 job_deadline = now + 60.0 * int(timeout["inProgressTimeoutInMinutes"])
         if status != "IN_PROGRESS":
@@ -496,8 +492,6 @@ class Model:
         if status != ex["status"]:
             self._touch(ex["thing"])
             if status in TERMINAL:
-                from . import events
-
                 self._events.append(
                     events.execution_event(row, thing_arn(row["thing"]), status.lower())
                 )
@@ -506,7 +500,7 @@ class Model:
 
     def _ended(self, ex: sqlite3.Row, now: float) -> None:
         """An execution reached a terminal status: retry it, or weigh the abort criteria."""
-        job = self._job(ex["job_id"])
+        job = self._job(ex["job_id"], "job_id, status, extra")
         if job["status"] != "IN_PROGRESS":
             return
         extra = self._extra(job)
@@ -572,7 +566,7 @@ class Model:
         self._job_event(job_id, "canceled")
 
     def _maybe_complete(self, job_id: str) -> None:
-        job = self._job(job_id)
+        job = self._job(job_id, "status, target_selection")
         if job["status"] != "IN_PROGRESS" or job["target_selection"] != "SNAPSHOT":
             return
         # Two index lookups (executions_job_status, pending_targets' key), not a scan of the
@@ -617,7 +611,7 @@ class Model:
         """The execution's job document as a device gets it (documentParameters filled in)
         and the job's presignedUrlConfig (JSON, or None)."""
         with self.lock:
-            job = self._job(ex.job_id)
+            job = self._job(ex.job_id, "document, document_parameters, presigned")
         document = substitute_parameters(str(job["document"]), job["document_parameters"])
         return document, job["presigned"]
 
@@ -677,7 +671,8 @@ class Model:
                 step_deadline=now + 60 * step_timeout if step_timeout and not cancel_step else None,
                 clear_step=cancel_step,
             )
-            self._maybe_complete(job_id)
+            if status in TERMINAL:  # an execution left IN_PROGRESS or QUEUED keeps it busy
+                self._maybe_complete(job_id)
             return Execution.of(row)
 
     # ---------------------------------------------------------------- timers
@@ -686,15 +681,17 @@ class Model:
         """Step timeouts, rollout releases, deletions. Returns the next deadline (or None)."""
         with self._op() as db:
             now = self.now()
-            for ex in db.execute(
-                "SELECT * FROM executions WHERE status = 'IN_PROGRESS'"
-                " AND (step_deadline <= ? OR job_deadline <= ?)",
+            # Each half by its partial index (store: executions_step_deadline, _job_deadline;
+            # an ORDER BY in SQL would make it a scan of every execution instead).
+            due = db.execute(
+                "SELECT * FROM executions WHERE status = 'IN_PROGRESS' AND step_deadline <= ?"
+                " UNION SELECT * FROM executions WHERE status = 'IN_PROGRESS'"
+                " AND job_deadline <= ?",
                 (now, now),
-            ).fetchall():
+            ).fetchall()
+            for ex in sorted(due, key=lambda row: row["seq"]):
                 self._set_status(ex, "TIMED_OUT", now)
                 self._maybe_complete(ex["job_id"])
-            from . import rollouts
-
             for job_id in rollouts.due(self, now):
                 rollouts.release(self, job_id, now)
             for job in db.execute(
@@ -705,8 +702,9 @@ class Model:
                 db.execute("DELETE FROM jobs WHERE job_id = ?", (job["job_id"],))
             nxt = db.execute(
                 "SELECT MIN(t) FROM (SELECT MIN(step_deadline) AS t FROM executions"
-                " WHERE status = 'IN_PROGRESS' UNION ALL SELECT MIN(job_deadline) FROM executions"
-                " WHERE status = 'IN_PROGRESS' UNION ALL SELECT MIN(release_at) FROM"
-                " pending_targets)"
+                " WHERE status = 'IN_PROGRESS' AND step_deadline IS NOT NULL"
+                " UNION ALL SELECT MIN(job_deadline) FROM executions"
+                " WHERE status = 'IN_PROGRESS' AND job_deadline IS NOT NULL"
+                " UNION ALL SELECT MIN(release_at) FROM pending_targets)"
             ).fetchone()[0]
         return None if nxt is None else float(nxt) - self.skew

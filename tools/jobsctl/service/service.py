@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -11,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .controlplane import ControlPlane
-from .dataplane import DataPlane, Presigner
+from .dataplane import DataPlane, Presigner, to_json
 from .jobsdata import JobsDataApi
 from .model import Model
 from .otaupdates import OtaUpdates
@@ -98,13 +97,15 @@ class Service:
             self.control.rate = RateLimiter(config.quotas.api_rate_per_second)
 
     def _changed(self, things: set[str]) -> None:
-        self.data.on_change(things)
-        self._wake.set()
+        # A device's request wakes no timer: what it can make due (a step or in-progress
+        # timeout) is a minute away at least, and the timer looks every second anyway.
+        if not self.data.on_change(things):
+            self._wake.set()
 
     def _events(self, events: list[tuple[str, dict[str, Any]]]) -> None:
         """Jobs events on $aws/events/... (QoS 1, from the service's own identity)."""
         for topic, body in events:
-            self.data.client.publish(topic, json.dumps(body, separators=(",", ":")), qos=1)
+            self.data.client.publish(topic, to_json(body), qos=1)
 
     def start(self) -> int:
         """Start both planes; returns the control-plane port."""

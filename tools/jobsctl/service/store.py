@@ -38,9 +38,17 @@ CREATE TABLE IF NOT EXISTS executions (
   UNIQUE (job_id, thing));
 CREATE INDEX IF NOT EXISTS executions_thing ON executions (thing, status);
 CREATE INDEX IF NOT EXISTS executions_job_status ON executions (job_id, status);
+-- The timer's look-ups (model.tick: what is due, when is the next deadline) by index, its
+-- cost growing with what has a deadline, not with the fleet; partial, so that an execution
+-- without a deadline (most) costs no index upkeep when its status changes.
+CREATE INDEX IF NOT EXISTS executions_step_deadline ON executions (step_deadline)
+  WHERE status = 'IN_PROGRESS' AND step_deadline IS NOT NULL;
+CREATE INDEX IF NOT EXISTS executions_job_deadline ON executions (job_deadline)
+  WHERE status = 'IN_PROGRESS' AND job_deadline IS NOT NULL;
 CREATE TABLE IF NOT EXISTS pending_targets (
   job_id TEXT NOT NULL, thing TEXT NOT NULL, release_at REAL NOT NULL,
   PRIMARY KEY (job_id, thing));
+CREATE INDEX IF NOT EXISTS pending_targets_release ON pending_targets (release_at);
 CREATE TABLE IF NOT EXISTS execution_history (
   job_id TEXT NOT NULL, thing TEXT NOT NULL, execution_number INTEGER NOT NULL,
   row TEXT NOT NULL, PRIMARY KEY (job_id, thing, execution_number));
