@@ -1,6 +1,8 @@
 """Memory per job type and board profile, a part of ``make bench`` (not a test).
 
     python -m bench.memory [--profile P ...] [--job J ...] [--frozen]
+    python -m bench.memory --modules
+
 
 For each profile (jobsctl.boardmodel) and job, a fresh simulated board on the stock-firmware
 port (``lib/`` as .mpy files, as ``make deploy`` puts it on a board; ``--frozen``: the custom
@@ -14,13 +16,21 @@ firmware) takes one job on a local stack, then is switched off; its port's memor
   counted); headroom = lowest free / total, what ``idf_heap_info``'s minimum-free field gives.
 
 The goal (issue 14): at least 15 % headroom on both for every job on ``esp32-plain``.
+
+``--modules``: where the live heap goes. One stock-firmware board process (no network) imports
+the modules in the order a board loads them (the firmware's, the idle agent's, then each job
+type's) and prints, per module, the GC heap its import added and the dynamic qstrs (interned
+names, kept for good, even after the module is unloaded) and the bytes of qstr pools the
+process holds after it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from jobsctl import boardmodel, delta, image, otajob
-from jobsctl.device import DeviceProcess, setup_board
+from jobsctl.checkout import unix_port
+from jobsctl.device import DeviceProcess, device_env, setup_board
 from jobsctl.errors import JobsctlError
 from jobsctl.stack import Stack
 
@@ -226,6 +237,87 @@ def run(tmp: Path, profiles: list[str], jobs: list[str], frozen: bool = False) -
     return out
 
 
+# (group, modules) in the order a board loads them; each group's modules stay loaded after it,
+# as their qstrs do on a board that has run every job type once.
+MODULE_GROUPS = (
+    ("simulation only: C modules on a board", ("esp32", "machine", "network")),
+    ("frozen in the stock firmware", ("asyncio", "ssl", "umqtt.simple")),
+    ("idle agent", ("iotjobs.protocol", "iotjobs.agent", "iotjobs.transport", "iotjobs.board")),
+    ("idle agent (boot: app, config)", ("iotjobs.app", "iotjobs.settings", "iotjobs.config")),
+    ("every job", ("iotjobs.job", "iotjobs.context")),
+    ("ota download", ("iotjobs.ota", "iotjobs.fetch", "iotjobs.http", "iotjobs.slot")),
+    ("ota: document checks, per call", ("iotjobs.otadoc",)),
+    ("ota verify", ("iotjobs.otaboot", "iotjobs.ecdsa", "iotjobs.secver")),
+    ("bundle", ("iotjobs.bundle", "iotjobs.appswap")),
+    ("MQTT streams, afr_ota", ("iotjobs.stream", "iotjobs.afr")),
+    ("delta", ("iotjobs.delta",)),
+    ("rare paths, the application's side", ("iotjobs.mishap", "iotjobs.guest")),
+)
+_PROBE = """
+import gc, micropython
+def _q():
+    micropython.qstr_info()
+for _m in %r:
+    gc.collect()
+    _a = gc.mem_alloc()
+    __import__(_m)
+    gc.collect()
+    print("MOD", _m, gc.mem_alloc() - _a)
+    _q()
+"""
+_QSTR = re.compile(r"n_pool=(\d+), n_qstr=(\d+), n_str_data_bytes=(\d+), n_total_bytes=(\d+)")
+
+
+@dataclass
+class ModuleCost:
+    group: str
+    module: str
+    heap: int  # GC heap bytes its import added (its code, constants, new qstrs, pool growth)
+    qstrs: int  # dynamic qstrs in the process after it
+    qstr_bytes: int  # bytes of qstr pools and their strings after it
+
+
+def module_costs(profile: str = boardmodel.DEFAULT) -> list[ModuleCost]:
+    """Import every device module in MODULE_GROUPS order on the stock-firmware port (lib/ as
+    .mpy, the profile's first GC area) and read what each added."""
+    names = [m for _, mods in MODULE_GROUPS for m in mods]
+    heap = boardmodel.profile(profile).heapsize
+    proc = subprocess.run(
+        [str(unix_port()), "-X", f"heapsize={heap}", "-c", _PROBE % (names,)],
+        env=device_env(profile),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if proc.returncode != 0:
+        raise JobsctlError(f"bench.memory --modules: {proc.stderr.strip().splitlines()[-1:]}")
+    group = {m: g for g, mods in MODULE_GROUPS for m in mods}
+    out: list[ModuleCost] = []
+    mod, added = "", 0
+    for line in proc.stdout.splitlines():
+        if line.startswith("MOD "):
+            _, mod, n = line.split()
+            added = int(n)
+        elif (q := _QSTR.search(line)) and mod:
+            out.append(ModuleCost(group[mod], mod, added, int(q.group(2)), int(q.group(4))))
+            mod = ""
+    return out
+
+
+def module_table(costs: list[ModuleCost]) -> str:
+    rows = [
+        "| loaded for | module | GC heap its import added | dynamic qstrs after "
+        "| qstr pools after |",
+        "|---|---|---|---|---|",
+    ]
+    total = 0
+    for c in costs:
+        total += c.heap
+        rows.append(f"| {c.group} | {c.module} | {c.heap:,} B | {c.qstrs} | {c.qstr_bytes:,} B |")
+    rows.append(f"| all | | {total:,} B | | |")
+    return "\n".join(rows)
+
+
 def kb(n: float) -> str:
     return f"{n / 1024:.1f} KB"
 
@@ -256,7 +348,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="append", choices=list(boardmodel.PROFILES))
     parser.add_argument("--job", action="append", choices=JOBS)
     parser.add_argument("--frozen", action="store_true", help="the custom-firmware board")
+    parser.add_argument(
+        "--modules", action="store_true", help="what each device module's import takes"
+    )
     args = parser.parse_args(argv)
+    if args.modules:
+        try:
+            print(module_table(module_costs((args.profile or [boardmodel.DEFAULT])[0])))
+        except JobsctlError as exc:
+            print(f"jobsctl bench: {exc}", file=sys.stderr)
+            return 1
+        return 0
     try:
         with tempfile.TemporaryDirectory(prefix="jobsctl-bench-memory-") as tmp:
             measures = run(

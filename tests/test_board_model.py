@@ -238,6 +238,23 @@ def test_bench_memory_reports_high_water_marks_and_headroom(capsys) -> None:
     assert cells[5].endswith("of 4184.0 KB") and cells[6].endswith("%"), rows
 
 
+def test_bench_memory_modules_lists_every_device_module(capsys) -> None:
+    # `python -m bench.memory --modules` (docs/memory.md): what each device module's import
+    # adds to the stock-firmware board's heap, and the qstrs it leaves for good.
+    from jobsctl.checkout import ROOT
+
+    assert bench_memory.main(["--modules"]) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 5 and cells[1].startswith("iotjobs."):
+            rows[cells[1]] = cells
+    assert {f"iotjobs.{p.stem}" for p in (ROOT / "lib" / "iotjobs").glob("*.py")} <= set(rows)
+    assert int(rows["iotjobs.agent"][2].removesuffix(" B").replace(",", "")) > 1000, rows
+    qstrs = [int(r[3]) for r in rows.values()]
+    assert qstrs == sorted(qstrs) and qstrs[-1] > qstrs[0], rows
+
+
 ONE_SESSION = """
 import sys, socket, tls
 host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]

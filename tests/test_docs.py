@@ -1,6 +1,6 @@
-"""The configuration reference (docs/configuration.md) against its one owner,
-lib/iotjobs/config.py: every key, its type, default and bounds, read from the device code
-itself under the Unix port."""
+"""The configuration reference (docs/configuration.md) against its owners,
+lib/iotjobs/config.py and settings.py: every key, its type, default and bounds, read from the
+device code itself under the Unix port."""
 
 from __future__ import annotations
 

@@ -137,6 +137,41 @@ def test_bundle_documents_name_fields_that_only_ota_documents_have(
 # --- on a board, through the real service -------------------------------------------------------
 
 
+PER_CALL = """
+import sys
+from iotjobs import delta, ota
+
+# The nested parse of a delta document must find the checks the outer call loaded (not unload
+# them under it, which made the next nested call load a second copy).
+kept = []
+nested = delta.parse
+
+
+def spy(*args):
+    m = sys.modules.get("iotjobs.otadoc")
+    r = nested(*args)
+    kept.append(m is not None and sys.modules.get("iotjobs.otadoc") is m)
+    return r
+
+
+delta.parse = spy
+plain = %r
+for doc in (plain, dict(plain, delta=%r)):
+    ota.parse(doc, 0x180000, False)
+    print("iotjobs.otadoc" in sys.modules, kept)
+"""
+
+
+def test_document_checks_are_loaded_for_each_call_only(micropython: Any) -> None:
+    # iotjobs.otadoc (the update documents' checks) is loaded by ota.parse()/check() and
+    # unloaded after, so that a download runs without it; a delta document's nested checks
+    # use the copy the outer call loaded.
+    base = "ef" * 32
+    d = {"url": URL, "size": 900, "sha256": "cd" * 32, "base_size": 4096, "base_sha256": base}
+    r = micropython(PER_CALL % (DOC, d)).check()
+    assert r.out.split("\n")[:2] == ["False []", "False [True]"], r.out
+
+
 @pytest.mark.parametrize(
     ("override", "reason"),
     [

@@ -431,24 +431,32 @@ class Agent:
         self.board.feed()
 
     async def _start_next(self):
+        ex = await self._next()
+        if ex is not None:
+            self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
+            await self._do("run", ex, False)
+
+    async def _next(self):
+        # start-next's execution, or None (none pending, refused, too large: handled here). A
+        # frame of its own: the reply (every field of the execution, the document parsed twice
+        # over) is not held, not even in a stale slot, while the job runs.
         topic = protocol.topic_start_next(self.thing)
         try:
             ok, body = await self._request(topic, lambda tok: protocol.start_next(tok))
         except _TooBig as e:
-            return await self._do("too_big", e)
+            await self._do("too_big", e)
+            return None
         if not ok:
             code, msg = protocol.reply_error(body)
             self.log("error", "start-next refused: %s %s" % (code, msg))
-            return
+            return None
         ex = protocol.reply_execution(body)
         if ex is None:
             if isinstance(body.get("execution"), dict):
                 self.log("error", "start-next: unusable execution %r" % body["execution"])
             else:
                 self.log("info", "no pending job")
-            return
-        self._job = {"job": ex.job_id, "version": ex.version, "op": None, "data": {}}
-        await self._do("run", ex, False)
+        return ex
 
     async def _do(self, fn, *args):
         # Job-time code (iotjobs.job: run a handler, report, resume), loaded for a job and

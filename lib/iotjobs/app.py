@@ -42,7 +42,7 @@ def build(cfg, board=None):
     # the job ends (agent._run), so an idle agent holds none of them.
     for op, fn in (
         ("reboot", "job:reboot"),
-        ("config", "config:job"),
+        ("config", "settings:job"),
         ("ota", "ota:handle"),
         ("afr_ota", "afr:handle"),
         ("bundle", "bundle:handle"),
@@ -71,6 +71,10 @@ def start(path="config.json"):
         a.board.connect_network(a.cfg.get("wifi_ssid"), a.cfg.get("wifi_password"))
     except Exception as e:
         _crash(a, e)
+    # Boot-time too: Wi-Fi's and the clock's modules are not used again (agent.unload).
+    from iotjobs.agent import unload
+
+    unload(("network", "ntptime"))
     a.link.hold = hold
     return a
 
@@ -79,7 +83,9 @@ def run(path="config.json"):
     # What main.py calls: the agent, and beside it the installed application (the module
     # `application` in app_dir, whose `async def main(agent)` is its entry point), both
     # tasks of one asyncio loop. Without an application the agent runs alone.
+    global start
     a = start(path)
+    del start  # boot-time code, as build and _start: not kept while the agent runs
     if a is None:
         return
     try:
@@ -142,7 +148,7 @@ def _start(path):
         print("E config: %s" % e)
         return None
     del config
-    agent.unload(("iotjobs.config",))  # a config job imports it again
+    agent.unload(("iotjobs.config", "iotjobs.settings"))  # boot-time code
     a = build(cfg)
     if cfg["app_dir"] not in sys.path:
         sys.path.append(cfg["app_dir"])  # the application files (bundle jobs replace them)

@@ -12,6 +12,7 @@ from iotjobs.agent import (
     Rejected,
     _Drop,
     _forget,
+    _rare,
     _resolve,
     _too_big,
     _TooBig,
@@ -110,12 +111,16 @@ async def resume(a):
 async def run(a, ex, resumed):
     j = a._job
     if not resumed:
-        gave = _gave_up(ex.job_id)
-        if gave is not None:  # decided before the board gave it up (mishap.link_failed)
-            j["final"] = gave
-            a.persist(False)  # the decision in the job's state again: the file can go
-            _forget_gave_up()
-            return await finish(a, gave[0], gave[1])
+        import os
+
+        try:
+            os.stat(GAVEUP_FILE)  # a job given up on the board (mishap.link_failed)
+        except OSError:
+            pass
+        else:
+            gave = _rare("gave_up", a, ex.job_id)  # its decision if it is this job
+            if gave is not None:
+                return await finish(a, gave[0], gave[1])
     op = protocol.operation(ex.document)
     if ex.document is None:
         return await finish(a, protocol.REJECTED, {"reason": "job document is not a JSON object"})
@@ -204,27 +209,3 @@ async def reboot(ctx, doc):
 
 def _reason(e):
     return str(e.args[0]) if e.args else type(e).__name__
-
-
-def _gave_up(job_id):
-    # The decision on a job given up on the board, if this is that job (else the file goes).
-    import json
-
-    try:
-        with open(GAVEUP_FILE) as f:
-            gave = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if isinstance(gave, list) and len(gave) == 2 and gave[0] == job_id:
-        return gave[1]
-    _forget_gave_up()
-    return None
-
-
-def _forget_gave_up():
-    import os
-
-    try:
-        os.remove(GAVEUP_FILE)
-    except OSError:
-        pass

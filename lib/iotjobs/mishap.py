@@ -101,3 +101,27 @@ def count_boot(a, j):
         a.log("error", "%s: %s" % (j["job"], reason))
         j["final"] = [protocol.FAILED, {"reason": reason}]
     a.persist(False)
+
+
+def gave_up(a, job_id):
+    # start-next offered job_id: if it is the job given up on the board (link_failed), its
+    # decision goes back into the job's state before the file is removed; else None (and a
+    # file about another job goes).
+    import json
+    import os
+
+    try:
+        with open(GAVEUP_FILE) as f:
+            gave = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if isinstance(gave, list) and len(gave) == 2 and gave[0] == job_id:
+        gave = a._job["final"] = gave[1]
+        a.persist(False)
+    else:
+        gave = None
+    try:
+        os.remove(GAVEUP_FILE)
+    except OSError:
+        pass
+    return gave
