@@ -12,7 +12,9 @@ async def verify(ctx, doc):
     st = ctx.state
     await ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     slot = ctx.board.update_slot(st["slot"])
+    await asyncio.sleep_ms(0)  # the reply and the slot apart from the document's checks
     job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
+    await asyncio.sleep_ms(0)
     digest = bytes.fromhex(st["sha256"])
     if job["sha256"] is not None and job["sha256"] != digest:
         return _fail_before_boot(ctx, "SHA-256 mismatch: got %s" % st["sha256"])
