@@ -45,6 +45,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import ssl
 import statistics
@@ -620,6 +621,13 @@ def bench_fleet(sizes: list[int], rate: float, rounds: int, rows: list[Row]) -> 
             f"`python -m bench.service --devices {devices} --rounds {rounds}`",
         )
     devices = sizes[-2] if len(sizes) > 1 else sizes[-1]
+    if len(os.sched_getaffinity(0)) >= 2:  # the same burst with the service on a core of its own
+        rs = bench_service.run(devices, 300, rounds=rounds, split=True)
+        rows.append(_fleet_row(devices, "burst, the service on a CPU of its own", rs))
+        command(
+            f"service: {devices} devices, burst, the service on a CPU of its own",
+            f"`python -m bench.service --devices {devices} --rounds {rounds} --split-cores`",
+        )
     rs = bench_service.run(devices, 300, rate=rate, rounds=rounds)
     rows.append(_fleet_row(devices, f"steady {rate:g} devices/s", rs))
     command(
@@ -641,7 +649,10 @@ def _fleet_row(devices: int, mode: str, rs: list[dict[str, Any]]) -> Row:
         f"{statistics.median(r['broker_cpu_us_per_reply'] for r in rs):.0f} µs; reply latency "
         f"p50 {_spread(p50, ' ms', '.0f')}, p99 {_spread(p99, ' ms', '.0f')}; "
         f"{rs[0]['replies']} replies a round, {len(rs)} rounds, {rejected} rejected; "
-        f"devices in 2 load-generator processes, the service in its own",
+        f"devices in 2 load-generator processes ("
+        f"{statistics.median(r['drivers_cpu_us_per_reply'] for r in rs):.0f} µs per reply), "
+        f"the service in its own; cores: {rs[0]['cores']}; load average "
+        f"{min(r['load_average'] for r in rs):.2f}-{max(r['load_average'] for r in rs):.2f}",
     )
 
 
