@@ -207,6 +207,10 @@ class Agent:
 
     # ---- the job surface (what a handler's Context uses)
 
+    def memresets(self):
+        # How often this job's board reset for a fresh heap so far (mishap.link_failed).
+        return self._job.get("memreset", 0)
+
     def persist(self, step=True):
         # step: the handler got somewhere (its own save), which ends a boot loop's count.
         if step:

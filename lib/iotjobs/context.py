@@ -15,7 +15,7 @@ class Context:
     # What a handler gets: identity, settings, persisted state, and the service. A handler is
     # `async def fn(ctx, doc)`; what waits here is a coroutine (await it), what does not is a
     # plain method. It uses the agent only through the agent's job surface: persist(),
-    # report(), poll(), describe(), link, stale.
+    # report(), poll(), describe(), memresets(), link, stale.
     def __init__(self, agent, job_id, op, state, resumed):
         self._a = agent
         self.job_id = job_id
@@ -35,6 +35,10 @@ class Context:
     def part(self, state):
         # A Context of this job for one part of it (afr_ota's files) with its own state.
         return Context(self._a, self.job_id, self.op, state, self.resumed)
+
+    def memresets(self):
+        # How often this job's board reset for a fresh heap (mishap.link_failed) so far.
+        return self._a.memresets()
 
     def save(self):
         # Persists ctx.state atomically: after a reset the handler runs again with it. A clean

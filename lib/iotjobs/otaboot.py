@@ -104,6 +104,7 @@ async def activate(ctx, doc):
     except OSError as e:
         return _fail_before_boot(ctx, "the bootloader would refuse this image (%r)" % (e,))
     st["step"] = "booting"  # persisted by ctx.reboot()
+    st["mr"] = ctx.memresets()  # so that booting() tells a reset for memory from a bad image
     # self_test and updatedBy as AWS's OTA agent reports them across the reboot.
     await ctx.reboot(
         {
@@ -123,7 +124,12 @@ async def booting(ctx, doc):
     b = ctx.board
     running = b.running_slot()
     if running.label != st["slot"]:
-        raise Failed("new firmware %s did not start; still running %s" % (st["new"], st["old"]))
+        # The new image ran unconfirmed until a reset: the bootloader rolled back. When its
+        # boot found no memory for MQTT (mishap.link_failed reset for a fresh heap), say so.
+        why = "did not start"
+        if ctx.memresets() > st.get("mr", 0):
+            why = "had no memory for the MQTT session before its self-test and was rolled back"
+        raise Failed("new firmware %s %s; still running %s" % (st["new"], why, st["old"]))
     await ctx.progress({"step": "self-test", "self_test": "active", "updatedBy": st["old"]}, True)
     reason = await self_test(ctx)
     if reason is None:
