@@ -242,17 +242,23 @@ def test_the_example_application_deploys_as_a_bundle_and_starts_beside_the_agent
         readings.close()
 
 
+def board_with_app(stack: Stack, boards: Boards, thing: str, source: str) -> DeviceProcess:
+    """A board started with ``source`` as its application (app/application.py)."""
+    dev = boards(stack, thing, start=False)
+    app = dev.board / "app"
+    app.mkdir(exist_ok=True)
+    (app / "application.py").write_text(source)
+    dev.start()
+    return dev
+
+
 def test_an_application_that_fails_to_start_leaves_the_agent_running(
     stack_session: Stack, boards: Boards
 ) -> None:
     # A broken application (it raises on import, or its main() raises) is said on the console;
     # the agent runs on alone, so that a job can still replace it.
     thing = unique("broken")
-    dev = boards(stack_session, thing, start=False)
-    app = dev.board / "app"
-    app.mkdir(exist_ok=True)
-    (app / "application.py").write_text("raise RuntimeError('broken at import')\n")
-    dev.start()
+    dev = board_with_app(stack_session, boards, thing, "raise RuntimeError('broken at import')\n")
     dev.wait_for("broken at import")
     dev.wait_for("no pending job")
     doc = {"operation": "config", "set": {"log_level": "debug"}}
@@ -262,7 +268,9 @@ def test_an_application_that_fails_to_start_leaves_the_agent_running(
     )
     assert final(stack_session, thing, job, timeout=60)["status"] == "SUCCEEDED"
     # and an application whose main() raises: the same
-    (app / "application.py").write_text("async def main(agent):\n    raise ValueError('oops')\n")
+    (dev.board / "app" / "application.py").write_text(
+        "async def main(agent):\n    raise ValueError('oops')\n"
+    )
     dev.power_off()
     mark = dev.mark()
     dev.start()
@@ -276,14 +284,13 @@ def test_the_application_starts_before_the_agents_first_tls_handshake(
     # The application's first turn comes before the agent's start (its state file, the first
     # MQTT connect: a TLS handshake that holds the loop), not after it.
     thing = unique("first")
-    dev = boards(stack_session, thing, start=False)
-    app = dev.board / "app"
-    app.mkdir(exist_ok=True)
-    (app / "application.py").write_text(
+    dev = board_with_app(
+        stack_session,
+        boards,
+        thing,
         "async def main(agent):\n"
-        "    print('application: first turn, connects tried: %d' % agent.link.attempts)\n"
+        "    print('application: first turn, connects tried: %d' % agent.link.attempts)\n",
     )
-    dev.start()
     dev.wait_for("no pending job")
     assert any("application: first turn, connects tried: 0" in x for x in dev.lines), dev.lines
 
