@@ -276,8 +276,7 @@ class Agent:
         except MemoryError:
             n = len(msg)
             msg = None
-            self.log("warning", "no memory to parse a %d-byte message on %s" % (n, topic))
-            _rare("big", self, kind, n)
+            _rare("nomem", self, kind, n, topic)
             return
         if kind[0] == protocol.NOTIFY_NEXT:
             ex = protocol.reply_execution(body)
@@ -365,10 +364,10 @@ class Agent:
                 return False, body
             attempt += 1
             if attempt > _RETRIES:
-                self.log("warning", "%s: still %s after %d tries" % (topic, code, _RETRIES))
+                _rare("retry", self, topic, code, None, _RETRIES)
                 raise OSError(_EAGAIN)
             wait = b.jitter(backoff)
-            self.log("info", "%s: %s, retry in %d ms" % (topic, code, wait))
+            _rare("retry", self, topic, code, wait, attempt)
             await self.sleep(wait)
             backoff = min(backoff * 2, self.cfg["backoff_max_ms"])
 
@@ -450,16 +449,12 @@ class Agent:
         except _TooBig as e:
             await self._do("too_big", e)
             return None
-        if not ok:
-            code, msg = protocol.reply_error(body)
-            self.log("error", "start-next refused: %s %s" % (code, msg))
-            return None
-        ex = protocol.reply_execution(body)
+        ex = protocol.reply_execution(body) if ok else None
         if ex is None:
-            if isinstance(body.get("execution"), dict):
-                self.log("error", "start-next: unusable execution %r" % body["execution"])
-            else:
+            if ok and not isinstance(body.get("execution"), dict):
                 self.log("info", "no pending job")
+            else:
+                _rare("no_next", self, ok, body)  # refused, or an unusable execution
         return ex
 
     async def _do(self, fn, *args):

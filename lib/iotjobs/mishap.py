@@ -29,6 +29,30 @@ def big(a, kind, n):
         a._reply = (None, n)
 
 
+def nomem(a, kind, n, topic):
+    # A message that came whole but had no memory to be parsed (Agent._on_msg).
+    a.log("warning", "no memory to parse a %d-byte message on %s" % (n, topic))
+    big(a, kind, n)
+
+
+def retry(a, topic, code, wait, tries):
+    # A request the service answered with a RETRY code tries times (Agent._request): sent
+    # again after wait ms; wait None: given up.
+    if wait is None:
+        a.log("warning", "%s: still %s after %d tries" % (topic, code, tries))
+    else:
+        a.log("info", "%s: %s, retry in %d ms" % (topic, code, wait))
+
+
+def no_next(a, ok, body):
+    # start-next gave no execution to run, and not because none is pending (Agent._next).
+    if ok:
+        a.log("error", "start-next: unusable execution %r" % body["execution"])
+    else:
+        code, msg = protocol.reply_error(body)
+        a.log("error", "start-next refused: %s %s" % (code, msg))
+
+
 def on_big(a, topic, n):
     try:
         kind = protocol.parse_topic(a.thing, topic.decode())
