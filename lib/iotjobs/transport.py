@@ -251,10 +251,10 @@ class _Wake(io.IOBase):
         # Awaited (a generator is a coroutine to MicroPython's asyncio): parks the task in
         # asyncio's poller on this stream, as asyncio.ThreadSafeFlag.wait does; not that class
         # itself, whose module (asyncio.event, Event beside it) would stay in the GC heap of
-        # every idle agent (esp32-plain, bench.memory: the reboot job's live peak 2.7 KB
-        # higher with it).
+        # every idle agent (esp32-plain: 0.6-0.8 KB more live at every job's peak,
+        # docs/memory.md section 5).
         if not self.state:
-            yield asyncio.core._io_queue.queue_read(self)
+            yield asyncio.core._io_queue.queue_read(self)  # type: ignore[attr-defined]  # not in the stubs
         self.state = 0
 
 
