@@ -91,16 +91,7 @@ def run(path="config.json"):
     try:
         import asyncio
 
-        try:
-            from application import main  # type: ignore[import-not-found]  # the application
-        except ImportError:
-            main = None
-        except Exception as e:  # a broken application: the agent runs alone (a job can fix it)
-            import sys
-
-            sys.print_exception(e)
-            main = None
-        asyncio.run(_main(a, main))
+        asyncio.run(_main(a))
     except Exception as e:
         _crash(a, e)
 
@@ -115,9 +106,23 @@ def _crash(a, e):
     a.board.reset()
 
 
-async def _main(a, main):
+async def _main(a):
     import asyncio
 
+    # One try at MQTT before the application is imported: its TLS session needs ~30 KB of the
+    # IDF heap, and the application's allocations can grow the GC heap into that (56 KB at
+    # once): on esp32-tight no session fitted after it, for good. The try holds the loop for
+    # one handshake, before the application exists; offline, the application starts anyway.
+    await a.link.ensure(True)
+    try:
+        from application import main  # type: ignore[import-not-found]  # the application
+    except ImportError:
+        main = None
+    except Exception as e:  # a broken application: the agent runs alone (a job can fix it)
+        import sys
+
+        sys.print_exception(e)
+        main = None
     if main is not None:
         asyncio.create_task(_guest(main, a))
         await asyncio.sleep_ms(0)  # the application's first turn before the agent's start

@@ -501,9 +501,9 @@ class Link:
     def set_on_connect(self, fn):
         self._on_connect = fn
 
-    async def ensure(self):
+    async def ensure(self, once=False):
         # Returns a connected Transport, trying until it gets one (and ends a pause); the
-        # backoff between tries yields to the event loop.
+        # backoff between tries yields to the event loop. once: one try, None if it failed.
         self.paused = False
         backoff = self._min
         while self.t is None:
@@ -524,6 +524,8 @@ class Link:
                 if self._log:
                     why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
                     self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
+                if once:
+                    return None
                 await self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
         return self.t
