@@ -239,12 +239,8 @@ def test_a_bundle_that_cannot_fit_is_reported_from_a_fresh_heap(
     assert final(stack_session, dev.board.name, nxt)["status"] == "SUCCEEDED"
 
 
-# A product's main.py whose `hog` job leaves the GC heap grown into the IDF heap at the next
-# reconnect (as a job's code can: MicroPython gives a grown area back only once it is empty),
-# so that MQTT no longer fits while no job is under way.
-HOG_APP = """\
-from iotjobs import agent, app
-
+# What both apps below use to leave no room for MQTT: fill the IDF heap to its last 4 KB.
+HOG_IDF = """\
 _hog = []
 
 
@@ -254,18 +250,32 @@ def _idf_free():
     return sum(r[1] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
 
 
+def _hog_idf():
+    try:
+        while _idf_free() > 4096:
+            _hog.append(bytearray(1024))
+    except MemoryError:
+        pass
+    print("hogged: %d bytes of IDF heap free" % _idf_free())
+"""
+
+# A product's main.py whose `hog` job leaves the GC heap grown into the IDF heap at the next
+# reconnect (as a job's code can: MicroPython gives a grown area back only once it is empty),
+# so that MQTT no longer fits while no job is under way.
+HOG_APP = (
+    """\
+from iotjobs import agent, app
+"""
+    + HOG_IDF
+    + """
+
 async def hog(ctx, doc):
     link = ctx.link
     make = link._factory
 
     def factory():
         link._factory = make
-        try:
-            while _idf_free() > 4096:
-                _hog.append(bytearray(1024))
-        except MemoryError:
-            pass
-        print("hogged: %d bytes of IDF heap free" % _idf_free())
+        _hog_idf()
         return make()
 
     link._factory = factory
@@ -275,6 +285,7 @@ async def hog(ctx, doc):
 agent.register("hog", hog)
 app.run()
 """
+)
 
 
 def test_an_idle_board_whose_mqtt_session_no_longer_fits_resets_once_for_a_fresh_heap(
@@ -307,28 +318,19 @@ def test_an_idle_board_whose_mqtt_session_no_longer_fits_resets_once_for_a_fresh
 # A product's main.py whose `wedge` job leaves no room for the MQTT session at any connect of
 # a boot that still holds the job's state (as a job's state and code can on a tight board):
 # without a way out, the board would retry MQTT for ever and the job's report would never go.
-WEDGE_APP = """\
+WEDGE_APP = (
+    """\
 import os
 
 from iotjobs import agent, app, transport
-
-_hog = []
+"""
+    + HOG_IDF
+    + """
 _connect = transport.Transport.connect
 
 
-def _idf_free():
-    import esp32
-
-    return sum(r[1] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
-
-
 def _hogging_connect(self):
-    try:
-        while _idf_free() > 4096:
-            _hog.append(bytearray(1024))
-    except MemoryError:
-        pass
-    print("hogged: %d bytes of IDF heap free" % _idf_free())
+    _hog_idf()
     return _connect(self)
 
 
@@ -346,6 +348,7 @@ except OSError:
 agent.register("wedge", wedge)
 app.run()
 """
+)
 
 
 def test_a_job_whose_state_leaves_no_room_for_mqtt_is_given_up_and_its_report_still_sent(
