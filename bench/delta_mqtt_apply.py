@@ -12,7 +12,8 @@
 #     or: ERR <exception name> <args>
 # The apply runs under micropython.heap_lock() (unless `unlocked`). What it does once per window
 # of blocks (the GetStream request's publish) or now and then (the agent's MQTT poll, a due
-# progress report, a checkpoint) reaches code below that unlocks the heap for it and counts it;
+# progress report, a checkpoint) reaches ota_heaplock.py, which unlocks the heap for it and
+# counts it;
 # everything a block does (the packet read, JSON/base64 or CBOR decode into the decoder's
 # buffer, decoding, SHA-256, flash reads and writes) runs locked.
 import asyncio
@@ -22,80 +23,21 @@ import sys
 import time
 
 import esp32
-import micropython
 from iotjobs import app, config, stream
 from iotjobs.context import Context
 from iotjobs.delta import Patcher
-
-_locked = [True]
-_calls = [0, 0, 0, 0]  # persist, report, pump, request
+from ota_heaplock import calls, locked, run, wrap
 
 
-def _unlock(i):
-    if _locked[0]:
-        micropython.heap_unlock()
-    _calls[i] += 1
-
-
-def _relock():
-    if _locked[0]:
-        micropython.heap_lock()
-
-
-def _wrap(a):
-    # Fixed arities: a *args wrapper would allocate its tuple before it could unlock.
-    persist, pump = a.persist, a.pump
-    request = stream.Session._request
-
-    def _persist():
-        _unlock(0)
-        try:
-            persist()
-        finally:
-            _relock()
-
-    async def _report(status, details):  # counted only: there is no such job on the service
-        _unlock(1)
-        _relock()
-
-    def _pump():
-        _unlock(2)
-        try:
-            return pump()
-        finally:
-            _relock()
-
-    def _request(self, t, first, n):
-        _unlock(3)
-        try:
-            request(self, t, first, n)
-        finally:
-            _relock()
-
-    a.persist, a.report, a.pump = _persist, _report, _pump
-    stream.Session._request = _request
-
-
-async def _run(c):
-    await asyncio.sleep_ms(0)  # the scheduler's poller makes its result tuple once, now
-    if _locked[0]:
-        micropython.heap_lock()
-    try:
-        return await c
-    finally:
-        if _locked[0]:
-            micropython.heap_unlock()
-
-
-def main(name, fid, psize, base_size, size, fmt, window, locked):
-    _locked[0] = locked
+def main(name, fid, psize, base_size, size, fmt, window, lock):
+    locked[0] = lock
     esp32._power_on()
     cfg = config.load()
     cfg["ota_stream_format"] = fmt
     cfg["progress_interval_ms"] = 3600000
     a = app.build(cfg)
     asyncio.run(a.link.ensure())
-    _wrap(a)
+    wrap(a)
     # By label: the base need not be a bootable image here.
     base, out = esp32.Partition("ota_0"), esp32.Partition("ota_1")
     ctx = Context(a, "bench-job", "ota", {}, False)
@@ -117,10 +59,10 @@ def main(name, fid, psize, base_size, size, fmt, window, locked):
     c = p.run(src, hp, ho, ctx)
     gc.collect()
     ready = gc.mem_alloc()
-    asyncio.run(_run(c))
+    asyncio.run(run(c))
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
-    k = _calls
+    k = calls
     return "OK %d %s %s %d %d %d %d %d %d %d %d" % (
         ms,
         ho.digest().hex(),

@@ -9,7 +9,7 @@
 #     or: ERR <exception name> <args>
 # The loop runs under micropython.heap_lock() (unless `unlocked`). What it does only once per
 # window of blocks (the GetStream request's publish, the agent's MQTT poll) or now and then
-# (the offset checkpoint, a due progress report) reaches code below that unlocks the heap for
+# (the offset checkpoint, a due progress report) reaches ota_heaplock.py, which unlocks the heap for
 # it and counts it; everything a block does runs locked. The loop is an asyncio task that
 # yields between blocks, as on a board; the coroutine of each window is made unlocked
 # (counted with the requests: one per window).
@@ -20,93 +20,20 @@ import sys
 import time
 
 import esp32
-import micropython
 from iotjobs import app, config, stream
 from iotjobs.context import Context
-
-_locked = [True]
-_calls = [0, 0, 0, 0, 0]  # persist, report, pump, request, window
+from ota_heaplock import calls, locked, run, wrap
 
 
-def _unlock(i):
-    if _locked[0]:
-        micropython.heap_unlock()
-    _calls[i] += 1
-
-
-def _relock():
-    if _locked[0]:
-        micropython.heap_lock()
-
-
-_window_of = [None]
-
-
-def _window(self, t, off, size, buf, slot, h, tail):
-    # Not a closure: calling one with more than 5 values allocates their array.
-    _unlock(4)
-    try:
-        return _window_of[0](self, t, off, size, buf, slot, h, tail)
-    finally:
-        _relock()
-
-
-def _wrap(a):
-    # Fixed arities: a *args wrapper would allocate its tuple before it could unlock.
-    persist, pump = a.persist, a.pump
-    request = stream.Session._request
-    _window_of[0] = stream.Session.window
-
-    def _persist():
-        _unlock(0)
-        try:
-            persist()
-        finally:
-            _relock()
-
-    async def _report(status, details):  # counted only: there is no such job on the service
-        _unlock(1)
-        _relock()
-
-    def _pump():
-        _unlock(2)
-        try:
-            return pump()
-        finally:
-            _relock()
-
-    def _request(self, t, first, n):
-        _unlock(3)
-        try:
-            request(self, t, first, n)
-        finally:
-            _relock()
-
-    a.persist, a.report, a.pump = _persist, _report, _pump
-    stream.Session._request = _request
-    stream.Session.window = _window
-
-
-async def _run(c):
-    await asyncio.sleep_ms(0)  # the scheduler's poller makes its result tuple once, now
-    if _locked[0]:
-        micropython.heap_lock()
-    try:
-        return await c
-    finally:
-        if _locked[0]:
-            micropython.heap_unlock()
-
-
-def main(name, size, fmt, interval_ms, locked):
-    _locked[0] = locked
+def main(name, size, fmt, interval_ms, lock):
+    locked[0] = lock
     esp32._power_on()
     cfg = config.load()
     cfg["ota_stream_format"] = fmt
     cfg["progress_interval_ms"] = interval_ms
     a = app.build(cfg)
     asyncio.run(a.link.ensure())
-    _wrap(a)
+    wrap(a, True)
     slot = esp32.Partition(esp32.Partition.RUNNING).get_next_update()
     state = {"off": 0}
     ctx = Context(a, "bench-job", "afr_ota", state, False)
@@ -123,10 +50,10 @@ def main(name, size, fmt, interval_ms, locked):
     asyncio.run(ctx.check())
     gc.collect()
     ready = gc.mem_alloc()
-    off = asyncio.run(_run(stream.fetch(ctx, s, slot, h, buf, tail, 0, size)))
+    off = asyncio.run(run(stream.fetch(ctx, s, slot, h, buf, tail, 0, size)))
     ms = time.ticks_diff(time.ticks_ms(), t0)
     gc.collect()
-    c = _calls
+    c = calls
     return "OK %d %d %s %d %d %d %d %d %d %d %d" % (
         off,
         ms,
