@@ -520,7 +520,7 @@ class Link:
                 t.close()
                 if self.on_fail is not None:
                     self.on_fail(e)  # may reset the board
-                wait = self._jitter(backoff)
+                wait = 0 if once else self._jitter(backoff)  # once: the caller tries next
                 if self._log:
                     why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
                     self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
