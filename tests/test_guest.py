@@ -356,15 +356,10 @@ def test_python_m_bench_guest_runs_without_the_attribution(capsys: Any) -> None:
     assert "agent.save=" not in out and "otaboot." not in out, out
 
 
-WAKE = """
+# An Agent with no network or board behind it (its Link and Board as far as __init__ and the
+# message path use them), for snippets that drive one method directly.
+OFFLINE_AGENT = """
 from iotjobs import agent
-
-
-class T:
-    wakes = 0
-
-    def wake(self):
-        T.wakes += 1
 
 
 class L:
@@ -378,6 +373,17 @@ class L:
 class B:
     def rand(self, n):
         return 0
+"""
+
+WAKE = (
+    OFFLINE_AGENT
+    + """
+
+class T:
+    wakes = 0
+
+    def wake(self):
+        T.wakes += 1
 
 
 link = L()
@@ -388,6 +394,7 @@ link.t = T()
 a.publish(a.topic("reading"), b"2")
 print("UP", T.wakes, len(a._out))
 """
+)
 
 
 def test_a_publish_wakes_the_waiting_agent(micropython: Callable[..., Any]) -> None:

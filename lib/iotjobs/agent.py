@@ -262,6 +262,7 @@ class Agent:
             _rare("link_failed", self, e)
 
     def _on_msg(self, topic, msg):
+        kind = None  # a MemoryError may come before the topic is known (decode, deliver)
         try:
             topic = topic.decode()
             kind = protocol.parse_topic(self.thing, topic)
