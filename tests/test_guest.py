@@ -404,3 +404,30 @@ def test_a_publish_wakes_the_waiting_agent(micropython: Callable[..., Any]) -> N
     out = micropython(WAKE).check().out
     assert "DOWN 0 1" in out, out
     assert "UP 1 2" in out, out
+
+
+FORGET = """
+import sys
+sys.path.insert(0, "")
+from iotjobs import agent
+
+agent.register("mine", "myhandler:run")
+before = list(sys.modules)
+import myhandler  # the handler registered by name
+import iotjobs.slot  # a helper of the library's that the handler imported
+import sensorlib  # what the application's task imported meanwhile
+agent._forget(before)
+print("LOADED", [n for n in ("myhandler", "iotjobs.slot", "sensorlib") if n in sys.modules])
+"""
+
+
+def test_a_job_unloads_its_own_modules_and_not_the_applications(
+    micropython: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The application's tasks run beside a job, and may import a module of theirs while it
+    # runs: the job's end unloads the handler's module and the library's helpers it loaded, not
+    # that one (its next import would make a second copy with fresh state).
+    (tmp_path / "myhandler.py").write_text("def run(ctx, doc):\n    return None\n")
+    (tmp_path / "sensorlib.py").write_text("STATE = []\n")
+    out = micropython(FORGET, cwd=tmp_path).check().out
+    assert "LOADED ['sensorlib']" in out, out
