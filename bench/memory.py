@@ -243,6 +243,7 @@ MODULE_GROUPS = (
     ("simulation only: C modules on a board", ("esp32", "machine", "network")),
     ("frozen in the stock firmware", ("asyncio", "ssl", "umqtt.simple")),
     ("idle agent", ("iotjobs.protocol", "iotjobs.agent", "iotjobs.transport", "iotjobs.board")),
+    ("simulation only: the Unix port's MQTT wait", ("iotjobs.fdwait",)),
     ("idle agent (boot: app, config)", ("iotjobs.app", "iotjobs.settings", "iotjobs.config")),
     ("every job", ("iotjobs.job", "iotjobs.context")),
     ("ota download", ("iotjobs.ota", "iotjobs.fetch", "iotjobs.http", "iotjobs.slot")),

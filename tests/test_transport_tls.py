@@ -62,9 +62,10 @@ def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_
     broker, ca, thing_creds, request, port, mode
 ):
     # tests/device/mqtt_probe.py "wait": Transport.wait(), what the agent awaits between two
-    # reads (issue 18: woken by the socket, not a 20 ms tick), as the Unix port runs it and
-    # through asyncio's poller as a board does ("wait-poller"), on the stock-firmware port,
-    # the custom firmware's (library frozen) and the newest MicroPython's (each its asyncio).
+    # reads (issue 18: woken by the socket, not a 20 ms tick), as the Unix port runs it (parked
+    # in asyncio's poller on the TCP socket under TLS, iotjobs.fdwait) and through asyncio's
+    # poller on _Wake as a board does ("wait-poller"), on the stock-firmware port, the custom
+    # firmware's (library frozen) and the newest MicroPython's (each its asyncio).
     thing = f"dev-{mode}-{port.split('_')[0]}"
     r = probe(
         mode, thing_creds(thing), thing, broker, ca.cert_path, port=request.getfixturevalue(port)
@@ -73,7 +74,8 @@ def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_
     assert idle and int(idle.group(1)) >= 200, r.out
     if mode == "wait":
         # Another task's yields are not held while the agent waits: through the Unix port's
-        # poller each would take 1 ms, at most 200 in those 200 ms (transport._TICKED).
+        # poller with _Wake in it each takes 1 ms, at most 200 in those 200 ms
+        # (transport._TICKED).
         spins = re.search(r"SPINNER-YIELDS (\d+)", r.out)
         assert spins and int(spins.group(1)) > 400, r.out
     alloc = re.search(r"ALLOC-10MS (\d+) ALLOC-300MS (\d+)", r.out)
@@ -82,6 +84,18 @@ def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_
     assert "WAKE-WOKE True" in r.out, r.out
     assert "GUARD-POLLS 0" in r.out, r.out
     assert "KEEPALIVE-WOKE True ping sent True" in r.out, r.out
+    assert "CANCEL-CLEAN True" in r.out, r.out
+    assert "CLOSE-WOKE True poller 0 timer None" in r.out, r.out
+    assert f"PARKED-CLASS {'Parked' if mode == 'wait' else '_Wake'}" in r.out, r.out
+    if mode == "wait":
+        # The task parks in asyncio's poller on the socket's file descriptor (the only entry
+        # there: poll() sleeps in the kernel, no 1 ms pass); a message wakes it through that
+        # descriptor, with no sleep_ms and no short poll in between (the 1 ms cadence of
+        # the old run-queue wait would show as both); a wait that ends at its deadline
+        # allocates nothing.
+        assert "PARKED-ON-FD True" in r.out, r.out
+        assert "MESSAGE-BY-FD True short-polls 0 sleeps 0" in r.out, r.out
+        assert int(alloc.group(1)) == 0, r.out
 
 
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):

@@ -32,9 +32,9 @@ MAX_MSG = const(131072)  # AWS IoT's largest MQTT message
 # The Unix port's poller (select.poll built with MICROPY_PY_SELECT_POSIX_OPTIMISATIONS) sleeps
 # 1 ms on every pass while a stream without a file descriptor (_Wake, as a TLS socket) is in
 # it, even a pass with another task ready: each yield of every task would cost 1 ms. There
-# Transport.wait asks _Wake itself every 1 ms from the run queue instead (_ticked: the cadence
-# that poller gives, holding nobody). A board's poller (ESP32) asks once per pass, sleeps only
-# when no task is due, and is the one used there.
+# Transport.wait parks the task on the file descriptor of the TCP socket under TLS instead
+# (iotjobs.fdwait, loaded only there). A board's poller (ESP32) asks _Wake once per pass,
+# sleeps only when no task is due, and is the one used there.
 _TICKED = sys.platform in ("linux", "darwin")
 
 
@@ -225,7 +225,7 @@ class _Wake(io.IOBase):
     # The socket is asked as the guard's ready(0) asks it (a non-blocking read of one byte,
     # kept for the next read): never a poll of a TLS socket that already holds bytes. The
     # poller asks each pass of its loop: every FreeRTOS tick on ESP32 while nothing else runs,
-    # the same wake-up a socket in it would get (on the Unix port _ticked asks, see _TICKED).
+    # the same wake-up a socket in it would get (the Unix port: see _TICKED).
     def __init__(self, guard):
         self.state = 0
         self._g = guard
@@ -256,13 +256,6 @@ class _Wake(io.IOBase):
         if not self.state:
             yield asyncio.core._io_queue.queue_read(self)  # type: ignore[attr-defined]  # not in the stubs
         self.state = 0
-
-
-async def _ticked(w):
-    # w.wait() on the Unix port (see _TICKED): the same question, asked every 1 ms.
-    while not w.ioctl(3, 1):
-        await asyncio.sleep_ms(1)
-    w.state = 0
 
 
 def _packet_size(buf, n):
@@ -321,7 +314,7 @@ class Transport:
             self._cb(topic, msg)
 
     def connect(self):
-        from umqtt.simple import MQTTClient
+        from umqtt import simple
 
         # ssl_params may be a function that reads the PEMs: then they are read for each
         # connection and not kept as text between connections.
@@ -335,7 +328,7 @@ class Transport:
 
             self.hold = None
             gc.collect()
-        c = MQTTClient(
+        c = simple.MQTTClient(
             self.client_id,
             self.host,
             self.port,
@@ -344,6 +337,11 @@ class Transport:
             ssl_params=p,
         )
         c.set_callback(self._deliver)
+        tap = None
+        if _TICKED:  # the Unix port: the TCP socket under TLS, seen as umqtt.simple makes it
+            from iotjobs import fdwait
+
+            tap = simple.socket = fdwait.Tap(simple.socket)  # type: ignore[attr-defined]  # not in the stubs
         try:
             # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
             # take no timeout and are bounded by the watchdog on a board.
@@ -353,9 +351,20 @@ class Transport:
         except Exception:
             _close(c.sock)
             raise
+        finally:
+            if tap is not None:
+                simple.socket = tap.m  # type: ignore[attr-defined]  # not in the stubs
         c.ssl_params = None  # parsed into the TLS session by now
         self._sock = _Guard(c.sock, self._timeout_ms, self._max_msg)
-        self._wake = _Wake(self._sock)
+        fd = tap.sock if tap is not None else None
+        if hasattr(fd, "fileno"):
+            try:
+                fd.setsockopt(6, 1, 1)  # type: ignore[union-attr]  # IPPROTO_TCP, TCP_NODELAY
+            except OSError:
+                pass
+            self._wake = fdwait.Parked(self._sock, fd)
+        else:  # a board (or a umqtt.simple whose socket Tap did not see: asyncio's poller)
+            self._wake = _Wake(self._sock)
         c.sock = self._sock
         self._c = c
         self._tx_ticks = time.ticks_ms()
@@ -400,7 +409,7 @@ class Transport:
         if due < ms:
             ms = due if due > 0 else 0
         w.until = time.ticks_add(now, ms)
-        return _ticked(w) if _TICKED else w.wait()
+        return w.wait() if w.__class__ is _Wake else w  # fdwait.Parked: awaitable itself
 
     def wake(self):
         # Ends a wait() under way (or makes the next one return at once).

@@ -18,6 +18,10 @@ params = {"cadata": _read(ca_file), "cert_reqs": ussl.CERT_REQUIRED, "server_hos
 if creds != "-":
     params["key"] = _read(creds + "/device.key")
     params["cert"] = _read(creds + "/device.pem")
+if mode == "wait-poller":  # as on a board: from the connect on (no _Tap, no socket under TLS)
+    from iotjobs import transport as _transport
+
+    _transport._TICKED = False
 t = Transport(thing, "localhost", int(port), params, keepalive_s=2, timeout_ms=3000)
 got = []
 t.set_callback(lambda topic, msg: got.append((topic, msg)))
@@ -91,14 +95,15 @@ elif mode in ("wait", "wait-poller"):
     # asyncio's poller), ends when a message comes, wake() is called or a ping is due, and the
     # guard never polls the TLS socket meanwhile (the wait asks it with a non-blocking read,
     # and the read finds the message's bytes already in mbedTLS).
-    # "wait-poller": the same through asyncio's poller (what a board uses; the Unix port
-    # asks _Wake from the run queue instead, transport._TICKED).
+    # "wait": the Unix port's wait, parked in asyncio's poller on the TCP socket under TLS
+    # (iotjobs.fdwait); "wait-poller": through asyncio's poller on transport._Wake (what a
+    # board uses, and the Unix port when that socket is not known).
     import asyncio
     import gc
 
-    from iotjobs import transport
-
-    transport._TICKED = mode == "wait"
+    core = asyncio.core
+    fd = mode == "wait"
+    print("PARKED-CLASS", type(t._wake).__name__)
     topic = "$aws/things/%s/jobs/probe" % thing
     t.subscribe(topic)
     polls = [0]
@@ -117,6 +122,39 @@ elif mode in ("wait", "wait-poller"):
     t._sock._poll = _Counted(t._sock._poll)
     t._keepalive_ms = 600000  # no ping wakes a wait here, but the one the last step asks for
 
+    class _Seen:
+        # asyncio's poller as its loop uses it, each ipoll's timeout and what it returned
+        # noted (only while `on`).
+        def __init__(self, p):
+            self.p = p
+            self.on = False
+            self.calls = []
+
+        def register(self, s, ev):
+            self.p.register(s, ev)
+
+        def unregister(self, s):
+            self.p.unregister(s)
+
+        def modify(self, s, ev):
+            self.p.modify(s, ev)
+
+        def ipoll(self, ms):
+            for s, ev in self.p.ipoll(ms):
+                if self.on:
+                    self.calls.append((ms, s))
+                yield s, ev
+            if self.on:
+                self.calls.append((ms, None))
+
+    seen = _Seen(core._io_queue.poller)
+    sleeps = [0]
+    real_sleep = asyncio.sleep_ms
+
+    def counted_sleep(ms):
+        sleeps[0] += 1
+        return real_sleep(ms)
+
     async def waker():
         await asyncio.sleep_ms(50)
         t.wake()
@@ -128,13 +166,26 @@ elif mode in ("wait", "wait-poller"):
             spins[0] += 1
             await asyncio.sleep_ms(0)
 
+    parked = []
+
+    async def looker(me):  # what the waiting task is parked on, seen from another task
+        await asyncio.sleep_ms(100)
+        parked.extend((e[0] is me, e[2]) for e in core._io_queue.map.values())
+
     async def main():
+        me = core.cur_task
         asyncio.create_task(spinner())
+        asyncio.create_task(looker(me))
         t0 = time.ticks_ms()
         await t.wait(200)
         spins[1] = False
         print("IDLE-WAIT-MS", time.ticks_diff(time.ticks_ms(), t0), "got", len(got))
         print("SPINNER-YIELDS", spins[0])
+        if fd:
+            # Parked in asyncio's poller on the socket under TLS: a file descriptor, the only
+            # entry there.
+            ok = len(parked) == 1 and parked[0][0] and parked[0][1] is t._wake._e[2]
+            print("PARKED-ON-FD", ok and hasattr(parked[0][1], "fileno"))
         await asyncio.sleep_ms(5)  # the spinner ends (its task's end allocates)
         gc.collect()
         gc.disable()
@@ -145,13 +196,28 @@ elif mode in ("wait", "wait-poller"):
         a2 = gc.mem_alloc()
         gc.enable()
         print("ALLOC-10MS", a1 - a0, "ALLOC-300MS", a2 - a1)
-        t.publish(topic, b"ping")
+
+        async def sender():  # runs once the wait below has begun: the message comes after
+            t.publish(topic, b"ping")
+
+        asyncio.create_task(sender())
+        core._io_queue.poller, seen.on = seen, True
+        asyncio.sleep_ms = counted_sleep
         t0 = time.ticks_ms()
         await t.wait(20000)
         dt = time.ticks_diff(time.ticks_ms(), t0)
+        asyncio.sleep_ms = real_sleep
+        core._io_queue.poller, seen.on = seen.p, False
         while t.poll(0):
             pass
         print("MESSAGE-WOKE", dt < 20000, "got", len(got))
+        if fd:
+            # Woken by the socket's descriptor in poll(), which had slept for all of it: no
+            # sleep_ms, no short poll in between.
+            short = [ms for ms, _ in seen.calls if 0 < ms < 1000]
+            woke = [s for _, s in seen.calls if s is not None]
+            by_fd = woke == [t._wake._e[2]]
+            print("MESSAGE-BY-FD", by_fd, "short-polls", len(short), "sleeps", sleeps[0])
         asyncio.create_task(waker())
         t0 = time.ticks_ms()
         await t.wait(20000)
@@ -164,6 +230,35 @@ elif mode in ("wait", "wait-poller"):
         tx = t._tx_ticks
         t.poll(0)
         print("KEEPALIVE-WOKE", dt < 20000, "ping sent", t._tx_ticks != tx)
+        t._keepalive_ms = 600000
+        if t._ping_ticks is not None:  # its reply, unless poll(0) read it already
+            await t.wait(20000)
+        while t.poll(0):
+            pass
+        # A waiting task cancelled: nothing of it stays queued, and the next wait lasts.
+
+        async def waiting():
+            await t.wait(20000)
+
+        w = asyncio.create_task(waiting())
+        await asyncio.sleep_ms(20)
+        w.cancel()
+        await asyncio.sleep_ms(0)
+        stale = [e for e in core._io_queue.map.values() if e[0] is not None]
+        t0 = time.ticks_ms()
+        await t.wait(30)
+        dt = time.ticks_diff(time.ticks_ms(), t0)
+        print("CANCEL-CLEAN", w.done() and not stale and dt >= 30)
+        # Closed while another task waits: the wait ends, the socket is out of the poller
+        # (before it is closed) and nothing is left queued for its deadline.
+        w = asyncio.create_task(waiting())
+        await asyncio.sleep_ms(20)
+        t0 = time.ticks_ms()
+        t.close()
+        await w
+        dt = time.ticks_diff(time.ticks_ms(), t0)
+        left = list(core._io_queue.map.values())
+        print("CLOSE-WOKE", dt < 20000, "poller", len(left), "timer", getattr(t._wake, "_q", None))
 
     asyncio.run(main())
 elif mode == "keepalive":
