@@ -23,7 +23,8 @@ each row names the command that made it and the figure it replaced:
   custom firmware built from firmware/manifest.py carries it);
 - latency: job created -> execution IN_PROGRESS (the service's own timestamps), our agent vs
   the AWS IoT Device SDK v2 for Python (``awsiotsdk``) doing the same flow on the same stack,
-  and the heap an idle agent allocates per minute (``bench.latency``, also alone);
+  interleaved, 3 rounds (each round's ratios, their min, median and max), and the heap an
+  idle agent allocates per minute (``bench.latency``, also alone);
 - service: 100 / 1,000 / 3,000 simulated devices doing start-next + two updates, as a burst
   and at a steady arrival rate (bench.service);
 - OTA over MQTT streams (JSON and CBOR) vs HTTPS on the same 1 MiB image: time, bytes on the
@@ -325,7 +326,7 @@ def _timed(shell: str, runs: int) -> float:
 # ---------------------------------------------------------------- on the local stack
 
 
-def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
+def bench_stack(tmp: Path, jobs: int, latency_rounds: int, rows: list[Row]) -> None:
     with Stack(tmp / "stack") as stack:
         signing = otajob.signing_key(tmp / "signing")
         data = image.build_app_image("2.0.0", size=1 * MiB)
@@ -382,12 +383,14 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
             )
         )
         command("smallest -X heapsize for a whole", "`python -m bench` (bench_stack)")
-        ours, peer = bench_latency.run(stack, jobs)
+        rounds = bench_latency.run(stack, jobs, latency_rounds)
         rows.append(
-            ("create-job → IN_PROGRESS, our agent (Unix port)", *bench_latency.figure(ours, peer))
+            ("create-job → IN_PROGRESS, our agent (Unix port)", *bench_latency.figure(rounds))
         )
         command(
-            "create-job", f"`python -m bench.latency --jobs {jobs}` (also in `python -m bench`)"
+            "create-job",
+            f"`python -m bench.latency --jobs {jobs} --repeat {latency_rounds}` (also in "
+            "`python -m bench`)",
         )
         n, ms = bench_latency.idle_alloc(stack, 30)
         rows.append(
@@ -395,8 +398,8 @@ def bench_stack(tmp: Path, jobs: int, rows: list[Row]) -> None:
                 "heap allocated by an idle agent (connected, no job), per minute",
                 f"{kb(n * 60000 / max(ms, 1))}",
                 f"measured over {ms / 1000:.0f} s with the GC's automatic passes off (Unix "
-                "port: its wait asks every 1 ms from the run queue; a board's, through "
-                "asyncio's poller, adds a poller entry per wake)",
+                "port: its wait parks on the socket's file descriptor, iotjobs.fdwait; a "
+                "board's, through asyncio's poller, adds a poller entry per wake)",
             )
         )
         command("heap allocated by an idle", "`python -m bench.latency --idle-s 30`")
@@ -691,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
                 "pipeline": lambda: bench_pipeline(tmp / "pipeline", runs, rows),
                 "ecdsa": lambda: bench_ecdsa(tmp, 20, rows),
                 "footprint": lambda: bench_footprint(tmp, rows),
-                "stack": lambda: bench_stack(tmp / "stack", jobs, rows),
+                "stack": lambda: bench_stack(tmp / "stack", jobs, rounds, rows),
                 "streams": lambda: bench_streams(tmp / "streams", runs, rows),
                 "fleet": lambda: bench_fleet(sizes, 300.0, rounds, rows),
                 "delta": lambda: bench_delta.run(tmp / "delta", runs, rows),

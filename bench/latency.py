@@ -1,13 +1,16 @@
 """create-job → IN_PROGRESS, our agent against the AWS IoT Device SDK v2 (a part of ``make
 bench``; also alone, not a test):
 
-    python -m bench.latency [--jobs N] [--idle-s S]
+    python -m bench.latency [--jobs N] [--repeat R] [--idle-s S]
 
 On one local stack (mosquitto with mTLS, the Jobs service), our agent (Unix port, the default
-board profile) and ``awsiotsdk`` (CPython) each take ``--jobs`` jobs, one of each in turn
-(agent, SDK, agent, ...): the same load at the same moment for both. Each figure is the
-service's own timestamps, job createdAt → execution startedAt (ms resolution). Printed: p50
-and p90 of each, the agent/SDK p50 ratio (the goal is ≤ 1.2) and the machine's load average.
+board profile) and ``awsiotsdk`` (CPython) each take ``--jobs`` jobs per round, one of each in
+turn (agent, SDK, agent, ...; the SDK first in every second round): the same load at the same
+moment for both; ``--repeat`` rounds (default 3) on the same stack, device and SDK connection.
+Each figure is the service's own timestamps, job createdAt → execution startedAt (ms
+resolution). Printed: each round's p50 and p90 of each and their agent/SDK ratios, the min,
+median and max of the rounds' ratios (the goal: p50 ratio ≤ 1.2 in every round), the medians
+of the rounds' percentiles, and the machine's load average.
 
 ``--idle-s`` (0: skipped) also measures what an idle agent allocates: a fresh board, connected
 and with no job, runs for that long with the GC's automatic collection off (a 1 MB heap, no
@@ -20,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -69,30 +73,37 @@ def started_latency(stack: Stack, thing: str, job: str) -> float:
     return float((started - created).total_seconds() * 1000)
 
 
-def run(stack: Stack, jobs: int) -> tuple[list[float], list[float]]:
+Round = tuple[list[float], list[float]]  # (our agent's samples, the SDK's), ms
+
+
+def run(stack: Stack, jobs: int, rounds: int = 1) -> list[Round]:
     """create-job -> IN_PROGRESS for our agent and for the awsiotsdk peer, one job each in
-    turn (agent, peer, agent, ...), ``jobs`` each, on the same stack: the same load, the same
-    moment, for both."""
-    ours: list[float] = []
-    peer: list[float] = []
+    turn (agent, peer, agent, ...; the peer first in every second round), ``jobs`` each per
+    round, ``rounds`` rounds on the same stack: the same load, the same moment, for both."""
+    out: list[Round] = []
     name = "lat-agent"
     stack.create_thing(name)
     board = setup_board(stack.state_dir, name)
     doc = {"operation": "config", "set": {"log_level": "info"}}
     with DeviceProcess(board) as dev, sdk_peer(stack, "lat-sdk"):
         dev.wait_for("no pending job", timeout=30)
-        for i in range(jobs):
-            for thing, job, out, document in (
-                (name, f"lat-agent-{i}", ours, doc),
-                ("lat-sdk", f"lat-sdk-{i}", peer, {"operation": "x"}),
-            ):
-                stack.iot_client().create_job(
-                    jobId=job, targets=[arn(stack, thing)], document=json.dumps(document)
-                )
-                if final(stack, thing, job, 30)["status"] != "SUCCEEDED":
-                    raise JobsctlError(f"{job} did not succeed")
-                out.append(started_latency(stack, thing, job))
-    return ours, peer
+        for r in range(rounds):
+            ours: list[float] = []
+            peer: list[float] = []
+            for i in range(jobs):
+                pair = [
+                    (name, f"lat-agent-{r}-{i}", ours, doc),
+                    ("lat-sdk", f"lat-sdk-{r}-{i}", peer, {"operation": "x"}),
+                ]
+                for thing, job, samples, document in pair[:: -1 if r % 2 else 1]:
+                    stack.iot_client().create_job(
+                        jobId=job, targets=[arn(stack, thing)], document=json.dumps(document)
+                    )
+                    if final(stack, thing, job, 30)["status"] != "SUCCEEDED":
+                        raise JobsctlError(f"{job} did not succeed")
+                    samples.append(started_latency(stack, thing, job))
+            out.append((ours, peer))
+    return out
 
 
 def idle_alloc(stack: Stack, seconds: float) -> tuple[int, int]:
@@ -177,41 +188,69 @@ def p(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
-def figure(ours: list[float], peer: list[float]) -> tuple[str, str]:
-    """The bench row's figure and note for these samples."""
+def figure(rounds: list[Round]) -> tuple[str, str]:
+    """The bench row's figure and note for these rounds: the medians of the rounds'
+    percentiles, each round's ratios and their min, median and max."""
+
+    def med(side: int, pct: float) -> float:
+        return statistics.median(p(r[side], pct) for r in rounds)
+
+    def spread(values: list[float]) -> str:
+        listed = ", ".join(f"{x:.2f}" for x in values)
+        return (
+            f"{listed}: min {min(values):.2f}, median {statistics.median(values):.2f}, "
+            f"max {max(values):.2f}"
+        )
+
+    r50 = [p(ours, 50) / p(peer, 50) for ours, peer in rounds]
+    r90 = [p(ours, 90) / p(peer, 90) for ours, peer in rounds]
+    met = "met" if max(r50) <= 1.2 else "not met"
+    n = len(rounds)
     return (
-        f"p50 {p(ours, 50):.1f} ms, p90 {p(ours, 90):.1f} ms",
-        f"AWS IoT Device SDK v2 (awsiotsdk, CPython): p50 {p(peer, 50):.1f} ms, "
-        f"p90 {p(peer, 90):.1f} ms; agent/SDK p50 ratio {p(ours, 50) / p(peer, 50):.2f} "
-        f"(goal ≤ 1.2); {len(ours)} jobs each, one of each in turn on the same stack; the "
-        f"service's timestamps (createdAt, startedAt: ms resolution)",
+        f"p50 {med(0, 50):.1f} ms, p90 {med(0, 90):.1f} ms (median of {n} rounds)",
+        f"AWS IoT Device SDK v2 (awsiotsdk, CPython): p50 {med(1, 50):.1f} ms, p90 "
+        f"{med(1, 90):.1f} ms (median of {n} rounds); agent/SDK p50 ratio per round "
+        f"{spread(r50)} (goal ≤ 1.2 in every round: {met}); p90 ratio per round "
+        f"{spread(r90)}; {len(rounds[0][0])} jobs each per round, one of each in turn on the "
+        "same stack; the service's timestamps (createdAt, startedAt: ms resolution)",
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=50, help="jobs each (default 50)")
+    parser.add_argument("--jobs", type=int, default=50, help="jobs each per round (default 50)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds (default 3)")
     parser.add_argument(
         "--idle-s", type=float, default=0, help="also an idle agent's allocations (seconds)"
     )
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs: at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat: at least 1")
     load0 = os.getloadavg()[0]
     try:
         with (
             tempfile.TemporaryDirectory(prefix="jobsctl-bench-") as tmp,
             Stack(Path(tmp) / "stack") as stack,
         ):
-            ours, peer = run(stack, args.jobs)
+            rounds = run(stack, args.jobs, args.repeat)
             idle = idle_alloc(stack, args.idle_s) if args.idle_s > 0 else None
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
-    a, b = figure(ours, peer)
+    for i, (ours, peer) in enumerate(rounds):
+        print(
+            f"round {i + 1}: agent p50 {p(ours, 50):.1f} ms, p90 {p(ours, 90):.1f} ms; SDK p50 "
+            f"{p(peer, 50):.1f} ms, p90 {p(peer, 90):.1f} ms; agent/SDK p50 ratio "
+            f"{p(ours, 50) / p(peer, 50):.2f}, p90 ratio {p(ours, 90) / p(peer, 90):.2f}"
+        )
+    a, b = figure(rounds)
     print(f"create-job → IN_PROGRESS, our agent: {a}")
     print(f"  {b}")
-    print(f"  min: agent {min(ours):.1f} ms, SDK {min(peer):.1f} ms")
+    agent = min(x for r in rounds for x in r[0])
+    sdk = min(x for r in rounds for x in r[1])
+    print(f"  min: agent {agent:.1f} ms, SDK {sdk:.1f} ms")
     if idle is not None:
         n, ms = idle
         print(f"idle agent: {n} bytes allocated in {ms} ms, {n * 60000 // max(ms, 1)} bytes/min")

@@ -132,17 +132,25 @@ def test_sdk_v2_jobs_client_gets_notify_when_an_execution_goes_in_progress(
 
 
 def test_python_m_bench_latency_compares_the_agent_with_the_sdk(capsys: Any) -> None:
-    # README: `python -m bench.latency`, as written, with 2 jobs each and 2 s of an idle agent
-    # (its figures are a benchmark's, not checked against time here): both sides' percentiles,
-    # the ratio, the idle agent's allocations and the load are printed.
+    # README: `python -m bench.latency`, as written, with 2 jobs each in 2 rounds and 2 s of an
+    # idle agent (its figures are a benchmark's, not checked against time here): each round's
+    # percentiles and ratios, their spread, the idle agent's allocations and the load.
     import re
 
     from bench import latency
 
-    assert latency.main(["--jobs", "2", "--idle-s", "2"]) == 0
+    assert latency.main(["--jobs", "2", "--repeat", "2", "--idle-s", "2"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"our agent: p50 [\d.]+ ms, p90 [\d.]+ ms", out), out
+    for i in (1, 2):
+        assert re.search(
+            rf"round {i}: agent p50 [\d.]+ ms, p90 [\d.]+ ms; SDK p50 [\d.]+ ms, p90 [\d.]+ "
+            r"ms; agent/SDK p50 ratio [\d.]+, p90 ratio [\d.]+",
+            out,
+        ), out
+    assert "round 3" not in out, out
+    assert re.search(r"our agent: p50 [\d.]+ ms, p90 [\d.]+ ms \(median of 2 rounds\)", out)
     assert re.search(r"awsiotsdk, CPython\): p50 [\d.]+ ms, p90 [\d.]+ ms", out), out
-    assert "agent/SDK p50 ratio" in out and "2 jobs each" in out, out
+    assert re.search(r"p50 ratio per round [\d.]+, [\d.]+: min [\d.]+, median [\d.]+, max", out)
+    assert "2 jobs each per round" in out, out
     assert re.search(r"idle agent: \d+ bytes allocated in \d+ ms, \d+ bytes/min", out), out
     assert "load average (1 min)" in out, out

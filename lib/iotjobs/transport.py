@@ -339,8 +339,6 @@ class Transport:
         c.set_callback(self._deliver)
         tap = None
         if _TICKED:  # the Unix port: the TCP socket under TLS, seen as umqtt.simple makes it
-            from iotjobs import fdwait
-
             tap = simple.socket = fdwait.Tap(simple.socket)  # type: ignore[attr-defined]  # not in the stubs
         try:
             # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
@@ -575,3 +573,9 @@ def _close(sock):
             sock.close()
     except Exception:
         pass
+
+
+if _TICKED:
+    # Loaded with this module at boot (never on a board), not in connect(): there an import
+    # would take the GC heap the freed Link.hold keeps for the session's objects.
+    from iotjobs import fdwait
