@@ -357,15 +357,10 @@ def test_python_m_bench_guest_runs_without_the_attribution(capsys: Any) -> None:
     assert "agent.save=" not in out and "otaboot." not in out, out
 
 
-WAKE = """
+# An Agent with no network or board behind it (its Link and Board as far as __init__ and the
+# message path use them), for snippets that drive one method directly.
+OFFLINE_AGENT = """
 from iotjobs import agent
-
-
-class T:
-    wakes = 0
-
-    def wake(self):
-        T.wakes += 1
 
 
 class L:
@@ -379,6 +374,17 @@ class L:
 class B:
     def rand(self, n):
         return 0
+"""
+
+WAKE = (
+    OFFLINE_AGENT
+    + """
+
+class T:
+    wakes = 0
+
+    def wake(self):
+        T.wakes += 1
 
 
 link = L()
@@ -389,6 +395,7 @@ link.t = T()
 a.publish(a.topic("reading"), b"2")
 print("UP", T.wakes, len(a._out))
 """
+)
 
 
 def test_a_publish_wakes_the_waiting_agent(micropython: Callable[..., Any]) -> None:
@@ -398,3 +405,30 @@ def test_a_publish_wakes_the_waiting_agent(micropython: Callable[..., Any]) -> N
     out = micropython(WAKE).check().out
     assert "DOWN 0 1" in out, out
     assert "UP 1 2" in out, out
+
+
+FORGET = """
+import sys
+sys.path.insert(0, "")
+from iotjobs import agent
+
+agent.register("mine", "myhandler:run")
+before = list(sys.modules)
+import myhandler  # the handler registered by name
+import iotjobs.slot  # a helper of the library's that the handler imported
+import sensorlib  # what the application's task imported meanwhile
+agent._forget(before)
+print("LOADED", [n for n in ("myhandler", "iotjobs.slot", "sensorlib") if n in sys.modules])
+"""
+
+
+def test_a_job_unloads_its_own_modules_and_not_the_applications(
+    micropython: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The application's tasks run beside a job, and may import a module of theirs while it
+    # runs: the job's end unloads the handler's module and the library's helpers it loaded, not
+    # that one (its next import would make a second copy with fresh state).
+    (tmp_path / "myhandler.py").write_text("def run(ctx, doc):\n    return None\n")
+    (tmp_path / "sensorlib.py").write_text("STATE = []\n")
+    out = micropython(FORGET, cwd=tmp_path).check().out
+    assert "LOADED ['sensorlib']" in out, out

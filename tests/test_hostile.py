@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from plugin_agent import create_job, details, final
 from plugin_stack import unique, wait_until
+from test_guest import OFFLINE_AGENT
 
 from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
@@ -344,3 +345,37 @@ def test_the_reliability_table_and_its_seed_are_printed_under_xdist_and_the_seed
     row = next(line for line in out.stdout.splitlines() if line.startswith("identity "))
     assert row.split()[1:3] == ["6", "6"], row  # 3 reserved names + 3 quick trials, all passed
     assert "peak memory of the service" in out.stdout
+
+
+NOMEM_ON_MSG = (
+    OFFLINE_AGENT
+    + """
+
+class Topic:
+    # A topic whose decode finds no memory: the MemoryError comes before the topic is known.
+    def decode(self):
+        raise MemoryError
+
+
+a = agent.Agent({"thing_name": "th"}, B(), L())
+a.log = lambda level, msg: print("LOG", level, msg)
+a._on_msg(Topic(), b"x" * 40)
+print("NEXT", a._want_next, a.stale)
+a._on_msg(b"$aws/things/th/jobs/notify-next", b'{"execution": {"jobId": "j1"')
+a._on_msg(b"$aws/things/th/jobs/notify-next", b'{"execution": {"jobId": "j1"}}')
+print("WANT", a._want_next)
+"""
+)
+
+
+def test_a_message_with_no_memory_for_its_topic_is_logged_and_the_agent_goes_on(
+    micropython: Callable[..., Any],
+) -> None:
+    # Agent._on_msg: a MemoryError before the topic was parsed (its decode) used to name a
+    # variable not yet bound; now it is the "no memory to parse" warning, and the next messages
+    # are handled as before (a broken document warned about, a whole one taken).
+    r = micropython(NOMEM_ON_MSG).check()
+    assert "LOG warning no memory to parse a 40-byte message on" in r.out, r.output
+    assert "NEXT False False" in r.out, r.output
+    assert "LOG warning unparsable message on $aws/things/th/jobs/notify-next" in r.out, r.output
+    assert "WANT True" in r.out, r.output

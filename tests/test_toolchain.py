@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import subprocess
+from pathlib import Path
+
+import pytest
 
 import upy
+from jobsctl import device
 
 UMQTT_SHA256 = "8555d2f654deb8eb0d724f79b0811a78cc94029d070f3d96bbd74288653d63a5"
 
@@ -62,3 +66,21 @@ def test_tls_context_costs_a_few_kb_of_heap_as_on_esp32(micropython):
         "gc.collect(); print(gc.mem_alloc() - a)"
     ).check()
     assert int(r.out.split()[-1]) < 6 * 1024
+
+
+def test_a_removed_module_does_not_stay_importable_from_its_old_mpy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The simulated boards import lib/ from build/mpy: a module deleted or renamed in lib/ must
+    # go from there too, or a test would pass against code that `make deploy` no longer sends.
+    src, out = tmp_path / "src", tmp_path / "mpy"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "kept.py").write_text("X = 1\n")
+    (src / "pkg" / "gone.py").write_text("Y = 2\n")
+    monkeypatch.setattr(device, "SOURCES", {"lib": src})
+    monkeypatch.setattr(device, "MPY_DIR", out)
+    device.compile_device_code()
+    assert sorted(p.name for p in (out / "lib" / "pkg").iterdir()) == ["gone.mpy", "kept.mpy"]
+    (src / "pkg" / "gone.py").unlink()
+    device.compile_device_code()
+    assert sorted(p.name for p in (out / "lib" / "pkg").iterdir()) == ["kept.mpy"]

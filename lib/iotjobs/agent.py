@@ -262,6 +262,7 @@ class Agent:
             _rare("link_failed", self, e)
 
     def _on_msg(self, topic, msg):
+        kind = None  # a MemoryError may come before the topic is known (decode, deliver)
         try:
             topic = topic.decode()
             kind = protocol.parse_topic(self.thing, topic)
@@ -488,6 +489,18 @@ def save(path, obj):
 
 
 def _forget(mods):
-    # Unloads what a handler imported (its module and helpers): an idle agent holds none.
-    unload([n for n in sys.modules if n not in mods])
+    # Unloads what a handler imported (its module and the library's helpers): an idle agent
+    # holds none. Only the library's modules and handlers' own: a module the application
+    # imported meanwhile (its tasks run beside the job) stays loaded, or its next import would
+    # make a second copy of it with fresh state.
+    unload([n for n in sys.modules if n not in mods and _ours(n)])
     gc.collect()
+
+
+def _ours(name):
+    if name.startswith("iotjobs."):
+        return True
+    for fn, _ in _handlers.values():
+        if isinstance(fn, str) and fn.partition(":")[0] == name:
+            return True
+    return False

