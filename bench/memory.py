@@ -250,7 +250,7 @@ def run(
 # (group, modules) in the order a board loads them; each group's modules stay loaded after it,
 # as their qstrs do on a board that has run every job type once.
 MODULE_GROUPS = (
-    ("simulation only: C modules on a board", ("esp32", "machine", "network")),
+    ("C modules, on a board and on the board port", ("esp32", "machine", "network")),
     ("frozen in the stock firmware", ("asyncio", "ssl", "umqtt.simple")),
     ("idle agent", ("iotjobs.protocol", "iotjobs.agent", "iotjobs.transport", "iotjobs.board")),
     ("idle agent (boot: app, config)", ("iotjobs.app", "iotjobs.settings", "iotjobs.config")),
