@@ -185,6 +185,19 @@ def test_the_port_appends_its_high_water_marks_at_exit_and_at_a_reset(micropytho
     assert second["gc_max_total"] == 57344
 
 
+def test_sim_gc_trace_prints_each_new_live_high_water_between_the_console_lines(micropython):
+    # docs/board-model.md: SIM_GC_TRACE=1 shows on stderr when the live high-water was reached.
+    r = micropython(
+        "import gc\nprint('small')\ngc.collect()\nkeep = [bytearray(1000) for _ in range(20)]\n"
+        "gc.collect()\nprint('big')\nkeep = None\ngc.collect()",
+        profile="esp32-plain",
+        env={"SIM_GC_TRACE": "1"},
+    ).check()
+    marks = [int(x.rsplit(" ", 1)[1]) for x in r.err.splitlines() if "live high-water" in x]
+    assert len(marks) >= 2 and marks == sorted(marks) and marks[-1] - marks[0] > 20_000, r.err
+    assert r.out.split() == ["small", "big"]  # the console itself is untouched
+
+
 @pytest.mark.parametrize("port", ["micropython", "micropython-frozen", "micropython-1.26"])
 def test_every_board_port_is_32_bit_with_the_memory_model(port: str) -> None:
     path = {"micropython": upy.MICROPYTHON, "micropython-frozen": MICROPYTHON_FROZEN}.get(
