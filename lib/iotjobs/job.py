@@ -61,8 +61,8 @@ async def update(a, status, details, refresh=True):
         if v is not None:
             j["version"] = v
         return
-    # Refused: a rare path, its code loaded only while it runs (mishap.refused).
-    await _rare("refused", a, body, status, details, refresh)
+    # Refused: a rare path, its code loaded only while it runs (mishap.update).
+    await _rare("update", a, body, status, details, refresh)
 
 
 async def too_big(a, e):

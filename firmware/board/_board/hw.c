@@ -790,6 +790,16 @@ static const qstr machine_names[] __attribute__((unused)) = {
     MP_QSTR_SOFT_RESET,
 };
 
+// Names the frozen Python stand-ins these modules replace had in the port's static qstr pool
+// (identifiers of their code), kept there: the device library uses them too, and on a board they
+// are static as well (the firmware's frozen modules and its network.WLAN's `ssid`). Without
+// them the library would intern them at run time, 7 names' worth of dynamic qstr pool that
+// neither a board nor the model before spent (docs/memory.md section 5: the pools grow by
+// doubling, so a few names can move the next pool's allocation onto a job's peak).
+static const qstr static_names[] __attribute__((unused)) = {
+    MP_QSTR_b, MP_QSTR_d, MP_QSTR_i, MP_QSTR_x, MP_QSTR_op, MP_QSTR_flag, MP_QSTR_ssid,
+};
+
 // --------------------------------------------------------------------------------- network
 
 // The PC is always on the network, so a station connects at once: enough of WLAN for the
