@@ -398,7 +398,7 @@ def bench_stack(tmp: Path, jobs: int, latency_rounds: int, rows: list[Row]) -> N
                 "heap allocated by an idle agent (connected, no job), per minute",
                 f"{kb(n * 60000 / max(ms, 1))}",
                 f"measured over {ms / 1000:.0f} s with the GC's automatic passes off (Unix "
-                "port: its wait parks on the socket's file descriptor, iotjobs.fdwait; a "
+                "port: its wait parks on the socket's file descriptor, _fdwait; a "
                 "board's, through asyncio's poller, adds a poller entry per wake)",
             )
         )

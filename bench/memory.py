@@ -253,7 +253,7 @@ MODULE_GROUPS = (
     ("C modules, on a board and on the board port", ("esp32", "machine", "network")),
     ("frozen in the stock firmware", ("asyncio", "ssl", "umqtt.simple")),
     ("idle agent", ("iotjobs.protocol", "iotjobs.agent", "iotjobs.transport", "iotjobs.board")),
-    ("simulation only: the Unix port's MQTT wait", ("iotjobs.fdwait",)),
+    ("the Unix port's MQTT wait, C in the board port (a board has none)", ("_fdwait",)),
     ("idle agent (boot: app, config)", ("iotjobs.app", "iotjobs.settings", "iotjobs.config")),
     ("every job", ("iotjobs.job", "iotjobs.context")),
     ("ota download", ("iotjobs.ota", "iotjobs.fetch", "iotjobs.http", "iotjobs.slot")),

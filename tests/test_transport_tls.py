@@ -63,9 +63,10 @@ def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_
 ):
     # tests/device/mqtt_probe.py "wait": Transport.wait(), what the agent awaits between two
     # reads (issue 18: woken by the socket, not a 20 ms tick), as the Unix port runs it (parked
-    # in asyncio's poller on the TCP socket under TLS, iotjobs.fdwait) and through asyncio's
-    # poller on _Wake as a board does ("wait-poller"), on the stock-firmware port, the custom
-    # firmware's (library frozen) and the newest MicroPython's (each its asyncio).
+    # in asyncio's poller on the TCP socket under TLS: _fdwait, C in the board port) and
+    # through asyncio's poller on _Wake as a board does ("wait-poller"), on the stock-firmware
+    # port, the custom firmware's (library frozen) and the newest MicroPython's (each its
+    # asyncio).
     thing = f"dev-{mode}-{port.split('_')[0]}"
     r = probe(
         mode, thing_creds(thing), thing, broker, ca.cert_path, port=request.getfixturevalue(port)
@@ -96,6 +97,9 @@ def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_
         assert "PARKED-ON-FD True" in r.out, r.out
         assert "MESSAGE-BY-FD True short-polls 0 sleeps 0" in r.out, r.out
         assert int(alloc.group(1)) == 0, r.out
+        # That wait is C (firmware/board/_board/fdwait.c), as a board's poller: its import
+        # takes no GC heap, and the device library has no Python copy of it.
+        assert "FDWAIT-IMPORT-ALLOC 0 in-lib False" in r.out, r.out
 
 
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):

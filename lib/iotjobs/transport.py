@@ -33,8 +33,9 @@ MAX_MSG = const(131072)  # AWS IoT's largest MQTT message
 # 1 ms on every pass while a stream without a file descriptor (_Wake, as a TLS socket) is in
 # it, even a pass with another task ready: each yield of every task would cost 1 ms. There
 # Transport.wait parks the task on the file descriptor of the TCP socket under TLS instead
-# (iotjobs.fdwait, loaded only there). A board's poller (ESP32) asks _Wake once per pass,
-# sleeps only when no task is due, and is the one used there.
+# (_fdwait, C in the simulated boards' Unix ports: firmware/board/_board/fdwait.c; its import
+# and its waits take no GC heap, as a board's poller). A board's poller (ESP32) asks _Wake
+# once per pass, sleeps only when no task is due, and is the one used there.
 _TICKED = sys.platform in ("linux", "darwin")
 
 
@@ -339,7 +340,10 @@ class Transport:
         c.set_callback(self._deliver)
         tap = None
         if _TICKED:  # the Unix port: the TCP socket under TLS, seen as umqtt.simple makes it
-            tap = simple.socket = fdwait.Tap(simple.socket)  # type: ignore[attr-defined]  # not in the stubs
+            # C in the simulated boards' ports (a board has none): its import takes no GC heap
+            import _fdwait  # type: ignore[import-not-found]  # not in the ESP32 stubs
+
+            tap = simple.socket = _fdwait.Tap(simple.socket)  # type: ignore[attr-defined]  # not in the stubs
         try:
             # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
             # take no timeout and are bounded by the watchdog on a board.
@@ -360,7 +364,7 @@ class Transport:
                 fd.setsockopt(6, 1, 1)  # type: ignore[union-attr]  # IPPROTO_TCP, TCP_NODELAY
             except OSError:
                 pass
-            self._wake = fdwait.Parked(self._sock, fd)
+            self._wake = _fdwait.Parked(self._sock, fd)
         else:  # a board (or a umqtt.simple whose socket Tap did not see: asyncio's poller)
             self._wake = _Wake(self._sock)
         c.sock = self._sock
@@ -407,7 +411,7 @@ class Transport:
         if due < ms:
             ms = due if due > 0 else 0
         w.until = time.ticks_add(now, ms)
-        return w.wait() if w.__class__ is _Wake else w  # fdwait.Parked: awaitable itself
+        return w.wait() if w.__class__ is _Wake else w  # _fdwait.Parked: awaitable itself
 
     def wake(self):
         # Ends a wait() under way (or makes the next one return at once).
@@ -573,9 +577,3 @@ def _close(sock):
             sock.close()
     except Exception:
         pass
-
-
-if _TICKED:
-    # Loaded with this module at boot (never on a board), not in connect(): there an import
-    # would take the GC heap the freed Link.hold keeps for the session's objects.
-    from iotjobs import fdwait

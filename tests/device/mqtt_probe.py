@@ -96,7 +96,7 @@ elif mode in ("wait", "wait-poller"):
     # guard never polls the TLS socket meanwhile (the wait asks it with a non-blocking read,
     # and the read finds the message's bytes already in mbedTLS).
     # "wait": the Unix port's wait, parked in asyncio's poller on the TCP socket under TLS
-    # (iotjobs.fdwait); "wait-poller": through asyncio's poller on transport._Wake (what a
+    # (_fdwait, C in the board port); "wait-poller": through asyncio's poller on _Wake (what a
     # board uses, and the Unix port when that socket is not known).
     import asyncio
     import gc
@@ -104,6 +104,17 @@ elif mode in ("wait", "wait-poller"):
     core = asyncio.core
     fd = mode == "wait"
     print("PARKED-CLASS", type(t._wake).__name__)
+    if fd:
+        gc.collect()
+        a0 = gc.mem_alloc()
+        __import__("_fdwait")
+        a1 = gc.mem_alloc()
+        try:
+            __import__("iotjobs.fdwait")
+            in_lib = True
+        except ImportError:
+            in_lib = False
+        print("FDWAIT-IMPORT-ALLOC", a1 - a0, "in-lib", in_lib)
     topic = "$aws/things/%s/jobs/probe" % thing
     t.subscribe(topic)
     polls = [0]
@@ -184,7 +195,7 @@ elif mode in ("wait", "wait-poller"):
         if fd:
             # Parked in asyncio's poller on the socket under TLS: a file descriptor, the only
             # entry there.
-            ok = len(parked) == 1 and parked[0][0] and parked[0][1] is t._wake._e[2]
+            ok = len(parked) == 1 and parked[0][0] and parked[0][1] is t._wake.sock
             print("PARKED-ON-FD", ok and hasattr(parked[0][1], "fileno"))
         await asyncio.sleep_ms(5)  # the spinner ends (its task's end allocates)
         gc.collect()
@@ -216,7 +227,7 @@ elif mode in ("wait", "wait-poller"):
             # sleep_ms, no short poll in between.
             short = [ms for ms, _ in seen.calls if 0 < ms < 1000]
             woke = [s for _, s in seen.calls if s is not None]
-            by_fd = woke == [t._wake._e[2]]
+            by_fd = woke == [t._wake.sock]
             print("MESSAGE-BY-FD", by_fd, "short-polls", len(short), "sleeps", sleeps[0])
         asyncio.create_task(waker())
         t0 = time.ticks_ms()

@@ -58,9 +58,6 @@ HOT_PATHS = (
     ("iotjobs/transport.py", "_Guard.write"),
     ("iotjobs/transport.py", "_Wake.ioctl"),  # asyncio's poller calls it on every pass
     ("iotjobs/transport.py", "Transport.wait"),  # the agent's every wait (Agent._wait)
-    ("iotjobs/fdwait.py", "Parked.__next__"),  # the same wait on the Unix port
-    ("iotjobs/fdwait.py", "Parked.set"),
-    ("iotjobs/fdwait.py", "_timer"),
     ("iotjobs/agent.py", "Agent._wait"),
 )
 # Functions that load a rarely taken path's code on purpose (oversize messages, memory trouble:
