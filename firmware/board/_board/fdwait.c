@@ -17,10 +17,11 @@
 // It goes through asyncio's own objects as asyncio.core's Python does (core._io_queue, its map
 // and poller, core.cur_task, core._task_queue's push/remove, Task.data), so that Task.cancel
 // takes a parked task out of the poller (IOQueue.remove) and the poller's wake-up pushes it.
-// GC objects: the Parked (48 bytes), its poller entry [task, None, sock] (a list, made once and
-// left registered after a wait that set() or the deadline ended; a wait the socket ends has
-// asyncio take it out, the next one puts it in again) and the timer's Task. A wait allocates
-// nothing: Transport.wait returns the Parked itself, awaited through its iternext.
+// GC objects, 160 bytes per connection: the Parked (48 bytes), its poller entry [task, None,
+// sock] (a list, made once and left registered after a wait that set() or the deadline ended; a
+// wait the socket ends has asyncio take it out, the next one puts it in again) and the timer's
+// Task. A wait allocates nothing: Transport.wait returns the Parked itself, awaited through its
+// iternext (no StopIteration object, no iterator buffer).
 #include "py/builtin.h"
 #include "py/mphal.h"
 #include "py/objlist.h"
