@@ -172,6 +172,7 @@ class Context:
         # handler there, with no reset.
         self.save()
         if details:
+            await asyncio.sleep_ms(0)  # the save apart from the report
             await self._a.report(protocol.IN_PROGRESS, details)
         a = self._a
         if a.may_reboot is not None:

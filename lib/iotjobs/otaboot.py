@@ -107,6 +107,7 @@ async def activate(ctx, doc):
         return "booting"  # the power went between set_boot and its save: the new image runs
     slot = b.update_slot(st["slot"])
     st["mr"] = ctx.memresets()  # so that booting() tells a reset for memory from a bad image
+    await asyncio.sleep_ms(0)  # the slots' lookups apart from the save and the report
 
     def boot_next():
         try:
