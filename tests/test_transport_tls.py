@@ -102,6 +102,16 @@ def test_the_wait_lasts_its_time_ends_on_a_message_wake_or_ping_and_never_polls_
         assert "FDWAIT-IMPORT-ALLOC 0 in-lib False" in r.out, r.out
 
 
+def test_a_unix_port_without_fdwait_waits_through_asyncios_poller(broker, ca, thing_creds):
+    # transport.connect on a Unix port built without the board port's C wait (_fdwait): the
+    # connect works and the wait is a board's (_Wake in asyncio's poller), every behaviour kept.
+    thing = "dev-nofdwait"
+    r = probe("wait-nofdwait", thing_creds(thing), thing, broker, ca.cert_path).check()
+    assert "PARKED-CLASS _Wake" in r.out, r.out
+    for line in ("MESSAGE-WOKE True got 1", "WAKE-WOKE True", "GUARD-POLLS 0", "CANCEL-CLEAN True"):
+        assert line in r.out, r.out
+
+
 def test_device_refuses_a_broker_signed_by_another_ca(broker, other_ca, thing_creds):
     r = probe("roundtrip", thing_creds("dev-2"), "dev-2", broker, other_ca.cert_path).check()
     assert "CONNECT-FAILED" in r.out

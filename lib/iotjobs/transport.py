@@ -338,12 +338,17 @@ class Transport:
             ssl_params=p,
         )
         c.set_callback(self._deliver)
-        tap = None
+        tap = _fdwait = None
         if _TICKED:  # the Unix port: the TCP socket under TLS, seen as umqtt.simple makes it
-            # C in the simulated boards' ports (a board has none): its import takes no GC heap
-            import _fdwait  # type: ignore[import-not-found]  # not in the ESP32 stubs
-
-            tap = simple.socket = _fdwait.Tap(simple.socket)  # type: ignore[attr-defined]  # not in the stubs
+            # C in the simulated boards' ports (a board has none): its import takes no GC heap.
+            # A Unix port without it waits through asyncio's poller, as a board does (slower
+            # there: 1 ms passes, see above).
+            try:
+                import _fdwait  # type: ignore[import-not-found,no-redef]  # not in the ESP32 stubs
+            except ImportError:
+                pass
+            else:
+                tap = simple.socket = _fdwait.Tap(simple.socket)  # type: ignore[attr-defined]  # not in the stubs
         try:
             # umqtt.simple >= 1.5 bounds the connect itself; older ones (1.3.4, what PyPI has)
             # take no timeout and are bounded by the watchdog on a board.
@@ -364,7 +369,7 @@ class Transport:
                 fd.setsockopt(6, 1, 1)  # type: ignore[union-attr]  # IPPROTO_TCP, TCP_NODELAY
             except OSError:
                 pass
-            self._wake = _fdwait.Parked(self._sock, fd)
+            self._wake = _fdwait.Parked(self._sock, fd)  # type: ignore[attr-defined]  # set with tap
         else:  # a board (or a umqtt.simple whose socket Tap did not see: asyncio's poller)
             self._wake = _Wake(self._sock)
         c.sock = self._sock

@@ -22,6 +22,17 @@ if mode == "wait-poller":  # as on a board: from the connect on (no _Tap, no soc
     from iotjobs import transport as _transport
 
     _transport._TICKED = False
+if mode == "wait-nofdwait":  # a Unix port without the board port's _fdwait: _Wake, as a board
+    import builtins
+
+    _import = builtins.__import__
+
+    def _no_fdwait(name, *args):
+        if name == "_fdwait":
+            raise ImportError("no module named '_fdwait'")
+        return _import(name, *args)
+
+    builtins.__import__ = _no_fdwait
 t = Transport(thing, "localhost", int(port), params, keepalive_s=2, timeout_ms=3000)
 got = []
 t.set_callback(lambda topic, msg: got.append((topic, msg)))
@@ -89,7 +100,7 @@ elif mode == "hot":
         t.poll(1000)
     builtins.__import__ = real
     print("MESSAGE-READ", len(got[0][1]), "imports", seen[0])
-elif mode in ("wait", "wait-poller"):
+elif mode in ("wait", "wait-poller", "wait-nofdwait"):
     # Transport.wait() under asyncio, what the agent awaits between two reads: it lasts its
     # time when nothing comes, allocates the same for 10 ms as for 300 ms (nothing per pass of
     # asyncio's poller), ends when a message comes, wake() is called or a ping is due, and the
