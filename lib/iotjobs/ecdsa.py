@@ -128,7 +128,8 @@ async def _inverse(x, m):
         if not i & 15:
             await asyncio.sleep_ms(0)
             if not i & 63:
-                await _collect()
+                gc.collect()  # see the top
+                await asyncio.sleep_ms(0)
     return r
 
 
@@ -184,11 +185,6 @@ async def _shamir(u1, u2, q):
             R = _add(*R, *table[k])
         await asyncio.sleep_ms(0)
         if not i & 7:
-            await _collect()
+            gc.collect()  # see the top
+            await asyncio.sleep_ms(0)
     return R
-
-
-async def _collect():
-    # A GC pass between two yields (see the top).
-    gc.collect()
-    await asyncio.sleep_ms(0)
