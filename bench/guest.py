@@ -19,9 +19,8 @@ collects the readings (one per second here: ``publish_every`` 10; the example's 
 - the longest stretch the loop was held without a yield outside handshakes (and how many
   stretches passed 0.5 ms): wall-clock time on this x86 port less the time the OS kept the
   process waiting for a CPU (/proc/self/schedstat) and less the attribution's own bookkeeping;
-  and the same with the simulator's stand-ins for firmware C code taken out (esp32.Partition's
-  set_boot, whose whole-image check is ESP-IDF's C on a board, mark_app_valid's otadata write,
-  esp32.NVS);
+  and the same with the simulator's stand-ins for firmware C code taken out (esp32.NVS's
+  methods; esp32.Partition, set_boot's whole-image check included, is C on the board port);
 - every stretch over 0.5 ms outside handshakes, named: the probe wraps the agent's coroutines
   and its plain functions that can take long (files, imports, flash, TLS and MQTT packets) when
   their module is imported, each charging its own time (not its callees') to its name, plus
@@ -252,10 +251,9 @@ if ATTRIBUTE:
 
 
 def _sim_wrap(owner, name):
-    # esp32.Partition's set_boot (the bootloader's whole-image check, ESP-IDF's
-    # esp_image_verify), mark_app_valid_cancel_rollback (an otadata write) and esp32.NVS (ESP-IDF's
-    # nvs_* API: the security counter) are C in the firmware; here they are the simulator's
-    # Python, timed apart.
+    # esp32.NVS's methods (ESP-IDF's nvs_* API: the security counter) are C in the firmware; here
+    # they are the simulator's Python (sim/esp32nvs.py), timed apart. esp32.Partition (set_boot's
+    # whole-image check, mark_app_valid's otadata write) is C on the board port as on a board.
     f = getattr(owner, name)
     n = "sim." + name
 
@@ -274,14 +272,11 @@ def _sim_wrap(owner, name):
             _charge(n)
             _stk.pop()
 
-    setattr(esp32.Partition, name, w)
+    setattr(owner, name, w)
 
 
 import esp32nvs  # the simulator's NVS (imported here: a board has it built in)
 
-_sim_wrap(esp32.Partition, "set_boot")
-_sim_wrap(esp32.Partition, "mark_app_valid_cancel_rollback")
-_sim_wrap(esp32, "NVS")
 for _k in ("get_i32", "set_i32", "get_blob", "set_blob", "commit"):
     _sim_wrap(esp32nvs.NVS, _k)
 _stat()
@@ -735,8 +730,7 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
         ),
         (
             f"{what}: the same with the simulator's stand-ins for firmware C code taken out "
-            "(esp32.Partition set_boot's whole-image check, mark_app_valid's otadata write, "
-            "esp32.NVS: ESP-IDF's C on a board)",
+            "(esp32.NVS: ESP-IDF's C on a board)",
             mm([r.hold_nosim_us / 1000 for r in runs], "ms", "{:.2f}"),
             f"goal ≤ 0.5 ms; stretches over 0.5 ms per job: {[r.over_nosim for r in runs]}; "
             f"simulator time inside the longest stretch (with it in): "

@@ -1,6 +1,6 @@
 """Memory per job type and board profile, a part of ``make bench`` (not a test).
 
-    python -m bench.memory [--profile P ...] [--job J ...] [--frozen]
+    python -m bench.memory [--profile P ...] [--job J ...] [--frozen] [--dense]
     python -m bench.memory --modules
 
 
@@ -16,6 +16,10 @@ firmware) takes one job on a local stack, then is switched off; its port's memor
   counted); headroom = lowest free / total, what ``idf_heap_info``'s minimum-free field gives.
 
 The goal (issue 14): at least 15 % headroom on both for every job on ``esp32-plain``.
+
+``--dense``: the board collects after every 256 bytes allocated (``gc.threshold(256)``, set by
+``sim/boardrun.py`` from ``SIM_GC_THRESHOLD``), so the live high-water is sampled densely instead
+of at the collections the heap happened to need (docs/memory.md section 5).
 
 ``--modules``: where the live heap goes. One stock-firmware board process (no network) imports
 the modules in the order a board loads them (the firmware's, the idle agent's, then each job
@@ -60,6 +64,7 @@ JOBS = (
 # asyncio task beside the agent's, publishing through the agent's session) during the job.
 SENSOR = "+sensor"
 GOAL = 0.15
+DENSE_THRESHOLD = 256  # --dense: bytes allocated between collections
 SLOT = 0x180000  # the OTA slot of the simulated board (1.5 MiB)
 APP_V1 = {"sensor.py": b"VERSION = 1\n", "selftest.py": b"def run(ctx):\n    return None\n"}
 APP_V2 = {"sensor.py": b"VERSION = 2\n", "selftest.py": b"def run(ctx):\n    return None\n"}
@@ -170,7 +175,9 @@ def _document(
     raise JobsctlError(f"no job {job!r} (known: {', '.join(JOBS)})")
 
 
-def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = False) -> Measure:
+def measure(
+    stack: Stack, signing: Path, profile: str, job: str, frozen: bool = False, dense: bool = False
+) -> Measure:
     """One fresh board of ``profile`` takes ``job``; its memory report, read after power-off."""
     name = f"mem-{profile}-{job.replace('.', '_').replace('+', '-')}{'-frozen' if frozen else ''}"
     stack.create_thing(name)
@@ -189,7 +196,8 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
     report = board / "mem.jsonl"
     report.unlink(missing_ok=True)
     doc, extra = _document(stack, job.removesuffix(SENSOR), signing, board)
-    dev = DeviceProcess(board, profile=profile, mem_report=report, frozen=frozen)
+    env = {"SIM_GC_THRESHOLD": str(DENSE_THRESHOLD)} if dense else None
+    dev = DeviceProcess(board, profile=profile, mem_report=report, frozen=frozen, env=env)
     try:
         dev.start()
         dev.wait_for("no pending job", timeout=60)
@@ -225,13 +233,15 @@ def measure(stack: Stack, signing: Path, profile: str, job: str, frozen: bool = 
     )
 
 
-def run(tmp: Path, profiles: list[str], jobs: list[str], frozen: bool = False) -> list[Measure]:
+def run(
+    tmp: Path, profiles: list[str], jobs: list[str], frozen: bool = False, dense: bool = False
+) -> list[Measure]:
     out = []
     with Stack(tmp / "stack") as stack:
         signing = otajob.signing_key(tmp / "signing")
         for profile in profiles:
             for job in jobs:
-                m = measure(stack, signing, profile, job, frozen)
+                m = measure(stack, signing, profile, job, frozen, dense)
                 print(row(m), flush=True)
                 out.append(m)
     return out
@@ -240,7 +250,7 @@ def run(tmp: Path, profiles: list[str], jobs: list[str], frozen: bool = False) -
 # (group, modules) in the order a board loads them; each group's modules stay loaded after it,
 # as their qstrs do on a board that has run every job type once.
 MODULE_GROUPS = (
-    ("simulation only: C modules on a board", ("esp32", "machine", "network")),
+    ("C modules, on a board and on the board port", ("esp32", "machine", "network")),
     ("frozen in the stock firmware", ("asyncio", "ssl", "umqtt.simple")),
     ("idle agent", ("iotjobs.protocol", "iotjobs.agent", "iotjobs.transport", "iotjobs.board")),
     ("idle agent (boot: app, config)", ("iotjobs.app", "iotjobs.settings", "iotjobs.config")),
@@ -349,6 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", action="append", choices=JOBS)
     parser.add_argument("--frozen", action="store_true", help="the custom-firmware board")
     parser.add_argument(
+        "--dense", action="store_true", help="collect after every 256 bytes allocated"
+    )
+    parser.add_argument(
         "--modules", action="store_true", help="what each device module's import takes"
     )
     args = parser.parse_args(argv)
@@ -366,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.profile or list(boardmodel.PROFILES),
                 args.job or list(JOBS),
                 args.frozen,
+                args.dense,
             )
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)

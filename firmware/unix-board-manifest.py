@@ -7,7 +7,8 @@ include("$(MPY_DIR)/extmod/asyncio")
 # Frozen into official ESP32 firmware since 1.25 (fetched, pinned and unmodified, into build/).
 package("umqtt", base_path="../build/upylib")
 
-# The stand-ins for what is built into the firmware (esp32, machine, network, ntptime and the
-# ssl shim): on a board they cost no heap to import.
-for name in ("esp32", "esp32nvs", "machine", "network", "ntptime", "ssl", "ussl"):
+# The stand-ins for what is built into the firmware (esp32.NVS's store, ntptime and the ssl
+# shim); esp32, machine and network are C modules of the port (firmware/board/_board/hw.c), as
+# on a board.
+for name in ("esp32nvs", "ntptime", "ssl", "ussl"):
     module(name + ".py", base_path="../sim")

@@ -101,6 +101,9 @@ build() {
   # umqtt.simple is frozen from build/upylib (fetched, pinned and unmodified).
   [ -f "$out/upylib/umqtt/simple.py" ] || fail "umqtt.simple is missing: run make umqtt"
   # -Wno-pointer-arith: py/gc.c's split-heap growth, which ports/esp32 compiles, does void * arithmetic.
+  # The frozen modules' C file names the qstrs the port lacks: a change of the C modules' names
+  # (firmware/board/) must regenerate it, which make's dependencies do not see.
+  rm -f "$src/ports/unix/$3/frozen_content.c"
   make -s -j"$jobs" -C "$src/ports/unix" BUILD="$3" PROG="$4" FROZEN_MANIFEST="$5" \
     MICROPY_FORCE_32BIT=1 MICROPY_PY_FFI=0 \
     MICROPY_SSL_AXTLS=0 MICROPY_SSL_MBEDTLS=1 MICROPY_PY_BTREE=0 STRIP=true \

@@ -39,6 +39,13 @@ def _main():
         esp32._power_on()
     except ImportError:
         pass
+    # SIM_GC_THRESHOLD=N (bench.memory --dense): a collection after every N bytes allocated, so
+    # that the port's live high-water (docs/memory.md) is sampled densely. Not a board setting.
+    n = os.getenv("SIM_GC_THRESHOLD")
+    if n:
+        import gc
+
+        gc.threshold(int(n))
     # argv[1]: where boot.py and main.py are (default: the board folder itself).
     root = sys.argv[1] if len(sys.argv) > 1 else "."
     _run(root + "/boot.py")

@@ -1,4 +1,5 @@
-"""The simulated flash (sim/esp32.py) behaves like esp32.Partition and the ESP-IDF bootloader.
+"""The simulated flash behaves like esp32.Partition and the ESP-IDF bootloader (the board
+port's esp32 module, C as on a board: firmware/board/_board/hw.c).
 
 Each "power-on" is a fresh Unix-port process in the board folder, as with a real reset: the
 bootloader step (esp32._power_on) runs first, then the snippet.

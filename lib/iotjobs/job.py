@@ -61,21 +61,8 @@ async def update(a, status, details, refresh=True):
         if v is not None:
             j["version"] = v
         return
-    code, msg = protocol.reply_error(body)
-    r = protocol.reaction(code)
-    if r == protocol.REFRESH and refresh:
-        ex = await describe(a, j["job"], False)
-        if ex is None or ex.terminal():
-            raise _Drop("%s, and the job is %s" % (code, ex.status if ex else "gone"))
-        a.log("info", "%s: version %s -> %s" % (code, j.get("version"), ex.version))
-        j["version"] = ex.version
-        return await update(a, status, details, False)
-    if r == protocol.BUG and status != protocol.FAILED:
-        a.log("error", "update refused: %s %s" % (code, msg))
-        reason = protocol.clean_details({"reason": "agent error: %s: %s" % (code, msg)})
-        await update(a, protocol.FAILED, reason, False)
-        raise _Drop("failed after the service refused an update: %s" % code)
-    raise _Drop("update refused: %s %s" % (code, msg))
+    # Refused: a rare path, its code loaded only while it runs (mishap.update).
+    await _rare("update", a, body, status, details, refresh)
 
 
 async def too_big(a, e):
@@ -140,18 +127,21 @@ async def run(a, ex, resumed):
     j["op"] = op
     a.persist(False)
     a.log("info", "%s: %s%s" % (ex.job_id, op, " (resumed)" if resumed else ""))
-    await asyncio.sleep_ms(0)  # the save apart from the Context's import
-    from iotjobs.context import Context  # job-time code: unloaded with the handler's
-
-    ctx = Context(a, ex.job_id, op, j["data"], resumed)
-    del Context
-    await asyncio.sleep_ms(0)  # the import apart from the first report
     status = protocol.FAILED
+    ctx = None
     try:
+        # The first report before the Context's import: its request and reply are not in the
+        # heap beside the Context's code (the config job's GC high-water, docs/memory.md).
         if not resumed:
             await report(a, protocol.IN_PROGRESS, {"step": "started"})
-            if a.may_start is not None:
-                await a._app().window(a, ctx, "job")
+        await asyncio.sleep_ms(0)  # the report apart from the Context's import
+        from iotjobs.context import Context  # job-time code: unloaded with the handler's
+
+        ctx = Context(a, ex.job_id, op, j["data"], resumed)
+        del Context
+        await asyncio.sleep_ms(0)  # the import apart from what follows
+        if not resumed and a.may_start is not None:
+            await a._app().window(a, ctx, "job")
         await asyncio.sleep_ms(0)  # the handler starts in a stretch of its own
         details = await fn(ctx, ex.document)
         status = protocol.SUCCEEDED

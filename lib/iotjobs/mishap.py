@@ -109,6 +109,31 @@ def link_failed(a, e):
     a.board.reset()
 
 
+async def update(a, body, status, details, refresh):
+    # The service refused a job's update (job.update): adopt its version and send it again
+    # (once), report a bug FAILED, or stop working on the job (_Drop). Named "update" (a name
+    # every board has interned already): a rare path must not add to the names that stay.
+    from iotjobs.agent import _Drop
+    from iotjobs.job import describe, update
+
+    j = a._job
+    code, msg = protocol.reply_error(body)
+    r = protocol.reaction(code)
+    if r == protocol.REFRESH and refresh:
+        ex = await describe(a, j["job"], False)
+        if ex is None or ex.terminal():
+            raise _Drop("%s, and the job is %s" % (code, ex.status if ex else "gone"))
+        a.log("info", "%s: version %s -> %s" % (code, j.get("version"), ex.version))
+        j["version"] = ex.version
+        return await update(a, status, details, False)
+    if r == protocol.BUG and status != protocol.FAILED:
+        a.log("error", "update refused: %s %s" % (code, msg))
+        reason = protocol.clean_details({"reason": "agent error: %s: %s" % (code, msg)})
+        await update(a, protocol.FAILED, reason, False)
+        raise _Drop("failed after the service refused an update: %s" % code)
+    raise _Drop("update refused: %s %s" % (code, msg))
+
+
 def count_boot(a, j):
     # Boot-loop detection: every boot inside a job counts, a clean step (the handler saving
     # its state, an accepted progress report) clears the count. Too many in a row: the

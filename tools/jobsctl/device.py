@@ -1,7 +1,8 @@
 """Simulated ESP32 boards: the real device code under the MicroPython Unix port.
 
 A board is a folder (its filesystem): ``config.json``, the thing's certificate and key, the CA,
-``flash/`` (OTA slots, see ``sim/esp32.py``) and whatever the agent writes (``jobstate.json``).
+``flash/`` (OTA slots, see ``firmware/board/_board/hw.c``) and whatever the agent writes
+(``jobstate.json``).
 :class:`DeviceProcess` powers it on (``sim/boardrun.py``: bootloader, then ``boot.py`` and
 ``main.py`` of the repository), streams its console, starts it again after a reset (exit status
 3, from ``machine.reset()``), and acts as the hardware watchdog: a board whose ``machine.WDT``

@@ -1,5 +1,5 @@
 // The simulated ESP32's ESP-IDF heap (docs/board-model.md), built into the board's Unix port as
-// the module `_board` (used by sim/esp32.py and sim/machine.py only; a board has no such module).
+// the module `_board` (a board has no such module; the hardware modules in hw.c use it).
 //
 // The heap is a few regions of fixed size, read once from the environment at start-up:
 //   SIM_IDF_HEAP=14336,83968   internal RAM regions (bytes free after boot, Wi-Fi connected)
@@ -11,6 +11,8 @@
 // Every block costs its size rounded up to 4 bytes plus a 4-byte header (ESP-IDF's TLSF heap).
 // Its clients: mbedTLS (mbedtls_esp32.h) and the GC's new heap areas (board_port.h).
 //
+// SIM_GC_TRACE=1: each new live high-water (after a collection) printed on stderr as it is seen,
+// between the board's console lines: where in the agent's run the peak is.
 // SIM_MEM_REPORT=FILE: at exit (normal, machine.reset(), or SIGTERM: how a bench powers a board
 // off) one JSON line of high-water marks is appended to FILE.
 #include <signal.h>
@@ -44,6 +46,7 @@ static size_t budget, used, peak_used;
 static size_t grown, peak_grown;  // bytes of GC heap areas taken from the budget
 static size_t gc_max_live;
 static const char *report_path;
+static bool trace;  // SIM_GC_TRACE: print each new live high-water on stderr (diagnostics)
 
 extern long heap_size;  // ports/unix/main.c: the first GC area (-X heapsize)
 
@@ -90,6 +93,7 @@ __attribute__((constructor)) static void sim_board_init(void) {
         add_regions(internal, false);
         add_regions(getenv("SIM_IDF_PSRAM"), true);
     }
+    trace = getenv("SIM_GC_TRACE") != NULL;
     report_path = getenv("SIM_MEM_REPORT");
     if (report_path != NULL && !*report_path) {
         report_path = NULL;
@@ -233,12 +237,15 @@ void __wrap_gc_collect(void) {
     size_t used = gc_used();
     if (used > gc_max_live) {
         gc_max_live = used;
+        if (trace) {
+            fprintf(stderr, "[gc] live high-water %lu\n", (unsigned long)used);
+        }
     }
 }
 
 // _board.idf_heap_info(): [(total, free, largest_free_block, minimum_free), ...] per region,
 // what esp32.idf_heap_info(esp32.HEAP_DATA) returns on a board.
-static mp_obj_t board_idf_heap_info(void) {
+mp_obj_t sim_board_idf_heap_info(void) {
     mp_obj_t list = mp_obj_new_list(0, NULL);
     for (int i = 0; i < n_regions; i++) {
         size_t largest = regions[i].free > BLOCK_HEADER ? regions[i].free - BLOCK_HEADER : 0;
@@ -252,7 +259,7 @@ static mp_obj_t board_idf_heap_info(void) {
     }
     return list;
 }
-static MP_DEFINE_CONST_FUN_OBJ_0(board_idf_heap_info_obj, board_idf_heap_info);
+static MP_DEFINE_CONST_FUN_OBJ_0(board_idf_heap_info_obj, sim_board_idf_heap_info);
 
 // _board.modelled(): whether this process runs a board profile (SIM_IDF_HEAP set).
 static mp_obj_t board_modelled(void) {
@@ -262,10 +269,14 @@ static MP_DEFINE_CONST_FUN_OBJ_0(board_modelled_obj, board_modelled);
 
 // _board.reset(status): a hard reset, at once and without allocating (machine.reset() works
 // with a full heap on a board): write the high-water report, then _exit.
-static mp_obj_t board_reset(mp_obj_t status) {
+void sim_board_reset(int status) {
     fflush(stdout);
     report();
-    _exit(mp_obj_get_int(status));
+    _exit(status);
+}
+
+static mp_obj_t board_reset(mp_obj_t status) {
+    sim_board_reset(mp_obj_get_int(status));
     return mp_const_none;
 }
 static MP_DEFINE_CONST_FUN_OBJ_1(board_reset_obj, board_reset);
