@@ -20,7 +20,8 @@ collects the readings (one per second here: ``publish_every`` 10; the example's 
   stretches passed 0.5 ms): wall-clock time on this x86 port less the time the OS kept the
   process waiting for a CPU (/proc/self/schedstat) and less the attribution's own bookkeeping;
   and the same with the simulator's stand-ins for firmware C code taken out (esp32.NVS's
-  methods; esp32.Partition, set_boot's whole-image check included, is C on the board port);
+  methods; esp32.Partition is C on the board port, and set_boot's whole-image check runs right
+  before the reset, in the reboot's gap, otaboot.activate);
 - every stretch over 0.5 ms outside handshakes, named: the probe wraps the agent's coroutines
   and its plain functions that can take long (files, imports, flash, TLS and MQTT packets) when
   their module is imported, each charging its own time (not its callees') to its name, plus
@@ -405,8 +406,8 @@ async def main(agent):
     s.extra = _figures
 
     def may_reboot():
-        # Right before the reset: the window's figures (set_boot's hold is in it) go out now,
-        # or the reset would lose them with the reading not yet published.
+        # Right before set_boot and the reset (otaboot.activate): the window's figures go out
+        # now, or the reset would lose them with the reading not yet published.
         if not s.may_update():
             return False
         s.publish()

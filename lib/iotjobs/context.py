@@ -164,15 +164,22 @@ class Context:
             raise Failed("job document is no longer readable")
         return ex.document
 
-    async def reboot(self, details=None):
+    async def reboot(self, details=None, last=None):
         # Persist, report, wait for the application's reboot window, reset. Never returns: the
-        # handler runs again after the boot with ctx.resumed and its saved ctx.state.
+        # handler runs again after the boot with ctx.resumed and its saved ctx.state. last():
+        # what must come right before the reset (set_boot), after the window, with no yield
+        # between it, the save of the state it changes and the reset; what it raises ends the
+        # handler there, with no reset.
         self.save()
         if details:
+            await asyncio.sleep_ms(0)  # the save apart from the report
             await self._a.report(protocol.IN_PROGRESS, details)
         a = self._a
         if a.may_reboot is not None:
             await a._app().window(a, self, "reboot")
+        if last is not None:
+            last()
+            self.save()
         self.log("resetting")
         self.board.reset()
         raise SystemExit  # only reached with a fake board
