@@ -207,12 +207,12 @@ def _wrap(m, mod):
                     setattr(v, kk, _fn(f, short + "." + k + "." + kk))
 
 
-def _wrap_new():
+def _wrap_new(names):
     _charge(_stk[-1])
-    for k in list(sys.modules):
+    for k in names:
         # protocol's small pure functions are not wrapped (the wrappers cost the board's heap):
         # their time is their callers'.
-        if k.startswith("iotjobs.") and k != "iotjobs.protocol":
+        if k.startswith("iotjobs.") and k != "iotjobs.protocol" and k in sys.modules:
             _wrap(sys.modules[k], k)
     e = time.ticks_us()
     _ovh[0] += time.ticks_diff(e, _clk[0])
@@ -231,19 +231,24 @@ def _import(name, g=None, l=None, fl=(), lv=0):
     _stk.append(n)
     if len(_seq) < 24:
         _seq.append(n)
+    new = name not in sys.modules
     try:
         m = _imp(name, g, l, fl, lv)
     finally:
         _charge(n)
         _stk.pop()
-    if name.startswith("iotjobs"):
-        _wrap_new()
+    if new:
+        # Only the module this import loaded (one it loads in turn comes through here too):
+        # scanning every module at every import (a module body's imports of loaded ones
+        # included) made ~20-40 KB of garbage per job-time import, and so GC passes inside
+        # the stretches measured.
+        _wrap_new((name,))
     return m
 
 
 if ATTRIBUTE:
     builtins.__import__ = _import
-    _wrap_new()
+    _wrap_new(list(sys.modules))
 
 
 def _sim_wrap(owner, name):

@@ -71,6 +71,7 @@ async def handle(ctx, doc):
 async def _begin(ctx, doc):
     st = ctx.state
     slot = ctx.board.update_slot()
+    await asyncio.sleep_ms(0)  # the slot's import apart from the document's checks' import
     job = check(ctx, doc, slot.size)
     st["step"] = "download"
     if "delta" in job:
