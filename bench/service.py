@@ -350,10 +350,16 @@ def _split_cores(others: list[int]) -> None:
     may: the load average says)."""
     if len(_CPUS) < 2:
         raise JobsctlError("--split-cores needs two CPUs at least")
-    for pid, cpus in [(os.getpid(), _CPUS[:1]), *((p, _CPUS[1:]) for p in others if p)]:
-        for task in os.listdir(f"/proc/{pid}/task"):  # every thread: affinity is per thread
-            with contextlib.suppress(ProcessLookupError):
-                os.sched_setaffinity(int(task), cpus)
+    _pin(os.getpid(), _CPUS[:1])
+    for p in others:
+        if p:
+            _pin(p, _CPUS[1:])
+
+
+def _pin(pid: int, cpus: list[int]) -> None:
+    for task in os.listdir(f"/proc/{pid}/task"):  # every thread: affinity is per thread
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(int(task), cpus)
 
 
 def run(
@@ -374,13 +380,24 @@ def run(
             creds.append((info["thing_name"], str(info["cert_file"]), str(info["key_file"])))
         provisioning = time.monotonic() - t0
         out = []
-        for n in range(rounds):
-            r = _round(
-                stack, creds, f"{JOB}-{n}", rate, min(drivers, devices), timeout, Path(tmp), split
-            )
-            r["cores"] = "split: the service on a CPU of its own" if split else "shared"
-            r["provisioning_s"] = round(provisioning, 2)
-            out.append(r)
+        try:
+            for n in range(rounds):
+                r = _round(
+                    stack,
+                    creds,
+                    f"{JOB}-{n}",
+                    rate,
+                    min(drivers, devices),
+                    timeout,
+                    Path(tmp),
+                    split,
+                )
+                r["cores"] = "split: the service on a CPU of its own" if split else "shared"
+                r["provisioning_s"] = round(provisioning, 2)
+                out.append(r)
+        finally:
+            if split:  # this process (make bench runs on in it) and its children: every CPU
+                _pin(os.getpid(), _CPUS)
         return out
 
 

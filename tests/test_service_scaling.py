@@ -156,3 +156,16 @@ def test_bench_service_runs_as_its_docstring_gives_it() -> None:
         assert r["latency_p99_ms"] >= r["latency_p50_ms"] > 0
         assert r["cores"] == ("split: the service on a CPU of its own" if split else "shared")
     assert out.stdout.count("replies/s") == 2
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="--split-cores needs two CPUs")
+def test_split_cores_gives_the_calling_process_every_cpu_back() -> None:
+    # make bench runs bench.service's split round in its own process, then the rest of the
+    # benches: the service's CPU of its own must not stay that process's (and its children's).
+    from bench import service as bench_service
+
+    before = os.sched_getaffinity(0)
+    rs = bench_service.run(6, 120, split=True)
+    assert rs[0]["cores"].startswith("split"), rs
+    threads = os.listdir("/proc/self/task")
+    assert all(os.sched_getaffinity(int(t)) == before for t in threads), threads
