@@ -103,8 +103,8 @@ serve: setup ## run the local AWS IoT Jobs stack in the foreground (state in .lo
 bench: setup ## run the benchmarks; writes bench/results.md
 	@$(BIN)/python -m bench
 
-reliability: setup ## the full fault-injection, fuzzing and security suite (SEED=N replays a run)
-	@$(BIN)/pytest -q -m reliability --reliability-full --timeout 7200 $(if $(SEED),--reliability-seed $(SEED))
+reliability: setup ## the full fault-injection, fuzzing and security suite, and the slow tests (SEED=N replays a run)
+	@$(BIN)/pytest -q -m "reliability or slow" --reliability-full --timeout 7200 $(if $(SEED),--reliability-seed $(SEED))
 
 deploy: setup ## compile lib/ and copy it to a board: make deploy PORT=/dev/ttyUSB0 [BUNDLE=dir]
 	@test -n "$(PORT)" || { echo "make deploy: PORT is missing: make deploy PORT=/dev/ttyUSB0 [BUNDLE=bundles/NAME]" >&2; exit 2; }
