@@ -27,9 +27,10 @@ collects the readings (one per second here: ``publish_every`` 10; the example's 
   their module is imported, each charging its own time (not its callees') to its name, plus
   'import:x' for each import, 'gc~us' when a GC pass ran in the stretch (what one costs
   then) and 'off-cpu' when the OS took the process off the CPU in it (its wait is taken out,
-  not the cold caches after it). The wrappers (and the probe's code) take ~10 KB of the board's
-  heap (measure()): the board gets ``ATTRIBUTION_ROOM`` (24 KB) more, so it collects a little less often
-  than the profile would (``--no-attribution`` runs without them, on the profile as it is);
+  not the cold caches after it). The wrappers (and the probe's code) take ~10 KB of the
+  board's heap (measure()): the board gets ``ATTRIBUTION_ROOM`` (24 KB) more, so it collects a
+  little less often than the profile would (``--no-attribution`` runs without them, on the
+  profile as it is);
 - the boot after the reset (CPU before the application is imported: no loop exists yet) and
   the first stretch of the new firmware's loop.
 
@@ -789,6 +790,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-attribution", action="store_true")
     args = parser.parse_args(argv)
     global PROFILING, ATTRIBUTE
+    saved = PROFILING, ATTRIBUTE  # the module's defaults (make bench's) stay for the next run
     PROFILING = args.profile_pieces
     ATTRIBUTE = not args.no_attribution
     try:
@@ -797,6 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
+    finally:
+        PROFILING, ATTRIBUTE = saved
     for a, b, c in rows(rs, args.profile, pieces):
         print(f"| {a} | {b} | {c} |")
     return 0

@@ -190,3 +190,23 @@ def final(stack: Stack, thing: str, job_id: str, timeout: float = 60) -> dict[st
 
 def details(ex: dict[str, Any]) -> dict[str, str]:
     return dict(ex.get("statusDetails", {}).get("detailsMap", {}))
+
+
+# An Agent with no network or board behind it (its Link and Board as far as __init__ and the
+# message path use them), for snippets that drive one method directly.
+OFFLINE_AGENT = """
+from iotjobs import agent
+
+
+class L:
+    t = None
+    on_fail = None
+
+    def set_on_connect(self, fn):
+        pass
+
+
+class B:
+    def rand(self, n):
+        return 0
+"""

@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
-from plugin_agent import arn, details, final
+from plugin_agent import OFFLINE_AGENT, arn, details, final
 from plugin_stack import unique, wait_until
 
 from jobsctl import cli, image, otajob
@@ -349,34 +349,13 @@ def test_python_m_bench_guest_runs_without_the_attribution(capsys: Any) -> None:
     # printed, and no agent function is named in them.
     from bench import guest
 
-    try:
-        assert guest.main(["--runs", "1", "--no-attribution"]) == 0
-    finally:
-        guest.ATTRIBUTE = True
+    assert guest.main(["--runs", "1", "--no-attribution"]) == 0
+    assert guest.ATTRIBUTE and not guest.PROFILING  # main() leaves the module's defaults
     out = capsys.readouterr().out
     assert "1/1 SUCCEEDED" in out, out
     assert "every stretch over 0.5 ms outside handshakes" in out, out
     assert "agent.save=" not in out and "otaboot." not in out, out
 
-
-# An Agent with no network or board behind it (its Link and Board as far as __init__ and the
-# message path use them), for snippets that drive one method directly.
-OFFLINE_AGENT = """
-from iotjobs import agent
-
-
-class L:
-    t = None
-    on_fail = None
-
-    def set_on_connect(self, fn):
-        pass
-
-
-class B:
-    def rand(self, n):
-        return 0
-"""
 
 WAKE = (
     OFFLINE_AGENT

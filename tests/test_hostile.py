@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from plugin_agent import create_job, details, final
+from plugin_agent import OFFLINE_AGENT, create_job, details, final
 from plugin_stack import unique, wait_until
-from test_guest import OFFLINE_AGENT
 
 from jobsctl.device import DeviceProcess
 from jobsctl.stack import Stack
