@@ -367,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.modules:
+        if args.job or args.frozen or args.dense or len(args.profile or ()) > 1:
+            parser.error("--modules takes one --profile at most, and no --job, --frozen, --dense")
         try:
             print(module_table(module_costs((args.profile or [boardmodel.DEFAULT])[0])))
         except JobsctlError as exc:

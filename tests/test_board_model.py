@@ -337,3 +337,12 @@ def test_a_handshake_short_of_memory_fails_the_ways_the_firmware_does(
     assert "OSError 12" in seen and "open" in seen and len(seen) >= 3, seen
     # No failure first appears above the budget where the session opens.
     assert seen["open"] == max(seen.values()), seen
+
+
+def test_bench_memory_modules_refuses_the_flags_it_would_ignore(capsys) -> None:
+    # --modules measures imports on one profile's board; a --job or --dense beside it would
+    # be dropped silently, so it is refused in one line.
+    with pytest.raises(SystemExit) as e:
+        bench_memory.main(["--modules", "--job", "reboot"])
+    assert e.value.code == 2
+    assert "--modules takes one --profile at most" in capsys.readouterr().err
