@@ -14,11 +14,11 @@ DOC = ROOT / "docs" / "configuration.md"
 
 DUMP = """
 import json
-from iotjobs import config
+from iotjobs import config, settings
 cfg = config.check({"thing_name": "T", "endpoint": "E", "ca_file": "C", "cert_file": "K",
                     "key_file": "X"})
-print(json.dumps({"defaults": cfg, "bounds": config._BOUNDS, "levels": config.LEVELS,
-                  "settings": list(config.DEFAULTS), "required": config._REQUIRED,
+print(json.dumps({"defaults": cfg, "bounds": settings._BOUNDS, "levels": settings.LEVELS,
+                  "settings": list(settings.DEFAULTS), "required": config._REQUIRED,
                   "optional": {k: t.__name__ for k, t in config._OPTIONAL.items()}}))
 """
 TYPES = {"str": "string", "int": "int", "bool": "bool", "dict": "object"}

@@ -394,12 +394,15 @@ sys.path.insert(0, "")
 from iotjobs import agent
 
 agent.register("mine", "myhandler:run")
+agent.register("theirs", "handlers.other:run")
 before = list(sys.modules)
 import myhandler  # the handler registered by name
+import handlers.other  # one in a package: the package holds it
 import iotjobs.slot  # a helper of the library's that the handler imported
 import sensorlib  # what the application's task imported meanwhile
 agent._forget(before)
-print("LOADED", [n for n in ("myhandler", "iotjobs.slot", "sensorlib") if n in sys.modules])
+names = ("myhandler", "handlers", "handlers.other", "iotjobs.slot", "sensorlib")
+print("LOADED", [n for n in names if n in sys.modules])
 """
 
 
@@ -411,6 +414,9 @@ def test_a_job_unloads_its_own_modules_and_not_the_applications(
     # that one (its next import would make a second copy with fresh state).
     (tmp_path / "myhandler.py").write_text("def run(ctx, doc):\n    return None\n")
     (tmp_path / "sensorlib.py").write_text("STATE = []\n")
+    (tmp_path / "handlers").mkdir()
+    (tmp_path / "handlers" / "__init__.py").write_text("")
+    (tmp_path / "handlers" / "other.py").write_text("def run(ctx, doc):\n    return None\n")
     out = micropython(FORGET, cwd=tmp_path).check().out
     assert "LOADED ['sensorlib']" in out, out
 

@@ -222,3 +222,32 @@ def test_a_stalled_broker_is_detected_instead_of_blocking_forever(broker, ca, th
         broker.proc.send_signal(signal.SIGCONT)
         proc.kill()
         proc.wait()
+
+
+ONE_TRY = """
+import asyncio
+from iotjobs.transport import Link
+
+
+class T:
+    hold = None
+
+    def connect(self):
+        raise OSError(113)
+
+    def close(self):
+        pass
+
+
+link = Link(T, None, log=print)
+print("GOT", asyncio.run(link.ensure(once=True)), link.attempts)
+"""
+
+
+def test_a_single_connect_try_logs_its_failure_and_no_retry_it_will_not_wait(micropython):
+    # Link.ensure(once=True), the try before the application's first turn (iotjobs.app): the
+    # caller tries next, so the log names no backoff.
+    out = micropython(ONE_TRY).check().out
+    assert "link: connect failed (OSError(113,))\n" in out, out
+    assert "retry in" not in out, out
+    assert "GOT None 1" in out, out

@@ -501,6 +501,7 @@ def _ours(name):
     if name.startswith("iotjobs."):
         return True
     for fn, _ in _handlers.values():
-        if isinstance(fn, str) and fn.partition(":")[0] == name:
+        # the handler's module, and its package if the job loaded it (it holds the module)
+        if isinstance(fn, str) and (fn.partition(":")[0] + ".").startswith(name + "."):
             return True
     return False

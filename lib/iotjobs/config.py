@@ -7,14 +7,7 @@
 # agent ever sees an unchecked config.
 # The settings a job may change (DEFAULTS, their bounds, the config job) are iotjobs.settings's:
 # a config job loads that module only, not this boot-time code.
-from iotjobs.settings import (  # noqa: F401
-    _BOUNDS,
-    DEFAULTS,
-    LEVELS,
-    PATH,
-    ConfigError,
-    merge_settings,
-)
+from iotjobs.settings import DEFAULTS, PATH, ConfigError, merge_settings  # noqa: F401
 
 # Settings only provisioning may change: a job that could move the device to another endpoint or
 # identity could take it off the fleet for good.

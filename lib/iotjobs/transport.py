@@ -536,11 +536,12 @@ class Link:
                 t.close()
                 if self.on_fail is not None:
                     self.on_fail(e)  # may reset the board
-                wait = 0 if once else self._jitter(backoff)  # once: the caller tries next
+                wait = None if once else self._jitter(backoff)  # once: the caller tries next
                 if self._log:
                     why = "out of memory" if isinstance(e, MemoryError) else "%r" % (e,)
-                    self._log("link: connect failed (%s), retry in %d ms" % (why, wait))
-                if once:
+                    more = "" if wait is None else ", retry in %d ms" % wait
+                    self._log("link: connect failed (%s)%s" % (why, more))
+                if wait is None:
                     return None
                 await self._sleep(wait)
                 backoff = min(backoff * 2, self._max)
