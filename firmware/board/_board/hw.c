@@ -14,8 +14,9 @@
 // next reset: the bootloader rolled back), INVALID.
 //
 // What must behave like the hardware, because the device's OTA code runs unchanged on both:
-// - writeblocks(block, buf) erases the 4096-byte blocks it touches, then writes; with an offset
-//   it does not erase, and NOR flash can only clear bits, so the result is old & new;
+// - writeblocks(block, buf) erases the 4096-byte blocks it covers, then writes, and refuses a
+//   buf that is not whole blocks (ESP-IDF's erase does); with an offset it does not erase, and
+//   NOR flash can only clear bits, so the result is old & new;
 // - set_boot() validates the image as ESP-IDF does (header, segments within the slot, checksum,
 //   appended SHA-256, app descriptor) and raises OSError(-5379), ESP_ERR_OTA_VALIDATE_FAILED;
 // - the bootloader (esp32._power_on, run by sim/boardrun.py before boot.py) boots a NEW image
@@ -129,29 +130,26 @@ static mp_obj_t json_call(qstr fn, mp_obj_t arg) {
     return mp_call_function_1(mp_load_attr(json, fn), arg);
 }
 
+// otadata.json is a few dozen bytes: read whole into C memory, the file closed before anything
+// is allocated (a MemoryError then leaks no descriptor).
+#define OTADATA_MAX (512)
 static mp_obj_t load(void) {
     int fd = open(OTADATA, O_RDONLY);
     if (fd < 0) {
         raise_msg(2, "no simulated flash here (make one with jobsctl.image.init_sim_flash)");
     }
-    vstr_t v;
-    vstr_init(&v, 128);
-    for (;;) {
-        char *p = vstr_add_len(&v, 128);
-        ssize_t n = read(fd, p, 128);
-        if (n < 0) {
-            int e = errno;
-            close(fd);
-            vstr_clear(&v);
-            mp_raise_OSError(e);
-        }
-        vstr_cut_tail_bytes(&v, 128 - n);
-        if (n == 0) {
-            break;
-        }
+    char buf[OTADATA_MAX];
+    size_t len = 0;
+    ssize_t n;
+    while ((n = read(fd, buf + len, sizeof(buf) - len)) > 0 && len + n < sizeof(buf)) {
+        len += n;
     }
+    int e = errno;
     close(fd);
-    return json_call(MP_QSTR_loads, mp_obj_new_str_from_vstr(&v));
+    if (n != 0) {
+        mp_raise_OSError(n < 0 ? e : MP_EIO);  // unreadable, or larger than a record can be
+    }
+    return json_call(MP_QSTR_loads, mp_obj_new_str(buf, len));
 }
 
 // Like ESP-IDF's two otadata sectors: the old record stays valid until the new is complete.
@@ -406,7 +404,6 @@ static void partition_touched(partition_obj_t *self) {
     if (touched[self->slot]) {
         return;
     }
-    touched[self->slot] = true;
     mp_obj_t d = load();
     mp_obj_t label = str(labels[self->slot]);
     mp_obj_t st = subscr(d, str(MP_QSTR_state));
@@ -421,6 +418,7 @@ static void partition_touched(partition_obj_t *self) {
         }
         save(d);
     }
+    touched[self->slot] = true;  // only once otadata says so: a failed update is tried again
 }
 
 static mp_obj_t partition_readblocks(size_t n_args, const mp_obj_t *args) {
@@ -451,14 +449,15 @@ static mp_obj_t partition_writeblocks(size_t n_args, const mp_obj_t *args) {
     mp_get_buffer_raise(args[2], &buf, MP_BUFFER_READ);
     mp_int_t block = mp_obj_get_int(args[1]);
     mp_int_t n = buf.len;
-    if (n_args < 4 || args[3] == mp_const_none) {
-        // Erase every block the write touches, then program: untouched bytes end 0xFF.
+    if (n_args == 3) {
+        // Erase the blocks, then program, as the firmware does (esp32_partition.c): its
+        // esp_partition_erase_range refuses a length that is not whole blocks.
+        if (n % BLOCK) {
+            raise_msg(-260, "ESP_ERR_INVALID_SIZE");
+        }
         mp_int_t start = block * BLOCK;
         check_range(self, start, n);
-        mp_int_t span = (n + BLOCK - 1) / BLOCK * BLOCK;
-        int fd = file_of(self);
-        pwrite_all(fd, buf.buf, n, start);
-        fill_ff(fd, span - n, start + n);
+        pwrite_all(file_of(self), buf.buf, n, start);
     } else {
         // No erase: NOR flash only clears bits, the result is old & new.
         mp_int_t start = block * BLOCK + mp_obj_get_int(args[3]);
@@ -537,27 +536,6 @@ static MP_DEFINE_CONST_FUN_OBJ_0(partition_mark_valid_fun_obj,
 static MP_DEFINE_CONST_STATICMETHOD_OBJ(partition_mark_valid_obj,
     MP_ROM_PTR(&partition_mark_valid_fun_obj));
 
-static mp_obj_t partition_mark_app_invalid_rollback_and_reboot(void) {
-    mp_obj_t d = load();
-    mp_obj_t run = subscr(d, str(MP_QSTR_running));
-    mp_obj_t other = str(labels[1 - index_of(run)]);
-    mp_obj_t st = subscr(d, str(MP_QSTR_state));
-    mp_obj_t o = dget(st, other);
-    if (o == mp_const_none || !eq(o, MP_QSTR_VALID)) {
-        raise_msg(VALIDATE_FAILED, "no valid image to roll back to");
-    }
-    store(st, run, str(MP_QSTR_INVALID));
-    store(d, str(MP_QSTR_boot), other);
-    save(d);
-    mp_hal_stdout_tx_str("machine.reset()\n");
-    sim_board_reset(RESET_STATUS);
-    return mp_const_none;
-}
-static MP_DEFINE_CONST_FUN_OBJ_0(partition_mark_invalid_fun_obj,
-    partition_mark_app_invalid_rollback_and_reboot);
-static MP_DEFINE_CONST_STATICMETHOD_OBJ(partition_mark_invalid_obj,
-    MP_ROM_PTR(&partition_mark_invalid_fun_obj));
-
 static const mp_rom_map_elem_t partition_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_BOOT), MP_ROM_INT(0) },
     { MP_ROM_QSTR(MP_QSTR_RUNNING), MP_ROM_INT(1) },
@@ -571,8 +549,6 @@ static const mp_rom_map_elem_t partition_locals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_ioctl), MP_ROM_PTR(&partition_ioctl_obj) },
     { MP_ROM_QSTR(MP_QSTR_set_boot), MP_ROM_PTR(&partition_set_boot_obj) },
     { MP_ROM_QSTR(MP_QSTR_mark_app_valid_cancel_rollback), MP_ROM_PTR(&partition_mark_valid_obj) },
-    { MP_ROM_QSTR(MP_QSTR_mark_app_invalid_rollback_and_reboot),
-      MP_ROM_PTR(&partition_mark_invalid_obj) },
 };
 static MP_DEFINE_CONST_DICT(partition_locals, partition_locals_table);
 
@@ -628,13 +604,6 @@ static mp_obj_t esp32_power_on(void) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_0(esp32_power_on_obj, esp32_power_on);
 
-// Simulation only (tests): the image state of a slot.
-static mp_obj_t esp32_state(mp_obj_t label) {
-    mp_obj_t s = dget(subscr(load(), str(MP_QSTR_state)), label);
-    return s == mp_const_none ? str(MP_QSTR_EMPTY) : s;
-}
-static MP_DEFINE_CONST_FUN_OBJ_1(esp32_state_obj, esp32_state);
-
 // esp32.idf_heap_info(capabilities): the modelled ESP-IDF heap (board.c) answers for HEAP_DATA
 // as the firmware does; no executable heap is modelled.
 #define HEAP_DATA (4)  // MALLOC_CAP_8BIT
@@ -663,7 +632,6 @@ static const mp_rom_map_elem_t esp32_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR_Partition), MP_ROM_PTR(&sim_esp32_partition_type) },
     { MP_ROM_QSTR(MP_QSTR_NVS), MP_ROM_PTR(&esp32_nvs_obj) },
     { MP_ROM_QSTR(MP_QSTR__power_on), MP_ROM_PTR(&esp32_power_on_obj) },
-    { MP_ROM_QSTR(MP_QSTR__state), MP_ROM_PTR(&esp32_state_obj) },
 };
 static MP_DEFINE_CONST_DICT(esp32_module_globals, esp32_module_globals_table);
 
@@ -736,14 +704,9 @@ static void write_int(const char *path, mp_int_t n) {
 
 static mp_obj_t wdt_feed(mp_obj_t self_in) {
     wdt_obj_t *self = MP_OBJ_TO_PTR(self_in);
-    // time.ticks_ms() and time.ticks_diff(): modulo MICROPY_PY_TIME_TICKS_PERIOD.
-    const mp_uint_t period = MICROPY_PY_TIME_TICKS_PERIOD;
-    mp_uint_t now = mp_hal_ticks_ms() & (period - 1);
-    if (self->fed) {
-        mp_int_t diff = ((now - self->last + period / 2) & (period - 1)) - period / 2;
-        if (diff < FEED_GAP_MS) {
-            return mp_const_none;
-        }
+    mp_uint_t now = mp_hal_ticks_ms();  // unsigned: the difference is right across a wrap
+    if (self->fed && now - self->last < FEED_GAP_MS) {
+        return mp_const_none;
     }
     self->last = now;
     self->fed = true;
