@@ -261,31 +261,17 @@ mp_obj_t sim_board_idf_heap_info(void) {
 }
 static MP_DEFINE_CONST_FUN_OBJ_0(board_idf_heap_info_obj, sim_board_idf_heap_info);
 
-// _board.modelled(): whether this process runs a board profile (SIM_IDF_HEAP set).
-static mp_obj_t board_modelled(void) {
-    return mp_obj_new_bool(modelled);
-}
-static MP_DEFINE_CONST_FUN_OBJ_0(board_modelled_obj, board_modelled);
-
-// _board.reset(status): a hard reset, at once and without allocating (machine.reset() works
-// with a full heap on a board): write the high-water report, then _exit.
+// A hard reset (machine.reset, hw.c), at once and without allocating (it works with a full
+// heap on a board): write the high-water report, then _exit.
 void sim_board_reset(int status) {
     fflush(stdout);
     report();
     _exit(status);
 }
 
-static mp_obj_t board_reset(mp_obj_t status) {
-    sim_board_reset(mp_obj_get_int(status));
-    return mp_const_none;
-}
-static MP_DEFINE_CONST_FUN_OBJ_1(board_reset_obj, board_reset);
-
 static const mp_rom_map_elem_t board_module_globals_table[] = {
     { MP_ROM_QSTR(MP_QSTR___name__), MP_ROM_QSTR(MP_QSTR__board) },
     { MP_ROM_QSTR(MP_QSTR_idf_heap_info), MP_ROM_PTR(&board_idf_heap_info_obj) },
-    { MP_ROM_QSTR(MP_QSTR_modelled), MP_ROM_PTR(&board_modelled_obj) },
-    { MP_ROM_QSTR(MP_QSTR_reset), MP_ROM_PTR(&board_reset_obj) },
 };
 static MP_DEFINE_CONST_DICT(board_module_globals, board_module_globals_table);
 
