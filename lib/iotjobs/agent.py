@@ -101,6 +101,18 @@ def unload(names):
             pass
 
 
+async def room():
+    # A GC pass in a stretch of its own (a yield before and after it): awaited right before
+    # each lazy import of a job's code. A job runs on a nearly full heap, and an import
+    # allocates its code (1-7 KB) and, its first time in a boot, its names: now and then the
+    # qstr pool's next, twice the last (4.6 KB in one piece at ~620 names). Where that found
+    # no room, a GC pass ran inside the import and doubled its stretch (bench.guest); a pass
+    # here costs what the import would have paid for it, but between two yields.
+    await asyncio.sleep_ms(0)
+    gc.collect()
+    await asyncio.sleep_ms(0)
+
+
 def _rank(level):
     return LEVELS.index(level) if level in LEVELS else 1
 
@@ -401,7 +413,7 @@ class Agent:
             j = None
         self._job = j or {}
         if j:
-            await asyncio.sleep_ms(0)  # the state's read apart from the boot's count
+            await room()  # the state's read apart from the boot's count (mishap's import)
             _rare("count_boot", self, j)
         await asyncio.sleep_ms(0)  # the state read (and saved) apart from the first connect
         while cycles != 0:
@@ -461,6 +473,7 @@ class Agent:
     async def _do(self, fn, *args):
         # Job-time code (iotjobs.job: run a handler, report, resume), loaded for a job and
         # unloaded after it, so that an idle agent does not hold it.
+        await room()
         from iotjobs import job
 
         try:
