@@ -198,6 +198,28 @@ def test_sim_gc_trace_prints_each_new_live_high_water_between_the_console_lines(
     assert r.out.split() == ["small", "big"]  # the console itself is untouched
 
 
+def test_sim_gc_trace_says_when_the_gc_heap_grows_into_the_idf_heap_and_gives_back(micropython):
+    # docs/board-model.md: with SIM_GC_TRACE=1 each area the GC heap takes from the IDF heap
+    # (57,360 bytes on esp32-plain: the first area's size, as py/gc.c asks for it; a board's
+    # block header makes it 57,364 of the IDF heap) and gives back when it empties is a line,
+    # and so is each 1 KB rise of the IDF heap's high-water: where a job's IDF peak was.
+    r = micropython(
+        "import gc\nkeep = [bytearray(1000) for _ in range(70)]\ngc.collect()\nprint('grown')\n"
+        "keep = None\ngc.collect()\nprint('back')",
+        profile="esp32-plain",
+        env={"SIM_GC_TRACE": "1"},
+    ).check()
+    err = r.err.splitlines()
+    new = [x for x in err if x.startswith("[gc] new area of 57360,")]
+    back = [x for x in err if x.startswith("[gc] area of 57360 given back,")]
+    assert len(new) == 1 and len(back) == 1, r.err
+    assert new[0].endswith("IDF heap used 57364 of 98304"), r.err
+    assert back[0].endswith("IDF heap used 0 of 98304"), r.err
+    highs = [int(x.split()[2]) for x in err if x.startswith("[idf] high-water ")]
+    assert highs and highs == sorted(highs) and highs[-1] == 57364, r.err
+    assert r.out.split() == ["grown", "back"]
+
+
 @pytest.mark.parametrize("port", ["micropython", "micropython-frozen", "micropython-1.26"])
 def test_every_board_port_is_32_bit_with_the_memory_model(port: str) -> None:
     path = {"micropython": upy.MICROPYTHON, "micropython-frozen": MICROPYTHON_FROZEN}.get(

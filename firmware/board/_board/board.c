@@ -12,7 +12,9 @@
 // Its clients: mbedTLS (mbedtls_esp32.h) and the GC's new heap areas (board_port.h).
 //
 // SIM_GC_TRACE=1: each new live high-water (after a collection) printed on stderr as it is seen,
-// between the board's console lines: where in the agent's run the peak is.
+// between the board's console lines: where in the agent's run the peak is; and each GC area the
+// heap takes from or gives back to the IDF heap, with the IDF heap's use after it, and the IDF
+// heap's high-water each time it rises by 1 KB or more since the last one printed.
 // SIM_MEM_REPORT=FILE: at exit (normal, machine.reset(), or SIGTERM: how a bench powers a board
 // off) one JSON line of high-water marks is appended to FILE.
 #include <signal.h>
@@ -42,7 +44,7 @@ typedef struct {
 static region_t regions[MAX_REGIONS];
 static int n_regions;
 static bool modelled;
-static size_t budget, used, peak_used;
+static size_t budget, used, peak_used, peak_printed;
 static size_t grown, peak_grown;  // bytes of GC heap areas taken from the budget
 static size_t gc_max_live;
 static const char *report_path;
@@ -153,6 +155,11 @@ void *sim_idf_malloc(size_t size) {
         used += need;
         if (used > peak_used) {
             peak_used = used;
+            if (trace && peak_used >= peak_printed + 1024) {
+                peak_printed = peak_used;
+                fprintf(stderr, "[idf] high-water %lu of %lu\n", (unsigned long)peak_used,
+                    (unsigned long)budget);
+            }
         }
     }
     return p + SIM_HEADER;
@@ -203,14 +210,24 @@ void *sim_gc_area_alloc(size_t size) {
             peak_grown = grown;
         }
     }
+    if (trace) {
+        fprintf(stderr, "[gc] %s area of %lu, IDF heap used %lu of %lu\n",
+            p != NULL ? "new" : "no room for an", (unsigned long)size, (unsigned long)used,
+            (unsigned long)budget);
+    }
     return p;
 }
 
 void sim_gc_area_free(void *ptr) {
     // The area's size is what MicroPython asked for: the model's record of the block has it.
     block_t *b = (block_t *)((char *)ptr - SIM_HEADER);
-    grown -= b->size;
+    size_t size = b->size;
+    grown -= size;
     sim_idf_free(ptr);
+    if (trace) {
+        fprintf(stderr, "[gc] area of %lu given back, IDF heap used %lu of %lu\n",
+            (unsigned long)size, (unsigned long)used, (unsigned long)budget);
+    }
 }
 
 // The GC heap's live size: its blocks in use (allocation table entries not free), the figure
