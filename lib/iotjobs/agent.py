@@ -45,6 +45,8 @@ _EAGAIN = const(11)
 # fed). An idle turn lasts _IDLE_MS. Each wake costs a few small allocations (the wait's
 # generator, asyncio's poller entry), each turn a few more (its coroutines).
 _IDLE_MS = const(10000)
+# Free GC heap below which a job's import is preceded by a GC pass of its own (room()).
+_ROOM = const(20480)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
 LEVELS = ("debug", "info", "warning", "error")  # lowest first: config.json's log_level
@@ -102,15 +104,17 @@ def unload(names):
 
 
 async def room():
-    # A GC pass in a stretch of its own (a yield before and after it): awaited right before
-    # each lazy import of a job's code. A job runs on a nearly full heap, and an import
+    # Awaited right before each lazy import of a job's code: a yield, and a GC pass in a
+    # stretch of its own when the heap is low. A job runs on a nearly full heap, and an import
     # allocates its code (1-7 KB) and, its first time in a boot, its names: now and then the
     # qstr pool's next, twice the last (4.6 KB in one piece at ~620 names). Where that found
-    # no room, a GC pass ran inside the import and doubled its stretch (bench.guest); a pass
-    # here costs what the import would have paid for it, but between two yields.
+    # no room, a GC pass ran inside the import and tripled its stretch (bench.guest; each
+    # such pass came with 10-14 KB free: in fragments). A pass costs about an import's time,
+    # so only below _ROOM free, not before every import.
     await asyncio.sleep_ms(0)
-    gc.collect()
-    await asyncio.sleep_ms(0)
+    if gc.mem_free() < _ROOM:
+        gc.collect()
+        await asyncio.sleep_ms(0)
 
 
 def _rank(level):
