@@ -111,8 +111,10 @@ async def room():
     # no room, a GC pass ran inside the import and tripled its stretch (bench.guest; each
     # such pass came with 10-14 KB free: in fragments). A pass costs about an import's time,
     # so only below _ROOM free, not before every import.
+    from iotjobs.board import heap_free  # not gc.mem_free(): on ESP32 it counts the IDF heap
+
     await asyncio.sleep_ms(0)
-    if gc.mem_free() < _ROOM:
+    if heap_free() < _ROOM:
         gc.collect()
         await asyncio.sleep_ms(0)
 
