@@ -30,11 +30,13 @@ with the attribution instrument below, which names the stretches: its wrappers a
   and its plain functions that can take long (files, imports, flash, TLS and MQTT packets) when
   their module is imported, each charging its own time (not its callees') to its name, plus
   'import:x' for each import, 'gc~us' when a GC pass ran in the stretch (what one costs
-  then) and 'off-cpu' when the OS took the process off the CPU in it (its wait is taken out,
-  not the cold caches after it). The wrappers (and the probe's code) take ~10 KB of the
-  board's heap (measure()): the board gets ``ATTRIBUTION_ROOM`` (24 KB) more, so it collects a
-  little less often than the profile would (the runs without them run on the profile as it
-  is); without them, a stretch is named by the job's step, 'gc~us' and 'off-cpu' only;
+  then) and 'off-cpu' when the process left the CPU in it: 'preempted' when the OS kept it
+  waiting for a CPU (that wait is taken out, not the cold caches after it), 'blocked' when it
+  left without waiting for one (a blocking system call: its time is in the stretch). The
+  wrappers (and the probe's code) take ~10 KB of the board's heap (measure()): the board gets
+  ``ATTRIBUTION_ROOM`` (24 KB) more, so it collects a little less often than the profile
+  would (the runs without them run on the profile as it is); without them, a stretch is named
+  by the job's step, 'gc~us' and 'off-cpu' only;
 - the boot after the reset (CPU before the application is imported: no loop exists yet) and
   the first stretch of the new firmware's loop.
 
@@ -293,6 +295,12 @@ _seq.clear()
 _t0 = (_s[1], _s[2], gc.mem_alloc(), time.ticks_us())
 
 
+def _off(pc, w, w1):
+    # Whether the process left the CPU in a stretch: 0 no, 1 blocked (scheduled again without
+    # waiting for a CPU: a blocking system call), 2 preempted (it waited for one).
+    return 0 if _s[2] == pc else 2 if w1 != w else 1
+
+
 def _top(n):
     xs = sorted(_acc.items(), key=lambda x: -x[1])[:n]
     return " ".join("%s=%d" % (k or "(app/loop)", v) for k, v in xs if v > 20)
@@ -354,12 +362,12 @@ async def _probe(agent, s):
             first = False
             # What held the loop before the probe's first turn (the agent's start, the first
             # MQTT connect): in the log, not in the reading's figures.
-            _log(_line("start", s, g, ds, at, h != hs, _s[2] != pc))
+            _log(_line("start", s, g, ds, at, h != hs, _off(pc, w, w1)))
         elif h != hs:
             if g > _g[1]:
                 _g[1] = g
             if g > 500:
-                _log(_line("hs", s, g, ds, at, m1 < m, _s[2] != pc))
+                _log(_line("hs", s, g, ds, at, m1 < m, _off(pc, w, w1)))
         else:
             if g > _g[0]:
                 _g[0] = g
@@ -378,7 +386,7 @@ async def _probe(agent, s):
                 if g - ds > 500:
                     _g[11] += 1
             if g > 300:  # logged from 0.3 ms: each step's longest, and the ones over 0.5 ms
-                _log(_line("job", s, g, ds, at, m1 < m, _s[2] != pc))
+                _log(_line("job", s, g, ds, at, m1 < m, _off(pc, w, w1)))
         hs = h
         k = _marks(agent)
         sim = _sim[0]
@@ -583,7 +591,8 @@ def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) 
             step = at + ("" if boot == old else " (new firmware)")
             steps[step] = max(steps.get(step, 0), int(nosim))
             if int(nosim) > 500:
-                more = " off-cpu" if off == "1" else ""  # (a GC pass: "gc~us" in the names)
+                # off-cpu: the process left the CPU (a GC pass: "gc~us" in the names)
+                more = {"1": " off-cpu blocked", "2": " off-cpu preempted"}.get(off, "")
                 long.append((int(nosim), int(sim), at, " ".join(names) + more))
     boot_cpu = new[0]["boot_cpu_us"] if new else 0
     return Run(
@@ -790,7 +799,8 @@ def rows(
             "named",
             f"{sum(len(r.long) for r in runs)} in {len(runs)} jobs",
             f"without the instrument (gc~us: a GC pass ran in it, and what one costs; off-cpu: "
-            f"the OS took the process off the CPU in it): {_stretches(runs) or 'none'}; "
+            f"the process left the CPU in it, preempted: the OS kept it waiting for a CPU, "
+            f"blocked: a blocking system call): {_stretches(runs) or 'none'}; "
             f"{names}; the longest per step of the job, over the runs without the instrument "
             f"(those under 0.3 ms not logged): {_per_step(runs)}",
         ),
