@@ -665,8 +665,8 @@ def _fleet_row(devices: int, mode: str, rs: list[dict[str, Any]]) -> Row:
 def bench_guest_rows(tmp: Path, runs: int, rows: list[Row]) -> None:
     """The agent as a guest in the example sensor application (bench.guest)."""
     tmp.mkdir(parents=True, exist_ok=True)
-    rs, pieces = bench_guest.run(tmp, runs)
-    for a, b, c in bench_guest.rows(rs, DEFAULT, pieces):
+    rs, named, pieces = bench_guest.run(tmp, runs)
+    for a, b, c in bench_guest.rows(rs, DEFAULT, pieces, named):
         command(a, "`python -m bench.guest`")
         rows.append((a, b, c))
 

@@ -1,6 +1,7 @@
 """The agent as a guest in the sensor's application, a part of ``make bench`` (not a test).
 
-    python -m bench.guest [--runs N] [--profile P] [--profile-pieces] [--no-attribution]
+    python -m bench.guest [--runs N] [--named M] [--profile P] [--profile-pieces]
+                          [--no-attribution]
 
 A simulated board (the stock-firmware port, ``lib/`` as .mpy, the profile's memory model, its
 folder on tmpfs where there is one) runs the example application (``examples/sensor``: a 100 ms
@@ -9,7 +10,10 @@ loop and records the time between two of its turns: a stretch some other task (t
 the sensor's few lines) held the loop. The board takes a full signed 1 MiB OTA job (HTTPS
 download, SHA-256, ECDSA, set_boot, reset, self-test, confirm) while an operator's MQTT client
 collects the readings (one per second here: ``publish_every`` 10; the example's default is
-5 s). Per run:
+5 s). ``--runs`` jobs (3) give the figures; ``--named`` more (1), interleaved with them, run
+with the attribution instrument below, which names the stretches: its wrappers add garbage
+(GC passes) and time to the stretches they name, so its runs' figures are not the headline's
+(``--no-attribution``: none of them). Per run:
 
 - the largest lateness of a sampling tick outside TLS handshakes, and apart for ticks during
   which a handshake ran, with the number of handshakes during the job;
@@ -26,11 +30,13 @@ collects the readings (one per second here: ``publish_every`` 10; the example's 
   and its plain functions that can take long (files, imports, flash, TLS and MQTT packets) when
   their module is imported, each charging its own time (not its callees') to its name, plus
   'import:x' for each import, 'gc~us' when a GC pass ran in the stretch (what one costs
-  then) and 'off-cpu' when the OS took the process off the CPU in it (its wait is taken out,
-  not the cold caches after it). The wrappers (and the probe's code) take ~10 KB of the
-  board's heap (measure()): the board gets ``ATTRIBUTION_ROOM`` (24 KB) more, so it collects a
-  little less often than the profile would (``--no-attribution`` runs without them, on the
-  profile as it is);
+  then) and 'off-cpu' when the process left the CPU in it: 'preempted' when the OS kept it
+  waiting for a CPU (that wait is taken out, not the cold caches after it), 'blocked' when it
+  left without waiting for one (a blocking system call: its time is in the stretch). The
+  wrappers (and the probe's code) take ~10 KB of the board's heap (measure()): the board gets
+  ``ATTRIBUTION_ROOM`` (24 KB) more, so it collects a little less often than the profile
+  would (the runs without them run on the profile as it is); without them, a stretch is named
+  by the job's step, 'gc~us' and 'off-cpu' only;
 - the boot after the reset (CPU before the application is imported: no loop exists yet) and
   the first stretch of the new firmware's loop.
 
@@ -289,6 +295,12 @@ _seq.clear()
 _t0 = (_s[1], _s[2], gc.mem_alloc(), time.ticks_us())
 
 
+def _off(pc, w, w1):
+    # Whether the process left the CPU in a stretch: 0 no, 1 blocked (scheduled again without
+    # waiting for a CPU: a blocking system call), 2 preempted (it waited for one).
+    return 0 if _s[2] == pc else 2 if w1 != w else 1
+
+
 def _top(n):
     xs = sorted(_acc.items(), key=lambda x: -x[1])[:n]
     return " ".join("%s=%d" % (k or "(app/loop)", v) for k, v in xs if v > 20)
@@ -350,12 +362,12 @@ async def _probe(agent, s):
             first = False
             # What held the loop before the probe's first turn (the agent's start, the first
             # MQTT connect): in the log, not in the reading's figures.
-            _log(_line("start", s, g, ds, at, h != hs, _s[2] != pc))
+            _log(_line("start", s, g, ds, at, h != hs, _off(pc, w, w1)))
         elif h != hs:
             if g > _g[1]:
                 _g[1] = g
             if g > 500:
-                _log(_line("hs", s, g, ds, at, m1 < m, _s[2] != pc))
+                _log(_line("hs", s, g, ds, at, m1 < m, _off(pc, w, w1)))
         else:
             if g > _g[0]:
                 _g[0] = g
@@ -374,7 +386,7 @@ async def _probe(agent, s):
                 if g - ds > 500:
                     _g[11] += 1
             if g > 300:  # logged from 0.3 ms: each step's longest, and the ones over 0.5 ms
-                _log(_line("job", s, g, ds, at, m1 < m, _s[2] != pc))
+                _log(_line("job", s, g, ds, at, m1 < m, _off(pc, w, w1)))
         hs = h
         k = _marks(agent)
         sim = _sim[0]
@@ -487,8 +499,10 @@ class _Collector:
         self.client.loop_stop()
 
 
-def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
-    name = f"guest-{profile}-{i}"
+def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) -> Run:
+    """One job on a fresh board; ``attribute``: with the attribution instrument (the wrappers
+    that name what ran in each stretch)."""
+    name = f"guest-{profile}-{i}" + ("-named" if attribute else "")
     stack.create_thing(name)
     board = setup_board(
         stack.state_dir,
@@ -504,7 +518,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     (app / "application.py").write_text(
         PROBE_APP.replace("HOT_NAMES", repr(HOT))
         .replace("SYNC_NAMES", repr(SYNC))
-        .replace("ATTRIBUTE", str(ATTRIBUTE))
+        .replace("ATTRIBUTE", str(attribute))
     )
     data = image.build_app_image("2.0.0", size=1024 * 1024)
     doc, extra = otajob.prepare(stack, data, key=signing)
@@ -514,7 +528,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
     p = boardmodel.profile(profile)
     env = p.env()
     heap = p.gc_first
-    if ATTRIBUTE:
+    if attribute:
         heap += ATTRIBUTION_ROOM
         regions = [int(n) for n in env["SIM_IDF_HEAP"].split(",")]
         regions[-1] += ATTRIBUTION_ROOM
@@ -577,7 +591,8 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
             step = at + ("" if boot == old else " (new firmware)")
             steps[step] = max(steps.get(step, 0), int(nosim))
             if int(nosim) > 500:
-                more = " off-cpu" if off == "1" else ""  # (a GC pass: "gc~us" in the names)
+                # off-cpu: the process left the CPU (a GC pass: "gc~us" in the names)
+                more = {"1": " off-cpu blocked", "2": " off-cpu preempted"}.get(off, "")
                 long.append((int(nosim), int(sim), at, " ".join(names) + more))
     boot_cpu = new[0]["boot_cpu_us"] if new else 0
     return Run(
@@ -609,7 +624,6 @@ def measure(stack: Stack, signing: Path, profile: str, i: int) -> Run:
 
 HOLDS = ROOT / "bench" / "guest_holds.py"
 PROFILING = False
-ATTRIBUTE = True
 ATTRIBUTION_ROOM = 24 * 1024
 # The hot paths (devcheck.HOT_PATHS: per block, per message) are not wrapped by the probe's
 # attribution: their time counts as their caller's.
@@ -664,8 +678,14 @@ def holds(tmp: Path, signing: Path, profile: str) -> dict[str, tuple[int, int]]:
 SHM = Path("/dev/shm")
 
 
-def run(tmp: Path, runs: int, profile: str = boardmodel.DEFAULT) -> tuple[list[Run], Any]:
-    out = []
+def run(
+    tmp: Path, runs: int, profile: str = boardmodel.DEFAULT, named: int = 1
+) -> tuple[list[Run], list[Run], Any]:
+    """``runs`` jobs without the attribution instrument (the figures), ``named`` with it (what
+    names the stretches: its wrappers add garbage and time to the stretches they name, so its
+    figures are not the headline's), interleaved; and the pieces timed alone."""
+    out: list[Run] = []
+    attributed: list[Run] = []
     where = SHM if SHM.is_dir() else tmp
     with (
         tempfile.TemporaryDirectory(prefix="jobsctl-bench-guest-", dir=where) as d,
@@ -673,11 +693,14 @@ def run(tmp: Path, runs: int, profile: str = boardmodel.DEFAULT) -> tuple[list[R
     ):
         signing = otajob.signing_key(tmp / "signing")
         pieces = holds(Path(d), signing, profile)
-        for i in range(runs):
-            r = measure(stack, signing, profile, i)
-            print(f"bench_guest: {profile} run {i}: {r}", flush=True)
-            out.append(r)
-    return out, pieces
+        for i in range(max(runs, named)):
+            for attribute, into in ((False, out), (True, attributed)):
+                if i < (named if attribute else runs):
+                    r = measure(stack, signing, profile, i, attribute)
+                    kind = "named run" if attribute else "run"
+                    print(f"bench_guest: {profile} {kind} {i}: {r}", flush=True)
+                    into.append(r)
+    return out, attributed, pieces
 
 
 def _per_step(runs: list[Run]) -> str:
@@ -688,7 +711,21 @@ def _per_step(runs: list[Run]) -> str:
     return ", ".join(f"{k} {v / 1000:.2f} ms" for k, v in top.items()) or "none over 0.3 ms"
 
 
-def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str]]:
+def _stretches(runs: list[Run]) -> str:
+    return "; ".join(
+        f"run {i}: {n / 1000:.2f} ms at {at} ({names})"
+        for i, r in enumerate(runs)
+        for n, _, at, names in r.long
+    )
+
+
+def rows(
+    runs: list[Run], profile: str, pieces: Any, named: list[Run] | None = None
+) -> list[tuple[str, str, str]]:
+    """The table's rows: the figures from ``runs`` (without the attribution instrument), the
+    names of the stretches from ``named`` (with it)."""
+    named = named or []
+
     def mm(xs: list[float], unit: str, fmt: str = "{:.0f}") -> str:
         return (
             f"max {fmt.format(max(xs))} {unit}, median {fmt.format(statistics.median(xs))} {unit}"
@@ -698,6 +735,23 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
     what = (
         f"guest: full signed 1 MiB OTA job beside the example sensor ({profile}, {len(runs)} runs)"
     )
+    instrument = f"{len(runs)} runs without the attribution instrument" + (
+        f" (its wrappers add garbage and time to the stretches they name: {len(named)} more "
+        "run(s) with it name them, rows below)"
+        if named
+        else ""
+    )
+    if named:
+        names = (
+            f"named by {len(named)} run(s) with the attribution instrument (its wrappers' "
+            f"garbage and bookkeeping are in them: its own longest stretch "
+            f"{mm([r.hold_nosim_us / 1000 for r in named], 'ms', '{:.2f}')}, not a figure of "
+            f"the agent's): {_stretches(named) or 'none over 0.5 ms'}"
+        )
+        named_what = f"; the named run's longest, what ran in it: {[r.hold_what for r in named]}"
+    else:
+        names = "not named (--no-attribution: no run with the attribution instrument)"
+        named_what = ""
     return [
         (
             f"{what}: largest lateness of the 100 ms tick outside TLS handshakes",
@@ -720,9 +774,9 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
         (
             f"{what}: longest stretch the loop was held without a yield, outside handshakes",
             mm([r.hold_us / 1000 for r in runs], "ms", "{:.2f}"),
-            f"goal ≤ 0.5 ms on this x86 port (wall clock between two turns of a probe task, less "
-            f"the time the OS kept the process waiting, /proc/self/schedstat; gaps with such "
-            f"waits: {[r.preempted for r in runs]}); where the longest was: "
+            f"goal ≤ 0.5 ms on this x86 port; {instrument}. Wall clock between two turns of a "
+            f"probe task, less the time the OS kept the process waiting, /proc/self/schedstat "
+            f"(gaps with such waits: {[r.preempted for r in runs]}); where the longest was: "
             f"{[r.hold_at for r in runs]}; stretches over 0.5 ms per job: "
             f"{[r.holds_over for r in runs]}; during handshakes: "
             f"{mm([r.hold_hs_us / 1000 for r in runs], 'ms', '{:.1f}')}; the same probe with "
@@ -737,23 +791,18 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
             f"goal ≤ 0.5 ms; stretches over 0.5 ms per job: {[r.over_nosim for r in runs]}; "
             f"simulator time inside the longest stretch (with it in): "
             f"{[round(r.hold_sim_us / 1000, 1) for r in runs]} ms, what ran in that one "
-            f"(agent functions by own time in us, 'import x', '(app/loop)': the application, "
-            f"asyncio and the probe): {[r.hold_what for r in runs]}",
+            f"('(app/loop)': all of it without the instrument; 'gc': a GC pass ran in it): "
+            f"{[r.hold_what for r in runs]}{named_what}",
         ),
         (
             f"{what}: every stretch over 0.5 ms outside handshakes with the stand-ins taken out, "
             "named",
             f"{sum(len(r.long) for r in runs)} in {len(runs)} jobs",
-            (
-                "; ".join(
-                    f"run {i}: {n / 1000:.2f} ms at {at} ({names})"
-                    for i, r in enumerate(runs)
-                    for n, _, at, names in r.long
-                )
-                or "none"
-            )
-            + "; the longest per step of the job, over the runs (those under 0.3 ms not "
-            f"logged): {_per_step(runs)}",
+            f"without the instrument (gc~us: a GC pass ran in it, and what one costs; off-cpu: "
+            f"the process left the CPU in it, preempted: the OS kept it waiting for a CPU, "
+            f"blocked: a blocking system call): {_stretches(runs) or 'none'}; "
+            f"{names}; the longest per step of the job, over the runs without the instrument "
+            f"(those under 0.3 ms not logged): {_per_step(runs)}",
         ),
         (
             f"{what}: after the reset, before the application's loop exists, and the agent's "
@@ -768,7 +817,7 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
             "the second-stage bootloader's C on a board. "
             "The first stretch: from the application's import to its probe's first turn, "
             f"a TLS handshake in it: {[r.start[1] for r in runs]}; what ran in it: "
-            f"{[r.start[2] for r in runs]}",
+            f"{[r.start[2] for r in runs + named]}",
         ),
         (
             "guest: the agent's pieces of work between two yields, each timed alone "
@@ -784,24 +833,32 @@ def rows(runs: list[Run], profile: str, pieces: Any) -> list[tuple[str, str, str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.guest", description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--runs", type=int, default=3, help="jobs without the attribution instrument (figures)"
+    )
+    parser.add_argument(
+        "--named", type=int, default=1, help="jobs with it (they name the stretches); default 1"
+    )
     parser.add_argument("--profile", default=boardmodel.DEFAULT, choices=list(boardmodel.PROFILES))
     parser.add_argument("--profile-pieces", action="store_true")
-    parser.add_argument("--no-attribution", action="store_true")
+    parser.add_argument("--no-attribution", action="store_true", help="no named run (--named 0)")
     args = parser.parse_args(argv)
-    global PROFILING, ATTRIBUTE
-    saved = PROFILING, ATTRIBUTE  # the module's defaults (make bench's) stay for the next run
+    if args.runs < 1 or args.named < 0:
+        parser.error("--runs must be at least 1 and --named at least 0")
+    global PROFILING
+    saved = PROFILING  # the module's default (make bench's) stays for the next run
     PROFILING = args.profile_pieces
-    ATTRIBUTE = not args.no_attribution
     try:
         with tempfile.TemporaryDirectory(prefix="jobsctl-bench-guest-") as t:
-            rs, pieces = run(Path(t), args.runs, args.profile)
+            rs, named, pieces = run(
+                Path(t), args.runs, args.profile, 0 if args.no_attribution else args.named
+            )
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
     finally:
-        PROFILING, ATTRIBUTE = saved
-    for a, b, c in rows(rs, args.profile, pieces):
+        PROFILING = saved
+    for a, b, c in rows(rs, args.profile, pieces, named):
         print(f"| {a} | {b} | {c} |")
     return 0
 

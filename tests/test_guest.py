@@ -317,12 +317,17 @@ def test_a_tight_board_with_the_sensor_application_connects(
 
 
 def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> None:
-    # README: `python -m bench.guest`, as written, with one run (its figures are a benchmark's,
-    # not checked against time here): every row it advertises is printed, the job succeeded.
+    # README: `python -m bench.guest`, as written, with one run without the attribution
+    # instrument and one with it (its figures are a benchmark's, not checked against time
+    # here): every row it advertises is printed, the job succeeded.
     from bench import guest
 
-    assert guest.main(["--runs", "1", "--profile-pieces"]) == 0
+    assert guest.main(["--runs", "1", "--named", "1", "--profile-pieces"]) == 0
     out = capsys.readouterr().out
+    # the figures come from the run without the instrument, the names from the one with it
+    assert " run 0: " in out and " named run 0: " in out, out
+    assert "1 runs without the attribution instrument" in out, out
+    assert "named by 1 run(s) with the attribution instrument" in out, out
     # --profile-pieces: the stretches the probe logged, named with the agent functions that ran
     # in them, in order; the MQTT session's handshake (tens of ms) is always among them
     assert "  stretch hs " in out and " | transport.Link.ensure " in out, out
@@ -345,13 +350,14 @@ def test_python_m_bench_guest_reports_lateness_losses_and_holds(capsys: Any) -> 
 
 @pytest.mark.slow
 def test_python_m_bench_guest_runs_without_the_attribution(capsys: Any) -> None:
-    # README: `--no-attribution` runs the same job without the timing wrappers: the rows are
-    # printed, and no agent function is named in them.
+    # README: `--no-attribution` runs no job with the timing wrappers: the rows are printed,
+    # and no agent function is named in them.
     from bench import guest
 
     assert guest.main(["--runs", "1", "--no-attribution"]) == 0
-    assert guest.ATTRIBUTE and not guest.PROFILING  # main() leaves the module's defaults
+    assert not guest.PROFILING  # main() leaves the module's default
     out = capsys.readouterr().out
+    assert " named run " not in out and "not named (--no-attribution" in out, out
     assert "1/1 SUCCEEDED" in out, out
     assert "every stretch over 0.5 ms outside handshakes" in out, out
     assert "agent.save=" not in out and "otaboot." not in out, out

@@ -4,7 +4,7 @@
 # (download, verify, activate, reset, self-test, confirm) with its own persisted state; a file
 # that fails ends the job FAILED naming it, files before it stay installed (each was verified
 # and self-tested). Imported only for afr_ota jobs.
-from iotjobs.agent import Failed, Rejected
+from iotjobs.agent import Failed, Rejected, room
 from iotjobs.ota import handle as _run
 from iotjobs.ota import parse
 from micropython import const
@@ -72,6 +72,7 @@ async def several(ctx, afr, files):
         f = files[i]
         sub = {"afr_ota": dict(afr, files=[f])}
         if f.get("fileType", _FIRMWARE) == _APP_BUNDLE:
+            await room()
             from iotjobs.bundle import handle as fn
         else:
             fn = _run

@@ -45,6 +45,8 @@ _EAGAIN = const(11)
 # fed). An idle turn lasts _IDLE_MS. Each wake costs a few small allocations (the wait's
 # generator, asyncio's poller entry), each turn a few more (its coroutines).
 _IDLE_MS = const(10000)
+# Free GC heap below which a job's import is preceded by a GC pass of its own (room()).
+_ROOM = const(20480)
 # Boots in a row inside one job (no clean step between) after which it ends FAILED.
 BOOT_LOOP = const(3)
 LEVELS = ("debug", "info", "warning", "error")  # lowest first: config.json's log_level
@@ -99,6 +101,22 @@ def unload(names):
             delattr(pkg, n[8:])
         except (AttributeError, TypeError, KeyError):  # KeyError: a name not under iotjobs
             pass
+
+
+async def room():
+    # Awaited right before each lazy import of a job's code: a yield, and a GC pass in a
+    # stretch of its own when the heap is low. A job runs on a nearly full heap, and an import
+    # allocates its code (1-7 KB) and, its first time in a boot, its names: now and then the
+    # qstr pool's next, twice the last (4.6 KB in one piece at ~620 names). Where that found
+    # no room, a GC pass ran inside the import and tripled its stretch (bench.guest; each
+    # such pass came with 10-14 KB free: in fragments). A pass costs about an import's time,
+    # so only below _ROOM free, not before every import.
+    from iotjobs.board import heap_free  # not gc.mem_free(): on ESP32 it counts the IDF heap
+
+    await asyncio.sleep_ms(0)
+    if heap_free() < _ROOM:
+        gc.collect()
+        await asyncio.sleep_ms(0)
 
 
 def _rank(level):
@@ -401,7 +419,7 @@ class Agent:
             j = None
         self._job = j or {}
         if j:
-            await asyncio.sleep_ms(0)  # the state's read apart from the boot's count
+            await room()  # the state's read apart from the boot's count (mishap's import)
             _rare("count_boot", self, j)
         await asyncio.sleep_ms(0)  # the state read (and saved) apart from the first connect
         while cycles != 0:
@@ -461,6 +479,7 @@ class Agent:
     async def _do(self, fn, *args):
         # Job-time code (iotjobs.job: run a handler, report, resume), loaded for a job and
         # unloaded after it, so that an idle agent does not hold it.
+        await room()
         from iotjobs import job
 
         try:

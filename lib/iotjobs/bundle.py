@@ -9,7 +9,7 @@
 # starts again from the beginning (bundles are small; a tar cannot be resumed mid-file without
 # its earlier headers).
 from iotjobs import appswap
-from iotjobs.agent import Failed
+from iotjobs.agent import Failed, room
 from iotjobs.fetch import net_fail, open_url
 from iotjobs.ota import check, parse, run
 from micropython import const
@@ -45,6 +45,7 @@ async def _download(ctx, doc, app):
         appswap.rmtree(stage)
         raise Failed("SHA-256 mismatch")
     details = {"files": str(files)}
+    await room()  # the download's code gone (and collected) before ECDSA's import
     from iotjobs.otaboot import check_signature
 
     why = await check_signature(ctx, job["sig"], digest, details)
@@ -184,6 +185,7 @@ async def _booting(ctx, doc, app):
         # unconfirmed image.
         reason = "reset during the self-test"
     else:
+        await room()
         from iotjobs.otaboot import self_test
 
         reason = await self_test(ctx)

@@ -31,7 +31,7 @@
 # patch's own SHA-256 is then not checked (the new image's SHA-256 and signature always are);
 # without a checkpoint it starts again from its first byte (the base is untouched until
 # set_boot).
-from iotjobs.agent import Failed, Rejected
+from iotjobs.agent import Failed, Rejected, room
 from micropython import const
 
 _BLOCK = const(4096)
@@ -82,6 +82,7 @@ def parse(doc, slot_size, keyed, what):
 
 async def check_base(ctx, d):
     # Before anything is downloaded: is the running image the patch's base?
+    await room()  # apart from this module's import
     from iotjobs.fetch import rehash
 
     part = ctx.board.running_slot()
@@ -125,6 +126,7 @@ async def step(ctx, doc):
 async def _apply(ctx, job, out, limit, keyed):
     import hashlib
 
+    await room()
     from iotjobs import fetch
 
     d = job["delta"]
@@ -139,6 +141,7 @@ async def _apply(ctx, job, out, limit, keyed):
     p = Patcher(ctx.board.running_slot(), out, d["base_size"], size, d["size"], ob)
     s = None
     if mqtt:
+        await room()
         from iotjobs import stream
 
         s = stream.Session(ctx, {"stream": d["stream"], "fileid": d["fileid"]}, _IN)

@@ -6,7 +6,7 @@
 # Coroutines: every wait (the network, a backoff) and every block yields to the event loop.
 import asyncio
 
-from iotjobs.agent import Failed
+from iotjobs.agent import Failed, room
 from micropython import const
 
 _BLOCK = const(4096)
@@ -71,6 +71,7 @@ async def open_url(ctx, job, off, tries, reparse):
     # backoff (network error) or with job["url"] renewed by a describe (403/404: an expired
     # pre-signed URL; the service signs a new one on every hand-out). tries = [network
     # failures, URL refreshes] in a row, shared across attempts; Failed when they run out.
+    await room()
     from iotjobs import http
     from iotjobs.board import nomem, read
 

@@ -16,6 +16,7 @@ from iotjobs.agent import (
     _resolve,
     _too_big,
     _TooBig,
+    room,
 )
 
 
@@ -113,7 +114,7 @@ async def run(a, ex, resumed):
         return await finish(a, protocol.REJECTED, {"reason": "job document is not a JSON object"})
     if op is None:
         return await finish(a, protocol.REJECTED, {"reason": "job document has no operation"})
-    await asyncio.sleep_ms(0)  # the document's checks apart from the handler's import
+    await room()  # the document's checks apart from the handler's import
     mods = list(sys.modules)  # what was loaded before the handler (and its Context)
     fn, resumable = _resolve(op)
     await asyncio.sleep_ms(0)  # the handler's import apart from what follows
@@ -134,7 +135,7 @@ async def run(a, ex, resumed):
         # heap beside the Context's code (the config job's GC high-water, docs/memory.md).
         if not resumed:
             await report(a, protocol.IN_PROGRESS, {"step": "started"})
-        await asyncio.sleep_ms(0)  # the report apart from the Context's import
+        await room()  # the report apart from the Context's import
         from iotjobs.context import Context  # job-time code: unloaded with the handler's
 
         ctx = Context(a, ex.job_id, op, j["data"], resumed)

@@ -16,7 +16,7 @@
 import asyncio
 import sys
 
-from iotjobs.agent import _forget, unload
+from iotjobs.agent import _forget, room, unload
 from micropython import const
 
 _BLOCK = const(4096)
@@ -70,11 +70,13 @@ async def handle(ctx, doc):
 
 async def _begin(ctx, doc):
     st = ctx.state
+    await room()  # before the slot's and the document's checks' imports
     slot = ctx.board.update_slot()
     await asyncio.sleep_ms(0)  # the slot's import apart from the document's checks' import
     job = check(ctx, doc, slot.size)
     st["step"] = "download"
     if "delta" in job:
+        await room()
         from iotjobs import delta
 
         await delta.check_base(ctx, job["delta"])  # REJECTED for another base, before downloading
@@ -116,6 +118,7 @@ async def _step(ctx, doc, step):
             return await _delta(ctx, doc)
         # The steps after the download are iotjobs.otaboot's, imported when reached (and
         # unloaded after, run()): the download runs without their code in the heap.
+        await room()
         fn = getattr(__import__("iotjobs.otaboot", None, None, [step]), step)
         await asyncio.sleep_ms(0)  # the import apart from the step
         return await fn(ctx, doc)
@@ -130,6 +133,7 @@ def _slot(ctx):
 
 
 async def _download(ctx, doc):
+    await room()
     from iotjobs import fetch
 
     st = ctx.state
@@ -149,6 +153,7 @@ async def _download(ctx, doc):
     if job["stream"] is None:
         off, h = await fetch.to_slot(ctx, job, slot, h, buf, tail, off, reparse)
     else:  # MQTT streams, or both (by preference, with a fallback)
+        await room()
         from iotjobs import stream
 
         off, h = await stream.either(ctx, job, slot, h, buf, tail, off, reparse)
@@ -164,6 +169,7 @@ def _erase_head(ctx):
 
 
 async def _delta(ctx, doc):
+    await room()
     from iotjobs import delta
 
     return await delta.step(ctx, doc)

@@ -4,7 +4,7 @@
 # confirm or roll back. check_signature() and self_test() serve the bundle job too.
 import asyncio
 
-from iotjobs.agent import Canceled, Failed
+from iotjobs.agent import Canceled, Failed, room
 from iotjobs.ota import parse
 
 
@@ -12,7 +12,7 @@ async def verify(ctx, doc):
     st = ctx.state
     await ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     slot = ctx.board.update_slot(st["slot"])
-    await asyncio.sleep_ms(0)  # the reply and the slot apart from the document's checks
+    await room()  # the reply and the slot apart from the document's checks (and their import)
     job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     await asyncio.sleep_ms(0)
     digest = bytes.fromhex(st["sha256"])
@@ -30,7 +30,7 @@ async def verify(ctx, doc):
         return _fail_before_boot(
             ctx, "image is version %s, the job says %s" % (new, job["version"])
         )
-    await asyncio.sleep_ms(0)
+    await room()
     from iotjobs import secver
 
     secver.check(ctx, job, slot)
@@ -47,6 +47,7 @@ async def check_signature(ctx, sig, digest, details):
     import binascii
     import time
 
+    await room()
     from iotjobs import ecdsa
 
     try:
@@ -151,6 +152,7 @@ async def booting(ctx, doc):
         details["updatedBy"] = st["old"]
         sv = st.get("sv", 0)
         details["secure_version"] = str(sv)
+        await room()
         try:
             from iotjobs import secver
 
