@@ -377,31 +377,35 @@ def test_a_job_whose_state_leaves_no_room_for_mqtt_is_given_up_and_its_report_st
 ROOM = """
 import asyncio, gc
 from iotjobs import agent
-from iotjobs.board import heap_free
 gc.collect()
-print("FREE", gc.mem_free(), heap_free())
 keep = []
-while heap_free() > 12000:
+while gc.mem_alloc() < 40000:
     keep.append(bytearray(1000))
 junk = [bytearray(100) for _ in range(20)]
 junk = None
 before = gc.mem_alloc()
 asyncio.run(agent.room())
-print("LOW", gc.mem_free(), heap_free(), before - gc.mem_alloc())
+print("LOW", gc.mem_free(), before - gc.mem_alloc())
+keep = None
+gc.collect()
+junk = [bytearray(100) for _ in range(20)]
+junk = None
+before = gc.mem_alloc()
+asyncio.run(agent.room())
+print("HIGH", gc.mem_free(), before - gc.mem_alloc())
 """
 
 
-def test_room_collects_when_the_gc_heaps_areas_are_low_not_counting_the_idf_heap(
+def test_room_collects_when_the_gc_heap_holds_much_not_by_gc_mem_free(
     micropython: Callable[..., object],
 ) -> None:
-    # agent.room(), before a job's lazy imports: a GC pass of its own when the areas the GC
-    # heap has now are low. On ESP32 gc.mem_free() also counts the IDF heap's largest free
-    # block (what the heap could grow by: 82 KB on esp32-plain), so it is never low there;
-    # board.heap_free() takes that part out.
+    # agent.room(), before a job's lazy imports: a GC pass of its own when the GC heap holds
+    # more than 36 KB (less than 20 KB left of the 56 KB first area), none otherwise. Not
+    # gc.mem_free(): on ESP32 it also counts the IDF heap's largest free block (what the heap
+    # could grow by: 82 KB on esp32-plain), so it would never say low there.
     out = micropython(ROOM, profile="esp32-plain").check().out  # type: ignore[attr-defined]
-    free = dict((x.split()[0], [int(n) for n in x.split()[1:]]) for x in out.splitlines())
-    mem_free, areas = free["FREE"]
-    assert mem_free - areas > 80_000 and areas < 57_344, out  # the IDF heap's 82 KB block
-    mem_free, areas, freed = free["LOW"]
-    assert areas < 20_480 <= mem_free, out  # gc.mem_free() alone would not say low
-    assert freed >= 2000, out  # the junk (20 x 100 bytes) went in room()'s pass
+    got = {x.split()[0]: [int(n) for n in x.split()[1:]] for x in out.splitlines()}
+    mem_free, freed = got["LOW"]
+    assert mem_free > 40_000 and freed >= 2000, out  # the junk went in room()'s pass
+    mem_free, freed = got["HIGH"]
+    assert freed < 1000, out  # a heap with room: no pass (the junk is still there)

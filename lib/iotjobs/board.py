@@ -83,7 +83,18 @@ class Board:
         import gc
 
         gc.collect()
-        free, big = _idf()
+        try:
+            import esp32
+
+            regions = esp32.idf_heap_info(esp32.HEAP_DATA)
+        except (ImportError, AttributeError):
+            return gc.mem_free(), None, None
+        if not regions:  # no figures (the simulated board without a memory model): unknown
+            return gc.mem_free(), None, None
+        free = big = 0
+        for r in regions:
+            free += r[1]
+            big = max(big, r[2])
         return gc.mem_free(), free, big
 
     def tls_room(self, spare=False):
@@ -165,33 +176,6 @@ def app_version(part):
     raw = bytes(buf[_DESC_OFFSET + 16 :])
     end = raw.find(b"\0")
     return (raw if end < 0 else raw[:end]).decode()
-
-
-def _idf():
-    # -> (IDF heap free, its largest free block), or (None, None) on a port without the
-    # figures (no idf_heap_info, or the simulated board without a memory model).
-    try:
-        import esp32
-
-        regions = esp32.idf_heap_info(esp32.HEAP_DATA)
-    except (ImportError, AttributeError):
-        return None, None
-    if not regions:
-        return None, None
-    free = big = 0
-    for r in regions:
-        free += r[1]
-        big = max(big, r[2])
-    return free, big
-
-
-def heap_free():
-    # The GC heap's free bytes in the areas it has now (no collection). On ESP32 (split heap)
-    # gc.mem_free() adds what the heap could still grow by, the IDF heap's largest free block
-    # (py/modgc.c); that part is taken out here.
-    import gc
-
-    return gc.mem_free() - (_idf()[1] or 0)
 
 
 def nomem(e):
