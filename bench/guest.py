@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -499,6 +500,19 @@ class _Collector:
         self.client.loop_stop()
 
 
+def _code_copy(dest: Path) -> str:
+    """A copy of the simulated board's search path (device_env's MICROPYPATH) under ``dest``."""
+    paths = device_env(None)["MICROPYPATH"].split(os.pathsep)
+    out = []
+    for i, p in enumerate(paths):
+        to = dest / str(i)
+        shutil.rmtree(to, ignore_errors=True)
+        if Path(p).is_dir():
+            shutil.copytree(p, to)
+        out.append(str(to) if Path(p).is_dir() else p)
+    return os.pathsep.join(out)
+
+
 def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) -> Run:
     """One job on a fresh board; ``attribute``: with the attribution instrument (the wrappers
     that name what ran in each stretch)."""
@@ -533,6 +547,10 @@ def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) 
         regions = [int(n) for n in env["SIM_IDF_HEAP"].split(",")]
         regions[-1] += ATTRIBUTION_ROOM
         env["SIM_IDF_HEAP"] = ",".join(map(str, regions))
+    # The board's code (lib/ as .mpy, what a board keeps in its flash filesystem) beside its
+    # folder, on tmpfs too: an import then reads it in CPU time, not the host disk's I/O waits
+    # (seen: job-time imports blocked in the kernel's page-cache read of a .mpy, perf sched).
+    env["MICROPYPATH"] = _code_copy(board.parent / "code")
     dev = DeviceProcess(board, profile=profile, env=env, heapsize=f"{heap // 1024}k")
     col = _Collector(stack, name)
     try:
