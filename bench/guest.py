@@ -85,8 +85,11 @@ import time
 # Boot (this boot's process): the CPU time it ran before the application was imported, i.e.
 # before the asyncio loop exists (the bootloader's stand-in, boot.py, the agent's imports, config).
 _f = open("/proc/self/schedstat", "rb")
-_b = bytearray(64)
-_s = [0, 0, 0]  # us on a CPU, us waiting for one, times scheduled onto one
+_fs = open("/proc/stat", "rb")  # its first line: the machine's CPU time, by kind
+_b = bytearray(96)
+# us on a CPU, us waiting for one, times scheduled onto one; the machine's steal time in ticks
+# of 10 ms (its hypervisor ran something else on its virtual CPUs: invisible to the first three)
+_s = [0, 0, 0, 0]
 
 
 def _stat():
@@ -96,6 +99,9 @@ def _stat():
     _s[0] = int(x[0]) // 1000
     _s[1] = int(x[1]) // 1000
     _s[2] = int(x[2])
+    _fs.seek(0)
+    n = _fs.readinto(_b)
+    _s[3] = int(bytes(_b[:n]).split()[8])  # "cpu user nice system idle iowait irq softirq steal"
 
 
 _stat()
@@ -105,10 +111,12 @@ import esp32
 import sensor
 
 # Per reading window: the longest hold outside handshakes [0] and where it was [4], the longest
-# during a handshake [1], holds over 0.5 ms [2], gaps the OS preempted [3]; the longest hold's
+# during a handshake [1], holds over 0.5 ms [2], gaps the OS preempted [3], stretches with steal
+# time in them [5] (left out of [0], [2], [10], [11]: the hypervisor's, not the process's, and
+# in ticks of 10 ms, too coarse to take out); the longest hold's
 # attribution [7:10]: whether a GC pass ran in it, the simulator's own time in it (_sim_wrap:
 # C code on a board), and what ran in it. [10]: the longest hold with the simulator's time taken
-# out; [11]: holds over 0.5 ms once that is out. ([5], [6]: unused.)
+# out; [11]: holds over 0.5 ms once that is out. ([6]: unused.)
 _g = [0, 0, 0, 0, None, 0, 0, 0, 0, "", 0, 0]
 _sim = [0]  # us spent in the simulator's stand-ins for firmware C code (see _sim_wrap)
 
@@ -293,13 +301,14 @@ _charge(_stk[-1])
 _acc.clear()
 _ovh[0] = 0
 _seq.clear()
-_t0 = (_s[1], _s[2], gc.mem_alloc(), time.ticks_us())
+_t0 = (_s[1], _s[2], _s[3], gc.mem_alloc(), time.ticks_us())
 
 
-def _off(pc, w, w1):
+def _off(pc, w, w1, st):
     # Whether the process left the CPU in a stretch: 0 no, 1 blocked (scheduled again without
-    # waiting for a CPU: a blocking system call), 2 preempted (it waited for one).
-    return 0 if _s[2] == pc else 2 if w1 != w else 1
+    # waiting for a CPU: a blocking system call), 2 preempted (it waited for one), 3 stolen (the
+    # machine's hypervisor took a CPU from it: steal time).
+    return 3 if _s[3] != st else 0 if _s[2] == pc else 2 if w1 != w else 1
 
 
 def _top(n):
@@ -340,7 +349,7 @@ async def _probe(agent, s):
     # The first stretch starts when this module was imported (_t0): what held the loop before
     # the probe's first turn (the application's start, the agent's if it ran first) is logged
     # apart ("start").
-    w, pc, m, t = _t0
+    w, pc, st, m, t = _t0
     k = _marks(agent)
     sim = _sim[0]
     hs = 0
@@ -363,12 +372,16 @@ async def _probe(agent, s):
             first = False
             # What held the loop before the probe's first turn (the agent's start, the first
             # MQTT connect): in the log, not in the reading's figures.
-            _log(_line("start", s, g, ds, at, h != hs, _off(pc, w, w1)))
+            _log(_line("start", s, g, ds, at, h != hs, _off(pc, w, w1, st)))
         elif h != hs:
             if g > _g[1]:
                 _g[1] = g
             if g > 500:
-                _log(_line("hs", s, g, ds, at, m1 < m, _off(pc, w, w1)))
+                _log(_line("hs", s, g, ds, at, m1 < m, _off(pc, w, w1, st)))
+        elif _s[3] != st:
+            _g[5] += 1
+            if g > 300:
+                _log(_line("job", s, g, ds, at, m1 < m, 3))
         else:
             if g > _g[0]:
                 _g[0] = g
@@ -387,7 +400,7 @@ async def _probe(agent, s):
                 if g - ds > 500:
                     _g[11] += 1
             if g > 300:  # logged from 0.3 ms: each step's longest, and the ones over 0.5 ms
-                _log(_line("job", s, g, ds, at, m1 < m, _off(pc, w, w1)))
+                _log(_line("job", s, g, ds, at, m1 < m, _off(pc, w, w1, st)))
         hs = h
         k = _marks(agent)
         sim = _sim[0]
@@ -395,6 +408,7 @@ async def _probe(agent, s):
         w = _s[1]
         m = gc.mem_alloc()
         pc = _s[2]
+        st = _s[3]
         _charge(_stk[-1])
         _acc.clear()
         _seq.clear()
@@ -405,10 +419,10 @@ async def _probe(agent, s):
 
 def _figures():
     r = {"hold_us": _g[0], "hold_hs_us": _g[1], "holds_over": _g[2], "preempted": _g[3],
-         "hold_at": _g[4], "hold_gc": _g[7],
+         "hold_at": _g[4], "hold_gc": _g[7], "stolen": _g[5],
          "hold_sim_us": _g[8], "hold_what": _g[9], "hold_nosim_us": _g[10],
          "over_nosim": _g[11], "boot_cpu_us": _boot_cpu}
-    _g[0] = _g[1] = _g[2] = _g[3] = _g[7] = _g[8] = _g[10] = _g[11] = 0
+    _g[0] = _g[1] = _g[2] = _g[3] = _g[5] = _g[7] = _g[8] = _g[10] = _g[11] = 0
     _g[4] = None
     _g[9] = ""
     return r
@@ -448,6 +462,7 @@ class Run:
     hold_hs_us: int
     holds_over: int
     preempted: int  # gaps during which the OS ran something else (that time taken out)
+    stolen: int  # stretches with the machine's steal time in them (left out of the figures)
     readings: int
     idle_hold_us: int  # the same probe with the agent idle, before the job (the baseline)
     idle_over: int
@@ -607,10 +622,12 @@ def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) 
             start = (int(nosim), flag == "1", " ".join(names))
         elif kind == "job" and (boot != old or int(seq) >= seq0):
             step = at + ("" if boot == old else " (new firmware)")
-            steps[step] = max(steps.get(step, 0), int(nosim))
+            if off != STOLEN:
+                steps[step] = max(steps.get(step, 0), int(nosim))
             if int(nosim) > 500:
                 # off-cpu: the process left the CPU (a GC pass: "gc~us" in the names)
                 more = {"1": " off-cpu blocked", "2": " off-cpu preempted"}.get(off, "")
+                more = more if off != STOLEN else f" {STOLEN_TAG}, not in the figures"
                 long.append((int(nosim), int(sim), at, " ".join(names) + more))
     boot_cpu = new[0]["boot_cpu_us"] if new else 0
     return Run(
@@ -626,6 +643,7 @@ def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) 
         max(r["hold_hs_us"] for r in job),
         sum(r["holds_over"] for r in job),
         sum(r["preempted"] for r in job),
+        sum(r["stolen"] for r in job),
         len(job),
         max(r["hold_us"] for r in got[1:n0]),
         sum(r["holds_over"] for r in got[1:n0]),
@@ -641,6 +659,8 @@ def measure(stack: Stack, signing: Path, profile: str, i: int, attribute: bool) 
 
 
 HOLDS = ROOT / "bench" / "guest_holds.py"
+STOLEN = "3"  # the probe's mark of a stretch with steal time in it (_off)
+STOLEN_TAG = "off-cpu stolen"
 PROFILING = False
 ATTRIBUTION_ROOM = 24 * 1024
 # The hot paths (devcheck.HOT_PATHS: per block, per message) are not wrapped by the probe's
@@ -794,7 +814,10 @@ def rows(
             mm([r.hold_us / 1000 for r in runs], "ms", "{:.2f}"),
             f"goal ≤ 0.5 ms on this x86 port; {instrument}. Wall clock between two turns of a "
             f"probe task, less the time the OS kept the process waiting, /proc/self/schedstat "
-            f"(gaps with such waits: {[r.preempted for r in runs]}); where the longest was: "
+            f"(gaps with such waits: {[r.preempted for r in runs]}); stretches with the "
+            f"machine's steal time in them (its hypervisor ran something else on its CPUs, "
+            f"/proc/stat: left out, listed below when over 0.5 ms): "
+            f"{[r.stolen for r in runs]}; where the longest was: "
             f"{[r.hold_at for r in runs]}; stretches over 0.5 ms per job: "
             f"{[r.holds_over for r in runs]}; during handshakes: "
             f"{mm([r.hold_hs_us / 1000 for r in runs], 'ms', '{:.1f}')}; the same probe with "
@@ -815,10 +838,11 @@ def rows(
         (
             f"{what}: every stretch over 0.5 ms outside handshakes with the stand-ins taken out, "
             "named",
-            f"{sum(len(r.long) for r in runs)} in {len(runs)} jobs",
+            f"{sum(STOLEN_TAG not in x[3] for r in runs for x in r.long)} in {len(runs)} jobs",
             f"without the instrument (gc~us: a GC pass ran in it, and what one costs; off-cpu: "
             f"the process left the CPU in it, preempted: the OS kept it waiting for a CPU, "
-            f"blocked: a blocking system call): {_stretches(runs) or 'none'}; "
+            f"blocked: a blocking system call, stolen: the machine's hypervisor took its CPU, "
+            f"listed, not counted): {_stretches(runs) or 'none'}; "
             f"{names}; the longest per step of the job, over the runs without the instrument "
             f"(those under 0.3 ms not logged): {_per_step(runs)}",
         ),

@@ -124,6 +124,9 @@ async def _main(a):
         sys.print_exception(e)
         main = None
     if main is not None:
+        # The application's side of the agent (iotjobs.guest) is loaded now, while nothing else
+        # runs, not inside the application's first tick or first publish.
+        a._app()
         asyncio.create_task(_guest(main, a))
         await asyncio.sleep_ms(0)  # the application's first turn before the agent's start
     await a.serve()

@@ -41,15 +41,30 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
     return _doc("parse", doc, slot_size, keyed, what)
 
 
+async def checks():
+    # Awaited right before a parse()/check() call in a handler: the checks' import (their code
+    # and, its first time in a boot, their names) in a stretch of its own, apart from the
+    # checks themselves; the call unloads them as ever.
+    await room()
+    from iotjobs import otadoc  # noqa: F401
+
+    await asyncio.sleep_ms(0)
+
+
+_depth = 0  # parse()/check() calls under way (a delta document's checks call parse() again)
+
+
 def _doc(fn, *args):
-    # Unloaded by the outermost call only (a delta document's checks call parse() again).
-    outer = "iotjobs.otadoc" not in sys.modules
+    # The checks' code is unloaded when the outermost call returns.
+    global _depth
     from iotjobs import otadoc
 
+    _depth += 1
     try:
         return getattr(otadoc, fn)(*args)
     finally:
-        if outer:
+        _depth -= 1
+        if not _depth:
             unload(("iotjobs.otadoc",))
 
 
@@ -70,9 +85,9 @@ async def handle(ctx, doc):
 
 async def _begin(ctx, doc):
     st = ctx.state
-    await room()  # before the slot's and the document's checks' imports
+    await room()  # before the slot's import
     slot = ctx.board.update_slot()
-    await asyncio.sleep_ms(0)  # the slot's import apart from the document's checks' import
+    await checks()
     job = check(ctx, doc, slot.size)
     st["step"] = "download"
     if "delta" in job:
@@ -140,7 +155,7 @@ async def _download(ctx, doc):
     b = ctx.board
     slot = _slot(ctx)
     limit, keyed = slot.size, bool(ctx.config.get("ota_key_file"))
-    await asyncio.sleep_ms(0)  # the imports apart from the document's checks
+    await checks()
     job = parse(doc, limit, keyed)
     size = job["size"]
     buf = bytearray(_BLOCK)

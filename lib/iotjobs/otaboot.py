@@ -5,14 +5,15 @@
 import asyncio
 
 from iotjobs.agent import Canceled, Failed, room
-from iotjobs.ota import parse
+from iotjobs.ota import checks, parse
 
 
 async def verify(ctx, doc):
     st = ctx.state
     await ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
+    await room()  # the reply apart from the slot's import
     slot = ctx.board.update_slot(st["slot"])
-    await room()  # the reply and the slot apart from the document's checks (and their import)
+    await checks()  # the reply and the slot apart from the checks' import, and it from them
     job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     await asyncio.sleep_ms(0)
     digest = bytes.fromhex(st["sha256"])
@@ -135,7 +136,9 @@ async def booting(ctx, doc):
     # rolled back by itself because the image did not come up.
     st = ctx.state
     b = ctx.board
+    await room()  # the slot's import (the first in this boot) in a stretch of its own
     running = b.running_slot()
+    await asyncio.sleep_ms(0)
     if running.label != st["slot"]:
         # The new image ran unconfirmed until a reset: the bootloader rolled back. When its
         # boot found no memory for MQTT (mishap.link_failed reset for a fresh heap), say so.

@@ -1,6 +1,8 @@
 # The checks an update job's document gets (ota, bundle, afr_ota, delta) before anything is
 # downloaded or written: iotjobs.ota.parse()/check() load this module for the call and unload it
 # after, so that a download runs without this code and its messages in the heap.
+import binascii  # here, not in _sig_ok: an import of a built-in searches the path each time
+
 from iotjobs.agent import Rejected
 from iotjobs.ota import _hex
 from micropython import const
@@ -20,8 +22,6 @@ _FIELDS_OTA = _FIELDS + ("compression", "window_bits", "stream", "file_id", "all
 def _sig_ok(sig):
     # A base64 DER ECDSA signature (at most 72 bytes), strictly: what decodes and encodes back
     # to the same text. Checked before any download, not after the whole image came in.
-    import binascii
-
     if not 12 <= len(sig) <= 100:
         return False
     try:
