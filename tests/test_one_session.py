@@ -374,9 +374,8 @@ def test_a_job_whose_state_leaves_no_room_for_mqtt_is_given_up_and_its_report_st
     assert dev.boots == 4, "\n".join(dev.lines)
 
 
-ROOM = """
-import asyncio, gc
-from iotjobs import agent
+# A heap holding more than room()'s 36 KB, and 2 KB of garbage on it (before: what it holds).
+FULL_HEAP = """
 gc.collect()
 keep = []
 while gc.mem_alloc() < 40000:
@@ -384,6 +383,15 @@ while gc.mem_alloc() < 40000:
 junk = [bytearray(100) for _ in range(20)]
 junk = None
 before = gc.mem_alloc()
+"""
+
+ROOM = (
+    """
+import asyncio, gc
+from iotjobs import agent
+"""
+    + FULL_HEAP
+    + """
 asyncio.run(agent.room())
 print("LOW", gc.mem_free(), before - gc.mem_alloc())
 keep = None
@@ -394,9 +402,11 @@ before = gc.mem_alloc()
 asyncio.run(agent.room())
 print("HIGH", gc.mem_free(), before - gc.mem_alloc())
 """
+)
 
 
-REQUEST_ROOM = """
+REQUEST_ROOM = (
+    """
 import asyncio, gc
 from iotjobs import agent
 
@@ -420,13 +430,9 @@ class Stop(Exception):
     pass
 
 a = agent.Agent({"thing_name": "t", "backoff_min_ms": 10}, Board(), Link())
-gc.collect()
-keep = []
-while gc.mem_alloc() < 40000:
-    keep.append(bytearray(1000))
-junk = [bytearray(100) for _ in range(20)]
-junk = None
-before = gc.mem_alloc()
+"""
+    + FULL_HEAP
+    + """
 freed = []
 
 def build(token):
@@ -439,6 +445,7 @@ except Stop:
     pass
 print("FREED", freed[0])
 """
+)
 
 
 def test_a_request_on_a_full_heap_collects_before_its_json(
