@@ -5,8 +5,8 @@
 # that fails ends the job FAILED naming it, files before it stay installed (each was verified
 # and self-tested). Imported only for afr_ota jobs.
 from iotjobs.agent import Failed, Rejected, room
+from iotjobs.ota import checks, parse
 from iotjobs.ota import handle as _run
-from iotjobs.ota import parse
 from micropython import const
 
 _FIRMWARE = const(0)  # afr_ota fileType of an app image (AWS's default)
@@ -56,6 +56,7 @@ async def several(ctx, afr, files):
             )
         for i, f in enumerate(files):
             sub = {"afr_ota": dict(afr, files=[f])}
+            await checks()
             if kinds[i] == _APP_BUNDLE:
                 if "HTTP" not in afr.get("protocols", ["HTTP"]):
                     raise Rejected("afr_ota: an app bundle is fetched over HTTP only")

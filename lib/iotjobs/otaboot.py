@@ -13,7 +13,7 @@ async def verify(ctx, doc):
     await ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     await room()  # the reply apart from the slot's import
     slot = ctx.board.update_slot(st["slot"])
-    await checks()  # the reply and the slot apart from the checks' import, and it from them
+    await checks()  # the slot's import apart from the checks' import, and it from the checks
     job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     await asyncio.sleep_ms(0)
     digest = bytes.fromhex(st["sha256"])
