@@ -34,7 +34,8 @@ each row names the command that made it and the figure it replaced:
 - delta OTA (``bench.delta``): patch share, apply time against the link, heap;
 - memory per job type and board profile (bench.memory): GC-heap and IDF-heap
   high-water marks and headroom on the simulated board's memory model, also with the example
-  sensor application running beside the agent (``+sensor``);
+  sensor application running beside the agent (``+sensor``); and the same on esp32-plain for
+  the custom firmware (the library frozen in: ``bench.memory --frozen``);
 - the agent as a guest in the application (bench.guest): a full signed OTA job beside
   the example sensor: lateness of its 100 ms tick, readings lost, the longest stretch the loop
   is held without a yield, and the agent's pieces of work between two yields timed alone.
@@ -709,6 +710,9 @@ def main(argv: list[str] | None = None) -> int:
             memory = bench_memory.table(
                 bench_memory.run(tmp / "memory", list(PROFILES), list(bench_memory.JOBS))
             )
+            frozen = bench_memory.table(
+                bench_memory.run(tmp / "memory-frozen", [DEFAULT], list(bench_memory.JOBS), True)
+            )
     except JobsctlError as exc:
         print(f"jobsctl bench: {exc}", file=sys.stderr)
         return 1
@@ -728,6 +732,9 @@ def main(argv: list[str] | None = None) -> int:
         "memory report. GC headroom: 1 - live high-water / heap size reached; IDF headroom: "
         "lowest free / budget (GC growth and TLS counted). Goal: 15 % on both on esp32-plain."
         "\n\n" + memory + "\n"
+        "\nThe same on the custom firmware (`python -m bench.memory --frozen --profile "
+        f"{DEFAULT}`: the library frozen in, as `make firmware` builds it, so its "
+        "code stays in flash and out of the GC heap):\n\n" + frozen + "\n"
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)

@@ -283,6 +283,23 @@ def test_reboot_and_config_keep_the_goals_gc_headroom_on_esp32_plain_when_sample
         assert int(cells[4].removesuffix("%")) >= 15 and cells[7] == "yes", rows
 
 
+def test_every_job_keeps_the_goals_headroom_on_esp32_plain_with_the_library_frozen(
+    capsys,
+) -> None:
+    # `python -m bench.memory --frozen` (README, Memory; a part of `make bench`): on the custom
+    # firmware (`make firmware`: the library frozen in) the agent's code stays in flash, so
+    # even the update jobs never grow the GC heap, and 15 % of both heaps is left.
+    jobs = ["ota-1MiB", "bundle", "ota-delta-1MiB", "ota-1MiB+sensor"]
+    argv = ["--profile", "esp32-plain", "--frozen"] + [x for j in jobs for x in ("--job", j)]
+    assert bench_memory.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "| esp32-plain |" in line]
+    for job in jobs:
+        cells = [c.strip() for c in rows[-len(jobs) :][jobs.index(job)].strip("|").split("|")]
+        assert cells[:3] == ["esp32-plain", job, "SUCCEEDED"], rows
+        assert cells[3].endswith("of 56.0 KB (first area 56.0 KB)"), rows  # never grown
+        assert cells[7] == "yes", rows
+
+
 def test_bench_memory_modules_lists_every_device_module(capsys) -> None:
     # `python -m bench.memory --modules` (docs/memory.md): what each device module's import
     # adds to the stock-firmware board's heap, and the qstrs it leaves for good.
