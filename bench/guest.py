@@ -86,7 +86,7 @@ import time
 # before the asyncio loop exists (the bootloader's stand-in, boot.py, the agent's imports, config).
 _f = open("/proc/self/schedstat", "rb")
 _fs = open("/proc/stat", "rb")  # its first line: the machine's CPU time, by kind
-_b = bytearray(96)
+_b = bytearray(160)  # the first line of either, whole
 # us on a CPU, us waiting for one, times scheduled onto one; the machine's steal time in ticks
 # of 10 ms (its hypervisor ran something else on its virtual CPUs: invisible to the first three)
 _s = [0, 0, 0, 0]
