@@ -166,19 +166,24 @@ asyncio.run(ota.checks())
 print("checks", "iotjobs.otadoc" in sys.modules)
 ota.parse(plain, 0x180000, False)
 print("parse", "iotjobs.otadoc" in sys.modules)
+# ota.aparse(), as the handlers call it: both in one call.
+job = asyncio.run(ota.aparse(plain, 0x180000, False))
+print("aparse", job["size"], "iotjobs.otadoc" in sys.modules)
 """
 
 
 def test_document_checks_are_loaded_for_each_call_only(micropython: Any) -> None:
     # iotjobs.otadoc (the update documents' checks) is loaded by ota.parse()/check() and
     # unloaded after, so that a download runs without it; a delta document's nested checks
-    # use the copy the outer call loaded; loaded ahead by ota.checks(), the call unloads them.
+    # use the copy the outer call loaded; loaded ahead by ota.checks() (in a stretch of its own:
+    # ota.aparse()/acheck(), the handlers' calls), the call unloads them.
     base = "ef" * 32
     d = {"url": URL, "size": 900, "sha256": "cd" * 32, "base_size": 4096, "base_sha256": base}
     r = micropython(PER_CALL % (DOC, d)).check()
     assert r.out.split("\n")[:4] == ["False []", "False [True]", "checks True", "parse False"], (
         r.out
     )
+    assert r.out.split("\n")[4] == f"aparse {DOC['size']} False", r.out
 
 
 @pytest.mark.parametrize(

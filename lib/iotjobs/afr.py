@@ -5,7 +5,7 @@
 # that fails ends the job FAILED naming it, files before it stay installed (each was verified
 # and self-tested). Imported only for afr_ota jobs.
 from iotjobs.agent import Failed, Rejected, room
-from iotjobs.ota import checks, parse
+from iotjobs.ota import aparse
 from iotjobs.ota import handle as _run
 from micropython import const
 
@@ -56,13 +56,14 @@ async def several(ctx, afr, files):
             )
         for i, f in enumerate(files):
             sub = {"afr_ota": dict(afr, files=[f])}
-            await checks()
             if kinds[i] == _APP_BUNDLE:
                 if "HTTP" not in afr.get("protocols", ["HTTP"]):
                     raise Rejected("afr_ota: an app bundle is fetched over HTTP only")
-                parse(sub, _BUNDLE_MAX, bool(ctx.config.get("ota_key_file")), "bundle limit")
+                await aparse(sub, _BUNDLE_MAX, bool(ctx.config.get("ota_key_file")), "bundle limit")
             else:
-                parse(sub, ctx.board.update_slot().size, bool(ctx.config.get("ota_key_file")))
+                await aparse(
+                    sub, ctx.board.update_slot().size, bool(ctx.config.get("ota_key_file"))
+                )
             _check_certfile(ctx, sub)
         st["i"] = 0
         st["out"] = {}

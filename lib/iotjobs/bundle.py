@@ -11,7 +11,7 @@
 from iotjobs import appswap
 from iotjobs.agent import Failed, room
 from iotjobs.fetch import net_fail, open_url
-from iotjobs.ota import check, checks, parse, run
+from iotjobs.ota import acheck, aparse, parse, run
 from micropython import const
 
 _MAX = const(1048576)  # bundle size limit
@@ -22,8 +22,7 @@ async def handle(ctx, doc):
     st = ctx.state
     app = ctx.config["app_dir"]
     if "step" not in st:
-        await checks()
-        check(ctx, doc, _MAX, "bundle limit")
+        await acheck(ctx, doc, _MAX, "bundle limit")
         st["step"] = "download"
         st["old"] = appswap.version(app)
         ctx.save()
@@ -36,8 +35,7 @@ async def _step(ctx, doc, name):
 
 async def _download(ctx, doc, app):
     keyed = bool(ctx.config.get("ota_key_file"))
-    await checks()
-    job = parse(doc, _MAX, keyed, "bundle limit")
+    job = await aparse(doc, _MAX, keyed, "bundle limit")
     stage, h, files = await _fetch(ctx, job, app, keyed)
     from iotjobs.agent import unload
 

@@ -107,8 +107,7 @@ async def step(ctx, doc):
     st = ctx.state
     out = ctx.board.update_slot(st["slot"])
     limit, keyed = out.size, bool(ctx.config.get("ota_key_file"))
-    await ota.checks()
-    job = ota.parse(doc, limit, keyed)
+    job = await ota.aparse(doc, limit, keyed)
     try:
         st["sha256"] = await _apply(ctx, job, out, limit, keyed)
     except Failed as e:

@@ -41,10 +41,21 @@ def parse(doc, slot_size, keyed, what="OTA slot"):
     return _doc("parse", doc, slot_size, keyed, what)
 
 
+async def acheck(ctx, doc, slot_size, what="OTA slot"):
+    # check() and parse() as a handler calls them: the checks' import in a stretch of its own
+    # first (checks()). The plain ones serve a URL's renewal (reparse) and nested checks.
+    await checks()
+    return check(ctx, doc, slot_size, what)
+
+
+async def aparse(doc, slot_size, keyed, what="OTA slot"):
+    await checks()
+    return parse(doc, slot_size, keyed, what)
+
+
 async def checks():
-    # Awaited right before a parse()/check() call in a handler: the checks' import (their code
-    # and, its first time in a boot, their names) in a stretch of its own, apart from the
-    # checks themselves; the call unloads them as ever.
+    # The checks' import (their code and, its first time in a boot, their names) in a stretch
+    # of its own, apart from the checks themselves; the call after it unloads them as ever.
     await room()
     from iotjobs import otadoc  # noqa: F401
 
@@ -87,8 +98,7 @@ async def _begin(ctx, doc):
     st = ctx.state
     await room()  # before the slot's import
     slot = ctx.board.update_slot()
-    await checks()
-    job = check(ctx, doc, slot.size)
+    job = await acheck(ctx, doc, slot.size)
     st["step"] = "download"
     if "delta" in job:
         await room()
@@ -155,8 +165,7 @@ async def _download(ctx, doc):
     b = ctx.board
     slot = _slot(ctx)
     limit, keyed = slot.size, bool(ctx.config.get("ota_key_file"))
-    await checks()
-    job = parse(doc, limit, keyed)
+    job = await aparse(doc, limit, keyed)
     size = job["size"]
     buf = bytearray(_BLOCK)
     tail = memoryview(buf)[: size % _BLOCK]  # the last, partial block's bytes (if any)

@@ -5,7 +5,7 @@
 import asyncio
 
 from iotjobs.agent import Canceled, Failed, room
-from iotjobs.ota import checks, parse
+from iotjobs.ota import aparse
 
 
 async def verify(ctx, doc):
@@ -13,8 +13,7 @@ async def verify(ctx, doc):
     await ctx.progress({"step": "verify", "progress": "%d/%d" % (st["off"], st["off"])}, True)
     await room()  # the reply apart from the slot's import
     slot = ctx.board.update_slot(st["slot"])
-    await checks()  # the slot's import apart from the checks' import, and it from the checks
-    job = parse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
+    job = await aparse(doc, slot.size, bool(ctx.config.get("ota_key_file")))
     await asyncio.sleep_ms(0)
     digest = bytes.fromhex(st["sha256"])
     if job["sha256"] is not None and job["sha256"] != digest:
